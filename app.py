@@ -1,0 +1,201 @@
+"""一证通查: routes and Lambda entry points. Decorators and wiring only.
+
+The domain lives in chalicelib/; collaborators are built on first use and kept
+for the life of the Lambda container.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from chalice import Chalice, Response
+
+from chalicelib import clients, errors, pages, registry
+from chalicelib.config import settings
+from chalicelib.api.responses import error_response, json_response, parse_json_object, require_fields
+from chalicelib.codes import CodeService
+from chalicelib.partners import LookupService, parse_answer
+from chalicelib.privacy import Hasher, Vault
+from chalicelib.queries import QueryIntake, QueryStarter, StartDeferred, status_of
+from chalicelib.sms import SmsSender
+from chalicelib.validation import check_code_format, normalise_id_last6, normalise_phone
+from chalicelib.workflow import CarrierCheck, ReplySender
+
+app = Chalice(app_name="yizhengtongcha")
+logger = Logger(service="yizhengtongcha")
+metrics = Metrics(namespace="YiZhengTongCha", service="yizhengtongcha")
+
+START_QUEUE_NAME = os.environ.get("START_QUEUE_NAME", "yztc-query-starts")
+BODY_TYPES = ["application/json", "text/plain", "application/x-www-form-urlencoded"]
+_QUERY_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+# -- collaborators, built once per container -----------------------------------
+@functools.cache
+def hasher() -> Hasher:
+    return Hasher()
+
+
+@functools.cache
+def vault() -> Vault:
+    return Vault()
+
+
+@functools.cache
+def code_service() -> CodeService:
+    return CodeService(hasher(), SmsSender())
+
+
+@functools.cache
+def intake() -> QueryIntake:
+    return QueryIntake(code_service(), hasher(), vault())
+
+
+@functools.cache
+def lookups() -> LookupService:
+    return LookupService(hasher(), vault())
+
+
+@functools.cache
+def carrier_check() -> CarrierCheck:
+    return CarrierCheck(vault())
+
+
+@functools.cache
+def reply_sender() -> ReplySender:
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
+    persistence = DynamoDBPersistenceLayer(table_name=settings().idempotency_table,
+                                           boto3_client=clients.client("dynamodb"))
+    return ReplySender(vault(), SmsSender(), persistence=persistence)
+
+
+def _client_ip() -> str:
+    identity = (app.current_request.context or {}).get("identity") or {}
+    return str(identity.get("sourceIp") or "unknown")
+
+
+def count(name: str) -> None:
+    """One EMF metric line (CloudWatch reads it from the log; no API call)."""
+    metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+    metrics.flush_metrics()
+
+
+def json_api(view: Callable[..., Response | dict[str, Any]]) -> Callable[..., Response]:
+    """Domain errors become SPEC §3 error bodies; nothing else ever leaks out."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Response:
+        try:
+            result = view(*args, **kwargs)
+        except errors.ServiceError as exc:
+            count(f"ApiError_{exc.code}")
+            return error_response(exc)
+        except Exception:
+            logger.exception("unhandled error", extra={"route": view.__name__})
+            count("ApiError_internal_error")
+            return error_response(errors.ServiceError())
+        return result if isinstance(result, Response) else json_response(result)
+
+    return wrapper
+
+
+# -- HTTP API (SPEC §3) ----------------------------------------------------------
+@app.route("/", methods=["GET"])
+def index() -> Response:
+    return Response(body=pages.index_html(), status_code=200,
+                    headers={"Content-Type": "text/html; charset=utf-8"})
+
+
+@app.route("/v1/companies", methods=["GET"])
+@json_api
+def list_companies() -> dict[str, Any]:
+    return {"companies": [c.public() for c in registry.companies()]}
+
+
+@app.route("/v1/verification-codes", methods=["POST"], content_types=BODY_TYPES)
+@json_api
+def request_code() -> Response:
+    body = parse_json_object(app.current_request.raw_body)
+    (phone,) = require_fields(body, "phone")
+    issued = code_service().issue(normalise_phone(phone), _client_ip())
+    count("CodeSent")
+    return json_response({"expires_in": issued.expires_in, "resend_after": issued.resend_after}, 202)
+
+
+@app.route("/v1/queries", methods=["POST"], content_types=BODY_TYPES)
+@json_api
+def submit_query() -> Response:
+    body = parse_json_object(app.current_request.raw_body)
+    phone, id_last6, code = require_fields(body, "phone", "id_last6", "code")
+    phone, id_last6, code = normalise_phone(phone), normalise_id_last6(id_last6), check_code_format(code)
+    intake().check_client(_client_ip())
+    accepted = intake().accept(phone, id_last6, code)
+    logger.info("query accepted", extra={"query_id": accepted.query_id})
+    count("QueryAccepted")
+    return json_response({"query_id": accepted.query_id, "status": "accepted",
+                          "reply_within_hours": 48, "sms_sender": "10699000"}, 202)
+
+
+@app.route("/v1/queries/{query_id}", methods=["GET"])
+@json_api
+def query_status(query_id: str) -> dict[str, Any]:
+    if not _QUERY_ID.fullmatch(query_id):
+        raise errors.NotFound("未找到该查询。")
+    return status_of(query_id)
+
+
+@app.route("/v1/partners/{company}/results", methods=["POST"], content_types=BODY_TYPES)
+@json_api
+def partner_result(company: str) -> dict[str, Any]:
+    request = app.current_request
+    raw = request.raw_body or b""
+    lookups().verify_callback(company, dict(request.headers), raw)
+    answer = parse_answer(parse_json_object(raw))
+    lookups().record(company, answer)
+    count("PartnerAnswered")
+    return {"status": "recorded"}
+
+
+# -- queue consumer: start one execution per accepted query -----------------------
+@app.on_sqs_message(queue=START_QUEUE_NAME, batch_size=10, name="start_queries")
+def start_queries(event: Any) -> None:
+    starter = QueryStarter()
+    deferred = 0
+    for record in event:
+        try:
+            starter.start(json.loads(record.body))
+        except StartDeferred as exc:
+            deferred += 1
+            logger.warning("execution start deferred", extra={"reason": str(exc)})
+    if deferred:
+        # The whole batch comes back after the visibility timeout; the ones
+        # started already are skipped by name (ExecutionAlreadyExists).
+        raise StartDeferred(f"{deferred} start(s) deferred")
+
+
+# -- workflow steps (stepfunctions/query.asl.json) ---------------------------------
+@app.lambda_function(name="verify_carrier")
+def verify_carrier(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return carrier_check().run(event["query_id"], int(event["deadline_at"]))
+
+
+@app.lambda_function(name="request_lookup")
+def request_lookup(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    outcome = lookups().request(event["query_id"], event["company"], int(event["deadline_at"]),
+                                event["task_token"])
+    return {"company": event["company"], "request": outcome}
+
+
+@app.lambda_function(name="send_reply")
+def send_reply(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    sender = reply_sender()
+    if sender.idempotency is not None and context is not None:
+        sender.idempotency.register_lambda_context(context)  # in-progress expiry = this invocation
+    return sender.run(event)

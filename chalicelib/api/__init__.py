@@ -1,0 +1,1 @@
+"""HTTP concerns: parsing bodies, mapping domain exceptions to responses."""

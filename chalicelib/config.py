@@ -1,0 +1,71 @@
+"""Settings read once from the environment: every table, key, secret and deadline.
+
+Nothing else in chalicelib reads os.environ, so the stage configuration in
+.chalice/config.json (and the local stack / tests) is the one place to look.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    codes_table: str
+    throttle_table: str
+    queries_table: str
+    lookups_table: str
+    idempotency_table: str
+    kms_key_id: str
+    pepper_secret_name: str
+    state_machine_arn: str
+    start_queue_url: str
+    public_api_url: str
+    sms_sender_id: str
+    query_deadline_seconds: int
+    code_ttl_seconds: int
+    code_resend_seconds: int
+    code_daily_limit: int
+    code_ip_hourly_limit: int
+    query_ip_hourly_limit: int
+    query_interval_seconds: int
+    query_record_days: int
+    company_registry_file: str
+    carrier_registry_file: str
+    secret_max_age_seconds: int
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, str(default)))
+
+
+@functools.cache
+def settings() -> Settings:
+    here = os.path.dirname(__file__)
+    return Settings(
+        codes_table=os.environ.get("CODES_TABLE", "yztc-codes"),
+        throttle_table=os.environ.get("THROTTLE_TABLE", "yztc-throttle"),
+        queries_table=os.environ.get("QUERIES_TABLE", "yztc-queries"),
+        lookups_table=os.environ.get("LOOKUPS_TABLE", "yztc-lookups"),
+        idempotency_table=os.environ.get("IDEMPOTENCY_TABLE", "yztc-idempotency"),
+        kms_key_id=os.environ.get("KMS_KEY_ID", "alias/yztc"),
+        pepper_secret_name=os.environ.get("PEPPER_SECRET_NAME", "yztc/pepper"),
+        state_machine_arn=os.environ.get("STATE_MACHINE_ARN", ""),
+        start_queue_url=os.environ.get("START_QUEUE_URL", ""),
+        public_api_url=os.environ.get("PUBLIC_API_URL", "").rstrip("/"),
+        sms_sender_id=os.environ.get("SMS_SENDER_ID", "10699000"),
+        query_deadline_seconds=_int("QUERY_DEADLINE_SECONDS", 172800),
+        code_ttl_seconds=_int("CODE_TTL_SECONDS", 300),
+        code_resend_seconds=_int("CODE_RESEND_SECONDS", 60),
+        code_daily_limit=_int("CODE_DAILY_LIMIT", 10),
+        code_ip_hourly_limit=_int("CODE_IP_HOURLY_LIMIT", 30),
+        query_ip_hourly_limit=_int("QUERY_IP_HOURLY_LIMIT", 60),
+        query_interval_seconds=_int("QUERY_INTERVAL_SECONDS", 86400),
+        query_record_days=_int("QUERY_RECORD_DAYS", 7),
+        company_registry_file=os.environ.get(
+            "COMPANY_REGISTRY_FILE", os.path.join(here, "data", "companies.json")),
+        carrier_registry_file=os.environ.get(
+            "CARRIER_REGISTRY_FILE", os.path.join(here, "data", "carriers.json")),
+        secret_max_age_seconds=_int("SECRET_MAX_AGE_SECONDS", 300),
+    )

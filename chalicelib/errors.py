@@ -1,0 +1,92 @@
+"""Domain exceptions. Each names a stable error code and a Chinese message.
+
+The HTTP status for each class is chosen in one place: chalicelib/api/responses.py.
+"""
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    code = "internal_error"
+    message = "服务暂时出现问题，请稍后再试。"
+
+    def __init__(self, message: str | None = None, *, retry_after: int | None = None) -> None:
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.retry_after = retry_after
+
+
+class InvalidRequest(ServiceError):
+    code = "invalid_request"
+    message = "请求格式不正确。"
+
+
+class InvalidPhone(ServiceError):
+    code = "invalid_phone"
+    message = "请输入正确的11位中国大陆手机号码。"
+
+
+class InvalidIdLast6(ServiceError):
+    code = "invalid_id_last6"
+    message = "请输入正确的身份证号码后六位（前五位为数字，最后一位为数字或X）。"
+
+
+class InvalidCodeFormat(ServiceError):
+    code = "invalid_code_format"
+    message = "验证码为6位数字。"
+
+
+class WrongCode(ServiceError):
+    code = "wrong_code"
+    message = "验证码错误或已失效，请重新获取。"
+
+
+class QueryLimit(ServiceError):
+    code = "query_limit"
+    message = "该号码24小时内已提交过查询，请稍后再试。"
+
+
+class TooManyRequests(ServiceError):
+    code = "too_many_requests"
+    message = "操作过于频繁，请稍后再试。"
+
+
+class ServiceBusy(ServiceError):
+    code = "service_busy"
+    message = "短信通道繁忙，请稍后再试。"
+
+
+class NotFound(ServiceError):
+    code = "not_found"
+    message = "未找到相关记录。"
+
+
+class BadSignature(ServiceError):
+    code = "bad_signature"
+    message = "签名缺失、错误或已过期。"
+
+
+class Conflict(ServiceError):
+    code = "conflict"
+    message = "该查询已有不同的结果。"
+
+
+# Workflow-side errors: their class names are the Step Functions error names
+# matched by Retry/Catch in stepfunctions/query.asl.json.
+class WorkflowError(Exception):
+    pass
+
+
+class CarrierUnavailable(WorkflowError):
+    """The carrier did not answer (5xx, timeout, connection error): retried."""
+
+
+class PartnerUnavailable(WorkflowError):
+    """Transient partner failure (5xx, timeout, connection error): retried."""
+
+
+class PartnerRejected(WorkflowError):
+    """The partner answered 4xx: permanent, reported as no answer."""
+
+
+class LookupDeadlinePassed(WorkflowError):
+    """The query's deadline passed before the partner could be asked."""

@@ -1,0 +1,144 @@
+"""Query intake: accept a query, never lose it, start its workflow from a queue.
+
+Submit path (API): code check -> one DynamoDB transaction (consume code, take
+the 24 h lock, create the record) -> SQS message. The queue consumer starts the
+Step Functions execution named by the query id, so a refused StartExecution
+(throttling, ExecutionLimitExceeded) only delays the start: the message comes
+back and is tried again, and a repeated start is idempotent by name.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+from pynamodb.exceptions import TransactWriteError
+
+from chalicelib import clients, errors
+from chalicelib.codes import CodeService
+from chalicelib.config import Settings, settings
+from chalicelib.privacy import Hasher, Vault
+from chalicelib.storage.models import QueryRecord, at, transaction
+from chalicelib.throttle import Counter, Lock, first_refused, hour_window
+
+STATUSES = ("accepted", "verifying", "looking_up", "replied", "failed")
+
+
+class StartDeferred(Exception):
+    """Step Functions refused the start for now; the message will come back."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    query_id: str
+    created_at: int
+
+
+class QueryIntake:
+    def __init__(self, codes: CodeService, hasher: Hasher, vault: Vault, sqs_client: Any | None = None,
+                 config: Settings | None = None, clock: Callable[[], float] = time.time) -> None:
+        self._codes = codes
+        self._hasher = hasher
+        self._vault = vault
+        self._sqs = sqs_client
+        self._config = config or settings()
+        self._clock = clock
+
+    def check_client(self, client_ip: str) -> None:
+        """Per-IP budget of submissions, so codes cannot be guessed across numbers."""
+        now = int(self._clock())
+        hour, hour_end = hour_window(now)
+        counter = Counter(f"query-ip#{self._hasher.digest('ip', client_ip)}#{hour}",
+                          self._config.query_ip_hourly_limit, hour_end)
+        try:
+            with transaction() as tx:
+                counter.add_to(tx, now)
+        except TransactWriteError as exc:
+            raise errors.TooManyRequests(retry_after=counter.retry_after(now)) from exc
+
+    def accept(self, phone: str, id_last6: str, code: str) -> Accepted:
+        cfg = self._config
+        check = self._codes.check(phone, code)
+        now = check.now
+        query_id = str(uuid.uuid4())
+        lock = Lock(f"query#{check.phone_key}", cfg.query_interval_seconds, holder=query_id)
+        record = QueryRecord(
+            query_id,
+            status="accepted",
+            created_at=now,
+            deadline_at=now + cfg.query_deadline_seconds,
+            phone_sealed=self._vault.seal(phone, query_id),
+            id_sealed=self._vault.seal(id_last6, query_id),
+            lock_key=lock.key,
+            ttl=at(now + cfg.query_record_days * 86400),
+        )
+        try:
+            with transaction() as tx:
+                check.consume_in(tx)
+                lock.add_to(tx, now)
+                tx.save(record, condition=QueryRecord.query_id.does_not_exist())
+        except TransactWriteError as exc:
+            refused = first_refused(exc.cancellation_reasons, [check, lock])
+            if refused is None:
+                raise
+            if refused[1] is lock:
+                raise errors.QueryLimit(retry_after=lock.retry_after(now)) from exc
+            raise errors.WrongCode() from exc
+        try:
+            self.enqueue_start(query_id, record.deadline_at)
+        except ClientError as exc:
+            # Not accepted after all: undo, so the citizen may try again at once.
+            record.delete()
+            lock.release()
+            raise errors.ServiceBusy(retry_after=60) from exc
+        return Accepted(query_id, now)
+
+    def enqueue_start(self, query_id: str, deadline_at: int) -> None:
+        sqs = self._sqs or clients.client("sqs")
+        sqs.send_message(QueueUrl=self._config.start_queue_url,
+                         MessageBody=json.dumps({"query_id": query_id, "deadline_at": deadline_at}))
+
+
+def execution_input(query_id: str, deadline_at: int) -> dict[str, Any]:
+    """No personal data: the workflow loads what it needs from the query record."""
+    return {"query_id": query_id, "deadline_at": int(deadline_at)}
+
+
+class QueryStarter:
+    """Starts one execution per queued query; idempotent by execution name."""
+
+    _DEFER = {"ThrottlingException", "ExecutionLimitExceeded", "ServiceUnavailable",
+              "InternalServerError", "RequestTimeout"}
+
+    def __init__(self, sfn_client: Any | None = None, config: Settings | None = None) -> None:
+        self._sfn = sfn_client
+        self._config = config or settings()
+
+    def start(self, message: dict[str, Any]) -> None:
+        sfn = self._sfn or clients.client("stepfunctions")
+        try:
+            sfn.start_execution(
+                stateMachineArn=self._config.state_machine_arn,
+                name=message["query_id"],
+                input=json.dumps(execution_input(message["query_id"], message["deadline_at"])),
+            )
+        except ClientError as exc:
+            code = exc.response["Error"]["Code"]
+            if code == "ExecutionAlreadyExists":
+                return  # started before: redelivery is harmless
+            if code in self._DEFER:
+                raise StartDeferred(code) from exc
+            raise
+
+
+def status_of(query_id: str) -> dict[str, Any]:
+    try:
+        record = QueryRecord.get(query_id)
+    except QueryRecord.DoesNotExist as exc:
+        raise errors.NotFound("未找到该查询。") from exc
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(record.created_at)))
+    return {"query_id": record.query_id, "status": record.status, "created_at": created}

@@ -1,0 +1,69 @@
+"""Participating companies and carriers, as data.
+
+A company joins by a registry entry, a partner endpoint and a secret: no code
+change. The registry file is bundled with the functions; a stage may point
+COMPANY_REGISTRY_FILE / CARRIER_REGISTRY_FILE elsewhere (the local stack does).
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+
+from chalicelib.config import settings
+
+
+@dataclass(frozen=True)
+class Company:
+    id: str
+    name: str
+    details: str
+    unbind: str
+    hotline: str
+    base_url: str
+    secret_name: str
+
+    def public(self) -> dict[str, str]:
+        return {"id": self.id, "name": self.name, "details": self.details,
+                "unbind": self.unbind, "hotline": self.hotline}
+
+
+@dataclass(frozen=True)
+class Carrier:
+    id: str
+    name: str
+    networks: tuple[str, ...]
+    base_url: str
+    secret_name: str
+
+
+@functools.cache
+def companies() -> tuple[Company, ...]:
+    with open(settings().company_registry_file, encoding="utf-8") as fh:
+        return tuple(Company(**entry) for entry in json.load(fh)["companies"])
+
+
+def company(company_id: str) -> Company | None:
+    return next((c for c in companies() if c.id == company_id), None)
+
+
+@functools.cache
+def carriers() -> tuple[Carrier, ...]:
+    with open(settings().carrier_registry_file, encoding="utf-8") as fh:
+        return tuple(Carrier(**{**entry, "networks": tuple(entry["networks"])})
+                     for entry in json.load(fh)["carriers"])
+
+
+def carrier_for(phone: str) -> Carrier | None:
+    """The carrier that holds the number's real-name record, by its allocated range.
+
+    China Broadnet (192) rides on China Mobile's network and real-name system.
+    Ported numbers keep answering from the original carrier's gateway, which
+    forwards the check; an unknown range gets None and the query reports
+    "暂时无法完成查询".
+    """
+    import phonenumbers
+    from phonenumbers import carrier as pn_carrier
+
+    network = pn_carrier.name_for_number(phonenumbers.parse(phone, "CN"), "en")
+    return next((c for c in carriers() if network in c.networks), None)

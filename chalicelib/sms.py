@@ -1,0 +1,79 @@
+"""Every SMS the service sends (SPEC §5): texts and the SNS sender."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from chalicelib import clients
+from chalicelib.config import settings
+from chalicelib.validation import mask_phone
+
+PREFIX = "【一证通查】"
+# SNS answers these when the account's SMS throughput is exhausted.
+_BUSY_CODES = {"Throttling", "ThrottlingException", "ThrottledException", "TooManyRequestsException"}
+
+
+class SmsChannelBusy(Exception):
+    """SNS refused the message for throughput: tell the citizen to try later."""
+
+
+@dataclass(frozen=True)
+class CompanyAnswer:
+    name: str
+    account_count: int | None  # None: no answer yet (暂未返回)
+    apps: Mapping[str, int] | None = None
+
+
+def code_text(code: str) -> str:
+    return f"{PREFIX}您的验证码为{code}，5分钟内有效。如非本人操作，请忽略。"
+
+
+def result_text(phone: str, answers: Iterable[CompanyAnswer]) -> str:
+    parts = []
+    total = 0
+    for answer in answers:
+        if answer.account_count is None:
+            parts.append(f"{answer.name}暂未返回")
+            continue
+        total += answer.account_count
+        part = f"{answer.name}{answer.account_count}个"
+        if answer.apps:
+            part += "（" + "，".join(f"{app}{n}个" for app, n in answer.apps.items()) + "）"
+        parts.append(part)
+    return (f"{PREFIX}您的手机号{mask_phone(phone)}关联的互联网账号：{'，'.join(parts)}。"
+            f"已返回企业共{total}个账号。如有异议，请通过“解绑与明细查询”联系相关企业。")
+
+
+def mismatch_text(phone: str) -> str:
+    return (f"{PREFIX}您的手机号{mask_phone(phone)}查询未成功：手机号码与身份证号码后六位不匹配，"
+            "请核对后于24小时后重新查询。")
+
+
+def unavailable_text(phone: str) -> str:
+    return f"{PREFIX}您的手机号{mask_phone(phone)}查询未成功：暂时无法完成查询，请于24小时后重新查询。"
+
+
+class SmsSender:
+    def __init__(self, sns_client: Any | None = None, sender_id: str | None = None) -> None:
+        self._sns = sns_client
+        self._sender_id = sender_id or settings().sms_sender_id
+
+    def send(self, phone: str, message: str) -> str:
+        sns = self._sns or clients.client("sns")
+        try:
+            response = sns.publish(
+                PhoneNumber=f"+86{phone}",
+                Message=message,
+                MessageAttributes={
+                    "AWS.SNS.SMS.SenderID": {"DataType": "String", "StringValue": self._sender_id},
+                    "AWS.SNS.SMS.SMSType": {"DataType": "String", "StringValue": "Transactional"},
+                },
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in _BUSY_CODES:
+                raise SmsChannelBusy() from exc
+            raise
+        return str(response["MessageId"])

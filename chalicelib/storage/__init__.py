@@ -1,0 +1,1 @@
+"""DynamoDB storage: PynamoDB models, the one definition of every table."""

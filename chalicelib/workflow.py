@@ -1,0 +1,141 @@
+"""The steps of the query workflow (stepfunctions/query.asl.json), one class each.
+
+Each step loads what it needs from the query record: the execution input,
+outputs and history carry only the query id, outcomes and account counts.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from chalicelib import errors, http, registry, sms
+from chalicelib.privacy import Vault, partner_secret
+from chalicelib.storage.models import QueryRecord
+
+logger = Logger(child=True)
+
+OUTCOMES = ("match", "mismatch", "cancelled", "unknown")
+
+
+def _set_status(record: QueryRecord, status: str, now: int, **extra: Any) -> None:
+    actions = [QueryRecord.status.set(status), QueryRecord.updated_at.set(now)]
+    actions += [getattr(QueryRecord, name).set(value) for name, value in extra.items()]
+    record.update(actions=actions)
+
+
+class CarrierCheck:
+    """Real-name check: is the number active and registered to these ID digits?"""
+
+    def __init__(self, vault: Vault, clock: Callable[[], float] = time.time,
+                 secret_for: Callable[[str], str] = partner_secret) -> None:
+        self._vault = vault
+        self._clock = clock
+        self._secret_for = secret_for
+
+    def run(self, query_id: str, deadline_at: int) -> dict[str, Any]:
+        now = int(self._clock())
+        record = QueryRecord.get(query_id, consistent_read=True)
+        if record.outcome is None:
+            if record.status == "accepted":
+                _set_status(record, "verifying", now)
+            outcome = self._ask_carrier(record)
+            # The ID digits have served their purpose: discard them now (SPEC §6).
+            record.update(actions=[QueryRecord.outcome.set(outcome), QueryRecord.id_sealed.remove(),
+                                   QueryRecord.updated_at.set(now)])
+        outcome = str(record.outcome)
+        lookups: list[dict[str, Any]] = []
+        if outcome == "match":
+            _set_status(record, "looking_up", now)
+            timeout = max(1, int(deadline_at) - now)
+            lookups = [{"query_id": query_id, "company": c.id, "deadline_at": int(deadline_at),
+                        "timeout_seconds": timeout} for c in registry.companies()]
+        logger.info("carrier check done", extra={"query_id": query_id, "outcome": outcome})
+        return {"query_id": query_id, "deadline_at": int(deadline_at), "outcome": outcome,
+                "lookups": lookups, "answers": []}
+
+    def _ask_carrier(self, record: QueryRecord) -> str:
+        phone = self._vault.open(record.phone_sealed, record.query_id)
+        if record.id_sealed is None:
+            return "unknown"
+        carrier = registry.carrier_for(phone)
+        if carrier is None:
+            return "unknown"
+        payload = {"phone": phone, "id_last6": self._vault.open(record.id_sealed, record.query_id)}
+        try:
+            reply = http.post_signed(f"{carrier.base_url}/verifications", payload,
+                                     self._secret_for(carrier.secret_name))
+        except http.Unreachable as exc:
+            raise errors.CarrierUnavailable(f"{carrier.id}: {exc}") from exc
+        if reply.status >= 500 or reply.status == 429:
+            raise errors.CarrierUnavailable(f"{carrier.id}: HTTP {reply.status}")
+        result = reply.body.get("result") if isinstance(reply.body, dict) else None
+        if reply.status != 200 or result not in OUTCOMES:
+            logger.warning("carrier answer unusable", extra={"carrier": carrier.id, "status": reply.status})
+            return "unknown"
+        return str(result)
+
+
+class ReplySender:
+    """The one reply SMS per query (SPEC §5), idempotent across retries of the step."""
+
+    def __init__(self, vault: Vault, sender: sms.SmsSender, persistence: Any | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._vault = vault
+        self._sender = sender
+        self._clock = clock
+        self.idempotency = None
+        self._send_once: Callable[..., Any] = self.deliver
+        if persistence is not None:
+            # Powertools Idempotency keyed by query id: a retried step finds the
+            # completed record and does not publish a second SMS.
+            from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+
+            self.idempotency = IdempotencyConfig(event_key_jmespath="query_id",
+                                                 expires_after_seconds=7 * 86400)
+            self._send_once = idempotent_function(self.deliver, data_keyword_argument="delivery",
+                                                  persistence_store=persistence, config=self.idempotency)
+
+    def deliver(self, delivery: dict[str, Any]) -> dict[str, Any]:
+        message_id = self._sender.send(delivery["phone"], delivery["message"])
+        return {"message_id": message_id}
+
+    def run(self, state: dict[str, Any]) -> dict[str, Any]:
+        query_id = state["query_id"]
+        outcome = state.get("outcome", "unknown")
+        record = QueryRecord.get(query_id, consistent_read=True)
+        phone = self._vault.open(record.phone_sealed, query_id)
+        status = "replied" if outcome == "match" else "failed"
+        message = self.compose(phone, outcome, state.get("answers") or [])
+        if message is not None:
+            self._send_once(delivery={"query_id": query_id, "phone": phone, "message": message})
+        _set_status(record, status, int(self._clock()), outcome=outcome)
+        if record.id_sealed is not None:
+            record.update(actions=[QueryRecord.id_sealed.remove()])
+        logger.info("query closed", extra={"query_id": query_id, "status": status, "outcome": outcome,
+                                           "sms_sent": message is not None})
+        return {"query_id": query_id, "status": status}
+
+    @staticmethod
+    def compose(phone: str, outcome: str, answers: list[dict[str, Any]]) -> str | None:
+        if outcome == "cancelled":
+            return None  # no SMS can reach a cancelled number
+        if outcome == "mismatch":
+            return sms.mismatch_text(phone)
+        if outcome != "match":
+            return sms.unavailable_text(phone)
+        by_company = {a.get("company"): a for a in answers}
+        lines = []
+        for company in registry.companies():
+            answer = by_company.get(company.id)
+            if answer is None and company.id not in by_company:
+                continue  # joined after this query started: not asked
+            answered = bool(answer and answer.get("answered"))
+            lines.append(sms.CompanyAnswer(
+                company.name,
+                int(answer["account_count"]) if answered and answer else None,
+                answer.get("apps") if answered and answer else None,
+            ))
+        return sms.result_text(phone, lines)

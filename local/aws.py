@@ -1,0 +1,94 @@
+"""Create the service's AWS resources on moto (tests and the local stack alike)."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ASL_FILE = os.path.join(ROOT, "stepfunctions", "query.asl.json")
+ACCOUNT = "123456789012"
+FUNCTIONS = {"VerifyCarrierArn": "verify_carrier", "RequestLookupArn": "request_lookup",
+             "SendReplyArn": "send_reply"}
+
+
+def base_environment(prefix: str = "yztc") -> dict[str, str]:
+    """The names every component reads (chalicelib/config.py); set before importing it."""
+    return {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "CODES_TABLE": f"{prefix}-codes",
+        "THROTTLE_TABLE": f"{prefix}-throttle",
+        "QUERIES_TABLE": f"{prefix}-queries",
+        "LOOKUPS_TABLE": f"{prefix}-lookups",
+        "IDEMPOTENCY_TABLE": f"{prefix}-idempotency",
+        "KMS_KEY_ID": f"alias/{prefix}",
+        "PEPPER_SECRET_NAME": f"{prefix}/pepper",
+        "START_QUEUE_NAME": f"{prefix}-query-starts",
+        "POWERTOOLS_SERVICE_NAME": "yizhengtongcha",
+        "POWERTOOLS_METRICS_NAMESPACE": "YiZhengTongCha",
+    }
+
+
+def substitute(definition: str, substitutions: dict[str, str]) -> str:
+    for name, value in substitutions.items():
+        definition = definition.replace("${" + name + "}", value)
+    return definition
+
+
+def state_machine_definition(region: str = "us-east-1") -> str:
+    with open(ASL_FILE, encoding="utf-8") as fh:
+        definition = fh.read()
+    return substitute(definition, {
+        placeholder: f"arn:aws:lambda:{region}:{ACCOUNT}:function:{name}"
+        for placeholder, name in FUNCTIONS.items()})
+
+
+@dataclass
+class Resources:
+    env: dict[str, str]
+    secrets: dict[str, str] = field(default_factory=dict)  # secret name -> value
+
+
+def create(env: dict[str, str], secret_names: list[str]) -> Resources:
+    """Tables, KMS key, pepper and partner secrets, start queue, state machine.
+
+    Returns the environment additions (ARNs, URLs) and the secrets' values,
+    which the simulators need to sign as partners and carriers do.
+    """
+    from chalicelib.storage.models import create_all
+
+    create_all()
+    kms = boto3.client("kms")
+    key_id = kms.create_key(Description="yztc personal data")["KeyMetadata"]["KeyId"]
+    kms.create_alias(AliasName=env["KMS_KEY_ID"], TargetKeyId=key_id)
+    sm = boto3.client("secretsmanager")
+    values = {}
+    for name in [env["PEPPER_SECRET_NAME"], *secret_names]:
+        values[name] = secrets.token_hex(32)
+        sm.create_secret(Name=name, SecretString=values[name])
+    queue_url = boto3.client("sqs").create_queue(
+        QueueName=env["START_QUEUE_NAME"], Attributes={"VisibilityTimeout": "5"})["QueueUrl"]
+    iam = boto3.client("iam")
+    role_arn = iam.create_role(
+        RoleName="yztc-states", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
+    )["Role"]["Arn"]
+    machine = boto3.client("stepfunctions").create_state_machine(
+        name="yztc-query", definition=state_machine_definition(), roleArn=role_arn, type="STANDARD")
+    added = {"STATE_MACHINE_ARN": machine["stateMachineArn"], "START_QUEUE_URL": queue_url}
+    return Resources(env=added, secrets=values)
+
+
+def registry_secret_names(*registry_files: str) -> list[str]:
+    names: list[str] = []
+    for path in registry_files:
+        with open(path, encoding="utf-8") as fh:
+            data: dict[str, Any] = json.load(fh)
+        for entries in data.values():
+            names += [entry["secret_name"] for entry in entries]
+    return names

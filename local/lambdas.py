@@ -1,0 +1,109 @@
+"""Route moto's Lambda invocations to the app's own functions, in-process.
+
+moto's Step Functions interpreter invokes Lambda through its Lambda backend;
+with `use_docker: False` that is LambdaSimpleBackend.invoke, the seam replaced
+here. A raised exception becomes a function error whose errorType is the
+exception's class name, as the Python Lambda runtime reports it, so the ASL's
+Retry/Catch match on our exception names.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from moto.awslambda_simple.models import LambdaSimpleBackend
+
+Handler = Callable[[dict[str, Any], Any], Any]
+
+
+class FakeContext:
+    def __init__(self, name: str, timeout_ms: int = 60_000) -> None:
+        self.function_name = name
+        self.aws_request_id = "local"
+        self.invoked_function_arn = f"arn:aws:lambda:us-east-1:123456789012:function:{name}"
+        self.memory_limit_in_mb = 256
+        self._timeout_ms = timeout_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self._timeout_ms
+
+
+class Dispatcher:
+    def __init__(self, handlers: dict[str, Handler]) -> None:
+        self.handlers = handlers
+        self.calls: list[str] = []
+        # name -> how many more successful invocations to report as lost
+        # (the function ran, the caller saw Lambda.ServiceException): tests only.
+        self.lose_results: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def invoke(self, function_name: str, body: bytes | str | None, response_headers: dict[str, str]) -> bytes:
+        name = function_name.split(":function:")[-1].split(":")[0]  # ARN or bare name
+        with self._lock:
+            self.calls.append(name)
+        handler = self.handlers[name]
+        event = json.loads(body or "{}")
+        try:
+            result = handler(event, FakeContext(name))
+        except Exception as exc:  # the Lambda runtime reports any exception this way
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc),
+                               "stackTrace": traceback.format_tb(exc.__traceback__)[-3:]}).encode()
+        with self._lock:
+            if self.lose_results.get(name, 0) > 0:
+                self.lose_results[name] -= 1
+                response_headers["x-amz-function-error"] = "Unhandled"
+                return json.dumps({"errorType": "Lambda.ServiceException",
+                                   "errorMessage": "result lost (injected)"}).encode()
+        return json.dumps(result, ensure_ascii=False).encode()
+
+
+def install(app_module: Any) -> Dispatcher:
+    dispatcher = Dispatcher({
+        "verify_carrier": app_module.verify_carrier,
+        "request_lookup": app_module.request_lookup,
+        "send_reply": app_module.send_reply,
+    })
+
+    def invoke(self: LambdaSimpleBackend, function_name: str, qualifier: str | None, body: Any,
+               headers: Any, response_headers: Any) -> bytes:
+        return dispatcher.invoke(function_name, body, response_headers)
+
+    LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
+    return dispatcher
+
+
+def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
+    return {"Records": [{
+        "messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+        "attributes": m.get("Attributes", {}), "messageAttributes": {}, "md5OfBody": m["MD5OfBody"],
+        "eventSource": "aws:sqs", "eventSourceARN": queue_arn, "awsRegion": "us-east-1",
+    } for m in messages]}
+
+
+def pump_queue(app_module: Any, sqs: Any, queue_url: str, *, wait_seconds: int = 0,
+               visibility_on_failure: int | None = None) -> int:
+    """One receive -> start_queries -> delete round, as Lambda's SQS poller does.
+
+    Returns how many messages were handled. On failure the messages stay in the
+    queue and come back after their visibility timeout (or `visibility_on_failure`).
+    """
+    received = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_seconds)
+    messages = received.get("Messages", [])
+    if not messages:
+        return 0
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    try:
+        app_module.start_queries(sqs_event(messages, arn), FakeContext("start_queries"))
+    except Exception:
+        if visibility_on_failure is not None:
+            for m in messages:
+                sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"],
+                                              VisibilityTimeout=visibility_on_failure)
+        raise
+    sqs.delete_message_batch(QueueUrl=queue_url, Entries=[
+        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
+    return len(messages)

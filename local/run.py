@@ -1,0 +1,58 @@
+"""`make run`: the whole service on this machine until Ctrl-C or SIGTERM."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+MOTO_PORT = int(os.environ.get("MOTO_PORT", "5000"))
+
+
+def main() -> int:
+    os.environ["MOTO_PORT"] = str(MOTO_PORT)  # moto's Step Functions calls Lambda here
+    from moto.core.config import default_user_config
+    from moto.server import ThreadedMotoServer
+
+    default_user_config["stepfunctions"] = {"execute_state_machine": True}
+    default_user_config["lambda"] = {"use_docker": False}
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per AWS call otherwise
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=MOTO_PORT, verbose=False)
+    moto.start()
+
+    from local.stack import LocalStack, StackOptions
+
+    options = StackOptions(
+        api_port=int(os.environ.get("API_PORT", "8000")),
+        deadline_seconds=int(os.environ.get("QUERY_DEADLINE_SECONDS", "60")),
+        partner_modes=os.environ.get("PARTNER_MODES", ""),
+        carrier_port=int(os.environ.get("CARRIER_PORT", "8100")),
+        partner_ports={} if os.environ.get("SIMULATOR_PORTS") == "any" else {
+            c: 8101 + i for i, c in enumerate(
+                ["tencent", "alibaba", "alipay", "baidu", "kuaishou", "douyin", "jd", "meituan"])},
+        print_sms=True,
+        aws_endpoint=f"http://127.0.0.1:{MOTO_PORT}",
+    )
+    if os.environ.get("SIMULATOR_PORTS") == "any":
+        options.carrier_port = 0
+    stack = LocalStack(options).start()
+    api = f"http://127.0.0.1:{options.api_port}"
+    print(f"一证通查 is running: {api}  (query page {api}/ , SMS outbox {api}/local/sms)", flush=True)
+    print(f"AWS (moto): http://127.0.0.1:{MOTO_PORT}  region us-east-1; SMS also in {stack.outbox}", flush=True)
+    print(f"Partner deadline: {options.deadline_seconds}s; partner modes: "
+          + ", ".join(f"{c}={p.mode}" for c, p in stack.partners.items()), flush=True)
+
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    stopped.wait()
+    print("stopping…", flush=True)
+    stack.stop()
+    moto.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Carrier and partner simulators over real HTTP (SPEC §4, §7).
+
+They check our signatures, answer from local/fixtures/*.csv, and partners call
+back, signed, to the API's callback URL after their configured delay.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from chalicelib import signing
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+MODES = ("callback", "immediate", "flaky", "silent", "reject")
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    phone: str
+    id_last6: str
+    status: str
+    carrier: str
+
+
+def load_subscribers(path: str | None = None) -> dict[str, Subscriber]:
+    with open(path or os.path.join(FIXTURES, "subscribers.csv"), encoding="utf-8") as fh:
+        return {row["phone"]: Subscriber(**row) for row in csv.DictReader(fh)}
+
+
+def load_accounts(path: str | None = None) -> dict[tuple[str, str], int]:
+    with open(path or os.path.join(FIXTURES, "accounts.csv"), encoding="utf-8") as fh:
+        return {(row["phone"], row["company"]): int(row["account_count"]) for row in csv.DictReader(fh)}
+
+
+def load_partner_modes(path: str | None = None, override: str | None = None) -> dict[str, tuple[str, float]]:
+    """company -> (mode, delay_seconds); PARTNER_MODES="meituan=silent,jd=flaky" overrides the mode."""
+    with open(path or os.path.join(FIXTURES, "partners.csv"), encoding="utf-8") as fh:
+        modes = {row["company"]: (row["mode"], float(row["delay_seconds"])) for row in csv.DictReader(fh)}
+    for item in filter(None, (override or "").split(",")):
+        company, _, mode = item.strip().partition("=")
+        if mode not in MODES:
+            raise ValueError(f"PARTNER_MODES: unknown mode {mode!r} for {company!r}")
+        modes[company] = (mode, modes.get(company, (mode, 1.0))[1])
+    return modes
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_Server"
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep the console for SMS lines
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        status, answer = self.server.simulator.handle(self.path, dict(self.headers), body)
+        data = json.dumps(answer, ensure_ascii=False).encode() if answer is not None else b""
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, simulator: "Simulator", port: int) -> None:
+        self.simulator = simulator
+        super().__init__(("127.0.0.1", port), _Handler)
+
+
+class Simulator:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self._server: _Server | None = None
+
+    def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        raise NotImplementedError
+
+    def start(self, port: int = 0) -> str:
+        self._server = _Server(self, port)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+@dataclass
+class CarrierSimulator(Simulator):
+    """One gateway for the three carriers: POST /{carrier}/verifications."""
+
+    secrets: dict[str, str]  # carrier id -> shared secret
+    subscribers: dict[str, Subscriber]
+    unavailable_for: int = 0  # answer 503 to this many requests first (carrier down, then up)
+
+    def __post_init__(self) -> None:
+        Simulator.__init__(self)
+        self._lock = threading.Lock()
+
+    def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        carrier = path.strip("/").split("/")[0]
+        if not path.endswith("/verifications") or carrier not in self.secrets:
+            return 404, {"error": "not found"}
+        try:
+            signing.verify(self.secrets[carrier], headers, body)
+        except Exception:
+            return 401, {"error": "bad signature"}
+        with self._lock:
+            self.requests.append({"carrier": carrier})
+            if self.unavailable_for > 0:
+                self.unavailable_for -= 1
+                return 503, {"error": "maintenance"}
+        request = json.loads(body)
+        subscriber = self.subscribers.get(request.get("phone", ""))
+        if subscriber is None:
+            return 200, {"result": "unknown"}
+        if subscriber.status == "cancelled":
+            return 200, {"result": "cancelled"}
+        matches = subscriber.id_last6.upper() == str(request.get("id_last6", "")).upper()
+        return 200, {"result": "match" if matches else "mismatch"}
+
+
+@dataclass
+class PartnerSimulator(Simulator):
+    company: str
+    secret: str
+    accounts: dict[tuple[str, str], int]
+    mode: str = "callback"
+    delay_seconds: float = 1.0
+    failures_per_lookup: int = 2  # flaky mode
+    _tries: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        Simulator.__init__(self)
+        self._lock = threading.Lock()
+        self.callbacks: list[int] = []  # HTTP status of each callback we made
+
+    def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        if path.rstrip("/") != "/lookups":
+            return 404, {"error": "not found"}
+        try:
+            signing.verify(self.secret, headers, body)
+        except Exception:
+            return 401, {"error": "bad signature"}
+        request = json.loads(body)
+        lookup_id = request["lookup_id"]
+        with self._lock:
+            self.requests.append({"lookup_id": lookup_id})
+            tries = self._tries[lookup_id] = self._tries.get(lookup_id, 0) + 1
+        answer = {"lookup_id": lookup_id,
+                  "account_count": self.accounts.get((request["phone"], self.company), 0)}
+        if self.mode == "reject":
+            return 400, {"error": "unsupported request"}
+        if self.mode == "silent":
+            return 202, None
+        if self.mode == "flaky" and tries <= self.failures_per_lookup:
+            return 503, {"error": "overloaded"}
+        if self.mode == "immediate":
+            return 200, answer
+        timer = threading.Timer(self.delay_seconds, self._call_back, (request["callback_url"], answer))
+        timer.daemon = True
+        timer.start()
+        return 202, None
+
+    def _call_back(self, url: str, answer: dict[str, Any]) -> None:
+        body = json.dumps(answer).encode()
+        request = urllib.request.Request(url, data=body, method="POST",
+                                         headers=signing.signed_headers(self.secret, body, time.time()))
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                self.callbacks.append(response.status)
+        except urllib.error.HTTPError as exc:
+            self.callbacks.append(exc.code)
+        except OSError:
+            self.callbacks.append(0)

@@ -1,0 +1,197 @@
+"""Assemble the whole service on one machine (SPEC §7).
+
+Used by `make run` (moto in server mode on :5000, API on :8000) and by the tests
+(moto in-process under mock_aws, everything on free ports). Order matters:
+the environment is set before chalicelib is imported, because table names and
+settings are read once.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from local import aws
+
+ROOT = aws.ROOT
+
+
+@dataclass
+class StackOptions:
+    workdir: str = os.path.join(ROOT, ".local")
+    api_port: int = 8000
+    deadline_seconds: int = 60
+    partner_modes: str = ""  # PARTNER_MODES override
+    carrier_port: int = 0
+    partner_ports: dict[str, int] = field(default_factory=dict)
+    pump: bool = True  # poll the start queue, as Lambda's SQS event source does
+    print_sms: bool = False
+    aws_endpoint: str | None = None  # None: moto in-process (mock_aws is active)
+
+
+def configure_environment(options: StackOptions) -> dict[str, str]:
+    env = aws.base_environment()
+    env.update({
+        "QUERY_DEADLINE_SECONDS": str(options.deadline_seconds),
+        "PUBLIC_API_URL": f"http://127.0.0.1:{options.api_port}",
+        "COMPANY_REGISTRY_FILE": os.path.join(options.workdir, "companies.json"),
+        "CARRIER_REGISTRY_FILE": os.path.join(options.workdir, "carriers.json"),
+        "POWERTOOLS_METRICS_NAMESPACE": "YiZhengTongCha",
+    })
+    if options.aws_endpoint:
+        env["AWS_ENDPOINT_URL"] = options.aws_endpoint
+    os.makedirs(options.workdir, exist_ok=True)
+    os.environ.update(env)
+    return env
+
+
+_OUTBOX: dict[str, Any] = {}
+
+
+def install_sms_outbox(path: str, echo: bool) -> None:
+    """Every SMS moto's SNS 'sends' is appended to the outbox as one JSON line."""
+    from moto.sns.models import SNSBackend
+
+    first = not _OUTBOX
+    _OUTBOX.update(path=path, echo=echo)
+    if not first:
+        return
+    original = SNSBackend.publish
+    lock = threading.Lock()
+
+    def publish(self: SNSBackend, message: str, arn: str | None, phone_number: str | None = None,
+                *args: Any, **kwargs: Any) -> str:
+        message_id = original(self, message, arn, phone_number, *args, **kwargs)
+        if phone_number:
+            line = {"phone": phone_number.removeprefix("+86"), "message": message,
+                    "sent_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            with lock, open(_OUTBOX["path"], "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+            if _OUTBOX["echo"]:
+                print(f"[SMS] to {line['phone']}: {message}", flush=True)
+        return message_id
+
+    SNSBackend.publish = publish  # type: ignore[method-assign]
+
+
+class LocalStack:
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self.env = configure_environment(options)
+        self.outbox = os.path.join(options.workdir, "sms-outbox.jsonl")
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.partners: dict[str, Any] = {}
+        self.carrier: Any = None
+        self.api_server: Any = None
+
+    def start(self) -> "LocalStack":
+        from chalicelib import clients, registry
+        from chalicelib.config import settings
+        from local import lambdas, simulators
+
+        opts = self.options
+        open(self.outbox, "a").close()
+        install_sms_outbox(self.outbox, opts.print_sms)
+        import app as app_module
+
+        self.app_module = app_module
+        self.dispatcher = lambdas.install(app_module)
+        bundled_companies = os.path.join(ROOT, "chalicelib", "data", "companies.json")
+        bundled_carriers = os.path.join(ROOT, "chalicelib", "data", "carriers.json")
+        created = aws.create(self.env, aws.registry_secret_names(bundled_companies, bundled_carriers))
+        os.environ.update(created.env)
+        self.env.update(created.env)
+        self.secrets = created.secrets
+        for cache in (settings.cache_clear, registry.companies.cache_clear, registry.carriers.cache_clear,
+                      clients.reset):
+            cache()
+
+        with open(bundled_carriers, encoding="utf-8") as fh:
+            carriers = json.load(fh)["carriers"]
+        self.carrier = simulators.CarrierSimulator(
+            secrets={c["id"]: created.secrets[c["secret_name"]] for c in carriers},
+            subscribers=simulators.load_subscribers())
+        carrier_url = self.carrier.start(opts.carrier_port)
+        for entry in carriers:
+            entry["base_url"] = f"{carrier_url}/{entry['id']}"
+        self._write(self.env["CARRIER_REGISTRY_FILE"], {"carriers": carriers})
+
+        with open(bundled_companies, encoding="utf-8") as fh:
+            companies = json.load(fh)["companies"]
+        modes = simulators.load_partner_modes(override=opts.partner_modes or os.environ.get("PARTNER_MODES"))
+        accounts = simulators.load_accounts()
+        for entry in companies:
+            mode, delay = modes.get(entry["id"], ("callback", 1.0))
+            partner = simulators.PartnerSimulator(entry["id"], created.secrets[entry["secret_name"]],
+                                                  accounts, mode, delay)
+            entry["base_url"] = partner.start(opts.partner_ports.get(entry["id"], 0))
+            self.partners[entry["id"]] = partner
+        self._write(self.env["COMPANY_REGISTRY_FILE"], {"companies": companies})
+        registry.companies.cache_clear()
+        registry.carriers.cache_clear()
+
+        self._start_api()
+        if opts.pump:
+            self._spawn(self._pump_forever)
+        return self
+
+    @staticmethod
+    def _write(path: str, data: dict[str, Any]) -> None:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, ensure_ascii=False, indent=1)
+
+    def _start_api(self) -> None:
+        from chalice.config import Config
+        from chalice.local import LocalDevServer
+
+        from local.http import LocalRequestHandler
+
+        config = Config.create(chalice_stage="local", app_name="yizhengtongcha")
+        LocalRequestHandler.outbox = self.outbox
+        self.api_server = LocalDevServer(self.app_module.app, config, "127.0.0.1", self.options.api_port,
+                                         handler_cls=LocalRequestHandler)
+        self._spawn(self.api_server.server.serve_forever)
+
+    def _spawn(self, target: Any) -> None:
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def pump_once(self, visibility_on_failure: int | None = None) -> int:
+        from chalicelib import clients
+        from local.lambdas import pump_queue
+
+        return pump_queue(self.app_module, clients.client("sqs"), self.env["START_QUEUE_URL"],
+                          visibility_on_failure=visibility_on_failure)
+
+    def _pump_forever(self) -> None:
+        from chalicelib import clients
+        from local.lambdas import pump_queue
+
+        while not self._stop.is_set():
+            try:
+                if not pump_queue(self.app_module, clients.client("sqs"), self.env["START_QUEUE_URL"],
+                                  wait_seconds=1):
+                    self._stop.wait(0.2)
+            except Exception as exc:  # the messages come back after their visibility timeout
+                print(f"[local] start_queries failed, will retry: {type(exc).__name__}", flush=True)
+                self._stop.wait(1)
+
+    def read_outbox(self) -> list[dict[str, Any]]:
+        with open(self.outbox, encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.api_server is not None:
+            self.api_server.server.shutdown()
+            self.api_server.server.server_close()
+        for sim in [self.carrier, *self.partners.values()]:
+            if sim is not None:
+                sim.stop()
+        for thread in self._threads:
+            thread.join(timeout=5)

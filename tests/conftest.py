@@ -1,0 +1,113 @@
+"""Fixtures: fake credentials and the environment first, then moto, then our code.
+
+Every test gets a fresh moto (in-process, executing the real ASL), the real
+simulators on free ports, and the API served over HTTP on the session's port,
+assembled by the same local/stack.py that `make run` uses.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+WORKDIR = tempfile.mkdtemp(prefix="yztc-tests-")
+API_PORT = _free_port()
+
+from local.stack import StackOptions, configure_environment  # noqa: E402
+
+BASE_OPTIONS = StackOptions(workdir=WORKDIR, api_port=API_PORT, deadline_seconds=30, pump=False)
+configure_environment(BASE_OPTIONS)
+os.environ.pop("AWS_ENDPOINT_URL", None)
+os.environ.pop("PARTNER_MODES", None)
+
+from moto import mock_aws  # noqa: E402
+
+MOTO_CONFIG: Any = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
+
+
+def reset_caches() -> None:
+    from aws_lambda_powertools.utilities import parameters
+
+    import app as app_module
+    from chalicelib import clients, registry
+    from chalicelib.config import settings
+
+    parameters.clear_caches()
+    for cached in (settings, registry.companies, registry.carriers, app_module.hasher, app_module.vault,
+                   app_module.code_service, app_module.intake, app_module.lookups, app_module.carrier_check,
+                   app_module.reply_sender):
+        cached.cache_clear()
+    clients.reset()
+
+
+@pytest.fixture
+def stack_options() -> StackOptions:
+    """Override in a test module (or parametrize) to change partner modes or the deadline."""
+    return StackOptions(**{**BASE_OPTIONS.__dict__})
+
+
+@pytest.fixture
+def stack(stack_options: StackOptions, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from local.stack import LocalStack
+
+    monkeypatch.setenv("QUERY_DEADLINE_SECONDS", str(stack_options.deadline_seconds))
+    with mock_aws(config=MOTO_CONFIG):
+        reset_caches()
+        open(os.path.join(WORKDIR, "sms-outbox.jsonl"), "w").close()
+        local = LocalStack(stack_options)
+        local.env["QUERY_DEADLINE_SECONDS"] = str(stack_options.deadline_seconds)
+        local.start()
+        try:
+            yield local
+        finally:
+            _stop_executions()
+            local.stop()
+            reset_caches()
+
+
+def _stop_executions() -> None:
+    import boto3
+
+    sfn = boto3.client("stepfunctions")
+    for machine in sfn.list_state_machines()["stateMachines"]:
+        for execution in sfn.list_executions(stateMachineArn=machine["stateMachineArn"],
+                                             statusFilter="RUNNING")["executions"]:
+            sfn.stop_execution(executionArn=execution["executionArn"])
+
+
+@pytest.fixture
+def api(stack: Any) -> Any:
+    """Chalice's in-process test client on the same app and the same moto."""
+    from chalice.test import Client
+
+    with Client(stack.app_module.app) as client:
+        yield client
+
+
+def post_json(client: Any, path: str, body: Any, headers: dict[str, str] | None = None) -> Any:
+    raw = body if isinstance(body, (str, bytes)) else json.dumps(body)
+    return client.http.post(path, headers={"Content-Type": "application/json", **(headers or {})}, body=raw)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    """Poll until condition() is truthy (the workflow runs on moto's threads)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
