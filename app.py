@@ -27,7 +27,7 @@ from chalicelib.sms import SmsSender
 from chalicelib.validation import check_code_format, normalise_id_last6, normalise_phone
 from chalicelib.workflow import CarrierCheck, ReplySender
 
-app = Chalice(app_name="yizhengtongcha")
+app = Chalice(app_name="yizhengtongcha", configure_logs=False)  # Powertools Logger owns logging
 logger = Logger(service="yizhengtongcha")
 metrics = Metrics(namespace="YiZhengTongCha", service="yizhengtongcha")
 

@@ -64,7 +64,7 @@ class CodeService:
             refused = first_refused(exc.cancellation_reasons, guards)
             if refused is None:
                 raise
-            raise errors.TooManyRequests(retry_after=refused[1].retry_after(now)) from exc
+            raise errors.TooManyRequests(retry_after=refused.retry_after(now)) from exc
         try:
             self._sender.send(phone, sms.code_text(code))
         except sms.SmsChannelBusy as exc:

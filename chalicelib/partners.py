@@ -136,12 +136,12 @@ class LookupService:
             raise errors.NotFound("未知的查询编号。") from exc
         if lookup.company != company_id:
             raise errors.NotFound("未知的查询编号。")
-        canonical = json.dumps(answer, sort_keys=True, ensure_ascii=False)
-        digest = hashlib.sha256(canonical.encode()).hexdigest()
+        # Compare answers key-order-blind; store them as sent (app order is the partner's).
+        digest = hashlib.sha256(json.dumps(answer, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
         if lookup.status != "answered":
             try:
                 lookup.update(
-                    actions=[Lookup.status.set("answered"), Lookup.answer.set(canonical),
+                    actions=[Lookup.status.set("answered"), Lookup.answer.set(json.dumps(answer, ensure_ascii=False)),
                              Lookup.answer_digest.set(digest), Lookup.answered_at.set(int(self._clock()))],
                     condition=Lookup.status == "pending",
                 )

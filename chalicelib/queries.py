@@ -26,6 +26,12 @@ from chalicelib.storage.models import QueryRecord, at, transaction
 from chalicelib.throttle import Counter, Lock, first_refused, hour_window
 
 STATUSES = ("accepted", "verifying", "looking_up", "replied", "failed")
+_CONFLICT_RETRIES = 3
+
+
+def _conflicted(exc: TransactWriteError) -> bool:
+    """DynamoDB cancelled us for a concurrent transaction on the same items: try again."""
+    return any(r is not None and r.code == "TransactionConflict" for r in exc.cancellation_reasons)
 
 
 class StartDeferred(Exception):
@@ -76,18 +82,21 @@ class QueryIntake:
             lock_key=lock.key,
             ttl=at(now + cfg.query_record_days * 86400),
         )
-        try:
-            with transaction() as tx:
-                check.consume_in(tx)
-                lock.add_to(tx, now)
-                tx.save(record, condition=QueryRecord.query_id.does_not_exist())
-        except TransactWriteError as exc:
-            refused = first_refused(exc.cancellation_reasons, [check, lock])
-            if refused is None:
-                raise
-            if refused[1] is lock:
-                raise errors.QueryLimit(retry_after=lock.retry_after(now)) from exc
-            raise errors.WrongCode() from exc
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                with transaction() as tx:
+                    check.consume_in(tx)
+                    lock.add_to(tx, now)
+                    tx.save(record, condition=QueryRecord.query_id.does_not_exist())
+                break
+            except TransactWriteError as exc:
+                refused = first_refused(exc.cancellation_reasons, [check, lock])
+                if refused is lock:
+                    raise errors.QueryLimit(retry_after=lock.retry_after(now)) from exc
+                if refused is check:
+                    raise errors.WrongCode() from exc
+                if not _conflicted(exc) or attempt == _CONFLICT_RETRIES - 1:
+                    raise  # not a condition of ours: let it surface as a 500 and an alarm
         try:
             self.enqueue_start(query_id, record.deadline_at)
         except ClientError as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from pynamodb.transactions import TransactWrite
 
@@ -74,9 +75,15 @@ def china_day_window(now: int) -> tuple[str, int]:
     return today.isoformat(), int(midnight.timestamp())
 
 
-def first_refused(exc_reasons: list, guards: list) -> tuple[int, object] | None:
-    """Index and guard of the first condition that cancelled a transaction."""
-    for index, reason in enumerate(exc_reasons):
-        if reason is not None and reason.code == "ConditionalCheckFailed" and index < len(guards):
-            return index, guards[index]
+def first_refused(reasons: list[Any], guards: list[Any]) -> Any | None:
+    """The first guard whose condition cancelled a transaction, if any.
+
+    Every guard is an update, and PynamoDB sends a transaction's condition
+    checks, deletes and puts before its updates, in the order added: the
+    guards' reasons are the last len(guards) entries.
+    """
+    offset = len(reasons) - len(guards)
+    for guard, reason in zip(guards, reasons[offset:], strict=True):
+        if reason is not None and reason.code == "ConditionalCheckFailed":
+            return guard
     return None

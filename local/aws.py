@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,33 @@ def state_machine_definition(region: str = "us-east-1") -> str:
 class Resources:
     env: dict[str, str]
     secrets: dict[str, str] = field(default_factory=dict)  # secret name -> value
+
+
+_SERIALIZED = threading.RLock()
+
+
+def make_dynamodb_serializable() -> None:
+    """Give moto's DynamoDB the isolation the real one has.
+
+    moto applies a transaction item by item and, on a failed condition, restores
+    a deep copy of the tables taken before: concurrent requests then interleave
+    and overwrite each other, which DynamoDB never does (transactions are
+    serializable, single-item writes atomic). One lock around moto's writes
+    restores that, so concurrency tests exercise our conditions, not moto's races.
+    """
+    from moto.dynamodb.models import DynamoDBBackend
+
+    if getattr(DynamoDBBackend, "_yztc_serialized", False):
+        return
+    for name in ("transact_write_items", "put_item", "update_item", "delete_item"):
+        original = getattr(DynamoDBBackend, name)
+
+        def locked(self: Any, *args: Any, __original: Any = original, **kwargs: Any) -> Any:
+            with _SERIALIZED:
+                return __original(self, *args, **kwargs)
+
+        setattr(DynamoDBBackend, name, locked)
+    DynamoDBBackend._yztc_serialized = True  # type: ignore[attr-defined]
 
 
 def create(env: dict[str, str], secret_names: list[str]) -> Resources:

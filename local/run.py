@@ -25,6 +25,7 @@ def main() -> int:
     from local.stack import LocalStack, StackOptions
 
     options = StackOptions(
+        workdir=os.environ.get("LOCAL_WORKDIR", StackOptions.workdir),
         api_port=int(os.environ.get("API_PORT", "8000")),
         deadline_seconds=int(os.environ.get("QUERY_DEADLINE_SECONDS", "60")),
         partner_modes=os.environ.get("PARTNER_MODES", ""),

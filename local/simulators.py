@@ -86,7 +86,7 @@ class Simulator:
 
     def start(self, port: int = 0) -> str:
         self._server = _Server(self, port)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def stop(self) -> None:

@@ -96,6 +96,7 @@ class LocalStack:
         opts = self.options
         open(self.outbox, "a").close()
         install_sms_outbox(self.outbox, opts.print_sms)
+        aws.make_dynamodb_serializable()
         import app as app_module
 
         self.app_module = app_module
@@ -154,7 +155,7 @@ class LocalStack:
         LocalRequestHandler.outbox = self.outbox
         self.api_server = LocalDevServer(self.app_module.app, config, "127.0.0.1", self.options.api_port,
                                          handler_cls=LocalRequestHandler)
-        self._spawn(self.api_server.server.serve_forever)
+        self._spawn(lambda: self.api_server.server.serve_forever(poll_interval=0.05))
 
     def _spawn(self, target: Any) -> None:
         thread = threading.Thread(target=target, daemon=True)

@@ -85,7 +85,17 @@ def _stop_executions() -> None:
     for machine in sfn.list_state_machines()["stateMachines"]:
         for execution in sfn.list_executions(stateMachineArn=machine["stateMachineArn"],
                                              statusFilter="RUNNING")["executions"]:
-            sfn.stop_execution(executionArn=execution["executionArn"])
+            arn = execution["executionArn"]
+            # An execution whose worker thread has not begun cannot be stopped yet.
+            wait_for(lambda arn=arn: _try_stop(sfn, arn), 10, f"stopping {arn}")
+
+
+def _try_stop(sfn: Any, arn: str) -> bool:
+    try:
+        sfn.stop_execution(executionArn=arn)
+    except AttributeError:
+        return False
+    return True
 
 
 @pytest.fixture

@@ -1,0 +1,158 @@
+"""Verification-code lifecycle (SPEC §3): validity, single use, wrong tries, resend limits."""
+from __future__ import annotations
+
+import datetime as dt
+
+import boto3
+import pytest
+import time_machine
+
+from tests.conftest import post_json
+from tests.helpers import error_code, latest_code, request_code
+
+PHONE, ID6 = "13900001111", "010203"
+START = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.timezone.utc)  # 10:00 in Beijing
+
+
+def query(api, code):
+    return post_json(api, "/v1/queries", {"phone": PHONE, "id_last6": ID6, "code": code})
+
+
+def other(code: str) -> str:
+    return f"{(int(code) + 1) % 1_000_000:06d}"
+
+
+def test_code_sms_has_the_spec_text_from_10699000(stack, api):
+    assert request_code(api, PHONE).status_code == 202
+    message = stack.read_outbox()[-1]
+    code = latest_code(stack, PHONE)
+    assert message["message"] == f"【一证通查】您的验证码为{code}，5分钟内有效。如非本人操作，请忽略。"
+    assert message["phone"] == PHONE
+
+
+def test_code_is_valid_for_five_minutes(stack, api):
+    with time_machine.travel(START, tick=True) as traveller:
+        request_code(api, PHONE)
+        code = latest_code(stack, PHONE)
+        traveller.shift(301)
+        response = query(api, code)
+    assert response.status_code == 403
+    assert error_code(response) == "wrong_code"
+
+
+def test_code_just_inside_five_minutes_is_accepted(stack, api):
+    with time_machine.travel(START, tick=True) as traveller:
+        request_code(api, PHONE)
+        code = latest_code(stack, PHONE)
+        traveller.shift(290)
+        assert query(api, code).status_code == 202
+
+
+def test_code_is_single_use(stack, api):
+    request_code(api, PHONE)
+    code = latest_code(stack, PHONE)
+    assert query(api, code).status_code == 202
+    again = query(api, code)
+    assert again.status_code == 403
+    assert error_code(again) == "wrong_code"
+
+
+def test_fifth_wrong_try_kills_the_code(stack, api):
+    request_code(api, PHONE)
+    code = latest_code(stack, PHONE)
+    for _ in range(5):
+        assert error_code(query(api, other(code))) == "wrong_code"
+    response = query(api, code)
+    assert response.status_code == 403
+    assert error_code(response) == "wrong_code"
+
+
+def test_four_wrong_tries_leave_the_code_usable(stack, api):
+    request_code(api, PHONE)
+    code = latest_code(stack, PHONE)
+    for _ in range(4):
+        assert error_code(query(api, other(code))) == "wrong_code"
+    assert query(api, code).status_code == 202
+
+
+def test_a_new_code_replaces_the_old_one(stack, api):
+    with time_machine.travel(START, tick=True) as traveller:
+        request_code(api, PHONE)
+        first = latest_code(stack, PHONE)
+        traveller.shift(61)
+        request_code(api, PHONE)
+        second = latest_code(stack, PHONE)
+        if first != second:
+            assert error_code(query(api, first)) == "wrong_code"
+        assert query(api, second).status_code == 202
+
+
+def test_second_code_within_60_seconds_is_refused_with_retry_after(stack, api):
+    with time_machine.travel(START, tick=False) as traveller:
+        assert request_code(api, PHONE).status_code == 202
+        traveller.shift(20)
+        response = request_code(api, PHONE)
+        assert response.status_code == 429
+        assert error_code(response) == "too_many_requests"
+        assert response.headers["Retry-After"] == "40"
+        traveller.shift(40)
+        assert request_code(api, PHONE).status_code == 202
+    assert len(stack.read_outbox()) == 2
+
+
+def test_eleventh_code_of_the_day_is_refused_until_beijing_midnight(stack, api):
+    with time_machine.travel(START, tick=False) as traveller:
+        for _ in range(10):
+            assert request_code(api, PHONE).status_code == 202
+            traveller.shift(61)
+        response = request_code(api, PHONE)
+        assert response.status_code == 429
+        assert error_code(response) == "too_many_requests"
+        midnight_beijing = dt.datetime(2026, 11, 28, 16, 0, tzinfo=dt.timezone.utc)
+        now = START + dt.timedelta(seconds=61 * 10)
+        assert int(response.headers["Retry-After"]) == int((midnight_beijing - now).total_seconds())
+        traveller.move_to(midnight_beijing + dt.timedelta(seconds=1))
+        assert request_code(api, PHONE).status_code == 202
+
+
+def test_thirty_first_code_from_one_ip_in_an_hour_is_refused(stack, api):
+    phones = [f"139{n:08d}" for n in range(31)]
+    with time_machine.travel(START, tick=False):
+        for phone in phones[:30]:
+            assert request_code(api, phone).status_code == 202, phone
+        response = request_code(api, phones[30])
+    assert response.status_code == 429
+    assert error_code(response) == "too_many_requests"
+    assert response.headers["Retry-After"] == "3600"
+    assert {m["phone"] for m in stack.read_outbox()} == set(phones[:30])
+
+
+def test_saturated_sms_channel_is_503_service_busy(stack, api):
+    from botocore.exceptions import ClientError
+
+    from chalicelib import clients
+
+    def throttled(**_):
+        raise ClientError({"Error": {"Code": "Throttling", "Message": "Rate exceeded"}}, "Publish")
+
+    # The SNS refusal comes from AWS; everything of ours runs as deployed.
+    clients.client("sns").meta.events.register("before-call.sns.Publish", throttled)
+    response = request_code(api, PHONE)
+    assert response.status_code == 503
+    assert error_code(response) == "service_busy"
+    assert response.headers["Retry-After"] == "60"
+    assert stack.read_outbox() == []
+
+
+@pytest.mark.parametrize("attempt", ["wrong", "expired"])
+def test_refused_code_does_not_create_a_query(stack, api, attempt):
+    with time_machine.travel(START, tick=True) as traveller:
+        request_code(api, PHONE)
+        code = latest_code(stack, PHONE)
+        if attempt == "expired":
+            traveller.shift(400)
+            response = query(api, code)
+        else:
+            response = query(api, other(code))
+    assert response.status_code == 403
+    assert boto3.client("dynamodb").scan(TableName=stack.env["QUERIES_TABLE"])["Items"] == []

@@ -1,0 +1,149 @@
+"""The query workflow, executed by moto's interpreter from stepfunctions/query.asl.json,
+with the carrier and the eight partners as real HTTP simulators (SPEC §1.5, §4, §5)."""
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from local.stack import StackOptions
+from tests.conftest import BASE_OPTIONS
+from tests.helpers import history, replies_to, submit, wait_finished
+
+ALL_CALLBACK = ",".join(f"{c}=callback" for c in
+                        ["tencent", "alibaba", "alipay", "baidu", "kuaishou", "douyin", "jd", "meituan"])
+
+
+def options(**changes) -> StackOptions:
+    return StackOptions(**{**BASE_OPTIONS.__dict__, **changes})
+
+
+def run_query(api, stack, phone, id_last6):
+    response = submit(api, stack, phone, id_last6)
+    assert response.status_code == 202, response.body
+    query_id = response.json_body["query_id"]
+    assert stack.pump_once() == 1
+    execution = wait_finished(stack, query_id)
+    return query_id, execution
+
+
+def status_of(api, query_id):
+    return api.http.get(f"/v1/queries/{query_id}").json_body["status"]
+
+
+def state_transitions(events):
+    return sum(1 for e in events if e["type"].endswith("StateEntered"))
+
+
+# Fixture partners.csv mixes immediate (alibaba, baidu), callback and flaky (douyin: 503 twice).
+def test_happy_path_reports_every_company_in_registry_order(stack, api):
+    query_id, execution = run_query(api, stack, "13812345678", "12345x")
+    assert execution["status"] == "SUCCEEDED"
+    assert replies_to(stack, "13812345678") == [
+        "【一证通查】您的手机号138****5678关联的互联网账号：腾讯2个，阿里巴巴0个，支付宝1个，百度0个，快手0个，"
+        "抖音1个，京东1个，美团0个。已返回企业共5个账号。如有异议，请通过“解绑与明细查询”联系相关企业。"]
+    assert status_of(api, query_id) == "replied"
+    assert len(stack.partners["douyin"].requests) == 3  # flaky: two 503s, then answered
+    assert stack.partners["alibaba"].callbacks == []   # immediate: answered in the 200 response
+
+
+@pytest.mark.parametrize("stack_options", [options(partner_modes=ALL_CALLBACK)])
+def test_eight_company_query_costs_few_state_transitions(stack, api):
+    query_id, _ = run_query(api, stack, "13900001111", "010203")
+    events = history(stack, query_id)
+    # VerifyCarrier, Choice, Map, 8 x AskCompany, SendReply
+    assert state_transitions(events) == 12
+
+
+@pytest.mark.parametrize("stack_options", [options(partner_modes="meituan=silent,douyin=callback", deadline_seconds=6)])
+def test_silent_partner_is_reported_as_no_answer_at_the_deadline(stack, api):
+    query_id, execution = run_query(api, stack, "13900001111", "010203")
+    assert execution["status"] == "SUCCEEDED"
+    assert replies_to(stack, "13900001111") == [
+        "【一证通查】您的手机号139****1111关联的互联网账号：腾讯3个，阿里巴巴1个，支付宝1个，百度0个，快手0个，"
+        "抖音0个，京东0个，美团暂未返回。已返回企业共5个账号。如有异议，请通过“解绑与明细查询”联系相关企业。"]
+    timed_out = [e for e in history(stack, query_id) if e["type"] == "TaskTimedOut"]
+    assert len(timed_out) == 1
+    assert status_of(api, query_id) == "replied"
+
+
+@pytest.mark.parametrize("stack_options", [options(partner_modes="jd=reject")])
+def test_partner_answering_4xx_is_reported_as_no_answer_without_retry(stack, api):
+    run_query(api, stack, "18912345678", "071234")
+    (reply,) = replies_to(stack, "18912345678")
+    assert "京东暂未返回" in reply
+    assert "腾讯1个" in reply and "美团1个" in reply
+    assert "已返回企业共2个账号" in reply
+    assert len(stack.partners["jd"].requests) == 1
+
+
+def test_mismatching_id_digits_get_the_failure_sms(stack, api):
+    query_id, execution = run_query(api, stack, "13812345678", "254321")
+    assert execution["status"] == "SUCCEEDED"
+    assert replies_to(stack, "13812345678") == [
+        "【一证通查】您的手机号138****5678查询未成功：手机号码与身份证号码后六位不匹配，请核对后于24小时后重新查询。"]
+    assert status_of(api, query_id) == "failed"
+    assert all(p.requests == [] for p in stack.partners.values())  # no partner is asked
+
+
+def test_cancelled_number_gets_no_sms_and_fails(stack, api):
+    query_id, execution = run_query(api, stack, "13512340000", "201015")
+    assert execution["status"] == "SUCCEEDED"
+    assert replies_to(stack, "13512340000") == []
+    assert status_of(api, query_id) == "failed"
+
+
+def test_carrier_down_then_up_is_retried(stack, api):
+    stack.carrier.unavailable_for = 2
+    query_id, _ = run_query(api, stack, "13812345678", "12345X")
+    assert len(stack.carrier.requests) == 3
+    assert "腾讯2个" in replies_to(stack, "13812345678")[0]
+    retried = [e for e in history(stack, query_id) if e["type"] == "LambdaFunctionFailed"]
+    assert [json.loads(e["lambdaFunctionFailedEventDetails"]["cause"])["errorType"] for e in retried] == \
+        ["CarrierUnavailable", "CarrierUnavailable"]
+
+
+def test_carrier_unknown_number_gets_the_try_later_sms(stack, api):
+    # A valid China Mobile number the carrier simulator does not know answers "unknown".
+    query_id, _ = run_query(api, stack, "13712349876", "010101")
+    assert replies_to(stack, "13712349876") == [
+        "【一证通查】您的手机号137****9876查询未成功：暂时无法完成查询，请于24小时后重新查询。"]
+    assert status_of(api, query_id) == "failed"
+
+
+def test_reply_step_retried_after_sns_succeeded_sends_no_second_sms(stack, api):
+    """GIVEN the reply Lambda published the SMS but its result was lost,
+    WHEN Step Functions retries the step, THEN no second SMS goes out."""
+    stack.dispatcher.lose_results["send_reply"] = 1
+    query_id, execution = run_query(api, stack, "13812345678", "12345X")
+    assert execution["status"] == "SUCCEEDED"
+    assert stack.dispatcher.calls.count("send_reply") == 2
+    assert len(replies_to(stack, "13812345678")) == 1
+    assert status_of(api, query_id) == "replied"
+
+
+def test_execution_history_and_tables_hold_no_personal_data(stack, api, capfd, caplog):
+    from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+
+    caplog.set_level("INFO")  # the deployed log level
+    phone, id_last6 = "18612345678", "110358"
+    query_id, _ = run_query(api, stack, phone, id_last6)
+    code_messages = [m["message"] for m in stack.read_outbox() if "验证码" in m["message"]]
+    code = code_messages[0].split("验证码为")[1][:6]
+    events = json.dumps(history(stack, query_id), default=str, ensure_ascii=False)
+    ddb = boto3.client("dynamodb")
+    items = json.dumps([ddb.scan(TableName=stack.env[t])["Items"] for t in
+                        ("CODES_TABLE", "THROTTLE_TABLE", "QUERIES_TABLE", "LOOKUPS_TABLE", "IDEMPOTENCY_TABLE")],
+                       ensure_ascii=False)
+    captured = capfd.readouterr()
+    formatter = LambdaPowertoolsFormatter()
+    logs = "\n".join([captured.out, captured.err, *(formatter.format(r) for r in caplog.records)])
+    assert "looking_up" in events or "LookupAllCompanies" in events  # we did look at a real run
+    assert "query_id" in logs
+    from tests.privacy import assert_clean
+
+    for where, text in (("history", events), ("dynamodb", items), ("logs", logs)):
+        assert_clean(text, where, phone=phone, id_last6=id_last6, code=code)
+    record = ddb.get_item(TableName=stack.env["QUERIES_TABLE"], Key={"query_id": {"S": query_id}})["Item"]
+    assert "id_sealed" not in record  # the ID digits are discarded after the carrier check
