@@ -14,10 +14,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
-# Debian's Chromium and its driver, for the browser tests (no browser download from elsewhere).
+# Debian's Chromium and its driver for the browser tests (no browser download from elsewhere),
+# and CJK fonts so the screenshots show Chinese rather than empty boxes.
+BROWSER_PACKAGES := chromium chromium-driver fonts-noto-cjk
 browser:
-	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
-		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	@if ! dpkg -s $(BROWSER_PACKAGES) >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PACKAGES) >/dev/null; \
 	fi
 
 run: $(STAMP)

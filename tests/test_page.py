@@ -1,0 +1,197 @@
+"""The H5 query page (SPEC §1, §3), in Debian's headless Chromium driven by Playwright,
+against the local stack over HTTP."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from html.parser import HTMLParser
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.conftest import API_PORT, wait_for
+from tests.helpers import latest_code, request_code, submit
+
+ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test-artifacts")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+BASE = f"http://127.0.0.1:{API_PORT}"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(stack, browser):
+    context = browser.new_context(viewport={"width": 360, "height": 780}, locale="zh-CN")
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    requests_seen: list[str] = []
+    page.on("request", lambda request: requests_seen.append(request.url))
+    page.requests_seen = requests_seen  # type: ignore[attr-defined]
+    page.goto(BASE + "/")
+    page.wait_for_selector(".company")
+    yield page
+    context.close()
+
+
+def test_full_flow_code_from_outbox_then_confirmation_and_status(stack, page):
+    page.get_by_label("手机号码").fill("138 1234 5678")
+    page.get_by_role("button", name="获取验证码").click()
+    code = wait_for(lambda: _code_or_none(stack, "13812345678"), 10, "the code SMS")
+    # The local outbox panel shows the code too, as a person trying the service reads it.
+    page.wait_for_function(f"document.getElementById('outbox').textContent.includes('{code}')")
+    page.get_by_label("身份证号码后六位").fill("12345x")
+    page.get_by_label("验证码").fill(code)
+    page.get_by_role("button", name="查询").click()
+    done = page.locator("#done")
+    done.wait_for(state="visible")
+    assert "查询结果将在48小时内通过10699000短信端口回复" in done.inner_text()
+    assert not page.locator("#query-form").is_visible()
+    link = page.get_by_role("link", name="查看查询进度")
+    assert re.search(r"/v1/queries/[0-9a-f-]{36}$", link.get_attribute("href"))
+    url_before = page.url
+    link.click()
+    page.wait_for_function("document.getElementById('status-text').textContent.startsWith('当前状态：')")
+    assert page.url == url_before  # shown in place, no reload
+    assert "已受理" in page.locator("#status-text").inner_text()
+    # the page never shows counts: nothing like "N个" appears on it
+    assert not re.search(r"\d+个", page.locator("main").inner_text())
+
+
+def _code_or_none(stack, phone):
+    try:
+        return latest_code(stack, phone)
+    except AssertionError:
+        return None
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("手机号码", "1381234567", "请输入正确的11位手机号码"),
+    ("手机号码", "02012345678", "请输入正确的11位手机号码"),
+    ("身份证号码后六位", "321234", "请输入身份证号码后六位"),
+    ("身份证号码后六位", "12345Y", "请输入身份证号码后六位"),
+    ("验证码", "12345", "请输入6位数字验证码"),
+])
+def test_field_errors_show_next_to_their_field(stack, page, field, value, message):
+    good = {"手机号码": "13812345678", "身份证号码后六位": "12345X", "验证码": "123456"}
+    for label, text in {**good, field: value}.items():
+        page.get_by_label(label).fill(text)
+    page.get_by_role("button", name="查询").click()
+    input_id = {"手机号码": "phone", "身份证号码后六位": "id_last6", "验证码": "code"}[field]
+    error = page.locator(f"#{input_id}-error")
+    assert message in error.inner_text()
+    assert page.locator(f"#{input_id}").get_attribute("aria-invalid") == "true"
+    assert input_id + "-error" in page.locator(f"#{input_id}").get_attribute("aria-describedby")
+    assert stack.read_outbox() == []  # nothing was sent to the server
+
+
+def test_wrong_code_from_the_server_shows_next_to_the_code(stack, page):
+    page.get_by_label("手机号码").fill("13812345678")
+    page.get_by_role("button", name="获取验证码").click()
+    code = wait_for(lambda: _code_or_none(stack, "13812345678"), 10, "the code SMS")
+    page.get_by_label("身份证号码后六位").fill("12345X")
+    page.get_by_label("验证码").fill("000000" if code != "000000" else "111111")
+    page.get_by_role("button", name="查询").click()
+    page.wait_for_function("document.getElementById('code-error').textContent.length > 0")
+    assert "验证码错误或已失效" in page.locator("#code-error").inner_text()
+
+
+def test_get_code_button_counts_down_without_moving_the_layout(stack, page):
+    page.get_by_label("手机号码").fill("13900001111")
+    button = page.locator("#get-code")
+    box_before = button.bounding_box()
+    button.click()
+    page.wait_for_function("document.getElementById('get-code').textContent.startsWith('60秒')")
+    assert button.is_disabled()
+    first = button.bounding_box()
+    page.wait_for_function("document.getElementById('get-code').textContent.startsWith('58秒')")
+    second = button.bounding_box()
+    assert first == second == box_before
+    assert page.locator("#code").bounding_box() is not None
+
+
+def test_second_query_within_24h_shows_when_to_retry(stack, api, page):
+    assert submit(api, stack, "13900001111", "010203").status_code == 202
+    # The citizen comes back with a fresh code a minute later.
+    import time
+
+    import time_machine
+
+    with time_machine.travel(time.time() + 61, tick=True):
+        assert request_code(api, "13900001111").status_code == 202
+        code = latest_code(stack, "13900001111")
+        page.get_by_label("手机号码").fill("13900001111")
+        page.get_by_label("身份证号码后六位").fill("010203")
+        page.get_by_label("验证码").fill(code)
+        page.get_by_role("button", name="查询").click()
+        page.wait_for_function("document.getElementById('form-error').textContent.length > 0")
+    message = page.locator("#form-error").inner_text()
+    assert re.fullmatch(r"该号码24小时内已查询过，请于2[34]小时(\d+分钟)?后再查询", message), message
+
+
+def test_company_list_has_eight_entries_with_working_tel_links(stack, page, api):
+    companies = api.http.get("/v1/companies").json_body["companies"]
+    entries = page.locator(".company")
+    assert entries.count() == 8
+    for index, company in enumerate(companies):
+        entry = entries.nth(index)
+        assert company["name"] in entry.locator("h3").inner_text()
+        assert company["details"] in entry.inner_text() and company["unbind"] in entry.inner_text()
+        link = entry.get_by_role("link", name=company["hotline"])
+        assert link.get_attribute("href") == "tel:" + re.sub(r"[^\d+]", "", company["hotline"])
+
+
+def test_screenshot_at_360px_and_nothing_from_another_origin(stack, page):
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    path = os.path.join(ARTIFACTS, "query-page-360.png")
+    page.screenshot(path=path, full_page=True)
+    assert os.path.getsize(path) > 10_000
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 360  # no horizontal scrolling at 360 px
+    origins = {urlparse(url).netloc for url in page.requests_seen if url.startswith("http")}
+    assert origins == {f"127.0.0.1:{API_PORT}"}
+
+
+def test_labels_are_tied_to_inputs_with_numeric_keyboards(stack, page):
+    assert page.get_by_label("手机号码").get_attribute("inputmode") == "numeric"
+    assert page.get_by_label("验证码").get_attribute("inputmode") == "numeric"
+    assert page.get_by_label("身份证号码后六位").get_attribute("inputmode") is None  # X needs letters
+
+
+class _Assets(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name in ("src", "href") and value:
+                self.urls.append(value)
+
+
+def test_index_is_utf8_html_with_no_asset_from_another_origin(stack, api):
+    response = api.http.get("/")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+    html = response.body.decode("utf-8")
+    parser = _Assets()
+    parser.feed(html)
+    assert not [u for u in parser.urls if re.match(r"^(https?:)?//", u)]
+    assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", html.split("<script>")[1])
+
+
+def test_the_sms_outbox_page_is_not_part_of_the_deployed_app(stack, api):
+    """Chalice's test client runs app.py as deployed: it has no /local route."""
+    assert api.http.get("/local/sms").status_code in (403, 404)
+    assert "/local/sms" not in [route for route in stack.app_module.app.routes]
