@@ -26,8 +26,20 @@ browser:
 run: $(STAMP)
 	$(PY) -m local.run
 
-test: $(STAMP) browser
+test: $(STAMP) browser lint
 	$(PY) -m pytest -n 2 --dist loadfile -q
+
+# One CloudFormation/SAM template per stage: Chalice's API and functions plus infra/generate.py's
+# merge template (tables, key, secrets, workflow, roles, alarms, dashboard), linted.
+STAGE ?= prod
+package: $(STAMP)
+	rm -rf build/$(STAGE) && mkdir -p build/$(STAGE)
+	$(PY) -m infra.generate $(STAGE) build/$(STAGE)/merge-template.json
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} \
+	START_QUEUE_NAME=$$($(PY) -c 'import infra.generate as g; print(g.stage_env("$(STAGE)")["START_QUEUE_NAME"])') \
+		$(VENV)/bin/chalice package --stage $(STAGE) \
+		--merge-template build/$(STAGE)/merge-template.json build/$(STAGE)/package
+	$(VENV)/bin/cfn-lint build/$(STAGE)/package/sam.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -12,14 +12,14 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools import Logger
 from chalice import Chalice, Response
+from chalice.app import Request
 
-from chalicelib import clients, errors, pages, registry
-from chalicelib.config import settings
+from chalicelib import clients, errors, pages, registry, telemetry
 from chalicelib.api.responses import error_response, json_response, parse_json_object, require_fields
 from chalicelib.codes import CodeService
+from chalicelib.config import settings
 from chalicelib.partners import LookupService, parse_answer
 from chalicelib.privacy import Hasher, Vault
 from chalicelib.queries import QueryIntake, QueryStarter, StartDeferred, status_of
@@ -29,7 +29,6 @@ from chalicelib.workflow import CarrierCheck, ReplySender
 
 app = Chalice(app_name="yizhengtongcha", configure_logs=False)  # Powertools Logger owns logging
 logger = Logger(service="yizhengtongcha")
-metrics = Metrics(namespace="YiZhengTongCha", service="yizhengtongcha")
 
 START_QUEUE_NAME = os.environ.get("START_QUEUE_NAME", "yztc-query-starts")
 BODY_TYPES = ["application/json", "text/plain", "application/x-www-form-urlencoded"]
@@ -76,15 +75,20 @@ def reply_sender() -> ReplySender:
     return ReplySender(vault(), SmsSender(), persistence=persistence)
 
 
+def _request() -> Request:
+    request = app.current_request
+    assert request is not None  # always set while a route runs
+    return request
+
+
+def _raw_body() -> bytes:
+    raw = _request().raw_body
+    return raw.encode() if isinstance(raw, str) else bytes(raw or b"")
+
+
 def _client_ip() -> str:
-    identity = (app.current_request.context or {}).get("identity") or {}
+    identity = (_request().context or {}).get("identity") or {}
     return str(identity.get("sourceIp") or "unknown")
-
-
-def count(name: str) -> None:
-    """One EMF metric line (CloudWatch reads it from the log; no API call)."""
-    metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
-    metrics.flush_metrics()
 
 
 def json_api(view: Callable[..., Response | dict[str, Any]]) -> Callable[..., Response]:
@@ -95,11 +99,9 @@ def json_api(view: Callable[..., Response | dict[str, Any]]) -> Callable[..., Re
         try:
             result = view(*args, **kwargs)
         except errors.ServiceError as exc:
-            count(f"ApiError_{exc.code}")
             return error_response(exc)
         except Exception:
             logger.exception("unhandled error", extra={"route": view.__name__})
-            count("ApiError_internal_error")
             return error_response(errors.ServiceError())
         return result if isinstance(result, Response) else json_response(result)
 
@@ -122,23 +124,23 @@ def list_companies() -> dict[str, Any]:
 @app.route("/v1/verification-codes", methods=["POST"], content_types=BODY_TYPES)
 @json_api
 def request_code() -> Response:
-    body = parse_json_object(app.current_request.raw_body)
+    body = parse_json_object(_raw_body())
     (phone,) = require_fields(body, "phone")
     issued = code_service().issue(normalise_phone(phone), _client_ip())
-    count("CodeSent")
+    telemetry.count("CodeSent")
     return json_response({"expires_in": issued.expires_in, "resend_after": issued.resend_after}, 202)
 
 
 @app.route("/v1/queries", methods=["POST"], content_types=BODY_TYPES)
 @json_api
 def submit_query() -> Response:
-    body = parse_json_object(app.current_request.raw_body)
+    body = parse_json_object(_raw_body())
     phone, id_last6, code = require_fields(body, "phone", "id_last6", "code")
     phone, id_last6, code = normalise_phone(phone), normalise_id_last6(id_last6), check_code_format(code)
     intake().check_client(_client_ip())
     accepted = intake().accept(phone, id_last6, code)
     logger.info("query accepted", extra={"query_id": accepted.query_id})
-    count("QueryAccepted")
+    telemetry.count("QueryAccepted")
     return json_response({"query_id": accepted.query_id, "status": "accepted",
                           "reply_within_hours": 48, "sms_sender": "10699000"}, 202)
 
@@ -154,12 +156,10 @@ def query_status(query_id: str) -> dict[str, Any]:
 @app.route("/v1/partners/{company}/results", methods=["POST"], content_types=BODY_TYPES)
 @json_api
 def partner_result(company: str) -> dict[str, Any]:
-    request = app.current_request
-    raw = request.raw_body or b""
-    lookups().verify_callback(company, dict(request.headers), raw)
+    raw = _raw_body()
+    lookups().verify_callback(company, dict(_request().headers), raw)
     answer = parse_answer(parse_json_object(raw))
     lookups().record(company, answer)
-    count("PartnerAnswered")
     return {"status": "recorded"}
 
 
@@ -173,6 +173,7 @@ def start_queries(event: Any) -> None:
             starter.start(json.loads(record.body))
         except StartDeferred as exc:
             deferred += 1
+            telemetry.count("StartDeferred")
             logger.warning("execution start deferred", extra={"reason": str(exc)})
     if deferred:
         # The whole batch comes back after the visibility timeout; the ones

@@ -10,7 +10,7 @@ from typing import Any
 
 from pynamodb.exceptions import TransactWriteError, UpdateError
 
-from chalicelib import errors, sms
+from chalicelib import errors, sms, telemetry
 from chalicelib.config import Settings, settings
 from chalicelib.privacy import Hasher
 from chalicelib.storage.models import VerificationCode, at, transaction
@@ -68,10 +68,11 @@ class CodeService:
         try:
             self._sender.send(phone, sms.code_text(code))
         except sms.SmsChannelBusy as exc:
+            telemetry.count("SmsFailed")
             raise errors.ServiceBusy(retry_after=cfg.code_resend_seconds) from exc
         return IssuedCode(expires_in=cfg.code_ttl_seconds, resend_after=cfg.code_resend_seconds)
 
-    def check(self, phone: str, code: str) -> "CodeCheck":
+    def check(self, phone: str, code: str) -> CodeCheck:
         """A code that matches now (not yet consumed), or WrongCode; counts wrong tries."""
         now = int(self._clock())
         key = self.phone_key(phone)

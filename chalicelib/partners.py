@@ -16,7 +16,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pynamodb.exceptions import PutError, UpdateError
 
-from chalicelib import clients, errors, http, registry
+from chalicelib import clients, errors, http, registry, telemetry
 from chalicelib.config import Settings, settings
 from chalicelib.privacy import Hasher, Vault, partner_secret
 from chalicelib.storage.models import Lookup, QueryRecord, at
@@ -84,6 +84,7 @@ class LookupService:
             self._deliver(lookup)  # an earlier attempt got the answer: hand it to this token
             return "answered"
         record = QueryRecord.get(query_id)
+        telemetry.count("LookupRequested", company=company_id)
         payload = {
             "lookup_id": lookup_id,
             "phone": self._vault.open(record.phone_sealed, query_id),
@@ -145,6 +146,11 @@ class LookupService:
                              Lookup.answer_digest.set(digest), Lookup.answered_at.set(int(self._clock()))],
                     condition=Lookup.status == "pending",
                 )
+                if "error" not in answer:
+                    telemetry.count("LookupAnswered", company=company_id)
+                    if lookup.requested_at:
+                        telemetry.latency("LookupLatency", 1000 * (self._clock() - lookup.requested_at),
+                                          company=company_id)
             except UpdateError:
                 lookup.refresh(consistent_read=True)  # a concurrent duplicate won: compare with it
         if lookup.answer_digest != digest:

@@ -98,7 +98,7 @@ class QueryIntake:
                 if not _conflicted(exc) or attempt == _CONFLICT_RETRIES - 1:
                     raise  # not a condition of ours: let it surface as a 500 and an alarm
         try:
-            self.enqueue_start(query_id, record.deadline_at)
+            self.enqueue_start(query_id, int(record.deadline_at))
         except ClientError as exc:
             # Not accepted after all: undo, so the citizen may try again at once.
             record.delete()

@@ -27,8 +27,8 @@ class Counter:
     def add_to(self, tx: TransactWrite, now: int) -> None:
         tx.update(
             Throttle(self.key),
-            actions=[Throttle.count.add(1), Throttle.ttl.set(at(self.window_end + 60))],
-            condition=Throttle.count.does_not_exist() | (Throttle.count < self.limit),
+            actions=[Throttle.hits.add(1), Throttle.ttl.set(at(self.window_end + 60))],
+            condition=Throttle.hits.does_not_exist() | (Throttle.hits < self.limit),
         )
 
     def retry_after(self, now: int) -> int:

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from pynamodb.expressions.update import Action
 
-from chalicelib import errors, http, registry, sms
+from chalicelib import errors, http, registry, sms, telemetry
 from chalicelib.privacy import Vault, partner_secret
 from chalicelib.storage.models import QueryRecord
 
@@ -21,7 +22,7 @@ OUTCOMES = ("match", "mismatch", "cancelled", "unknown")
 
 
 def _set_status(record: QueryRecord, status: str, now: int, **extra: Any) -> None:
-    actions = [QueryRecord.status.set(status), QueryRecord.updated_at.set(now)]
+    actions: list[Action] = [QueryRecord.status.set(status), QueryRecord.updated_at.set(now)]
     actions += [getattr(QueryRecord, name).set(value) for name, value in extra.items()]
     record.update(actions=actions)
 
@@ -99,7 +100,12 @@ class ReplySender:
                                                   persistence_store=persistence, config=self.idempotency)
 
     def deliver(self, delivery: dict[str, Any]) -> dict[str, Any]:
-        message_id = self._sender.send(delivery["phone"], delivery["message"])
+        try:
+            message_id = self._sender.send(delivery["phone"], delivery["message"])
+        except Exception:
+            telemetry.count("SmsFailed")
+            raise  # the step is retried by the workflow
+        telemetry.count("SmsSent")
         return {"message_id": message_id}
 
     def run(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -112,6 +118,7 @@ class ReplySender:
         if message is not None:
             self._send_once(delivery={"query_id": query_id, "phone": phone, "message": message})
         _set_status(record, status, int(self._clock()), outcome=outcome)
+        telemetry.count("QueryReplied" if status == "replied" else "QueryFailed")
         if record.id_sealed is not None:
             record.update(actions=[QueryRecord.id_sealed.remove()])
         logger.info("query closed", extra={"query_id": query_id, "status": status, "outcome": outcome,

@@ -9,6 +9,8 @@ import json
 
 from chalice.local import ChaliceRequestHandler
 
+from local.lambdas import acting_as
+
 
 class LocalRequestHandler(ChaliceRequestHandler):
     outbox = ".local/sms-outbox.jsonl"
@@ -20,7 +22,8 @@ class LocalRequestHandler(ChaliceRequestHandler):
         if self.path.split("?")[0] in ("/local/sms", "/local/sms.json"):
             self._outbox()
             return
-        super()._generic_handle()
+        with acting_as("APIHandler"):
+            super()._generic_handle()
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = do_PATCH = do_OPTIONS = _generic_handle
 

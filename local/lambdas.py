@@ -8,15 +8,33 @@ Retry/Catch match on our exception names.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from moto.awslambda_simple.models import LambdaSimpleBackend
 
 Handler = Callable[[dict[str, Any], Any], Any]
+
+# Which deployed function the current thread is standing in for (tests attribute AWS calls by it).
+CURRENT = threading.local()
+
+
+@contextlib.contextmanager
+def acting_as(function: str) -> Iterator[None]:
+    previous = getattr(CURRENT, "function", None)
+    CURRENT.function = function
+    try:
+        yield
+    finally:
+        CURRENT.function = previous
+
+
+LOGICAL_IDS = {"verify_carrier": "VerifyCarrier", "request_lookup": "RequestLookup", "send_reply": "SendReply",
+               "start_queries": "StartQueries"}
 
 
 class FakeContext:
@@ -47,7 +65,8 @@ class Dispatcher:
         handler = self.handlers[name]
         event = json.loads(body or "{}")
         try:
-            result = handler(event, FakeContext(name))
+            with acting_as(LOGICAL_IDS[name]):
+                result = handler(event, FakeContext(name))
         except Exception as exc:  # the Lambda runtime reports any exception this way
             response_headers["x-amz-function-error"] = "Unhandled"
             return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc),
@@ -97,7 +116,8 @@ def pump_queue(app_module: Any, sqs: Any, queue_url: str, *, wait_seconds: int =
         return 0
     arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     try:
-        app_module.start_queries(sqs_event(messages, arn), FakeContext("start_queries"))
+        with acting_as("StartQueries"):
+            app_module.start_queries(sqs_event(messages, arn), FakeContext("start_queries"))
     except Exception:
         if visibility_on_failure is not None:
             for m in messages:

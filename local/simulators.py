@@ -18,7 +18,7 @@ from typing import Any
 from chalicelib import signing
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
-MODES = ("callback", "immediate", "flaky", "silent", "reject")
+MODES = ("callback", "immediate", "flaky", "silent", "reject", "error")
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def load_partner_modes(path: str | None = None, override: str | None = None) -> 
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # keep the console for SMS lines
         pass
@@ -71,7 +71,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, simulator: "Simulator", port: int) -> None:
+    def __init__(self, simulator: Simulator, port: int) -> None:
         self.simulator = simulator
         super().__init__(("127.0.0.1", port), _Handler)
 
@@ -167,6 +167,8 @@ class PartnerSimulator(Simulator):
             return 503, {"error": "overloaded"}
         if self.mode == "immediate":
             return 200, answer
+        if self.mode == "error":  # answers at once that it could not look the number up
+            return 200, {"lookup_id": lookup_id, "error": "lookup backend unavailable"}
         timer = threading.Timer(self.delay_seconds, self._call_back, (request["callback_url"], answer))
         timer.daemon = True
         timer.start()

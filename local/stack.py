@@ -30,6 +30,7 @@ class StackOptions:
     pump: bool = True  # poll the start queue, as Lambda's SQS event source does
     print_sms: bool = False
     aws_endpoint: str | None = None  # None: moto in-process (mock_aws is active)
+    provision: str = "direct"  # or "cloudformation": deploy infra/'s template into moto
 
 
 def configure_environment(options: StackOptions) -> dict[str, str]:
@@ -67,7 +68,7 @@ def install_sms_outbox(path: str, echo: bool) -> None:
         message_id = original(self, message, arn, phone_number, *args, **kwargs)
         if phone_number:
             line = {"phone": phone_number.removeprefix("+86"), "message": message,
-                    "sent_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+                    "sent_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
             with lock, open(_OUTBOX["path"], "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(line, ensure_ascii=False) + "\n")
             if _OUTBOX["echo"]:
@@ -88,7 +89,7 @@ class LocalStack:
         self.carrier: Any = None
         self.api_server: Any = None
 
-    def start(self) -> "LocalStack":
+    def start(self) -> LocalStack:
         from chalicelib import clients, registry
         from chalicelib.config import settings
         from local import lambdas, simulators
@@ -103,7 +104,8 @@ class LocalStack:
         self.dispatcher = lambdas.install(app_module)
         bundled_companies = os.path.join(ROOT, "chalicelib", "data", "companies.json")
         bundled_carriers = os.path.join(ROOT, "chalicelib", "data", "carriers.json")
-        created = aws.create(self.env, aws.registry_secret_names(bundled_companies, bundled_carriers))
+        provision = aws.deploy_with_cloudformation if opts.provision == "cloudformation" else aws.create
+        created = provision(self.env, aws.registry_secret_names(bundled_companies, bundled_carriers))
         os.environ.update(created.env)
         self.env.update(created.env)
         self.secrets = created.secrets

@@ -98,12 +98,20 @@ def _try_stop(sfn: Any, arn: str) -> bool:
     return True
 
 
+# Chalice's test client applies a stage's environment from <project_dir>/.chalice/config.json to
+# each request; the deployed stages name deployed resources, so it gets a project with no env.
+CLIENT_PROJECT = os.path.join(WORKDIR, "chalice-test-project")
+os.makedirs(os.path.join(CLIENT_PROJECT, ".chalice"), exist_ok=True)
+with open(os.path.join(CLIENT_PROJECT, ".chalice", "config.json"), "w") as _fh:
+    json.dump({"version": "2.0", "app_name": "yizhengtongcha", "stages": {"dev": {}}}, _fh)
+
+
 @pytest.fixture
 def api(stack: Any) -> Any:
     """Chalice's in-process test client on the same app and the same moto."""
     from chalice.test import Client
 
-    with Client(stack.app_module.app) as client:
+    with Client(stack.app_module.app, project_dir=CLIENT_PROJECT) as client:
         yield client
 
 

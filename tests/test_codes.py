@@ -11,7 +11,7 @@ from tests.conftest import post_json
 from tests.helpers import error_code, latest_code, request_code
 
 PHONE, ID6 = "13900001111", "010203"
-START = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.timezone.utc)  # 10:00 in Beijing
+START = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.UTC)  # 10:00 in Beijing
 
 
 def query(api, code):
@@ -108,7 +108,7 @@ def test_eleventh_code_of_the_day_is_refused_until_beijing_midnight(stack, api):
         response = request_code(api, PHONE)
         assert response.status_code == 429
         assert error_code(response) == "too_many_requests"
-        midnight_beijing = dt.datetime(2026, 11, 28, 16, 0, tzinfo=dt.timezone.utc)
+        midnight_beijing = dt.datetime(2026, 11, 28, 16, 0, tzinfo=dt.UTC)
         now = START + dt.timedelta(seconds=61 * 10)
         assert int(response.headers["Retry-After"]) == int((midnight_beijing - now).total_seconds())
         traveller.move_to(midnight_beijing + dt.timedelta(seconds=1))

@@ -9,11 +9,12 @@ import boto3
 import pytest
 import time_machine
 
-from tests.conftest import post_json
+from chalicelib.queries import StartDeferred
+from tests.conftest import CLIENT_PROJECT, post_json
 from tests.helpers import error_code, execution_arn, latest_code, request_code, submit
 
 PHONE, ID6 = "13900001111", "010203"
-START = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.timezone.utc)
+START = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.UTC)
 
 
 def executions(stack):
@@ -105,7 +106,7 @@ def test_two_concurrent_submissions_with_one_code_start_at_most_one_execution(st
     statuses: list[int] = []
 
     def submit_once() -> None:
-        with Client(stack.app_module.app) as client:
+        with Client(stack.app_module.app, project_dir=CLIENT_PROJECT) as client:
             barrier.wait()
             statuses.append(post_json(client, "/v1/queries", body).status_code)
 
@@ -140,7 +141,7 @@ def test_refused_start_execution_loses_no_query(stack, api, refusal):
     try:
         query_id = submit(api, stack, PHONE, ID6).json_body["query_id"]
         for _ in range(3):  # three deliveries, three refusals: the message stays queued
-            with pytest.raises(Exception):
+            with pytest.raises(StartDeferred):
                 stack.pump_once(visibility_on_failure=0)
         assert executions(stack) == []
         refusing["on"] = False

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from typing import Any
 
 from pynamodb.attributes import (
     BooleanAttribute,
@@ -49,7 +48,7 @@ class Throttle(Model):
         table_name = settings().throttle_table
 
     key = UnicodeAttribute(hash_key=True)
-    count = NumberAttribute(null=True)
+    hits = NumberAttribute(null=True)  # not `count`: that name is Model.count()
     until = NumberAttribute(null=True)
     holder = UnicodeAttribute(null=True)
     ttl = TTLAttribute()
@@ -133,4 +132,4 @@ def transaction() -> TransactWrite:
 
 def at(epoch: float) -> dt.datetime:
     """An epoch second as the aware datetime TTLAttribute expects."""
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
+    return dt.datetime.fromtimestamp(epoch, dt.UTC)
