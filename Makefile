@@ -41,6 +41,10 @@ package: $(STAMP)
 		--merge-template build/$(STAGE)/merge-template.json build/$(STAGE)/package
 	$(VENV)/bin/cfn-lint build/$(STAGE)/package/sam.json
 
+# Cost of a query (AWS requests, state transitions) and side-by-side latency ratios.
+bench: $(STAMP)
+	$(PY) -m bench.run
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

@@ -109,16 +109,15 @@ class LookupService:
 
     def _attach_token(self, lookup_id: str, query_id: str, company: str, token: str,
                       deadline_at: int, now: int) -> Lookup:
+        lookup = Lookup(lookup_id, query_id=query_id, company=company, task_token=token, status="pending",
+                        delivered=False, requested_at=now, ttl=at(deadline_at + 7 * 86400))
         try:
-            Lookup(lookup_id, query_id=query_id, company=company, task_token=token, status="pending",
-                   delivered=False, requested_at=now, ttl=at(deadline_at + 7 * 86400)).save(
-                condition=Lookup.lookup_id.does_not_exist())
-        except PutError:
+            lookup.save(condition=Lookup.lookup_id.does_not_exist())
+        except PutError:  # a retry of this step: same lookup, new token
             lookup = Lookup.get(lookup_id, consistent_read=True)
             lookup.update(actions=[Lookup.task_token.set(token), Lookup.delivered.set(False),
                                    Lookup.requested_at.set(now)])
-            return lookup
-        return Lookup.get(lookup_id, consistent_read=True)
+        return lookup
 
     # -- callback side -------------------------------------------------------
     def verify_callback(self, company_id: str, headers: dict[str, str], raw_body: bytes) -> None:

@@ -44,12 +44,16 @@ class CarrierCheck:
                 _set_status(record, "verifying", now)
             outcome = self._ask_carrier(record)
             # The ID digits have served their purpose: discard them now (SPEC §6).
-            record.update(actions=[QueryRecord.outcome.set(outcome), QueryRecord.id_sealed.remove(),
-                                   QueryRecord.updated_at.set(now)])
+            actions: list[Action] = [QueryRecord.outcome.set(outcome), QueryRecord.id_sealed.remove(),
+                                     QueryRecord.updated_at.set(now)]
+            if outcome == "match":
+                actions.append(QueryRecord.status.set("looking_up"))
+            record.update(actions=actions)
+        elif record.outcome == "match" and record.status == "verifying":
+            _set_status(record, "looking_up", now)  # a retry after the outcome was stored
         outcome = str(record.outcome)
         lookups: list[dict[str, Any]] = []
         if outcome == "match":
-            _set_status(record, "looking_up", now)
             timeout = max(1, int(deadline_at) - now)
             lookups = [{"query_id": query_id, "company": c.id, "deadline_at": int(deadline_at),
                         "timeout_seconds": timeout} for c in registry.companies()]

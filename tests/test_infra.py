@@ -6,10 +6,8 @@ import json
 import os
 import re
 import subprocess
-import threading
 import time
 from typing import Any
-from urllib.parse import parse_qs
 
 import boto3
 import pytest
@@ -17,7 +15,7 @@ import time_machine
 
 from chalicelib import signing
 from infra import generate
-from local.lambdas import CURRENT, acting_as
+from local.lambdas import acting_as
 from local.stack import StackOptions
 from tests.conftest import BASE_OPTIONS, post_json, wait_for
 from tests.helpers import latest_code, request_code, submit, wait_finished
@@ -139,50 +137,12 @@ def test_alarms_cover_what_operators_must_hear_about(packaged):
 
 
 # -- least privilege, checked against what the code really calls --------------------------------
-class CallRecorder:
-    """Every AWS request moto receives in-process, with the function the thread stands in for."""
-
-    def __init__(self) -> None:
-        self.calls: set[tuple[str, str, str]] = set()  # (function, iam action, table or "")
-        self._lock = threading.Lock()
-
-    def record(self, request: Any) -> None:
-        function = getattr(CURRENT, "function", None)
-        if function is None:
-            return  # moto's own interpreter, the test itself, the simulators
-        host = re.match(r"https?://([a-z0-9-]+)\.", request.url).group(1)  # type: ignore[union-attr]
-        body = request.body.decode() if isinstance(request.body, bytes) else (request.body or "")
-        target = request.headers.get("X-Amz-Target")
-        target = target.decode() if isinstance(target, bytes) else target
-        operation = target.split(".")[-1] if target else parse_qs(body).get("Action", [""])[0]
-        prefix = {"states": "states"}.get(host, host)
-        params = json.loads(body) if target and body else {}
-        items = []
-        if operation == "TransactWriteItems":
-            for item in params["TransactItems"]:
-                ((kind, spec),) = item.items()
-                items.append((f"dynamodb:{kind.replace('ConditionCheck', 'ConditionCheckItem')}"
-                              f"{'' if kind == 'ConditionCheck' else 'Item'}", spec["TableName"]))
-        else:
-            items.append((f"{prefix}:{operation}", params.get("TableName", "") if prefix == "dynamodb" else ""))
-        with self._lock:
-            for action, table in items:
-                self.calls.add((function, action, table))
-
-
 @pytest.fixture
-def recorder(monkeypatch):
-    from moto.core.botocore_stubber import BotocoreStubber
+def recorder():
+    from local.recording import recording
 
-    recorder = CallRecorder()
-    original = BotocoreStubber.process_request
-
-    def process_request(self, request):
-        recorder.record(request)
-        return original(self, request)
-
-    monkeypatch.setattr(BotocoreStubber, "process_request", process_request)
-    return recorder
+    with recording() as recorder:
+        yield recorder
 
 
 MIXED = StackOptions(**{**BASE_OPTIONS.__dict__,
