@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,7 @@ from chalicelib.privacy import Hasher, Vault
 from chalicelib.queries import QueryIntake, QueryStarter, StartDeferred, status_of
 from chalicelib.sms import SmsSender
 from chalicelib.validation import check_code_format, normalise_id_last6, normalise_phone
-from chalicelib.workflow import CarrierCheck, ReplySender
+from chalicelib.workflow import CarrierCheck, ReplySender, plan_lookup_retry
 
 app = Chalice(app_name="yizhengtongcha", configure_logs=False)  # Powertools Logger owns logging
 logger = Logger(service="yizhengtongcha")
@@ -192,6 +193,11 @@ def request_lookup(event: dict[str, Any], context: Any) -> dict[str, Any]:
     outcome = lookups().request(event["query_id"], event["company"], int(event["deadline_at"]),
                                 event["task_token"])
     return {"company": event["company"], "request": outcome}
+
+
+@app.lambda_function(name="plan_lookup_retry")
+def plan_retry(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return plan_lookup_retry(event, time.time())
 
 
 @app.lambda_function(name="send_reply")

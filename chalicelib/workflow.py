@@ -56,7 +56,7 @@ class CarrierCheck:
         if outcome == "match":
             timeout = max(1, int(deadline_at) - now)
             lookups = [{"query_id": query_id, "company": c.id, "deadline_at": int(deadline_at),
-                        "timeout_seconds": timeout} for c in registry.companies()]
+                        "timeout_seconds": timeout, "attempt": 0} for c in registry.companies()]
         logger.info("carrier check done", extra={"query_id": query_id, "outcome": outcome})
         return {"query_id": query_id, "deadline_at": int(deadline_at), "outcome": outcome,
                 "lookups": lookups, "answers": []}
@@ -81,6 +81,26 @@ class CarrierCheck:
             logger.warning("carrier answer unusable", extra={"carrier": carrier.id, "status": reply.status})
             return "unknown"
         return str(result)
+
+
+FIRST_BACKOFF_SECONDS = 2
+MAX_BACKOFF_SECONDS = 900
+
+
+def plan_lookup_retry(item: dict[str, Any], now: float) -> dict[str, Any]:
+    """After a transient partner failure: how long to back off, and how long the next attempt may wait.
+
+    Exponential backoff (2 s, 4 s, … capped at 15 min), never past the deadline: the next attempt's
+    timeout is exactly the time then left, so the reply still goes out at the deadline.
+    """
+    attempt = int(item.get("attempt", 0)) + 1
+    deadline_at = int(item["deadline_at"])
+    wait = min(FIRST_BACKOFF_SECONDS * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
+    left_after_wait = deadline_at - int(now) - wait
+    if left_after_wait < 1:
+        raise errors.LookupDeadlinePassed(str(item["company"]))
+    return {"query_id": item["query_id"], "company": item["company"], "deadline_at": deadline_at,
+            "attempt": attempt, "wait_seconds": wait, "timeout_seconds": left_after_wait}
 
 
 class ReplySender:

@@ -54,6 +54,7 @@ FUNCTION_ACCESS: dict[str, dict[str, Any]] = {
         "secrets": ["pepper", "partners"],
         "states": ["states:SendTaskSuccess", "states:SendTaskFailure"],
     },
+    "PlanLookupRetry": {},  # pure computation: logs and traces only
     "SendReply": {
         "tables": {
             "QUERIES_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
@@ -67,7 +68,7 @@ FUNCTION_ACCESS: dict[str, dict[str, Any]] = {
 }
 TABLE_VARS = ("CODES_TABLE", "THROTTLE_TABLE", "QUERIES_TABLE", "LOOKUPS_TABLE", "IDEMPOTENCY_TABLE")
 WORKFLOW_FUNCTIONS = {"VerifyCarrierArn": "VerifyCarrier", "RequestLookupArn": "RequestLookup",
-                      "SendReplyArn": "SendReply"}
+                      "PlanLookupRetryArn": "PlanLookupRetry", "SendReplyArn": "SendReply"}
 
 
 def sub(text: str) -> dict[str, str]:

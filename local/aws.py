@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASL_FILE = os.path.join(ROOT, "stepfunctions", "query.asl.json")
 ACCOUNT = "123456789012"
 FUNCTIONS = {"VerifyCarrierArn": "verify_carrier", "RequestLookupArn": "request_lookup",
-             "SendReplyArn": "send_reply"}
+             "PlanLookupRetryArn": "plan_lookup_retry", "SendReplyArn": "send_reply"}
 
 
 def base_environment(prefix: str = "yztc") -> dict[str, str]:

@@ -34,7 +34,7 @@ def acting_as(function: str) -> Iterator[None]:
 
 
 LOGICAL_IDS = {"verify_carrier": "VerifyCarrier", "request_lookup": "RequestLookup", "send_reply": "SendReply",
-               "start_queries": "StartQueries"}
+               "plan_lookup_retry": "PlanLookupRetry", "start_queries": "StartQueries"}
 
 
 class FakeContext:
@@ -85,6 +85,7 @@ def install(app_module: Any) -> Dispatcher:
         "verify_carrier": app_module.verify_carrier,
         "request_lookup": app_module.request_lookup,
         "send_reply": app_module.send_reply,
+        "plan_lookup_retry": app_module.plan_retry,
     })
 
     def invoke(self: LambdaSimpleBackend, function_name: str, qualifier: str | None, body: Any,

@@ -87,7 +87,7 @@ def _role_statements(packaged, function):
 def test_no_wildcard_actions_and_every_function_has_its_own_role(packaged):
     functions = resources(packaged, "AWS::Serverless::Function")
     roles = [f["Properties"]["Role"]["Fn::GetAtt"][0] for f in functions.values()]
-    assert len(set(roles)) == len(functions) == 5
+    assert len(set(roles)) == len(functions) == 6
     for role in resources(packaged, "AWS::IAM::Role").values():
         for policy in role["Properties"]["Policies"]:
             for statement in policy["PolicyDocument"]["Statement"]:

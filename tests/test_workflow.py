@@ -147,3 +147,50 @@ def test_execution_history_and_tables_hold_no_personal_data(stack, api, capfd, c
         assert_clean(text, where, phone=phone, id_last6=id_last6, code=code)
     record = ddb.get_item(TableName=stack.env["QUERIES_TABLE"], Key={"query_id": {"S": query_id}})["Item"]
     assert "id_sealed" not in record  # the ID digits are discarded after the carrier check
+
+
+@pytest.mark.parametrize("stack_options", [options(partner_modes="jd=flaky", deadline_seconds=12)])
+def test_every_attempt_at_a_failing_partner_waits_only_until_the_deadline(stack, api):
+    """GIVEN a partner that keeps failing, THEN it is retried with growing backoff, no attempt is
+    allowed to wait past the deadline, and it ends as no answer while the others are counted."""
+    stack.partners["jd"].failures_per_lookup = 1000
+    query_id, execution = run_query(api, stack, "18912345678", "071234")
+    assert execution["status"] == "SUCCEEDED"
+    events = history(stack, query_id)
+    deadline_at = None
+    attempts = []
+    for event in events:
+        details = event.get("stateEnteredEventDetails", {})
+        if details.get("name") == "AskCompany":
+            item = json.loads(details["input"])
+            if item["company"] == "jd":
+                deadline_at = item["deadline_at"]
+                attempts.append(event["timestamp"].timestamp() + item["timeout_seconds"])
+    backoffs = [json.loads(e["stateEnteredEventDetails"]["input"]) for e in events
+                if e.get("stateEnteredEventDetails", {}).get("name") == "BackOff"]
+    waits = [b["wait_seconds"] for b in backoffs if b["company"] == "jd"]
+    assert len(attempts) >= 3 and waits[:2] == [2, 4]
+    assert all(ends_by <= deadline_at + 1 for ends_by in attempts)
+    (reply,) = replies_to(stack, "18912345678")
+    assert "京东暂未返回" in reply and "美团1个" in reply
+
+
+@pytest.mark.parametrize("attempt, now, expected", [
+    (0, 1000, {"attempt": 1, "wait_seconds": 2, "timeout_seconds": 98}),
+    (1, 1000, {"attempt": 2, "wait_seconds": 4, "timeout_seconds": 96}),
+    (20, 0, {"attempt": 21, "wait_seconds": 900, "timeout_seconds": 200}),
+])
+def test_retry_plan_backs_off_and_keeps_the_deadline(attempt, now, expected):
+    from chalicelib.workflow import plan_lookup_retry
+
+    plan = plan_lookup_retry({"query_id": "q", "company": "jd", "deadline_at": 1100,
+                              "attempt": attempt}, now)
+    assert {k: plan[k] for k in expected} == expected
+
+
+def test_retry_plan_gives_up_when_the_backoff_reaches_the_deadline():
+    from chalicelib.errors import LookupDeadlinePassed
+    from chalicelib.workflow import plan_lookup_retry
+
+    with pytest.raises(LookupDeadlinePassed):
+        plan_lookup_retry({"query_id": "q", "company": "jd", "deadline_at": 1010, "attempt": 3}, 1000)
