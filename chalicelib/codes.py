@@ -46,11 +46,14 @@ class CodeService:
         key = self.phone_key(phone)
         day, day_end = china_day_window(now)
         hour, hour_end = hour_window(now)
+        # Over the SMS channel's rate a code would arrive late or never: refuse it now (503).
+        channel = Counter(f"sms-rate#{now}", cfg.sms_codes_per_second, now + 1)
         guards: list[Counter | Lock] = [
             Lock(f"code-gap#{key}", cfg.code_resend_seconds),
             Counter(f"code-day#{key}#{day}", cfg.code_daily_limit, day_end),
             Counter(f"code-ip#{self._hasher.digest('ip', client_ip)}#{hour}",
                     cfg.code_ip_hourly_limit, hour_end),
+            channel,
         ]
         code = f"{secrets.randbelow(1_000_000):06d}"
         try:
@@ -64,6 +67,9 @@ class CodeService:
             refused = first_refused(exc.cancellation_reasons, guards)
             if refused is None:
                 raise
+            if refused is channel:
+                telemetry.count("SmsChannelFull")
+                raise errors.ServiceBusy(retry_after=1) from exc
             raise errors.TooManyRequests(retry_after=refused.retry_after(now)) from exc
         try:
             self._sender.send(phone, sms.code_text(code))

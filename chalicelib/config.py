@@ -28,6 +28,7 @@ class Settings:
     code_resend_seconds: int
     code_daily_limit: int
     code_ip_hourly_limit: int
+    sms_codes_per_second: int
     query_ip_hourly_limit: int
     query_interval_seconds: int
     query_record_days: int
@@ -60,6 +61,8 @@ def settings() -> Settings:
         code_resend_seconds=_int("CODE_RESEND_SECONDS", 60),
         code_daily_limit=_int("CODE_DAILY_LIMIT", 10),
         code_ip_hourly_limit=_int("CODE_IP_HOURLY_LIMIT", 30),
+        # What the SMS origination identity sends per second (a short code: ~100 parts/s).
+        sms_codes_per_second=_int("SMS_CODES_PER_SECOND", 100),
         query_ip_hourly_limit=_int("QUERY_IP_HOURLY_LIMIT", 60),
         query_interval_seconds=_int("QUERY_INTERVAL_SECONDS", 86400),
         query_record_days=_int("QUERY_RECORD_DAYS", 7),

@@ -110,7 +110,7 @@ class LookupService:
     def _attach_token(self, lookup_id: str, query_id: str, company: str, token: str,
                       deadline_at: int, now: int) -> Lookup:
         lookup = Lookup(lookup_id, query_id=query_id, company=company, task_token=token, status="pending",
-                        delivered=False, requested_at=now, ttl=at(deadline_at + 7 * 86400))
+                        delivered=False, requested_at=now, ttl=at(now + 7 * 86400))  # as the query
         try:
             lookup.save(condition=Lookup.lookup_id.does_not_exist())
         except PutError:  # a retry of this step: same lookup, new token

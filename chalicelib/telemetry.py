@@ -7,7 +7,7 @@ from __future__ import annotations
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 NAMESPACE = "YiZhengTongCha"
-METRICS = ("CodeSent", "QueryAccepted", "QueryReplied", "QueryFailed", "SmsSent", "SmsFailed",
+METRICS = ("CodeSent", "QueryAccepted", "QueryReplied", "QueryFailed", "SmsSent", "SmsFailed", "SmsChannelFull",
            "StartDeferred", "LookupRequested", "LookupAnswered", "LookupLatency")
 
 

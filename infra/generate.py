@@ -260,7 +260,8 @@ def dashboard(env: dict[str, str], stage: str) -> dict[str, Any]:
     widget("Executions", [["AWS/States", m, "StateMachineArn", "${QueryStateMachine}"] for m in
                           ("ExecutionsStarted", "ExecutionsSucceeded", "ExecutionsFailed", "ExecutionsTimedOut",
                            "ExecutionThrottled")] + [["AWS/States", "OpenExecutionCount", {"stat": "Maximum"}]])
-    widget("SMS sent / failed", [metric("SmsSent"), metric("SmsFailed"), metric("CodeSent")])
+    widget("SMS sent / failed", [metric("SmsSent"), metric("SmsFailed"), metric("CodeSent"),
+                                 metric("SmsChannelFull")])
     widget("API 4xx / 5xx", [["AWS/ApiGateway", m, "ApiName", "yizhengtongcha", "Stage", "api"]
                              for m in ("Count", "4XXError", "5XXError")])
     widget("Throttles", [["AWS/DynamoDB", "ThrottledRequests", "TableName", env[v]] for v in TABLE_VARS]

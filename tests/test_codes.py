@@ -156,3 +156,23 @@ def test_refused_code_does_not_create_a_query(stack, api, attempt):
             response = query(api, other(code))
     assert response.status_code == 403
     assert boto3.client("dynamodb").scan(TableName=stack.env["QUERIES_TABLE"])["Items"] == []
+
+
+def test_codes_over_the_sms_channel_rate_are_refused_busy_and_change_nothing(stack, api, monkeypatch):
+    from chalicelib.config import settings
+
+    monkeypatch.setenv("SMS_CODES_PER_SECOND", "2")
+    settings.cache_clear()
+    import app as app_module
+
+    app_module.code_service.cache_clear()
+    with time_machine.travel(START, tick=False) as traveller:
+        assert request_code(api, "13900001111").status_code == 202
+        assert request_code(api, "13700002222").status_code == 202
+        busy = request_code(api, "13812345678")
+        assert busy.status_code == 503
+        assert error_code(busy) == "service_busy"
+        assert busy.headers["Retry-After"] == "1"
+        traveller.shift(1)  # the next second has room again, and the refusal held no lock
+        assert request_code(api, "13812345678").status_code == 202
+    assert len(stack.read_outbox()) == 3
