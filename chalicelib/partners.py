@@ -16,7 +16,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pynamodb.exceptions import PutError, UpdateError
 
-from chalicelib import clients, errors, http, registry, telemetry
+from chalicelib import clients, errors, http, registry, signing, telemetry
 from chalicelib.config import Settings, settings
 from chalicelib.privacy import Hasher, Vault, partner_secret
 from chalicelib.storage.models import Lookup, QueryRecord, at
@@ -79,7 +79,7 @@ class LookupService:
         if company is None:
             raise errors.PartnerRejected(f"{company_id} left the registry")
         lookup_id = self.lookup_id(query_id, company_id)
-        lookup = self._attach_token(lookup_id, query_id, company_id, task_token, deadline_at, now)
+        lookup = self._attach_token(lookup_id, query_id, company_id, task_token, now)
         if lookup.status == "answered":
             self._deliver(lookup)  # an earlier attempt got the answer: hand it to this token
             return "answered"
@@ -107,8 +107,7 @@ class LookupService:
             raise errors.PartnerUnavailable(f"{company_id}: HTTP {reply.status}")
         raise errors.PartnerRejected(f"{company_id}: HTTP {reply.status}")
 
-    def _attach_token(self, lookup_id: str, query_id: str, company: str, token: str,
-                      deadline_at: int, now: int) -> Lookup:
+    def _attach_token(self, lookup_id: str, query_id: str, company: str, token: str, now: int) -> Lookup:
         lookup = Lookup(lookup_id, query_id=query_id, company=company, task_token=token, status="pending",
                         delivered=False, requested_at=now, ttl=at(now + 7 * 86400))  # as the query
         try:
@@ -121,12 +120,10 @@ class LookupService:
 
     # -- callback side -------------------------------------------------------
     def verify_callback(self, company_id: str, headers: dict[str, str], raw_body: bytes) -> None:
-        from chalicelib.signing import verify
-
         company = registry.company(company_id)
         if company is None:
             raise errors.NotFound("未知的企业。")
-        verify(self._secret_for(company.secret_name), headers, raw_body, now=self._clock())
+        signing.verify(self._secret_for(company.secret_name), headers, raw_body, now=self._clock())
 
     def record(self, company_id: str, answer: dict[str, Any]) -> None:
         """Store the answer once and release the waiting task. Duplicates change nothing."""
