@@ -101,7 +101,7 @@ class LookupService:
                 answer = parse_answer(reply.body)
             except errors.InvalidRequest as exc:
                 raise errors.PartnerRejected(f"{company_id}: malformed answer") from exc
-            self.record(company_id, {**answer, "lookup_id": lookup_id})
+            self._store(lookup, {**answer, "lookup_id": lookup_id})
             return "answered"
         if reply.status >= 500 or reply.status == 429:
             raise errors.PartnerUnavailable(f"{company_id}: HTTP {reply.status}")
@@ -133,6 +133,10 @@ class LookupService:
             raise errors.NotFound("未知的查询编号。") from exc
         if lookup.company != company_id:
             raise errors.NotFound("未知的查询编号。")
+        self._store(lookup, answer)
+
+    def _store(self, lookup: Lookup, answer: dict[str, Any]) -> None:
+        company_id = lookup.company
         # Compare answers key-order-blind; store them as sent (app order is the partner's).
         digest = hashlib.sha256(json.dumps(answer, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
         if lookup.status != "answered":

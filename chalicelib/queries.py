@@ -25,7 +25,6 @@ from chalicelib.privacy import Hasher, Vault
 from chalicelib.storage.models import QueryRecord, at, transaction
 from chalicelib.throttle import Counter, Lock, first_refused, hour_window
 
-STATUSES = ("accepted", "verifying", "looking_up", "replied", "failed")
 _CONFLICT_RETRIES = 3
 
 

@@ -1,4 +1,4 @@
-"""The steps of the query workflow (stepfunctions/query.asl.json), one class each.
+"""The steps of the query workflow (stepfunctions/query.asl.json).
 
 Each step loads what it needs from the query record: the execution input,
 outputs and history carry only the query id, outcomes and account counts.
@@ -21,10 +21,8 @@ logger = Logger(child=True)
 OUTCOMES = ("match", "mismatch", "cancelled", "unknown")
 
 
-def _set_status(record: QueryRecord, status: str, now: int, **extra: Any) -> None:
-    actions: list[Action] = [QueryRecord.status.set(status), QueryRecord.updated_at.set(now)]
-    actions += [getattr(QueryRecord, name).set(value) for name, value in extra.items()]
-    record.update(actions=actions)
+def _set_status(record: QueryRecord, status: str, now: int) -> None:
+    record.update(actions=[QueryRecord.status.set(status), QueryRecord.updated_at.set(now)])
 
 
 class CarrierCheck:
@@ -141,10 +139,12 @@ class ReplySender:
         message = self.compose(phone, outcome, state.get("answers") or [])
         if message is not None:
             self._send_once(delivery={"query_id": query_id, "phone": phone, "message": message})
-        _set_status(record, status, int(self._clock()), outcome=outcome)
+        actions: list[Action] = [QueryRecord.status.set(status), QueryRecord.outcome.set(outcome),
+                                 QueryRecord.updated_at.set(int(self._clock()))]
+        if record.id_sealed is not None:  # the carrier never answered: discard the ID digits now
+            actions.append(QueryRecord.id_sealed.remove())
+        record.update(actions=actions)
         telemetry.count("QueryReplied" if status == "replied" else "QueryFailed")
-        if record.id_sealed is not None:
-            record.update(actions=[QueryRecord.id_sealed.remove()])
         logger.info("query closed", extra={"query_id": query_id, "status": status, "outcome": outcome,
                                            "sms_sent": message is not None})
         return {"query_id": query_id, "status": status}
@@ -160,13 +160,11 @@ class ReplySender:
         by_company = {a.get("company"): a for a in answers}
         lines = []
         for company in registry.companies():
-            answer = by_company.get(company.id)
-            if answer is None and company.id not in by_company:
+            if company.id not in by_company:
                 continue  # joined after this query started: not asked
-            answered = bool(answer and answer.get("answered"))
-            lines.append(sms.CompanyAnswer(
-                company.name,
-                int(answer["account_count"]) if answered and answer else None,
-                answer.get("apps") if answered and answer else None,
-            ))
+            answer = by_company[company.id]
+            answered = bool(answer.get("answered"))
+            lines.append(sms.CompanyAnswer(company.name,
+                                           int(answer["account_count"]) if answered else None,
+                                           answer.get("apps") if answered else None))
         return sms.result_text(phone, lines)

@@ -42,12 +42,15 @@ def substitute(definition: str, substitutions: dict[str, str]) -> str:
     return definition
 
 
-def state_machine_definition(region: str = "us-east-1") -> str:
+def with_local_functions(definition: str) -> str:
+    """The ASL with its Lambda placeholders pointing at the in-process functions (local/lambdas.py)."""
+    return substitute(definition, {placeholder: f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:{name}"
+                                   for placeholder, name in FUNCTIONS.items()})
+
+
+def state_machine_definition() -> str:
     with open(ASL_FILE, encoding="utf-8") as fh:
-        definition = fh.read()
-    return substitute(definition, {
-        placeholder: f"arn:aws:lambda:{region}:{ACCOUNT}:function:{name}"
-        for placeholder, name in FUNCTIONS.items()})
+        return with_local_functions(fh.read())
 
 
 @dataclass
@@ -163,10 +166,8 @@ def _deploy(env: dict[str, str], secret_names: list[str], template: dict[str, An
     resources = {name: resource for name, resource in template["Resources"].items()
                  if resource.get("Type") in CFN_DEPLOYABLE}
     machine = resources["QueryStateMachine"]["Properties"]
-    substitutions = machine.pop("DefinitionSubstitutions")
-    machine["DefinitionString"] = substitute(machine["DefinitionString"], {
-        placeholder: f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:{FUNCTIONS[placeholder]}"
-        for placeholder in substitutions})
+    machine.pop("DefinitionSubstitutions")
+    machine["DefinitionString"] = with_local_functions(machine["DefinitionString"])
     machine["RoleArn"] = f"arn:aws:iam::{ACCOUNT}:role/yztc-states"  # roles name SAM functions
     cfn = boto3.client("cloudformation")
     cfn.create_stack(StackName="yztc", TemplateBody=json.dumps({"Resources": resources, "Outputs": {

@@ -164,21 +164,17 @@ class LocalStack:
         thread.start()
         self._threads.append(thread)
 
-    def pump_once(self, visibility_on_failure: int | None = None) -> int:
+    def pump_once(self, visibility_on_failure: int | None = None, wait_seconds: int = 0) -> int:
         from chalicelib import clients
         from local.lambdas import pump_queue
 
         return pump_queue(self.app_module, clients.client("sqs"), self.env["START_QUEUE_URL"],
-                          visibility_on_failure=visibility_on_failure)
+                          wait_seconds=wait_seconds, visibility_on_failure=visibility_on_failure)
 
     def _pump_forever(self) -> None:
-        from chalicelib import clients
-        from local.lambdas import pump_queue
-
         while not self._stop.is_set():
             try:
-                if not pump_queue(self.app_module, clients.client("sqs"), self.env["START_QUEUE_URL"],
-                                  wait_seconds=1):
+                if not self.pump_once(wait_seconds=1):
                     self._stop.wait(0.2)
             except Exception as exc:  # the messages come back after their visibility timeout
                 print(f"[local] start_queries failed, will retry: {type(exc).__name__}", flush=True)
