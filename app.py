@@ -9,29 +9,32 @@ import functools
 import json
 import os
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from chalice import Chalice, Response
+from chalice import Chalice, Rate, Response
 from chalice.app import Request
 
-from chalicelib import clients, errors, pages, registry, telemetry
+from chalicelib import clients, contracts, errors, pages, registry, telemetry
 from chalicelib.api.responses import error_response, json_response, parse_json_object, require_fields
 from chalicelib.codes import CodeService
 from chalicelib.config import settings
-from chalicelib.partners import LookupService, parse_answer
+from chalicelib.partners.circuit import Circuits
+from chalicelib.partners.delivery import Delivery
+from chalicelib.partners.lookups import LookupDesk, PartnerClient
 from chalicelib.privacy import Hasher, Vault
 from chalicelib.queries import QueryIntake, QueryStarter, StartDeferred, status_of
 from chalicelib.sms import SmsSender
 from chalicelib.validation import check_code_format, normalise_id_last6, normalise_phone
-from chalicelib.workflow import CarrierCheck, ReplySender, plan_lookup_retry
+from chalicelib.workflow.carrier import CarrierCheck
+from chalicelib.workflow.reply import ReplySender
 
 app = Chalice(app_name="yizhengtongcha", configure_logs=False)  # Powertools Logger owns logging
 logger = Logger(service="yizhengtongcha")
 
 START_QUEUE_NAME = os.environ.get("START_QUEUE_NAME", "yztc-query-starts")
+RETRY_QUEUE_NAME = os.environ.get("RETRY_QUEUE_NAME", "yztc-lookup-retries")
 BODY_TYPES = ["application/json", "text/plain", "application/x-www-form-urlencoded"]
 _QUERY_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -58,8 +61,15 @@ def intake() -> QueryIntake:
 
 
 @functools.cache
-def lookups() -> LookupService:
-    return LookupService(hasher(), vault())
+def lookups() -> LookupDesk:
+    config = settings()
+    return LookupDesk(hasher(), vault(), Circuits(config.circuit_failure_threshold, config.circuit_probe_seconds),
+                      PartnerClient(config))
+
+
+@functools.cache
+def delivery() -> Delivery:
+    return Delivery(lookups())
 
 
 @functools.cache
@@ -158,14 +168,13 @@ def query_status(query_id: str) -> dict[str, Any]:
 @json_api
 def partner_result(company: str) -> dict[str, Any]:
     raw = _raw_body()
-    lookups().verify_callback(company, dict(_request().headers), raw)
-    answer = parse_answer(parse_json_object(raw))
-    lookups().record(company, answer)
+    partner = lookups().verify_callback(company, dict(_request().headers), raw)
+    lookups().record_callback(partner, parse_json_object(raw))
     return {"status": "recorded"}
 
 
 # -- queue consumer: start one execution per accepted query -----------------------
-@app.on_sqs_message(queue=START_QUEUE_NAME, batch_size=10, name="start_queries")
+@app.on_sqs_message(queue=START_QUEUE_NAME, batch_size=10, name=contracts.START_QUERIES.name)
 def start_queries(event: Any) -> None:
     starter = QueryStarter()
     deferred = 0
@@ -183,26 +192,30 @@ def start_queries(event: Any) -> None:
 
 
 # -- workflow steps (stepfunctions/query.asl.json) ---------------------------------
-@app.lambda_function(name="verify_carrier")
-def verify_carrier(event: dict[str, Any], context: Any) -> dict[str, Any]:
+@app.lambda_function(name=contracts.VERIFY_CARRIER.name)
+def verify_carrier(event: contracts.ExecutionInput, context: Any) -> contracts.CarrierResult:
     return carrier_check().run(event["query_id"], int(event["deadline_at"]))
 
 
-@app.lambda_function(name="request_lookup")
-def request_lookup(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    outcome = lookups().request(event["query_id"], event["company"], int(event["deadline_at"]),
-                                event["task_token"])
-    return {"company": event["company"], "request": outcome}
+@app.lambda_function(name=contracts.ASK_COMPANIES.name)
+def ask_companies(event: contracts.FanOutInput, context: Any) -> None:
+    lookups().ask_all(event["query_id"], int(event["deadline_at"]), event["task_token"])
 
 
-@app.lambda_function(name="plan_lookup_retry")
-def plan_retry(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return plan_lookup_retry(event, time.time())
-
-
-@app.lambda_function(name="send_reply")
-def send_reply(event: dict[str, Any], context: Any) -> dict[str, Any]:
+@app.lambda_function(name=contracts.SEND_REPLY.name)
+def send_reply(event: contracts.ReplyInput, context: Any) -> dict[str, Any]:
     sender = reply_sender()
     if sender.idempotency is not None and context is not None:
         sender.idempotency.register_lambda_context(context)  # in-progress expiry = this invocation
     return sender.run(event)
+
+
+# -- partner delivery (chalicelib/partners/delivery.py) ----------------------------
+@app.on_sqs_message(queue=RETRY_QUEUE_NAME, batch_size=10, name=contracts.RETRY_LOOKUPS.name)
+def retry_lookups(event: Any) -> None:
+    delivery().retry(json.loads(record.body)["lookup_id"] for record in event)
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES), name=contracts.DELIVER_BACKLOG.name)
+def deliver_backlog(event: Any) -> None:
+    delivery().deliver()

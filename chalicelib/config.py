@@ -16,11 +16,13 @@ class Settings:
     throttle_table: str
     queries_table: str
     lookups_table: str
+    circuits_table: str
     idempotency_table: str
     kms_key_id: str
     pepper_secret_name: str
     state_machine_arn: str
     start_queue_url: str
+    retry_queue_url: str
     public_api_url: str
     sms_sender_id: str
     query_deadline_seconds: int
@@ -35,6 +37,10 @@ class Settings:
     company_registry_file: str
     carrier_registry_file: str
     secret_max_age_seconds: int
+    circuit_failure_threshold: int
+    circuit_probe_seconds: int
+    delivery_budget_seconds: int
+    partner_max_account_count: int
 
 
 def _int(name: str, default: int) -> int:
@@ -49,11 +55,13 @@ def settings() -> Settings:
         throttle_table=os.environ.get("THROTTLE_TABLE", "yztc-throttle"),
         queries_table=os.environ.get("QUERIES_TABLE", "yztc-queries"),
         lookups_table=os.environ.get("LOOKUPS_TABLE", "yztc-lookups"),
+        circuits_table=os.environ.get("CIRCUITS_TABLE", "yztc-circuits"),
         idempotency_table=os.environ.get("IDEMPOTENCY_TABLE", "yztc-idempotency"),
         kms_key_id=os.environ.get("KMS_KEY_ID", "alias/yztc"),
         pepper_secret_name=os.environ.get("PEPPER_SECRET_NAME", "yztc/pepper"),
         state_machine_arn=os.environ.get("STATE_MACHINE_ARN", ""),
         start_queue_url=os.environ.get("START_QUEUE_URL", ""),
+        retry_queue_url=os.environ.get("RETRY_QUEUE_URL", ""),
         public_api_url=os.environ.get("PUBLIC_API_URL", "").rstrip("/"),
         sms_sender_id=os.environ.get("SMS_SENDER_ID", "10699000"),
         query_deadline_seconds=_int("QUERY_DEADLINE_SECONDS", 172800),
@@ -71,4 +79,11 @@ def settings() -> Settings:
         carrier_registry_file=os.environ.get(
             "CARRIER_REGISTRY_FILE", os.path.join(here, "data", "carriers.json")),
         secret_max_age_seconds=_int("SECRET_MAX_AGE_SECONDS", 300),
+        # SPEC §4: the circuit opens after at most 5 consecutive transient failures,
+        # then a partner gets at most one probe a minute.
+        circuit_failure_threshold=min(5, _int("CIRCUIT_FAILURE_THRESHOLD", 5)),
+        circuit_probe_seconds=max(60, _int("CIRCUIT_PROBE_SECONDS", 60)),
+        # How long one run of the per-minute delivery job may replay a backlog (its Lambda timeout is 60 s).
+        delivery_budget_seconds=_int("DELIVERY_BUDGET_SECONDS", 40),
+        partner_max_account_count=_int("PARTNER_MAX_ACCOUNT_COUNT", 100_000),
     )

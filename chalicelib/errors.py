@@ -78,15 +78,3 @@ class WorkflowError(Exception):
 
 class CarrierUnavailable(WorkflowError):
     """The carrier did not answer (5xx, timeout, connection error): retried."""
-
-
-class PartnerUnavailable(WorkflowError):
-    """Transient partner failure (5xx, timeout, connection error): retried."""
-
-
-class PartnerRejected(WorkflowError):
-    """The partner answered 4xx: permanent, reported as no answer."""
-
-
-class LookupDeadlinePassed(WorkflowError):
-    """The query's deadline passed before the partner could be asked."""

@@ -2,15 +2,17 @@
 
 - phone numbers used as keys are HMAC-SHA256 with a secret pepper (Secrets Manager);
 - the phone number needed later (SMS, partner lookups) and the ID digits until the
-  carrier check are KMS-encrypted, with the query id as encryption context so a
-  ciphertext cannot be replayed into another query's record.
+  carrier check are encrypted under a per-query KMS data key, with the query id as
+  encryption context so a ciphertext cannot be replayed into another query's record.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -38,7 +40,14 @@ class Hasher:
 
 
 class Vault:
-    """KMS envelope for the few personal values the workflow must read back."""
+    """Envelope encryption for the few personal values the workflow must read back.
+
+    A query gets its own data key: one KMS GenerateDataKey seals every field of the query
+    (phone and ID digits together), each later step opens them with one KMS Decrypt. The
+    key's encryption context and each field's associated data bind a ciphertext to its query
+    and field, so it cannot be replayed into another record or swapped between fields; a
+    field is discarded by deleting its ciphertext.
+    """
 
     def __init__(self, kms_client: Any | None = None, key_id: str | None = None) -> None:
         self._kms = kms_client
@@ -48,25 +57,52 @@ class Vault:
     def kms(self) -> Any:
         return self._kms or clients.client("kms")
 
-    def seal(self, plaintext: str, query_id: str) -> str:
-        blob = self.kms.encrypt(
-            KeyId=self._key_id,
-            Plaintext=plaintext.encode(),
-            EncryptionContext={"query_id": query_id},
-        )["CiphertextBlob"]
-        return base64.b64encode(blob).decode()
+    def seal(self, query_id: str, fields: dict[str, str]) -> Sealed:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # lazy: intake path only
 
-    def open(self, sealed: str, query_id: str) -> str:
+        key = self.kms.generate_data_key(KeyId=self._key_id, KeySpec="AES_256",
+                                         EncryptionContext={"query_id": query_id})
+        aead = AESGCM(key["Plaintext"])
+        sealed = {}
+        for name, value in fields.items():
+            nonce = os.urandom(12)
+            blob = nonce + aead.encrypt(nonce, value.encode(), _associated(query_id, name))
+            sealed[name] = base64.b64encode(blob).decode()
+        return Sealed(base64.b64encode(key["CiphertextBlob"]).decode(), sealed)
+
+    def open(self, query_id: str, data_key: str, fields: dict[str, str | None]) -> dict[str, str]:
+        """The fields still present, in clear; ValueError if anything does not belong to this query."""
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         try:
-            out = self.kms.decrypt(
-                CiphertextBlob=base64.b64decode(sealed),
-                EncryptionContext={"query_id": query_id},
-            )
+            key = self.kms.decrypt(CiphertextBlob=base64.b64decode(data_key),
+                                   EncryptionContext={"query_id": query_id})["Plaintext"]
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "InvalidCiphertextException":
-                raise ValueError("ciphertext does not belong to this query") from exc
+                raise ValueError("data key does not belong to this query") from exc
             raise
-        return bytes(out["Plaintext"]).decode()
+        aead = AESGCM(bytes(key))
+        opened = {}
+        for name, value in fields.items():
+            if value is None:
+                continue
+            blob = base64.b64decode(value)
+            try:
+                opened[name] = aead.decrypt(blob[:12], blob[12:], _associated(query_id, name)).decode()
+            except InvalidTag as exc:
+                raise ValueError(f"{name} does not belong to this query") from exc
+        return opened
+
+
+@dataclass(frozen=True)
+class Sealed:
+    data_key: str
+    fields: dict[str, str]
+
+
+def _associated(query_id: str, field: str) -> bytes:
+    return f"{query_id}\x1f{field}".encode()
 
 
 def partner_secret(secret_name: str) -> str:

@@ -21,6 +21,7 @@ from pynamodb.exceptions import TransactWriteError
 from chalicelib import clients, errors
 from chalicelib.codes import CodeService
 from chalicelib.config import Settings, settings
+from chalicelib.contracts import ExecutionInput, QueryStatus
 from chalicelib.privacy import Hasher, Vault
 from chalicelib.storage.models import QueryRecord, at, transaction
 from chalicelib.throttle import Counter, Lock, first_refused, hour_window
@@ -71,13 +72,15 @@ class QueryIntake:
         now = check.now
         query_id = str(uuid.uuid4())
         lock = Lock(f"query#{check.phone_key}", cfg.query_interval_seconds, holder=query_id)
+        sealed = self._vault.seal(query_id, {"phone": phone, "id_last6": id_last6})  # one KMS request
         record = QueryRecord(
             query_id,
-            status="accepted",
+            status=QueryStatus.ACCEPTED,
             created_at=now,
             deadline_at=now + cfg.query_deadline_seconds,
-            phone_sealed=self._vault.seal(phone, query_id),
-            id_sealed=self._vault.seal(id_last6, query_id),
+            data_key=sealed.data_key,
+            phone_sealed=sealed.fields["phone"],
+            id_sealed=sealed.fields["id_last6"],
             lock_key=lock.key,
             ttl=at(now + cfg.query_record_days * 86400),
         )
@@ -111,7 +114,7 @@ class QueryIntake:
                          MessageBody=json.dumps({"query_id": query_id, "deadline_at": deadline_at}))
 
 
-def execution_input(query_id: str, deadline_at: int) -> dict[str, Any]:
+def execution_input(query_id: str, deadline_at: int) -> ExecutionInput:
     """No personal data: the workflow loads what it needs from the query record."""
     return {"query_id": query_id, "deadline_at": int(deadline_at)}
 

@@ -22,6 +22,8 @@ class Company:
     hotline: str
     base_url: str
     secret_name: str
+    apps: tuple[str, ...] = ()  # the app names a per-app breakdown may use (SPEC §4, §5)
+    max_requests_per_second: int = 10  # the pace of a backlog replay after an outage (SPEC §4)
 
     def public(self) -> dict[str, str]:
         return {"id": self.id, "name": self.name, "details": self.details,
@@ -40,7 +42,8 @@ class Carrier:
 @functools.cache
 def companies() -> tuple[Company, ...]:
     with open(settings().company_registry_file, encoding="utf-8") as fh:
-        return tuple(Company(**entry) for entry in json.load(fh)["companies"])
+        return tuple(Company(**{**entry, "apps": tuple(entry.get("apps", ()))})
+                     for entry in json.load(fh)["companies"])
 
 
 def company(company_id: str) -> Company | None:

@@ -14,10 +14,23 @@ from chalicelib.validation import mask_phone
 PREFIX = "【一证通查】"
 # SNS answers these when the account's SMS throughput is exhausted.
 _BUSY_CODES = {"Throttling", "ThrottlingException", "ThrottledException", "TooManyRequestsException"}
+# ... and these when the message can never be sent: retrying only delays the query's ending.
+_PERMANENT_CODES = {"InvalidParameter", "InvalidParameterValue", "OptedOut", "OptedOutException",
+                    "EndpointDisabled", "InvalidParameterException"}
+# SNS refuses an SMS of 1,600 bytes or more (InvalidParameter).
+MAX_MESSAGE_BYTES = 1599
 
 
 class SmsChannelBusy(Exception):
     """SNS refused the message for throughput: tell the citizen to try later."""
+
+
+class SmsRejected(Exception):
+    """SNS refused the message for good; `code` is SNS's error code (no personal data)."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,15 @@ def code_text(code: str) -> str:
 
 
 def result_text(phone: str, answers: Iterable[CompanyAnswer]) -> str:
+    """The result SMS; per-app breakdowns are the first thing dropped if it would not fit SNS's limit."""
+    answers = list(answers)
+    text = _result_text(phone, answers, breakdowns=True)
+    if len(text.encode()) > MAX_MESSAGE_BYTES:
+        text = _result_text(phone, answers, breakdowns=False)
+    return text
+
+
+def _result_text(phone: str, answers: list[CompanyAnswer], breakdowns: bool) -> str:
     parts = []
     total = 0
     for answer in answers:
@@ -40,7 +62,7 @@ def result_text(phone: str, answers: Iterable[CompanyAnswer]) -> str:
             continue
         total += answer.account_count
         part = f"{answer.name}{answer.account_count}个"
-        if answer.apps:
+        if answer.apps and breakdowns:
             part += "（" + "，".join(f"{app}{n}个" for app, n in answer.apps.items()) + "）"
         parts.append(part)
     return (f"{PREFIX}您的手机号{mask_phone(phone)}关联的互联网账号：{'，'.join(parts)}。"
@@ -73,7 +95,10 @@ class SmsSender:
                 },
             )
         except ClientError as exc:
-            if exc.response["Error"]["Code"] in _BUSY_CODES:
+            code = exc.response["Error"]["Code"]
+            if code in _BUSY_CODES:
                 raise SmsChannelBusy() from exc
+            if code in _PERMANENT_CODES:
+                raise SmsRejected(code) from exc
             raise
         return str(response["MessageId"])

@@ -13,8 +13,6 @@ import boto3
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASL_FILE = os.path.join(ROOT, "stepfunctions", "query.asl.json")
 ACCOUNT = "123456789012"
-FUNCTIONS = {"VerifyCarrierArn": "verify_carrier", "RequestLookupArn": "request_lookup",
-             "PlanLookupRetryArn": "plan_lookup_retry", "SendReplyArn": "send_reply"}
 
 
 def base_environment(prefix: str = "yztc") -> dict[str, str]:
@@ -27,10 +25,12 @@ def base_environment(prefix: str = "yztc") -> dict[str, str]:
         "THROTTLE_TABLE": f"{prefix}-throttle",
         "QUERIES_TABLE": f"{prefix}-queries",
         "LOOKUPS_TABLE": f"{prefix}-lookups",
+        "CIRCUITS_TABLE": f"{prefix}-circuits",
         "IDEMPOTENCY_TABLE": f"{prefix}-idempotency",
         "KMS_KEY_ID": f"alias/{prefix}",
         "PEPPER_SECRET_NAME": f"{prefix}/pepper",
         "START_QUEUE_NAME": f"{prefix}-query-starts",
+        "RETRY_QUEUE_NAME": f"{prefix}-lookup-retries",
         "POWERTOOLS_SERVICE_NAME": "yizhengtongcha",
         "POWERTOOLS_METRICS_NAMESPACE": "YiZhengTongCha",
     }
@@ -43,9 +43,13 @@ def substitute(definition: str, substitutions: dict[str, str]) -> str:
 
 
 def with_local_functions(definition: str) -> str:
-    """The ASL with its Lambda placeholders pointing at the in-process functions (local/lambdas.py)."""
-    return substitute(definition, {placeholder: f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:{name}"
-                                   for placeholder, name in FUNCTIONS.items()})
+    """The ASL with its placeholders pointing at the in-process functions (local/lambdas.py) and tables."""
+    from chalicelib.contracts import WORKFLOW_FUNCTIONS, WORKFLOW_TABLES
+
+    return substitute(definition, {
+        **{fn.placeholder: f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:{fn.name}"
+           for fn in WORKFLOW_FUNCTIONS if fn.placeholder},
+        **{placeholder: os.environ[var] for placeholder, var in WORKFLOW_TABLES.items()}})
 
 
 def state_machine_definition() -> str:
@@ -99,15 +103,17 @@ def create(env: dict[str, str], secret_names: list[str]) -> Resources:
     key_id = kms.create_key(Description="yztc personal data")["KeyMetadata"]["KeyId"]
     kms.create_alias(AliasName=env["KMS_KEY_ID"], TargetKeyId=key_id)
     values = fill_secrets([env["PEPPER_SECRET_NAME"], *secret_names])
-    queue_url = boto3.client("sqs").create_queue(
-        QueueName=env["START_QUEUE_NAME"], Attributes={"VisibilityTimeout": "5"})["QueueUrl"]
+    sqs = boto3.client("sqs")
+    queue_url = sqs.create_queue(QueueName=env["START_QUEUE_NAME"], Attributes={"VisibilityTimeout": "5"})["QueueUrl"]
+    retry_url = sqs.create_queue(QueueName=env["RETRY_QUEUE_NAME"], Attributes={"VisibilityTimeout": "5"})["QueueUrl"]
     iam = boto3.client("iam")
     role_arn = iam.create_role(
         RoleName="yztc-states", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
     )["Role"]["Arn"]
     machine = boto3.client("stepfunctions").create_state_machine(
         name="yztc-query", definition=state_machine_definition(), roleArn=role_arn, type="STANDARD")
-    added = {"STATE_MACHINE_ARN": machine["stateMachineArn"], "START_QUEUE_URL": queue_url}
+    added = {"STATE_MACHINE_ARN": machine["stateMachineArn"], "START_QUEUE_URL": queue_url,
+             "RETRY_QUEUE_URL": retry_url}
     return Resources(env=added, secrets=values)
 
 
@@ -172,11 +178,13 @@ def _deploy(env: dict[str, str], secret_names: list[str], template: dict[str, An
     cfn = boto3.client("cloudformation")
     cfn.create_stack(StackName="yztc", TemplateBody=json.dumps({"Resources": resources, "Outputs": {
         "StateMachineArn": {"Value": {"Ref": "QueryStateMachine"}},
-        "StartQueueUrl": {"Value": {"Ref": "StartQueue"}}}}))
+        "StartQueueUrl": {"Value": {"Ref": "StartQueue"}},
+        "RetryQueueUrl": {"Value": {"Ref": "RetryQueue"}}}}))
     stack = cfn.describe_stacks(StackName="yztc")["Stacks"][0]
     if stack["StackStatus"] != "CREATE_COMPLETE":
         raise RuntimeError(f"stack {stack['StackStatus']}")
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
     values = fill_secrets([env["PEPPER_SECRET_NAME"], *secret_names])
     return Resources(env={"STATE_MACHINE_ARN": outputs["StateMachineArn"],
-                          "START_QUEUE_URL": outputs["StartQueueUrl"]}, secrets=values)
+                          "START_QUEUE_URL": outputs["StartQueueUrl"],
+                          "RETRY_QUEUE_URL": outputs["RetryQueueUrl"]}, secrets=values)

@@ -33,8 +33,6 @@ def acting_as(function: str) -> Iterator[None]:
         CURRENT.function = previous
 
 
-LOGICAL_IDS = {"verify_carrier": "VerifyCarrier", "request_lookup": "RequestLookup", "send_reply": "SendReply",
-               "plan_lookup_retry": "PlanLookupRetry", "start_queries": "StartQueries"}
 
 
 class FakeContext:
@@ -65,7 +63,7 @@ class Dispatcher:
         handler = self.handlers[name]
         event = json.loads(body or "{}")
         try:
-            with acting_as(LOGICAL_IDS[name]):
+            with acting_as(logical_id(name)):
                 result = handler(event, FakeContext(name))
         except Exception as exc:  # the Lambda runtime reports any exception this way
             response_headers["x-amz-function-error"] = "Unhandled"
@@ -80,13 +78,17 @@ class Dispatcher:
         return json.dumps(result, ensure_ascii=False).encode()
 
 
+def logical_id(name: str) -> str:
+    from chalicelib.contracts import FUNCTIONS
+
+    return next(fn.logical_id for fn in FUNCTIONS if fn.name == name)
+
+
 def install(app_module: Any) -> Dispatcher:
-    dispatcher = Dispatcher({
-        "verify_carrier": app_module.verify_carrier,
-        "request_lookup": app_module.request_lookup,
-        "send_reply": app_module.send_reply,
-        "plan_lookup_retry": app_module.plan_retry,
-    })
+    """Workflow steps are app.py's functions of the same name (chalicelib/contracts.py)."""
+    from chalicelib.contracts import WORKFLOW_FUNCTIONS
+
+    dispatcher = Dispatcher({fn.name: getattr(app_module, fn.name) for fn in WORKFLOW_FUNCTIONS})
 
     def invoke(self: LambdaSimpleBackend, function_name: str, qualifier: str | None, body: Any,
                headers: Any, response_headers: Any) -> bytes:
@@ -104,9 +106,18 @@ def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
     } for m in messages]}
 
 
-def pump_queue(app_module: Any, sqs: Any, queue_url: str, *, wait_seconds: int = 0,
-               visibility_on_failure: int | None = None) -> int:
-    """One receive -> start_queries -> delete round, as Lambda's SQS poller does.
+def scheduled_event() -> dict[str, Any]:
+    """What EventBridge sends a scheduled function."""
+    import datetime as dt
+
+    return {"version": "0", "id": "local", "detail-type": "Scheduled Event", "source": "aws.events",
+            "account": "123456789012", "time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "region": "us-east-1", "resources": [], "detail": {}}
+
+
+def pump_queue(app_module: Any, sqs: Any, queue_url: str, *, function: str = "start_queries",
+               wait_seconds: int = 0, visibility_on_failure: int | None = None) -> int:
+    """One receive -> handler -> delete round, as Lambda's SQS poller does.
 
     Returns how many messages were handled. On failure the messages stay in the
     queue and come back after their visibility timeout (or `visibility_on_failure`).
@@ -117,8 +128,8 @@ def pump_queue(app_module: Any, sqs: Any, queue_url: str, *, wait_seconds: int =
         return 0
     arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     try:
-        with acting_as("StartQueries"):
-            app_module.start_queries(sqs_event(messages, arn), FakeContext("start_queries"))
+        with acting_as(logical_id(function)):
+            getattr(app_module, function)(sqs_event(messages, arn), FakeContext(function))
     except Exception:
         if visibility_on_failure is not None:
             for m in messages:

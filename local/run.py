@@ -1,6 +1,7 @@
 """`make run`: the whole service on this machine until Ctrl-C or SIGTERM."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -22,17 +23,20 @@ def main() -> int:
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=MOTO_PORT, verbose=False)
     moto.start()
 
-    from local.stack import LocalStack, StackOptions
+    from local.stack import ROOT, LocalStack, StackOptions
 
+    with open(os.path.join(ROOT, "chalicelib", "data", "companies.json"), encoding="utf-8") as fh:
+        companies = [entry["id"] for entry in json.load(fh)["companies"]]
     options = StackOptions(
         workdir=os.environ.get("LOCAL_WORKDIR", StackOptions.workdir),
         api_port=int(os.environ.get("API_PORT", "8000")),
         deadline_seconds=int(os.environ.get("QUERY_DEADLINE_SECONDS", "60")),
         partner_modes=os.environ.get("PARTNER_MODES", ""),
         carrier_port=int(os.environ.get("CARRIER_PORT", "8100")),
+        # Partners on 8101, 8102, … in registry order; each answers GET /stats.
         partner_ports={} if os.environ.get("SIMULATOR_PORTS") == "any" else {
-            c: 8101 + i for i, c in enumerate(
-                ["tencent", "alibaba", "alipay", "baidu", "kuaishou", "douyin", "jd", "meituan"])},
+            c: 8101 + i for i, c in enumerate(companies)},
+        schedule_seconds=int(os.environ.get("DELIVERY_SCHEDULE_SECONDS", "60")),
         print_sms=True,
         aws_endpoint=f"http://127.0.0.1:{MOTO_PORT}",
     )
@@ -44,6 +48,8 @@ def main() -> int:
     print(f"AWS (moto): http://127.0.0.1:{MOTO_PORT}  region us-east-1; SMS also in {stack.outbox}", flush=True)
     print(f"Partner deadline: {options.deadline_seconds}s; partner modes: "
           + ", ".join(f"{c}={p.mode}" for c, p in stack.partners.items()), flush=True)
+    print("Partners (GET /stats shows what each received): "
+          + ", ".join(f"{c} {p.url}" for c, p in stack.partners.items()), flush=True)
 
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from chalicelib import signing
+from chalicelib import http, signing
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
-MODES = ("callback", "immediate", "flaky", "silent", "reject", "error")
+# callback, immediate, flaky, silent: SPEC §7. reject: 400. error: answers {"error"} at once.
+# down: 503 to everything. slow: answers only after our HTTP read timeout (chalicelib/http.py).
+MODES = ("callback", "immediate", "flaky", "silent", "reject", "error", "down", "slow")
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 (http.server naming)
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        status, answer = self.server.simulator.handle(self.path, dict(self.headers), body)
+        self._answer(*self.server.simulator.handle(self.path, dict(self.headers), body))
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._answer(*self.server.simulator.get(self.path))
+
+    def _answer(self, status: int, answer: Any) -> None:
         data = json.dumps(answer, ensure_ascii=False).encode() if answer is not None else b""
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
@@ -79,15 +86,20 @@ class _Server(ThreadingHTTPServer):
 class Simulator:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.url = ""
         self._server: _Server | None = None
 
     def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
         raise NotImplementedError
 
+    def get(self, path: str) -> tuple[int, Any]:
+        return 404, {"error": "not found"}
+
     def start(self, port: int = 0) -> str:
         self._server = _Server(self, port)
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self.url
 
     def stop(self) -> None:
         if self._server:
@@ -159,6 +171,11 @@ class PartnerSimulator(Simulator):
             tries = self._tries[lookup_id] = self._tries.get(lookup_id, 0) + 1
         answer = {"lookup_id": lookup_id,
                   "account_count": self.accounts.get((request["phone"], self.company), 0)}
+        if self.mode == "down":
+            return 503, {"error": "down"}
+        if self.mode == "slow":  # past the caller's read timeout, then an answer nobody reads
+            time.sleep(http.TIMEOUT.read_timeout + 1)  # type: ignore[operator]
+            return 200, answer
         if self.mode == "reject":
             return 400, {"error": "unsupported request"}
         if self.mode == "silent":
@@ -173,6 +190,11 @@ class PartnerSimulator(Simulator):
         timer.daemon = True
         timer.start()
         return 202, None
+
+    def get(self, path: str) -> tuple[int, Any]:
+        if path.rstrip("/") != "/stats":
+            return 404, {"error": "not found"}
+        return 200, {"requests": len(self.requests), "callbacks": len(self.callbacks)}
 
     def _call_back(self, url: str, answer: dict[str, Any]) -> None:
         body = json.dumps(answer).encode()

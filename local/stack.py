@@ -28,9 +28,14 @@ class StackOptions:
     carrier_port: int = 0
     partner_ports: dict[str, int] = field(default_factory=dict)
     pump: bool = True  # poll the start queue, as Lambda's SQS event source does
+    retries: bool = True  # poll the lookup retry queue, likewise
+    schedule_seconds: int = 60  # run the partner delivery job this often, as its EventBridge rule; 0: never
     print_sms: bool = False
     aws_endpoint: str | None = None  # None: moto in-process (mock_aws is active)
     provision: str = "direct"  # or "cloudformation": deploy infra/'s template into moto
+    # Registry data as a deployment would change it: fields per company id, and companies that join.
+    company_changes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra_companies: list[dict[str, Any]] = field(default_factory=list)
 
 
 def configure_environment(options: StackOptions) -> dict[str, str]:
@@ -104,8 +109,12 @@ class LocalStack:
         self.dispatcher = lambdas.install(app_module)
         bundled_companies = os.path.join(ROOT, "chalicelib", "data", "companies.json")
         bundled_carriers = os.path.join(ROOT, "chalicelib", "data", "carriers.json")
+        with open(bundled_companies, encoding="utf-8") as fh:
+            companies = [{**entry, **opts.company_changes.get(entry["id"], {})}
+                         for entry in json.load(fh)["companies"]] + [dict(e) for e in opts.extra_companies]
         provision = aws.deploy_with_cloudformation if opts.provision == "cloudformation" else aws.create
-        created = provision(self.env, aws.registry_secret_names(bundled_companies, bundled_carriers))
+        created = provision(self.env, [*aws.registry_secret_names(bundled_carriers),
+                                       *(entry["secret_name"] for entry in companies)])
         os.environ.update(created.env)
         self.env.update(created.env)
         self.secrets = created.secrets
@@ -123,8 +132,6 @@ class LocalStack:
             entry["base_url"] = f"{carrier_url}/{entry['id']}"
         self._write(self.env["CARRIER_REGISTRY_FILE"], {"carriers": carriers})
 
-        with open(bundled_companies, encoding="utf-8") as fh:
-            companies = json.load(fh)["companies"]
         modes = simulators.load_partner_modes(override=opts.partner_modes or os.environ.get("PARTNER_MODES"))
         accounts = simulators.load_accounts()
         for entry in companies:
@@ -139,7 +146,11 @@ class LocalStack:
 
         self._start_api()
         if opts.pump:
-            self._spawn(self._pump_forever)
+            self._spawn(lambda: self._pump_forever(self.pump_once, "start_queries"))
+        if opts.retries:
+            self._spawn(lambda: self._pump_forever(self.pump_retries, "retry_lookups"))
+        if opts.schedule_seconds:
+            self._spawn(self._schedule_forever)
         return self
 
     @staticmethod
@@ -171,14 +182,38 @@ class LocalStack:
         return pump_queue(self.app_module, clients.client("sqs"), self.env["START_QUEUE_URL"],
                           wait_seconds=wait_seconds, visibility_on_failure=visibility_on_failure)
 
-    def _pump_forever(self) -> None:
+    def pump_retries(self, wait_seconds: int = 0) -> int:
+        from chalicelib import clients
+        from local.lambdas import pump_queue
+
+        return pump_queue(self.app_module, clients.client("sqs"), self.env["RETRY_QUEUE_URL"],
+                          function="retry_lookups", wait_seconds=wait_seconds)
+
+    def deliver_once(self, now: float | None = None) -> dict[str, int]:
+        """One run of the per-minute delivery job; `now` lets a test stand a few minutes later."""
+        from local.lambdas import acting_as
+
+        with acting_as("DeliverBacklog"):
+            return dict(self.app_module.delivery().deliver(now))
+
+    def _pump_forever(self, pump: Any, name: str) -> None:
         while not self._stop.is_set():
             try:
-                if not self.pump_once(wait_seconds=1):
+                if not pump(wait_seconds=1):
                     self._stop.wait(0.2)
             except Exception as exc:  # the messages come back after their visibility timeout
-                print(f"[local] start_queries failed, will retry: {type(exc).__name__}", flush=True)
+                print(f"[local] {name} failed, will retry: {type(exc).__name__}", flush=True)
                 self._stop.wait(1)
+
+    def _schedule_forever(self) -> None:
+        from local.lambdas import FakeContext, acting_as, scheduled_event
+
+        while not self._stop.wait(self.options.schedule_seconds):
+            try:
+                with acting_as("DeliverBacklog"):
+                    self.app_module.deliver_backlog(scheduled_event(), FakeContext("deliver_backlog"))
+            except Exception as exc:  # the next run tries again, as the real schedule would
+                print(f"[local] deliver_backlog failed: {type(exc).__name__}", flush=True)
 
     def read_outbox(self) -> list[dict[str, Any]]:
         with open(self.outbox, encoding="utf-8") as fh:

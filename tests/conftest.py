@@ -28,7 +28,8 @@ API_PORT = _free_port()
 
 from local.stack import StackOptions, configure_environment  # noqa: E402
 
-BASE_OPTIONS = StackOptions(workdir=WORKDIR, api_port=API_PORT, deadline_seconds=30, pump=False)
+# Tests pump the start queue and run the delivery job themselves; lookup retries flow on their own.
+BASE_OPTIONS = StackOptions(workdir=WORKDIR, api_port=API_PORT, deadline_seconds=30, pump=False, schedule_seconds=0)
 configure_environment(BASE_OPTIONS)
 os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.pop("PARTNER_MODES", None)
@@ -47,8 +48,8 @@ def reset_caches() -> None:
 
     parameters.clear_caches()
     for cached in (settings, registry.companies, registry.carriers, app_module.hasher, app_module.vault,
-                   app_module.code_service, app_module.intake, app_module.lookups, app_module.carrier_check,
-                   app_module.reply_sender):
+                   app_module.code_service, app_module.intake, app_module.lookups, app_module.delivery,
+                   app_module.carrier_check, app_module.reply_sender):
         cached.cache_clear()
     clients.reset()
 

@@ -12,6 +12,18 @@ from tests.conftest import post_json, wait_for
 SUBSCRIBER = ("13812345678", "12345X")  # local/fixtures/subscribers.csv, active, cmcc
 
 
+def _registry_ids() -> list[str]:
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "chalicelib", "data",
+                        "companies.json")
+    with open(path, encoding="utf-8") as fh:
+        return [entry["id"] for entry in json.load(fh)["companies"]]
+
+
+COMPANIES = _registry_ids()  # the bundled registry, in its order: tests never list companies themselves
+
+
 def latest_code(stack: Any, phone: str) -> str:
     for line in reversed(stack.read_outbox()):
         if line["phone"] == phone and "验证码" in line["message"]:

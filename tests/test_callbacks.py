@@ -9,10 +9,8 @@ import pytest
 from chalicelib import signing
 from local.stack import StackOptions
 from tests.conftest import BASE_OPTIONS, wait_for
-from tests.helpers import error_code, replies_to, submit, wait_finished
+from tests.helpers import COMPANIES, error_code, replies_to, submit, wait_finished
 from tests.privacy import assert_clean
-
-COMPANIES = ["tencent", "alibaba", "alipay", "baidu", "kuaishou", "douyin", "jd", "meituan"]
 ALL_SILENT = StackOptions(**{**BASE_OPTIONS.__dict__,
                              "partner_modes": ",".join(f"{c}=silent" for c in COMPANIES)})
 pytestmark = pytest.mark.parametrize("stack_options", [ALL_SILENT])
@@ -47,7 +45,7 @@ def test_valid_callback_is_recorded(stack, api, waiting):
 
 def test_lookup_id_is_opaque_and_partner_sees_only_the_phone(stack, api, waiting):
     query_id, lookups = waiting
-    assert len(set(lookups.values())) == 8
+    assert len(set(lookups.values())) == len(COMPANIES)
     for lookup_id in lookups.values():
         assert query_id.replace("-", "") not in lookup_id and query_id not in lookup_id
 
@@ -112,14 +110,25 @@ def test_another_companys_lookup_is_404(stack, api, waiting):
     {"lookup_id": "L", "account_count": 3, "apps": {"微信": 1, "QQ": 1}},
     {"lookup_id": "L", "account_count": 1, "apps": {"微信": -1, "QQ": 2}},
     {"lookup_id": "L", "error": 5},
-])
-def test_malformed_answer_is_400(stack, api, waiting, body):
+    {"lookup_id": "", "account_count": 1},
+    {"lookup_id": "L", "account_count": 100_001},
+    {"lookup_id": "L", "account_count": 2**63},
+    {"lookup_id": "L", "account_count": 1, "apps": {"微信": 1.0}},
+    {"lookup_id": "L", "account_count": 1, "apps": {"美团": 1}},  # another company's app
+    {"lookup_id": "L", "account_count": 1, "apps": {"微" * 3000: 1}},
+    {"lookup_id": "L", "account_count": 1,
+     "apps": {"美团。【一证通查】您的账户存在风险，请登录 http://evil.example 核验。": 1}},
+    {"lookup_id": "L", "account_count": 1, "apps": {"\ud800": 1}},
+], ids=lambda body: json.dumps(body)[:40])
+def test_malformed_or_unbounded_answer_is_400(stack, api, waiting, body):
     _, lookups = waiting
     if body.get("lookup_id") == "L":
         body = {**body, "lookup_id": lookups["tencent"]}
     response = call_back(api, stack, "tencent", body)
     assert response.status_code == 400
     assert error_code(response) == "invalid_request"
+    # nothing was recorded: the lookup still takes a valid answer
+    assert call_back(api, stack, "tencent", {"lookup_id": lookups["tencent"], "account_count": 1}).status_code == 200
 
 
 def test_not_json_callback_is_400(stack, api, waiting):

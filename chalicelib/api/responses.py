@@ -34,7 +34,8 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def error_response(exc: errors.ServiceError) -> Response:
-    status = STATUS_BY_ERROR.get(type(exc), 500)
+    # The nearest class in the mapping: a subclass answers as its family does.
+    status = next((STATUS_BY_ERROR[cls] for cls in type(exc).__mro__ if cls in STATUS_BY_ERROR), 500)
     headers = {}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, int(exc.retry_after)))

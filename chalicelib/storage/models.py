@@ -12,11 +12,14 @@ import functools
 
 from pynamodb.attributes import (
     BooleanAttribute,
+    MapAttribute,
     NumberAttribute,
     TTLAttribute,
     UnicodeAttribute,
+    UnicodeSetAttribute,
 )
 from pynamodb.connection import Connection
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 from pynamodb.transactions import TransactWrite
 
@@ -55,25 +58,47 @@ class Throttle(Model):
 
 
 class QueryRecord(Model):
-    """One accepted query. The phone is KMS-sealed; ID digits live only until the carrier check."""
+    """One accepted query, and the one task token its workflow waits on while partners answer.
+
+    Personal data is sealed under a per-query data key (chalicelib/privacy.py): the phone until
+    the record expires, the ID digits only until the carrier check.
+    """
 
     class Meta(_Meta):
         table_name = settings().queries_table
 
     query_id = UnicodeAttribute(hash_key=True)
-    status = UnicodeAttribute()
+    status = UnicodeAttribute()  # contracts.QueryStatus
     created_at = NumberAttribute()
     deadline_at = NumberAttribute()
+    data_key = UnicodeAttribute()  # the KMS-encrypted data key (encryption context: the query id)
     phone_sealed = UnicodeAttribute()
     id_sealed = UnicodeAttribute(null=True)
     lock_key = UnicodeAttribute()
-    outcome = UnicodeAttribute(null=True)
+    outcome = UnicodeAttribute(null=True)  # contracts.CarrierOutcome
     updated_at = NumberAttribute(null=True)
+    # The fan-out: the companies asked, the token that waits for all of them, each settled lookup
+    # (company -> LookupResult as JSON), and which token was released (a digest of it).
+    asked = UnicodeSetAttribute(null=True)
+    task_token = UnicodeAttribute(null=True)
+    results = MapAttribute(null=True)  # type: ignore[var-annotated]
+    released = UnicodeAttribute(null=True)
     ttl = TTLAttribute()
 
 
+class BacklogIndex(GlobalSecondaryIndex["Lookup"]):
+    """A partner's unsent lookups, oldest due first. Sparse: only UNSENT lookups carry its keys."""
+
+    class Meta:
+        index_name = "backlog"
+        projection = AllProjection()
+
+    backlog_partner = UnicodeAttribute(hash_key=True)
+    due_at = NumberAttribute(range_key=True)
+
+
 class Lookup(Model):
-    """One partner lookup: the opaque id a partner sees, mapped to our task token."""
+    """One partner lookup: the opaque id a partner sees, mapped to its query and company."""
 
     class Meta(_Meta):
         table_name = settings().lookups_table
@@ -81,14 +106,31 @@ class Lookup(Model):
     lookup_id = UnicodeAttribute(hash_key=True)
     query_id = UnicodeAttribute()
     company = UnicodeAttribute()
-    task_token = UnicodeAttribute(null=True)
-    status = UnicodeAttribute(default="pending")  # pending | answered
-    answer = UnicodeAttribute(null=True)  # the partner's answer as canonical JSON
-    answer_digest = UnicodeAttribute(null=True)
-    delivered = BooleanAttribute(default=False)
+    state = UnicodeAttribute()  # contracts.LookupState
+    deadline_at = NumberAttribute()
+    attempts = NumberAttribute(default=0)  # transient failures so far (backoff)
+    result = UnicodeAttribute(null=True)  # the settled LookupResult as JSON
+    answer_digest = UnicodeAttribute(null=True)  # what the partner answered, to tell duplicates from conflicts
     requested_at = NumberAttribute(null=True)
     answered_at = NumberAttribute(null=True)
+    backlog_partner = UnicodeAttribute(null=True)
+    due_at = NumberAttribute(null=True)
+    backlog = BacklogIndex()
     ttl = TTLAttribute()
+
+
+class PartnerCircuit(Model):
+    """A partner's circuit breaker (SPEC §4). No item: closed with no failures."""
+
+    class Meta(_Meta):
+        table_name = settings().circuits_table
+
+    partner = UnicodeAttribute(hash_key=True)
+    failures = NumberAttribute(default=0)  # consecutive transient failures
+    is_open = BooleanAttribute(default=False)
+    opened_at = NumberAttribute(null=True)
+    next_probe_at = NumberAttribute(null=True)
+    updated_at = NumberAttribute(null=True)
 
 
 class IdempotencyRecord(Model):
@@ -101,9 +143,15 @@ class IdempotencyRecord(Model):
     expiration = TTLAttribute(null=True)
 
 
-ALL_MODELS: tuple[type[Model], ...] = (VerificationCode, Throttle, QueryRecord, Lookup, IdempotencyRecord)
-TTL_ATTRIBUTE = {VerificationCode: "ttl", Throttle: "ttl", QueryRecord: "ttl", Lookup: "ttl",
-                 IdempotencyRecord: "expiration"}
+ALL_MODELS: tuple[type[Model], ...] = (VerificationCode, Throttle, QueryRecord, Lookup, PartnerCircuit,
+                                        IdempotencyRecord)
+# Table environment variable per model (config, .chalice/config.json, infra/ and local/ read this).
+TABLE_VARS: dict[type[Model], str] = {VerificationCode: "CODES_TABLE", Throttle: "THROTTLE_TABLE",
+                                      QueryRecord: "QUERIES_TABLE", Lookup: "LOOKUPS_TABLE",
+                                      PartnerCircuit: "CIRCUITS_TABLE", IdempotencyRecord: "IDEMPOTENCY_TABLE"}
+# Circuits never expire: a partner's state outlives any query.
+TTL_ATTRIBUTE: dict[type[Model], str | None] = {VerificationCode: "ttl", Throttle: "ttl", QueryRecord: "ttl",
+                                               Lookup: "ttl", PartnerCircuit: None, IdempotencyRecord: "expiration"}
 
 
 def create_all() -> None:
@@ -114,6 +162,8 @@ def create_all() -> None:
     for model in ALL_MODELS:
         if not model.exists():
             model.create_table(wait=False)  # moto and on-demand tables are ACTIVE at once
+            if TTL_ATTRIBUTE[model] is None:
+                continue
             ddb.update_time_to_live(
                 TableName=model.Meta.table_name,
                 TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE[model]},

@@ -1,0 +1,123 @@
+"""The data that crosses steps, and the names every part of the service shares.
+
+One definition each: the query workflow's inputs and outputs (stepfunctions/query.asl.json),
+the statuses stored and shown, and the table of Lambda functions that app.py registers,
+infra/generate.py wires into the template and local/ routes moto's invocations to.
+Nothing here carries personal data: executions hold ids, outcomes and account counts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import NotRequired, TypedDict
+
+
+class QueryStatus(StrEnum):
+    """What GET /v1/queries/{id} shows (SPEC §3); never counts."""
+
+    ACCEPTED = "accepted"
+    VERIFYING = "verifying"
+    LOOKING_UP = "looking_up"
+    REPLIED = "replied"
+    FAILED = "failed"
+
+
+class CarrierOutcome(StrEnum):
+    """The carrier's real-name check (SPEC §4)."""
+
+    MATCH = "match"
+    MISMATCH = "mismatch"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+
+class LookupState(StrEnum):
+    """One partner lookup, as the delivery mechanism sees it."""
+
+    PENDING = "pending"    # asked (or about to be): the partner answers in the 200 or by callback
+    UNSENT = "unsent"      # a transient failure or an open circuit: in the partner's backlog
+    SETTLED = "settled"    # answered, answered with an error, or refused for good (4xx)
+    EXPIRED = "expired"    # the query's deadline passed before it could be sent
+
+
+# -- the query workflow ----------------------------------------------------------------
+class ExecutionInput(TypedDict):
+    """StartExecution input, named by the query id."""
+
+    query_id: str
+    deadline_at: int  # epoch seconds: accepted_at + QUERY_DEADLINE_SECONDS
+
+
+class CarrierResult(TypedDict):
+    """VerifyCarrier's output; AskCompanies waits at most timeout_seconds (to the deadline)."""
+
+    query_id: str
+    deadline_at: int
+    outcome: str  # CarrierOutcome
+    timeout_seconds: int
+
+
+class FanOutInput(TypedDict):
+    """The payload of the one waitForTaskToken task that asks every company."""
+
+    query_id: str
+    deadline_at: int
+    task_token: str
+
+
+class LookupResult(TypedDict):
+    """One company's settled lookup: the only thing of a partner's answer that travels on.
+
+    Company ids come from the registry, counts are bounded integers, app names are the
+    registry's own strings (chalicelib/partners/protocol.py checks all three).
+    """
+
+    company: str
+    answered: bool
+    account_count: NotRequired[int]
+    apps: NotRequired[dict[str, int]]
+
+
+class FanOutOutput(TypedDict):
+    """What the released task token carries: every asked company's settled lookup."""
+
+    results: list[LookupResult]
+
+
+class ReplyInput(TypedDict):
+    """SendReply's input: the state as AskCompanies left it (or VerifyCarrier, when no company was asked).
+
+    fan_out is absent at the deadline: the step then reports what had settled by then.
+    """
+
+    query_id: str
+    outcome: str  # CarrierOutcome
+    fan_out: NotRequired[FanOutOutput]
+
+
+# -- Lambda functions -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Function:
+    """A Lambda function of the service: its Chalice name and, for workflow steps, its ASL placeholder."""
+
+    name: str
+    placeholder: str | None = None
+
+    @property
+    def logical_id(self) -> str:
+        """Chalice's CloudFormation logical id: PascalCase of the function name."""
+        return "".join(part.capitalize() for part in self.name.split("_"))
+
+
+API_HANDLER = "APIHandler"  # Chalice's one function for every route
+VERIFY_CARRIER = Function("verify_carrier", "VerifyCarrierArn")
+ASK_COMPANIES = Function("ask_companies", "AskCompaniesArn")
+SEND_REPLY = Function("send_reply", "SendReplyArn")
+START_QUERIES = Function("start_queries")
+RETRY_LOOKUPS = Function("retry_lookups")
+DELIVER_BACKLOG = Function("deliver_backlog")
+
+WORKFLOW_FUNCTIONS: tuple[Function, ...] = (VERIFY_CARRIER, ASK_COMPANIES, SEND_REPLY)
+FUNCTIONS: tuple[Function, ...] = (START_QUERIES, *WORKFLOW_FUNCTIONS, RETRY_LOOKUPS, DELIVER_BACKLOG)
+# The workflow's other placeholders: tables it writes directly (MarkFailed), by their environment variable.
+WORKFLOW_TABLES: dict[str, str] = {"QueriesTable": "QUERIES_TABLE"}

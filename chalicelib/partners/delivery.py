@@ -1,0 +1,159 @@
+"""The per-partner delivery mechanism: what happens to a lookup a partner could not take.
+
+Three AWS primitives, each for what it does best:
+- the backlog is a sparse DynamoDB index (Lookup.backlog: partner, due time): unsent lookups
+  wait there at no cost, however many and however long;
+- while a partner's circuit is closed, an SQS delay queue brings each failed lookup back after
+  its exponential backoff (2 s … 15 min), so a blip costs seconds, not minutes (`retry`);
+- once a minute, a scheduled job (`deliver`) probes every open circuit (one request a minute)
+  and, when a probe is answered, replays that partner's backlog at its registry pace
+  (`max_requests_per_second`); it also sends lookups whose nudge was lost.
+While a partner is down its work is one index query and one probe a minute, whatever the number
+of pending queries. Lookups whose query deadline passed are dropped unsent: the reply already
+said 暂未返回.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from pynamodb.exceptions import UpdateError
+
+from chalicelib import registry, telemetry
+from chalicelib.config import Settings, settings
+from chalicelib.contracts import LookupResult, LookupState
+from chalicelib.partners.circuit import CircuitState
+from chalicelib.partners.lookups import LookupDesk
+from chalicelib.registry import Company
+from chalicelib.storage.models import Lookup
+
+logger = Logger(child=True)
+
+PARTNER_THREADS = 8
+REPLAY_PAGE = 100
+
+
+class Delivery:
+    def __init__(self, desk: LookupDesk, config: Settings | None = None, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Any] = time.sleep) -> None:
+        self._desk = desk
+        self._config = config or settings()
+        self._clock = clock
+        self._sleep = sleep
+
+    # -- the SQS retry queue: one lookup's backoff has run out --------------------------------
+    def retry(self, lookup_ids: Iterable[str]) -> None:
+        now = int(self._clock())
+        due = []
+        for lookup in Lookup.batch_get(list(set(lookup_ids)), consistent_read=True):
+            if lookup.state != LookupState.UNSENT:
+                continue  # answered meanwhile, or sent by the delivery job
+            if not self._expire_if_late(lookup, now):
+                due.append(lookup)
+        if not due:
+            return
+        states = self._desk.circuits.states({lookup.company for lookup in due})
+        # An open circuit leaves the lookup in the backlog: the probe and replay take it from there.
+        self._send(now, [(lookup, states[lookup.company]) for lookup in due if not states[lookup.company].is_open])
+
+    # -- the scheduled job, once a minute ----------------------------------------------------------
+    def deliver(self, now: float | None = None) -> dict[str, int]:
+        """Probe open circuits, replay backlogs; returns requests sent per partner (for logs and tests)."""
+        started = self._clock() if now is None else now
+        companies = registry.companies()
+        states = self._desk.circuits.states(c.id for c in companies)
+        with ThreadPoolExecutor(max_workers=min(PARTNER_THREADS, len(companies) or 1)) as pool:
+            sent = dict(zip((c.id for c in companies),
+                            pool.map(lambda c: self._deliver_partner(c, states[c.id], int(started)), companies),
+                            strict=True))
+        if any(sent.values()):
+            logger.info("backlog delivered", extra={"sent": {k: v for k, v in sent.items() if v}})
+        return sent
+
+    def _deliver_partner(self, company: Company, state: CircuitState, now: int) -> int:
+        if state.is_open:
+            if not state.probe_due(now):
+                return 0
+            probe = self._backlog(company.id, now, limit=1)
+            if not probe or not self._desk.circuits.claim_probe(state, now):
+                return 0
+            telemetry.count("CircuitProbe", partner=company.id)
+            self._send(now, [(probe[0], state)])
+            if self._desk.circuits.states([company.id])[company.id].is_open:
+                return 1  # still down: next probe in a minute
+            # Answered: the circuit is closed; the whole backlog goes, whatever its backoff said.
+            return 1 + self._replay(company, CircuitState(company.id), now, until=2**62)
+        return self._replay(company, state, now, until=now)
+
+    def _replay(self, company: Company, state: CircuitState, now: int, until: int) -> int:
+        """Send the backlog due by `until`, at most max_requests_per_second, within the run's budget."""
+        budget_end = self._clock() + self._config.delivery_budget_seconds
+        rate = max(1, company.max_requests_per_second)
+        sent = 0
+        while self._clock() < budget_end:
+            page = self._backlog(company.id, until, limit=REPLAY_PAGE)
+            if not page:
+                break
+            for start in range(0, len(page), rate):
+                slot_started = self._clock()
+                batch = page[start:start + rate]
+                self._send(int(slot_started), [(lookup, state) for lookup in batch])
+                sent += len(batch)
+                if self._desk.circuits.states([company.id])[company.id].is_open:
+                    return sent  # failing again: stop, the next probe decides
+                if self._clock() >= budget_end:
+                    return sent
+                self._sleep(max(0.0, slot_started + 1 - self._clock()))
+        return sent
+
+    def _backlog(self, partner: str, until: int, limit: int) -> list[Lookup]:
+        """The partner's unsent lookups due by `until`, oldest first; late ones are dropped on the way."""
+        now = int(self._clock())
+        found = []
+        for lookup in Lookup.backlog.query(partner, Lookup.due_at <= until, limit=limit, consistent_read=False):
+            if lookup.state == LookupState.UNSENT and not self._expire_if_late(lookup, now):
+                found.append(lookup)
+        return found
+
+    def _expire_if_late(self, lookup: Lookup, now: int) -> bool:
+        if now < int(lookup.deadline_at):
+            return False
+        self._expire(lookup)
+        return True
+
+    @staticmethod
+    def _expire(lookup: Lookup) -> None:
+        try:
+            lookup.update(actions=[Lookup.state.set(LookupState.EXPIRED), Lookup.backlog_partner.remove(),
+                                   Lookup.due_at.remove()], condition=Lookup.state == LookupState.UNSENT)
+        except UpdateError:
+            return  # settled or expired by someone else meanwhile
+        telemetry.count("LookupExpired", company=lookup.company)
+
+    def _send(self, now: int, lookups: list[tuple[Lookup, CircuitState]]) -> None:
+        """Send these lookups concurrently; record what settled on their queries (releasing tokens)."""
+        if not lookups:
+            return
+        phones = self._desk.phones(lookup.query_id for lookup, _ in lookups)
+        companies = {c.id: c for c in registry.companies()}
+
+        def send(item: tuple[Lookup, CircuitState]) -> LookupResult | None:
+            lookup, state = item
+            company = companies.get(lookup.company)
+            if company is None or lookup.query_id not in phones:
+                self._expire(lookup)  # left the registry, or its query is gone: nothing to send
+                return None
+            return self._desk.dispatch(lookup, company, phones[lookup.query_id], state, now)
+
+        with ThreadPoolExecutor(max_workers=min(16, len(lookups))) as pool:
+            results = list(pool.map(send, lookups))
+        by_query: dict[str, list[LookupResult]] = defaultdict(list)
+        for (lookup, _), result in zip(lookups, results, strict=True):
+            if result is not None:
+                by_query[lookup.query_id].append(result)
+        for query_id, settled in by_query.items():
+            self._desk.record_results(query_id, settled)

@@ -1,0 +1,342 @@
+"""The lookups of one query: ask every company, settle their answers, release the one token.
+
+The workflow's AskCompanies task hands us one task token for the whole query. We ask every
+company at once (bounded pool, one record write and one decrypt for all of them); each lookup
+settles when it is answered, answered with an error, or refused for good (4xx). Whoever
+settles the last one — the fan-out itself, a callback, or the delivery job replaying a
+backlog — releases the token, exactly once: a conditional write on the query record decides.
+
+A transient failure (5xx, 429, timeout, connection error) is never retried here: the lookup
+goes to its partner's backlog and the delivery mechanism (partners/delivery.py) owns it.
+
+The lookup id a partner sees is an HMAC of (query id, company): opaque, and the same on every
+attempt. The task token never leaves the service.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
+from pynamodb.exceptions import PutError, UpdateError
+
+from chalicelib import clients, errors, http, registry, signing, telemetry
+from chalicelib.config import Settings, settings
+from chalicelib.contracts import FanOutOutput, LookupResult, LookupState
+from chalicelib.partners.circuit import Circuits, CircuitState
+from chalicelib.partners.protocol import LOOKUP_ID, Answer, Refused, lookup_id_of, parse_answer
+from chalicelib.privacy import Hasher, Vault, partner_secret
+from chalicelib.registry import Company
+from chalicelib.storage.models import Lookup, QueryRecord, at
+
+logger = Logger(child=True)
+
+# SendTask* answers these when the task is gone (timed out, execution stopped, retried with a new token).
+_TOKEN_GONE = {"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"}
+FIRST_BACKOFF_SECONDS = 2
+MAX_BACKOFF_SECONDS = 900  # also SQS's longest message delay
+FAN_OUT_THREADS = 16
+
+
+def backoff(attempts: int) -> int:
+    """Seconds before the next try after `attempts` transient failures: 2, 4, 8, … capped at 15 min."""
+    return int(min(FIRST_BACKOFF_SECONDS * 2 ** max(0, attempts - 1), MAX_BACKOFF_SECONDS))
+
+
+class Outcome(Enum):
+    ANSWERED = "answered"    # 200 with a valid answer (a count or an error)
+    WAITING = "waiting"      # 202: it calls back
+    REFUSED = "refused"      # any other status, or a 200 we cannot use: permanent, no answer
+    TRANSIENT = "transient"  # 5xx, 429, timeout, connection error: the backlog's
+
+
+@dataclass(frozen=True)
+class Sent:
+    outcome: Outcome
+    answer: Answer | None = None
+
+
+class PartnerClient:
+    """One signed lookup request to a partner (SPEC §4), its reply classified."""
+
+    def __init__(self, config: Settings | None = None,
+                 secret_for: Callable[[str], str] = partner_secret) -> None:
+        self._config = config or settings()
+        self._secret_for = secret_for
+
+    def send(self, company: Company, lookup_id: str, phone: str) -> Sent:
+        telemetry.count("LookupRequested", company=company.id)
+        payload = {"lookup_id": lookup_id, "phone": phone,
+                   "callback_url": f"{self._config.public_api_url}/v1/partners/{company.id}/results"}
+        try:
+            reply = http.post_signed(f"{company.base_url}/lookups", payload, self._secret_for(company.secret_name))
+        except http.Unreachable:
+            return Sent(Outcome.TRANSIENT)
+        if reply.status >= 500 or reply.status == 429:
+            return Sent(Outcome.TRANSIENT)
+        if reply.status == 202:
+            return Sent(Outcome.WAITING)
+        if reply.status == 200:
+            try:
+                answer = parse_answer(reply.body, company, self._config.partner_max_account_count)
+            except Refused as exc:
+                rejected(company.id, exc.reason)
+                return Sent(Outcome.REFUSED)
+            if answer.lookup_id == lookup_id:
+                return Sent(Outcome.ANSWERED, answer)
+            rejected(company.id, "wrong_lookup_id")
+        return Sent(Outcome.REFUSED)
+
+
+def rejected(company: str, reason: str) -> None:
+    """Operators hear of every answer we refuse; the log holds our reason, never partner text."""
+    telemetry.count("PartnerAnswerRejected", company=company)
+    logger.warning("partner answer rejected", extra={"company": company, "reason": reason})
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+class LookupDesk:
+    def __init__(self, hasher: Hasher, vault: Vault, circuits: Circuits, client: PartnerClient,
+                 sfn_client: Any | None = None, sqs_client: Any | None = None, config: Settings | None = None,
+                 clock: Callable[[], float] = time.time,
+                 secret_for: Callable[[str], str] = partner_secret) -> None:
+        self._hasher = hasher
+        self._vault = vault
+        self.circuits = circuits
+        self.client = client
+        self._sfn = sfn_client
+        self._sqs = sqs_client
+        self._config = config or settings()
+        self._clock = clock
+        self._secret_for = secret_for
+
+    @property
+    def sfn(self) -> Any:
+        return self._sfn or clients.client("stepfunctions")
+
+    @property
+    def sqs(self) -> Any:
+        return self._sqs or clients.client("sqs")
+
+    def lookup_id(self, query_id: str, company: str) -> str:
+        return self._hasher.digest("lookup", query_id, company)[:32]
+
+    # -- the fan-out (AskCompanies) -----------------------------------------------------
+    def ask_all(self, query_id: str, deadline_at: int, task_token: str) -> None:
+        """Ask every company once; release the token at once if every lookup settled here."""
+        now = int(self._clock())
+        everyone = {c.id for c in registry.companies()}
+        record = QueryRecord(query_id)
+        # One write stores the token and returns the record: no read before it. A retried step
+        # brings a new token; the companies asked stay those of the first attempt.
+        record.update(actions=[QueryRecord.task_token.set(task_token),
+                               QueryRecord.asked.set(QueryRecord.asked | everyone),
+                               QueryRecord.results.set(QueryRecord.results | {})],
+                      condition=QueryRecord.query_id.exists())
+        companies = [c for c in registry.companies() if c.id in (record.asked or set())]
+        phone = self._vault.open(query_id, record.data_key, {"phone": record.phone_sealed})["phone"]
+        states = self.circuits.states(c.id for c in companies)
+
+        def ask(company: Company) -> LookupResult | None:
+            lookup = self._lookup_for(query_id, company.id, deadline_at, now)
+            if lookup.state == LookupState.SETTLED:
+                return self._stored_result(lookup)
+            if lookup.state != LookupState.PENDING:
+                return None  # in the backlog (or expired): the delivery mechanism's
+            if states[company.id].is_open:
+                self._park(lookup, now, circuit_open=True)  # no request while the circuit is open
+                return None
+            return self.dispatch(lookup, company, phone, states[company.id], now)
+
+        with ThreadPoolExecutor(max_workers=min(FAN_OUT_THREADS, max(1, len(companies)))) as pool:
+            settled = [r for r in pool.map(ask, companies) if r is not None]
+        self.record_results(query_id, settled, record)
+
+    def _lookup_for(self, query_id: str, company: str, deadline_at: int, now: int) -> Lookup:
+        lookup = Lookup(self.lookup_id(query_id, company), query_id=query_id, company=company,
+                        state=LookupState.PENDING, deadline_at=deadline_at, attempts=0, requested_at=now,
+                        ttl=at(deadline_at + 7 * 86400))
+        try:
+            lookup.save(condition=Lookup.lookup_id.does_not_exist())
+        except PutError as exc:
+            if not _condition_failed(exc):
+                raise
+            lookup = Lookup.get(lookup.lookup_id, consistent_read=True)  # a retried step: as it stands
+        return lookup
+
+    # -- sending one lookup (fan-out, retry queue, delivery job) --------------------------
+    def dispatch(self, lookup: Lookup, company: Company, phone: str, state: CircuitState,
+                 now: int) -> LookupResult | None:
+        """Send one lookup and act on the reply; the settled result, or None while it waits."""
+        sent = self.client.send(company, lookup.lookup_id, phone)
+        if sent.outcome is Outcome.TRANSIENT:
+            opened = self.circuits.failed(company.id, now)
+            self._park(lookup, now, circuit_open=opened)
+            return None
+        self.circuits.succeeded(state, now)
+        if sent.outcome is Outcome.ANSWERED and sent.answer is not None:
+            return self.settle(lookup, sent.answer)
+        if sent.outcome is Outcome.REFUSED:
+            return self._settle_unanswered(lookup, "refused")
+        if lookup.state == LookupState.UNSENT:  # sent at last: out of the backlog, waiting for its callback
+            lookup.update(actions=[Lookup.state.set(LookupState.PENDING), Lookup.backlog_partner.remove(),
+                                   Lookup.due_at.remove(), Lookup.requested_at.set(now)],
+                          condition=Lookup.state == LookupState.UNSENT)
+        return None
+
+    def _park(self, lookup: Lookup, now: int, circuit_open: bool) -> None:
+        """Into the partner's backlog. While the circuit is closed an SQS nudge brings it back after
+        its backoff; while open, only the delivery job's probe and replay do (no per-query work)."""
+        attempts = int(lookup.attempts or 0) + (0 if circuit_open else 1)
+        due = now if circuit_open else now + backoff(attempts)
+        try:
+            lookup.update(actions=[Lookup.state.set(LookupState.UNSENT), Lookup.attempts.set(attempts),
+                                   Lookup.backlog_partner.set(lookup.company), Lookup.due_at.set(due)],
+                          condition=Lookup.state != LookupState.SETTLED)
+        except UpdateError as exc:
+            if _condition_failed(exc):
+                return  # its answer arrived meanwhile (a partner may answer a request it failed)
+            raise
+        telemetry.count("LookupDeferred", company=lookup.company)
+        if not circuit_open and due < int(lookup.deadline_at):
+            self.sqs.send_message(QueueUrl=self._config.retry_queue_url,
+                                  MessageBody=_json({"lookup_id": lookup.lookup_id}),
+                                  DelaySeconds=min(backoff(attempts), MAX_BACKOFF_SECONDS))
+
+    # -- settling --------------------------------------------------------------------------
+    def settle(self, lookup: Lookup, answer: Answer) -> LookupResult:
+        """Store the answer once. An exact duplicate changes nothing; a different one is a Conflict."""
+        result = answer.result(lookup.company)
+        digest = hashlib.sha256(answer.canonical().encode()).hexdigest()
+        stored = self._settle(lookup, result, digest)
+        if stored.answer_digest != digest:
+            raise errors.Conflict()
+        if not answer.is_error and stored is lookup:
+            telemetry.count("LookupAnswered", company=lookup.company)
+            if lookup.requested_at:
+                telemetry.latency("LookupLatency", 1000 * (self._clock() - lookup.requested_at),
+                                  company=lookup.company)
+        return self._stored_result(stored)
+
+    def _settle_unanswered(self, lookup: Lookup, reason: str) -> LookupResult:
+        telemetry.count("LookupRefused", company=lookup.company)
+        return self._stored_result(self._settle(lookup, {"company": lookup.company, "answered": False}, reason))
+
+    def _settle(self, lookup: Lookup, result: LookupResult, digest: str) -> Lookup:
+        """The lookup as settled: by us (`lookup` itself), or by whoever came first (read back)."""
+        if lookup.state != LookupState.SETTLED:
+            try:
+                lookup.update(actions=[Lookup.state.set(LookupState.SETTLED), Lookup.result.set(_json(result)),
+                                       Lookup.answer_digest.set(digest), Lookup.answered_at.set(int(self._clock())),
+                                       Lookup.backlog_partner.remove(), Lookup.due_at.remove()],
+                              condition=Lookup.state != LookupState.SETTLED)
+                return lookup
+            except UpdateError as exc:
+                if not _condition_failed(exc):
+                    raise
+        return Lookup.get(lookup.lookup_id, consistent_read=True)
+
+    @staticmethod
+    def _stored_result(lookup: Lookup) -> LookupResult:
+        result: LookupResult = json.loads(lookup.result or "{}")
+        return result
+
+    def record_results(self, query_id: str, results: list[LookupResult], record: QueryRecord | None = None) -> None:
+        """Put settled results on the query record; release the token if every asked company settled."""
+        if results:
+            record = QueryRecord(query_id)
+            record.update(actions=[QueryRecord.results[r["company"]].set(_json(r)) for r in results],
+                          condition=QueryRecord.query_id.exists())
+        if record is not None:
+            self._release_if_complete(record)
+
+    def _release_if_complete(self, record: QueryRecord) -> None:
+        token = record.task_token
+        settled = stored_results(record)
+        asked = record.asked or set()
+        if not token or not asked or not asked <= settled.keys():
+            return
+        digest = hashlib.sha256(token.encode()).hexdigest()[:32]
+        if record.released == digest:
+            return
+        try:
+            record.update(actions=[QueryRecord.released.set(digest)],
+                          condition=(QueryRecord.task_token == token)
+                          & (QueryRecord.released.does_not_exist() | (QueryRecord.released != digest)))
+        except UpdateError as exc:
+            if _condition_failed(exc):
+                return  # released by a concurrent settle, or a newer token took over
+            raise
+        order = [c.id for c in registry.companies()]
+        output: FanOutOutput = {"results": sorted((settled[c] for c in asked),
+                                                  key=lambda r: order.index(r["company"])
+                                                  if r["company"] in order else len(order))}
+        try:
+            self.sfn.send_task_success(taskToken=token, output=_json(output))
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in _TOKEN_GONE:
+                return  # the deadline came first: SendReply reports what had settled
+            # Give the release back: the partner's retry of its callback (or the step's retry) releases it.
+            record.update(actions=[QueryRecord.released.remove()], condition=QueryRecord.released == digest)
+            raise
+        logger.info("lookups complete", extra={"query_id": record.query_id, "companies": len(asked)})
+
+    # -- callbacks (POST /v1/partners/{company}/results) ---------------------------------
+    def verify_callback(self, company_id: str, headers: dict[str, str], raw_body: bytes) -> Company:
+        company = registry.company(company_id)
+        if company is None:
+            raise errors.NotFound("未知的企业。")
+        signing.verify(self._secret_for(company.secret_name), headers, raw_body, now=self._clock())
+        return company
+
+    def record_callback(self, company: Company, body: Any) -> None:
+        """Store the answer once and, if it was the last, release the waiting task."""
+        try:
+            lookup_id = lookup_id_of(body)
+            answer = parse_answer(body, company, self._config.partner_max_account_count)
+        except Refused as exc:
+            rejected(company.id, exc.reason)
+            raise
+        if not LOOKUP_ID.fullmatch(lookup_id):
+            raise errors.NotFound("未知的查询编号。")
+        try:
+            lookup = Lookup.get(lookup_id, consistent_read=True)
+        except Lookup.DoesNotExist as exc:
+            raise errors.NotFound("未知的查询编号。") from exc
+        if lookup.company != company.id:
+            raise errors.NotFound("未知的查询编号。")
+        result = self.settle(lookup, answer)
+        self.record_results(lookup.query_id, [result])
+
+    # -- reading the query's phone for a lookup sent later ------------------------------
+    def phones(self, query_ids: Iterable[str]) -> dict[str, str]:
+        """query id -> phone, one record read and one decrypt per query."""
+        phones = {}
+        for query_id in set(query_ids):
+            try:
+                record = QueryRecord.get(query_id, consistent_read=True)
+            except QueryRecord.DoesNotExist:
+                continue  # expired: its lookups expire with it
+            phones[query_id] = self._vault.open(query_id, record.data_key, {"phone": record.phone_sealed})["phone"]
+        return phones
+
+
+def stored_results(record: QueryRecord) -> dict[str, LookupResult]:
+    """company -> settled LookupResult, as kept on the query record."""
+    raw = record.results.as_dict() if record.results is not None else {}
+    return {company: json.loads(value) for company, value in raw.items()}
+
+
+def _condition_failed(exc: Exception) -> bool:
+    cause = getattr(exc, "cause_response_code", None)
+    return cause == "ConditionalCheckFailedException"

@@ -1,0 +1,65 @@
+"""VerifyCarrier: is the number active and registered to these ID digits (SPEC §4)?"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from aws_lambda_powertools import Logger
+from pynamodb.expressions.update import Action
+
+from chalicelib import errors, http, registry
+from chalicelib.contracts import CarrierOutcome, CarrierResult, QueryStatus
+from chalicelib.privacy import Vault, partner_secret
+from chalicelib.storage.models import QueryRecord
+
+logger = Logger(child=True)
+
+
+class CarrierCheck:
+    def __init__(self, vault: Vault, clock: Callable[[], float] = time.time,
+                 secret_for: Callable[[str], str] = partner_secret) -> None:
+        self._vault = vault
+        self._clock = clock
+        self._secret_for = secret_for
+
+    def run(self, query_id: str, deadline_at: int) -> CarrierResult:
+        now = int(self._clock())
+        record = QueryRecord.get(query_id, consistent_read=True)
+        if record.outcome is None:
+            if record.status == QueryStatus.ACCEPTED:
+                record.update(actions=[QueryRecord.status.set(QueryStatus.VERIFYING),
+                                       QueryRecord.updated_at.set(now)])
+            outcome = self._ask_carrier(record)
+            # The ID digits have served their purpose: discard them now (SPEC §6).
+            actions: list[Action] = [QueryRecord.outcome.set(outcome), QueryRecord.id_sealed.remove(),
+                                     QueryRecord.updated_at.set(now)]
+            if outcome == CarrierOutcome.MATCH:
+                actions.append(QueryRecord.status.set(QueryStatus.LOOKING_UP))
+            record.update(actions=actions)
+        outcome = CarrierOutcome(record.outcome)
+        logger.info("carrier check done", extra={"query_id": query_id, "outcome": outcome.value})
+        # AskCompanies waits exactly until the query's deadline, however long this step took.
+        return {"query_id": query_id, "deadline_at": int(deadline_at), "outcome": outcome.value,
+                "timeout_seconds": max(1, int(deadline_at) - int(self._clock()))}
+
+    def _ask_carrier(self, record: QueryRecord) -> CarrierOutcome:
+        if record.id_sealed is None:
+            return CarrierOutcome.UNKNOWN
+        opened = self._vault.open(record.query_id, record.data_key,
+                                  {"phone": record.phone_sealed, "id_last6": record.id_sealed})
+        carrier = registry.carrier_for(opened["phone"])
+        if carrier is None:
+            return CarrierOutcome.UNKNOWN
+        try:
+            reply = http.post_signed(f"{carrier.base_url}/verifications", opened,
+                                     self._secret_for(carrier.secret_name))
+        except http.Unreachable as exc:
+            raise errors.CarrierUnavailable(f"{carrier.id}: {exc}") from exc
+        if reply.status >= 500 or reply.status == 429:
+            raise errors.CarrierUnavailable(f"{carrier.id}: HTTP {reply.status}")
+        result = reply.body.get("result") if isinstance(reply.body, dict) else None
+        # A list, not a set: the carrier's `result` may be anything, unhashable included.
+        if reply.status != 200 or not isinstance(result, str) or result not in [o.value for o in CarrierOutcome]:
+            logger.warning("carrier answer unusable", extra={"carrier": carrier.id, "status": reply.status})
+            return CarrierOutcome.UNKNOWN
+        return CarrierOutcome(result)

@@ -1,0 +1,101 @@
+"""SendReply: the one reply SMS per query (SPEC §5), and the query's terminal status.
+
+Exactly one SMS even when the step is retried (Powertools Idempotency keyed by query id).
+A permanent SNS refusal (invalid message, opted-out number…) ends the query `failed` at once,
+with a metric and an alarm, instead of ten retries that cannot succeed.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from pynamodb.expressions.update import Action
+
+from chalicelib import registry, sms, telemetry
+from chalicelib.contracts import CarrierOutcome, LookupResult, QueryStatus, ReplyInput
+from chalicelib.partners.lookups import stored_results
+from chalicelib.privacy import Vault
+from chalicelib.storage.models import QueryRecord
+
+logger = Logger(child=True)
+
+
+class ReplySender:
+    def __init__(self, vault: Vault, sender: sms.SmsSender, persistence: Any | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._vault = vault
+        self._sender = sender
+        self._clock = clock
+        self.idempotency = None
+        self._send_once: Callable[..., Any] = self.deliver
+        if persistence is not None:
+            # Powertools Idempotency keyed by query id: a retried step finds the
+            # completed record and does not publish a second SMS.
+            from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+
+            self.idempotency = IdempotencyConfig(event_key_jmespath="query_id",
+                                                 expires_after_seconds=7 * 86400)
+            self._send_once = idempotent_function(self.deliver, data_keyword_argument="delivery",
+                                                  persistence_store=persistence, config=self.idempotency)
+
+    def deliver(self, delivery: dict[str, Any]) -> dict[str, Any]:
+        try:
+            message_id = self._sender.send(delivery["phone"], delivery["message"])
+        except sms.SmsRejected:
+            raise  # permanent: counted by run()
+        except Exception:
+            telemetry.count("SmsFailed")
+            raise  # transient: the step is retried by the workflow
+        telemetry.count("SmsSent")
+        return {"message_id": message_id}
+
+    def run(self, state: ReplyInput) -> dict[str, Any]:
+        query_id = state["query_id"]
+        outcome = CarrierOutcome(state.get("outcome", CarrierOutcome.UNKNOWN))
+        record = QueryRecord.get(query_id, consistent_read=True)
+        status = QueryStatus.REPLIED if outcome == CarrierOutcome.MATCH else QueryStatus.FAILED
+        # At the deadline the token carried nothing: report what had settled by then.
+        fan_out = state.get("fan_out")
+        results = fan_out["results"] if fan_out else list(stored_results(record).values())
+        message = None
+        if outcome != CarrierOutcome.CANCELLED:  # a cancelled number cannot receive an SMS
+            phone = self._vault.open(query_id, record.data_key, {"phone": record.phone_sealed})["phone"]
+            message = self.compose(phone, outcome, record.asked or set(), results)
+            try:
+                self._send_once(delivery={"query_id": query_id, "phone": phone, "message": message})
+            except sms.SmsRejected as exc:
+                telemetry.count("SmsRejected")
+                logger.error("reply SMS refused for good", extra={"query_id": query_id, "reason": exc.code})
+                status, message = QueryStatus.FAILED, None
+        actions: list[Action] = [QueryRecord.status.set(status), QueryRecord.outcome.set(outcome),
+                                 QueryRecord.updated_at.set(int(self._clock()))]
+        if record.id_sealed is not None:  # the carrier never answered: discard the ID digits now
+            actions.append(QueryRecord.id_sealed.remove())
+        record.update(actions=actions)
+        telemetry.count("QueryReplied" if status == QueryStatus.REPLIED else "QueryFailed")
+        logger.info("query closed", extra={"query_id": query_id, "status": status.value, "outcome": outcome.value,
+                                           "sms_sent": message is not None})
+        return {"query_id": query_id, "status": status.value}
+
+    @staticmethod
+    def compose(phone: str, outcome: CarrierOutcome, asked: set[str], results: list[LookupResult]) -> str:
+        if outcome == CarrierOutcome.MISMATCH:
+            return sms.mismatch_text(phone)
+        if outcome != CarrierOutcome.MATCH:
+            return sms.unavailable_text(phone)
+        by_company = {r["company"]: r for r in results}
+        lines = []
+        for company in registry.companies():
+            if company.id not in asked:
+                continue  # joined after this query started: not asked
+            result = by_company.get(company.id)
+            if result is None or not result.get("answered"):
+                lines.append(sms.CompanyAnswer(company.name, None))
+                continue
+            # Only registry app names reach the SMS, in registry order, whatever was stored.
+            stored = result.get("apps") or {}
+            apps = {app: int(stored[app]) for app in company.apps if app in stored}
+            lines.append(sms.CompanyAnswer(company.name, int(result.get("account_count", 0)), apps or None))
+        return sms.result_text(phone, lines)
