@@ -66,6 +66,8 @@ class Delivery:
         started = self._clock() if now is None else now
         companies = registry.companies()
         states = self._desk.circuits.states(c.id for c in companies)
+        for company in companies:  # a gauge per partner, every minute: the open-circuit alarm reads it
+            telemetry.count("CircuitOpen", int(states[company.id].is_open), partner=company.id)
         with ThreadPoolExecutor(max_workers=min(PARTNER_THREADS, len(companies) or 1)) as pool:
             sent = dict(zip((c.id for c in companies),
                             pool.map(lambda c: self._deliver_partner(c, states[c.id], int(started)), companies),
