@@ -11,6 +11,7 @@ from local.stack import StackOptions
 from tests.conftest import BASE_OPTIONS, wait_for
 from tests.helpers import COMPANIES, error_code, replies_to, submit, wait_finished
 from tests.privacy import assert_clean
+
 ALL_SILENT = StackOptions(**{**BASE_OPTIONS.__dict__,
                              "partner_modes": ",".join(f"{c}=silent" for c in COMPANIES)})
 pytestmark = pytest.mark.parametrize("stack_options", [ALL_SILENT])
