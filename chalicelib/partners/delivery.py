@@ -84,10 +84,13 @@ class Delivery:
             if not probe or not self._desk.circuits.claim_probe(state, now):
                 return 0
             telemetry.count("CircuitProbe", partner=company.id)
+            probed_at = self._clock()
             self._send(now, [(probe[0], state)])
             if self._desk.circuits.states([company.id])[company.id].is_open:
                 return 1  # still down: next probe in a minute
-            # Answered: the circuit is closed; the whole backlog goes, whatever its backoff said.
+            # Answered: the circuit is closed; the whole backlog goes, whatever its backoff said,
+            # from the next second on (the probe was this second's request).
+            self._sleep(max(0.0, probed_at + 1 - self._clock()))
             return 1 + self._replay(company, CircuitState(company.id), now, until=2**62)
         return self._replay(company, state, now, until=now)
 

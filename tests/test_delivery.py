@@ -1,0 +1,292 @@
+"""One task token per query, and the per-partner delivery mechanism (SPEC §4, issue 8):
+the last settled lookup releases the token exactly once; a failing partner is retried by its
+backlog, its circuit breaker and the per-minute job, never by the query's workflow."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import threading
+import time
+from typing import Any
+
+import boto3
+import pytest
+
+from chalicelib.registry import Company
+from local.lambdas import acting_as
+from local.recording import recording
+from local.stack import ROOT, StackOptions
+from tests.conftest import BASE_OPTIONS, wait_for
+from tests.helpers import COMPANIES, history, replies_to, submit, wait_finished
+
+with open(os.path.join(ROOT, "local", "fixtures", "subscribers.csv"), encoding="utf-8") as _fh:
+    ACTIVE = [(row["phone"], row["id_last6"]) for row in csv.DictReader(_fh) if row["status"] == "active"]
+
+
+def options(**changes: Any) -> StackOptions:
+    return StackOptions(**{**BASE_OPTIONS.__dict__, **changes})
+
+
+def start_query(api: Any, stack: Any, phone: str, id_last6: str) -> str:
+    response = submit(api, stack, phone, id_last6)
+    assert response.status_code == 202, response.body
+    assert stack.pump_once() == 1
+    return str(response.json_body["query_id"])
+
+
+def circuit(partner: str) -> dict[str, Any]:
+    from chalicelib.storage.models import PartnerCircuit
+
+    try:
+        item = PartnerCircuit.get(partner, consistent_read=True)
+    except PartnerCircuit.DoesNotExist:
+        return {"is_open": False, "failures": 0, "next_probe_at": 0}
+    return {"is_open": bool(item.is_open), "failures": int(item.failures or 0),
+            "next_probe_at": int(item.next_probe_at or 0)}
+
+
+def lookup_states(query_id: str) -> dict[str, str]:
+    from chalicelib.storage.models import Lookup
+
+    return {item.company: item.state for item in Lookup.scan(Lookup.query_id == query_id)}
+
+
+# -- the one token ------------------------------------------------------------------------------
+@pytest.mark.parametrize("stack_options", [options(partner_modes=",".join(f"{c}=silent" for c in COMPANIES))])
+def test_the_last_of_concurrent_callbacks_releases_the_token_exactly_once(stack, api):
+    """GIVEN every company waits for its callback, WHEN all of them (and duplicates) call back at
+    the same moment, THEN the token is released once and the reply counts every company."""
+    phone, id_last6 = ACTIVE[1]
+    query_id = start_query(api, stack, phone, id_last6)
+    wait_for(lambda: all(p.requests for p in stack.partners.values()), 30, "every partner asked")
+    company = {c.id: c for c in _companies()}
+    bodies = [(company[c], {"lookup_id": p.requests[0]["lookup_id"], "account_count": i})
+              for i, (c, p) in enumerate(stack.partners.items())]
+    barrier = threading.Barrier(2 * len(bodies))
+    failures: list[BaseException] = []
+
+    def call_back(partner: Company, body: dict[str, Any]) -> None:
+        barrier.wait()
+        try:
+            with acting_as("APIHandler"):
+                stack.app_module.lookups().record_callback(partner, body)
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            failures.append(exc)
+
+    with recording() as recorder:
+        threads = [threading.Thread(target=call_back, args=item) for item in bodies * 2]  # each twice
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wait_finished(stack, query_id)
+    assert failures == []
+    assert recorder.requests[("APIHandler", "states:SendTaskSuccess")] == 1
+    (reply,) = replies_to(stack, phone)
+    assert "暂未返回" not in reply
+    assert f"已返回企业共{sum(range(len(bodies)))}个账号" in reply
+
+
+def _companies() -> list[Company]:
+    from chalicelib import registry
+
+    return list(registry.companies())
+
+
+@pytest.mark.parametrize("stack_options", [options(partner_modes=",".join(
+    f"{c}={'immediate' if i % 2 else 'callback'}" for i, c in enumerate(COMPANIES)))])
+def test_callbacks_racing_the_fan_outs_immediate_answers_release_once(stack, api):
+    """Half the companies answer in the 200, half call back at once, while the fan-out still runs."""
+    for partner in stack.partners.values():
+        partner.delay_seconds = 0
+    queries = [(start_query(api, stack, phone, id_last6), phone) for phone, id_last6 in ACTIVE[:3]]
+    for query_id, phone in queries:
+        assert wait_finished(stack, query_id)["status"] == "SUCCEEDED"
+        (reply,) = replies_to(stack, phone)
+        assert "暂未返回" not in reply
+        assert sum(1 for e in history(stack, query_id) if e["type"].endswith("StateEntered")) == 4
+
+
+# -- a failing partner ------------------------------------------------------------------------------
+@pytest.mark.parametrize("stack_options", [options(partner_modes="jd=down")])
+def test_a_partner_down_then_recovering_before_the_deadline_is_reported(stack, api):
+    phone, id_last6 = "18912345678", "071234"  # 2 accounts at jd
+    query_id = start_query(api, stack, phone, id_last6)
+    jd = stack.partners["jd"]
+    wait_for(lambda: jd.requests, 20, "jd asked")
+    jd.mode = "immediate"  # back up: the retry queue brings the lookup back after its backoff
+    assert wait_finished(stack, query_id)["status"] == "SUCCEEDED"
+    (reply,) = replies_to(stack, phone)
+    assert "京东2个" in reply and "暂未返回" not in reply
+
+
+@pytest.mark.parametrize("stack_options", [options(partner_modes="jd=down", deadline_seconds=8)])
+def test_a_partner_down_for_the_whole_deadline_is_no_answer_and_gets_bounded_requests(stack, api):
+    phone, id_last6 = "18912345678", "071234"
+    started = time.time()
+    query_id = start_query(api, stack, phone, id_last6)
+    assert wait_finished(stack, query_id)["status"] == "SUCCEEDED"
+    (reply,) = replies_to(stack, phone)
+    assert "京东暂未返回" in reply and "美团1个" in reply
+    # Backoff 2 s, 4 s, 8 s…: in 8 s the lookup is tried at most three times, never in a loop.
+    assert 1 <= len(stack.partners["jd"].requests) <= 3
+    # After the deadline its backlog is dropped unsent, whatever the job does later.
+    asked = len(stack.partners["jd"].requests)
+    stack.partners["jd"].mode = "immediate"
+    stack.deliver_once(now=started + 3600)
+    assert len(stack.partners["jd"].requests) == asked
+    assert lookup_states(query_id)["jd"] == "expired"
+    assert len(replies_to(stack, phone)) == 1
+
+
+class RecordingClient:
+    """The real partner client, noting the (fake) time of each request it sends."""
+
+    def __init__(self, inner: Any, clock: Any) -> None:
+        self.inner, self.clock, self.sent = inner, clock, []
+
+    def send(self, company: Company, lookup_id: str, phone: str) -> Any:
+        self.sent.append((company.id, self.clock()))
+        return self.inner.send(company, lookup_id, phone)
+
+
+class FakeTime:
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+
+
+# Every other partner answers by callback: a flaky one would open its own circuit under this load.
+@pytest.mark.parametrize("stack_options", [options(partner_modes=",".join(
+    f"{c}={'down' if c == 'jd' else 'callback'}" for c in COMPANIES), deadline_seconds=600,
+                                                   company_changes={"jd": {"max_requests_per_second": 2}})])
+def test_circuit_opens_probes_once_a_minute_closes_and_replays_the_backlog_at_the_partners_pace(stack, api):
+    """GIVEN jd fails every request, WHEN five lookups have failed, THEN its circuit is open and new
+    queries send it nothing; the job probes at most once a minute; once a probe is answered the
+    circuit closes and the backlog goes out at jd's max_requests_per_second, releasing every query."""
+    from chalicelib.partners.delivery import Delivery
+    from chalicelib.partners.lookups import LookupDesk
+
+    jd = stack.partners["jd"]
+    t0 = time.time()
+    first = [(start_query(api, stack, phone, id6), phone) for phone, id6 in ACTIVE[:5]]
+    wait_for(lambda: circuit("jd")["is_open"], 20, "jd's circuit to open")
+    before = len(jd.requests)
+    assert before <= 5 + 2  # five fan-outs, and at most the nudges already in flight
+
+    later = [(start_query(api, stack, phone, id6), phone) for phone, id6 in ACTIVE[5:8]]
+    wait_for(lambda: all(lookup_states(q).get("jd") == "unsent" for q, _ in later), 20, "later lookups parked")
+    assert len(jd.requests) == before  # open: no per-query traffic
+
+    probe_at = circuit("jd")["next_probe_at"]
+    assert probe_at >= t0 + 60                              # the first probe is a minute after opening
+    assert stack.deliver_once(now=probe_at - 1)["jd"] == 0
+    assert stack.deliver_once(now=probe_at)["jd"] == 1      # one probe: still down
+    assert stack.deliver_once(now=probe_at + 59)["jd"] == 0  # at most one a minute
+    assert circuit("jd")["is_open"] and len(jd.requests) == before + 1
+
+    jd.mode = "immediate"
+    app = stack.app_module
+    fake = FakeTime(probe_at + 60)
+    client = RecordingClient(app.lookups().client, fake.time)
+    desk = LookupDesk(app.hasher(), app.vault(), app.lookups().circuits, client, clock=fake.time)  # type: ignore[arg-type]
+    with acting_as("DeliverBacklog"):
+        sent = Delivery(desk, clock=fake.time, sleep=fake.sleep).deliver(now=fake.time())
+    assert not circuit("jd")["is_open"]
+    assert sent["jd"] == len(first) + len(later)  # the probe, then the whole backlog
+    # The fake clock moves only when the job waits: requests sent at one instant are one slot.
+    slots: dict[float, int] = {}
+    for _, at in client.sent:
+        slots[at] = slots.get(at, 0) + 1
+    starts = sorted(slots)
+    assert max(slots.values()) <= 2, slots  # jd's max_requests_per_second
+    assert all(later - earlier >= 1 for earlier, later in zip(starts, starts[1:], strict=False)), starts
+    for query_id, phone in first + later:
+        assert wait_finished(stack, query_id)["status"] == "SUCCEEDED"
+        (reply,) = replies_to(stack, phone)
+        assert "暂未返回" not in reply
+
+
+@pytest.mark.parametrize("stack_options", [options(partner_modes="jd=callback", deadline_seconds=4)])
+def test_an_answer_arriving_after_the_deadline_changes_nothing(stack, api):
+    phone, id_last6 = "18912345678", "071234"
+    stack.partners["jd"].delay_seconds = 7  # its callback comes after the deadline
+    query_id = start_query(api, stack, phone, id_last6)
+    assert wait_finished(stack, query_id)["status"] == "SUCCEEDED"
+    wait_for(lambda: stack.partners["jd"].callbacks, 20, "jd's late callback")
+    assert stack.partners["jd"].callbacks == [200]  # recorded, as SPEC §3 says…
+    (reply,) = replies_to(stack, phone)
+    assert "京东暂未返回" in reply  # …but the reply went at the deadline, and only once
+
+
+NINTH = {"id": "pinduoduo", "name": "拼多多", "details": "拼多多App：个人中心→设置→账号与安全",
+         "unbind": "在拼多多App内更换手机号或注销账号，或致电客服", "hotline": "021-53395288",
+         "base_url": "https://yztc-partner.pinduoduo.example/api", "secret_name": "yztc/partners/pinduoduo",
+         "apps": ["拼多多"], "max_requests_per_second": 10}
+
+
+@pytest.mark.parametrize("stack_options", [options(extra_companies=[NINTH], partner_modes="pinduoduo=immediate")])
+def test_a_ninth_company_added_by_registry_data_alone_is_asked_and_reported(stack, api):
+    phone, id_last6 = ACTIVE[0]
+    query_id = start_query(api, stack, phone, id_last6)
+    assert wait_finished(stack, query_id)["status"] == "SUCCEEDED"
+    assert len(stack.partners["pinduoduo"].requests) == 1
+    (reply,) = replies_to(stack, phone)
+    assert "美团0个，拼多多0个。" in reply
+    assert sum(1 for e in history(stack, query_id) if e["type"].endswith("StateEntered")) == 4
+    assert [c["id"] for c in api.http.get("/v1/companies").json_body["companies"]][-1] == "pinduoduo"
+
+
+# -- the reply's ending ------------------------------------------------------------------------------
+def test_a_reply_sns_refuses_for_good_ends_the_query_failed_without_retries(stack, api):
+    from botocore.exceptions import ClientError
+
+    from chalicelib import clients
+
+    phone, id_last6 = ACTIVE[0]
+    response = submit(api, stack, phone, id_last6)
+    query_id = response.json_body["query_id"]
+
+    def refuse(**_: Any) -> None:
+        raise ClientError({"Error": {"Code": "InvalidParameter", "Message": "opted out"}}, "Publish")
+
+    clients.client("sns").meta.events.register("before-call.sns.Publish", refuse)
+    assert stack.pump_once() == 1
+    assert wait_finished(stack, query_id)["status"] == "SUCCEEDED"
+    assert stack.dispatcher.calls.count("send_reply") == 1
+    assert api.http.get(f"/v1/queries/{query_id}").json_body["status"] == "failed"
+    assert replies_to(stack, phone) == []
+
+
+def test_the_longest_possible_reply_fits_the_sns_limit_and_breakdowns_go_first():
+    from chalicelib import registry, sms
+
+    maximum = 100_000
+    longest = [sms.CompanyAnswer(c.name, maximum, {app: maximum // len(c.apps) for app in c.apps} or None)
+               for c in registry.companies()]
+    text = sms.result_text("13812345678", longest)
+    assert len(text.encode()) <= sms.MAX_MESSAGE_BYTES
+    assert "（" in text  # the current registry fits with every breakdown
+    crowded = longest * 6
+    text = sms.result_text("13812345678", crowded)
+    assert "（" not in text and len(text.encode()) <= sms.MAX_MESSAGE_BYTES
+
+
+def test_the_execution_history_of_a_query_holds_only_ids_counts_and_company_ids(stack, api):
+    phone, id_last6 = ACTIVE[0]
+    query_id = start_query(api, stack, phone, id_last6)
+    wait_finished(stack, query_id)
+    events = [e for e in history(stack, query_id) if e["type"] == "TaskSucceeded"]
+    (released,) = [json.loads(e["taskSucceededEventDetails"]["output"]) for e in events
+                   if "results" in e["taskSucceededEventDetails"]["output"]]
+    assert [r["company"] for r in released["results"]] == COMPANIES
+    assert all(set(r) <= {"company", "answered", "account_count", "apps"} for r in released["results"])
+    ddb = boto3.client("dynamodb")
+    record = ddb.get_item(TableName=stack.env["QUERIES_TABLE"], Key={"query_id": {"S": query_id}})["Item"]
+    assert "released" in record and "task_token" in record
