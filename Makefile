@@ -37,6 +37,7 @@ package: $(STAMP)
 	$(PY) -m infra.generate $(STAGE) build/$(STAGE)/merge-template.json
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} \
 	START_QUEUE_NAME=$$($(PY) -c 'import infra.generate as g; print(g.stage_env("$(STAGE)")["START_QUEUE_NAME"])') \
+	RETRY_QUEUE_NAME=$$($(PY) -c 'import infra.generate as g; print(g.stage_env("$(STAGE)")["RETRY_QUEUE_NAME"])') \
 		$(VENV)/bin/chalice package --stage $(STAGE) \
 		--merge-template build/$(STAGE)/merge-template.json build/$(STAGE)/package
 	$(VENV)/bin/cfn-lint build/$(STAGE)/package/sam.json

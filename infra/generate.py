@@ -1,9 +1,10 @@
 """Build the CloudFormation merge template for one stage: `python -m infra.generate STAGE OUT`.
 
 Everything is derived from the sources the code itself uses, so nothing can drift:
-- tables from the PynamoDB models (chalicelib/storage/models.py),
-- names from the stage's environment in .chalice/config.json,
-- the state machine from stepfunctions/query.asl.json (placeholders wired by DefinitionSubstitutions),
+- tables from the PynamoDB models (chalicelib/storage/models.py: TABLE_VARS, each model's schema),
+- names and function settings from the stage in .chalice/config.json,
+- the state machine from stepfunctions/query.asl.json, its placeholders wired by DefinitionSubstitutions
+  from chalicelib/contracts.py (WORKFLOW_FUNCTIONS, WORKFLOW_TABLES), its role from what it calls,
 - secrets, alarms and dashboard widgets from the company and carrier registries,
 - IAM: one role per Lambda function with exactly the actions listed in FUNCTION_ACCESS.
 `chalice package --merge-template` deep-merges the result onto Chalice's SAM template.
@@ -13,49 +14,60 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
+
+from chalicelib import contracts
+from chalicelib.storage import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASL_FILE = os.path.join(ROOT, "stepfunctions", "query.asl.json")
 NAMESPACE = "YiZhengTongCha"
+TABLE_VARS = models.TABLE_VARS  # model -> its table's environment variable: the tables, one list
 
-# Function logical ids (Chalice: PascalCase of the function name) -> what each may touch.
+# Function logical ids (contracts.FUNCTIONS, Chalice: PascalCase of the function name, plus Chalice's
+# APIHandler) -> exactly what each may touch; tests/test_infra.py records what each really calls.
 # "tables": table env var -> DynamoDB actions; DescribeTable is added for every table (PynamoDB
-# reads the key schema once per container).
+# reads the key schema once per container). "indexes": table env var -> {index: actions}.
+# "queues": queue logical id -> SQS actions. A Lambda SQS event source polls with its function's
+# role: ReceiveMessage, DeleteMessage and GetQueueAttributes are the poller's, not the code's.
+_POLLER = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"]
 FUNCTION_ACCESS: dict[str, dict[str, Any]] = {
-    "APIHandler": {
+    contracts.API_HANDLER: {
         "tables": {
             "CODES_TABLE": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
             "THROTTLE_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
-            "QUERIES_TABLE": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"],
+            "QUERIES_TABLE": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                              "dynamodb:DeleteItem"],
             "LOOKUPS_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
         },
-        "kms": ["kms:Encrypt"],
+        "kms": ["kms:GenerateDataKey"],
         "secrets": ["pepper", "partners"],
         "sns_publish": True,
-        "queue": ["sqs:SendMessage"],
-        "states": ["states:SendTaskSuccess", "states:SendTaskFailure"],
+        "queues": {"StartQueue": ["sqs:SendMessage"]},
+        "states": ["states:SendTaskSuccess"],
     },
-    "StartQueries": {
-        "queue": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"],
+    contracts.START_QUERIES.logical_id: {
+        "queues": {"StartQueue": _POLLER},
         "states": ["states:StartExecution"],
     },
-    "VerifyCarrier": {
+    contracts.VERIFY_CARRIER.logical_id: {
         "tables": {"QUERIES_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"]},
         "kms": ["kms:Decrypt"],
         "secrets": ["carriers"],
     },
-    "RequestLookup": {
+    contracts.ASK_COMPANIES.logical_id: {
         "tables": {
-            "QUERIES_TABLE": ["dynamodb:GetItem"],
+            "QUERIES_TABLE": ["dynamodb:UpdateItem"],
             "LOOKUPS_TABLE": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+            "CIRCUITS_TABLE": ["dynamodb:BatchGetItem", "dynamodb:UpdateItem"],
         },
         "kms": ["kms:Decrypt"],
         "secrets": ["pepper", "partners"],
-        "states": ["states:SendTaskSuccess", "states:SendTaskFailure"],
+        "queues": {"RetryQueue": ["sqs:SendMessage"]},
+        "states": ["states:SendTaskSuccess"],
     },
-    "PlanLookupRetry": {},  # pure computation: logs and traces only
-    "SendReply": {
+    contracts.SEND_REPLY.logical_id: {
         "tables": {
             "QUERIES_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
             # Powertools reads a conflicting record back from the failed conditional put
@@ -65,10 +77,33 @@ FUNCTION_ACCESS: dict[str, dict[str, Any]] = {
         "kms": ["kms:Decrypt"],
         "sns_publish": True,
     },
+    contracts.RETRY_LOOKUPS.logical_id: {
+        "tables": {
+            "QUERIES_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
+            "LOOKUPS_TABLE": ["dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:UpdateItem"],
+            "CIRCUITS_TABLE": ["dynamodb:BatchGetItem", "dynamodb:UpdateItem"],
+        },
+        "kms": ["kms:Decrypt"],
+        "secrets": ["partners"],
+        "queues": {"RetryQueue": [*_POLLER, "sqs:SendMessage"]},
+        "states": ["states:SendTaskSuccess"],
+    },
+    contracts.DELIVER_BACKLOG.logical_id: {
+        "tables": {
+            "QUERIES_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
+            "LOOKUPS_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
+            "CIRCUITS_TABLE": ["dynamodb:BatchGetItem", "dynamodb:UpdateItem"],
+        },
+        "indexes": {"LOOKUPS_TABLE": {"backlog": ["dynamodb:Query"]}},
+        "kms": ["kms:Decrypt"],
+        "secrets": ["partners"],
+        "queues": {"RetryQueue": ["sqs:SendMessage"]},
+        "states": ["states:SendTaskSuccess"],
+    },
 }
-TABLE_VARS = ("CODES_TABLE", "THROTTLE_TABLE", "QUERIES_TABLE", "LOOKUPS_TABLE", "IDEMPOTENCY_TABLE")
-WORKFLOW_FUNCTIONS = {"VerifyCarrierArn": "VerifyCarrier", "RequestLookupArn": "RequestLookup",
-                      "PlanLookupRetryArn": "PlanLookupRetry", "SendReplyArn": "SendReply"}
+# The workflow's placeholders: Lambda steps (-> the function's ARN) and tables it writes itself (-> the name).
+WORKFLOW_FUNCTIONS = {fn.placeholder: fn.logical_id for fn in contracts.WORKFLOW_FUNCTIONS if fn.placeholder}
+WORKFLOW_TABLES = contracts.WORKFLOW_TABLES
 
 
 def sub(text: str) -> dict[str, str]:
@@ -99,36 +134,70 @@ def registry(kind: str) -> list[dict[str, Any]]:
         return list(json.load(fh)[kind])
 
 
-def table_resources(env: dict[str, str]) -> dict[str, Any]:
-    os.environ.update({k: env[k] for k in TABLE_VARS})
-    from chalicelib.storage import models
+def table_logical(var: str) -> str:
+    return logical(var.removesuffix("_TABLE").lower()) + "Table"
 
+
+def _index(index: Mapping[str, Any]) -> dict[str, Any]:
+    """A PynamoDB index description as CloudFormation's (on-demand: no throughput)."""
+    return {"IndexName": index["index_name"], "KeySchema": index["key_schema"], "Projection": index["projection"]}
+
+
+def table_resources(env: dict[str, str]) -> dict[str, Any]:
+    """One table per model, as PynamoDB itself would create it (its _get_schema), on demand,
+    with TTL where the model has one, point-in-time recovery and our KMS key."""
     resources = {}
-    by_var = dict(zip(TABLE_VARS, (models.VerificationCode, models.Throttle, models.QueryRecord,
-                                   models.Lookup, models.IdempotencyRecord), strict=True))
-    for var, model in by_var.items():
-        hash_key = next(name for name, attr in model.get_attributes().items() if attr.is_hash_key)
-        attribute = model.get_attributes()[hash_key]
-        resources[logical(var.removesuffix("_TABLE").lower()) + "Table"] = {
-            "Type": "AWS::DynamoDB::Table",
-            "DeletionPolicy": "Retain",
-            "UpdateReplacePolicy": "Retain",
-            "Properties": {
-                "TableName": env[var],
-                "BillingMode": "PAY_PER_REQUEST",
-                "AttributeDefinitions": [{"AttributeName": attribute.attr_name,
-                                          "AttributeType": attribute.attr_type}],
-                "KeySchema": [{"AttributeName": attribute.attr_name, "KeyType": "HASH"}],
-                "TimeToLiveSpecification": {"AttributeName": models.TTL_ATTRIBUTE[model], "Enabled": True},
-                "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
-                "SSESpecification": {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": ref("DataKey")},
-            },
+    for model, var in TABLE_VARS.items():
+        schema = model._get_schema()
+        properties: dict[str, Any] = {
+            "TableName": env[var],
+            "BillingMode": "PAY_PER_REQUEST",
+            "AttributeDefinitions": schema["attribute_definitions"],
+            "KeySchema": schema["key_schema"],
         }
+        if schema.get("global_secondary_indexes"):
+            properties["GlobalSecondaryIndexes"] = [_index(i) for i in schema["global_secondary_indexes"]]
+        if schema.get("local_secondary_indexes"):
+            properties["LocalSecondaryIndexes"] = [_index(i) for i in schema["local_secondary_indexes"]]
+        if models.TTL_ATTRIBUTE[model] is not None:
+            properties["TimeToLiveSpecification"] = {"AttributeName": models.TTL_ATTRIBUTE[model], "Enabled": True}
+        properties["PointInTimeRecoverySpecification"] = {"PointInTimeRecoveryEnabled": True}
+        properties["SSESpecification"] = {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": ref("DataKey")}
+        resources[table_logical(var)] = {"Type": "AWS::DynamoDB::Table", "DeletionPolicy": "Retain",
+                                         "UpdateReplacePolicy": "Retain", "Properties": properties}
     return resources
 
 
-def table_logical(var: str) -> str:
-    return logical(var.removesuffix("_TABLE").lower()) + "Table"
+def function_config(stage: str, name: str) -> Any:
+    """Chalice's own view of one function's settings in a stage (per-function lambda_functions included)."""
+    from chalice.config import Config
+    from chalice.constants import DEFAULT_LAMBDA_TIMEOUT
+
+    with open(os.path.join(ROOT, ".chalice", "config.json"), encoding="utf-8") as fh:
+        config = json.load(fh)
+    return Config(chalice_stage=stage, function_name=name, config_from_disk=config,
+                  default_params={"lambda_timeout": DEFAULT_LAMBDA_TIMEOUT})
+
+
+def retry_queue_resources(env: dict[str, str], stage: str) -> dict[str, Any]:
+    """The delay queue that brings a lookup back after its backoff (chalicelib/partners/delivery.py).
+
+    A nudge is useless once its query's deadline passed, so it is kept no longer than that (and a
+    day). It is only a nudge: the lookup waits in the backlog index, and the delivery job sends it
+    whatever happens to the message, so a message failing again and again is set aside, not kept.
+    """
+    timeout = int(function_config(stage, contracts.RETRY_LOOKUPS.name).lambda_timeout)
+    retention = min(1209600, int(env.get("QUERY_DEADLINE_SECONDS", "172800")) + 86400)
+    return {
+        "RetryDeadLetterQueue": {"Type": "AWS::SQS::Queue", "Properties": {
+            "QueueName": env["RETRY_QUEUE_NAME"] + "-dlq", "MessageRetentionPeriod": retention,
+            "SqsManagedSseEnabled": True}},
+        "RetryQueue": {"Type": "AWS::SQS::Queue", "Properties": {
+            "QueueName": env["RETRY_QUEUE_NAME"], "MessageRetentionPeriod": retention,
+            # AWS's advice for a Lambda event source: six times the function's timeout.
+            "VisibilityTimeout": 6 * timeout, "SqsManagedSseEnabled": True,
+            "RedrivePolicy": {"deadLetterTargetArn": get_att("RetryDeadLetterQueue"), "maxReceiveCount": 5}}},
+    }
 
 
 def secret_resources(env: dict[str, str]) -> dict[str, Any]:
@@ -152,6 +221,14 @@ def secret_arns(kind: str) -> list[Any]:
             for entry in registry("companies" if kind == "partners" else "carriers")]
 
 
+def index_arn(var: str, index: str) -> dict[str, str]:
+    model = next(m for m, v in TABLE_VARS.items() if v == var)
+    names = {i["index_name"] for i in model._get_schema().get("global_secondary_indexes", [])}
+    if index not in names:
+        raise ValueError(f"{model.__name__} has no index {index!r}")
+    return sub("${" + table_logical(var) + ".Arn}/index/" + index)
+
+
 def role(function: str, access: dict[str, Any]) -> dict[str, Any]:
     statements: list[dict[str, Any]] = [
         {"Sid": "Logs", "Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream",
@@ -166,6 +243,10 @@ def role(function: str, access: dict[str, Any]) -> dict[str, Any]:
         statements.append({"Sid": logical(var.lower()), "Effect": "Allow",
                            "Action": sorted({*actions, "dynamodb:DescribeTable"}),
                            "Resource": get_att(table_logical(var))})
+    for var, indexes in access.get("indexes", {}).items():
+        for index, actions in indexes.items():
+            statements.append({"Sid": logical(var.lower()) + logical(index) + "Index", "Effect": "Allow",
+                               "Action": sorted(actions), "Resource": index_arn(var, index)})
     if access.get("kms"):
         statements.append({"Sid": "PersonalDataKey", "Effect": "Allow", "Action": access["kms"],
                            "Resource": get_att("DataKey")})
@@ -181,9 +262,9 @@ def role(function: str, access: dict[str, Any]) -> dict[str, Any]:
         # SMS to a phone number has no resource ARN; deny topics so only SMS can be sent.
         statements.append({"Sid": "Sms", "Effect": "Allow", "Action": ["sns:Publish"], "NotResource":
                            sub("arn:${AWS::Partition}:sns:*:*:*")})
-    if access.get("queue"):
-        statements.append({"Sid": "StartQueue", "Effect": "Allow", "Action": access["queue"],
-                           "Resource": get_att("StartQueue")})
+    for queue, actions in access.get("queues", {}).items():
+        statements.append({"Sid": queue, "Effect": "Allow", "Action": sorted(actions),
+                           "Resource": get_att(queue)})
     if access.get("states"):
         statements.append({"Sid": "Workflow", "Effect": "Allow", "Action": access["states"],
                            "Resource": ref("QueryStateMachine")})
@@ -195,9 +276,40 @@ def role(function: str, access: dict[str, Any]) -> dict[str, Any]:
     }}
 
 
+def _states(definition: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every state of a definition, nested ones (Parallel branches, Map iterators) included."""
+    found = []
+    for state in definition.get("States", {}).values():
+        found.append(state)
+        for branch in [*state.get("Branches", []), state.get("Iterator"), state.get("ItemProcessor")]:
+            if branch:
+                found += _states(branch)
+    return found
+
+
+def workflow_table_access(definition: dict[str, Any]) -> dict[str, list[str]]:
+    """Table placeholder -> the DynamoDB actions the workflow's own integrations call
+    (`arn:aws:states:::dynamodb:updateItem` on `${QueriesTable}` -> dynamodb:UpdateItem)."""
+    access: dict[str, set[str]] = {}
+    for state in _states(definition):
+        resource = state.get("Resource", "")
+        if state.get("Type") != "Task" or not resource.startswith("arn:aws:states:::dynamodb:"):
+            continue
+        operation = resource.removeprefix("arn:aws:states:::dynamodb:")
+        table = state.get("Parameters", {}).get("TableName", "")
+        placeholder = table[2:-1] if table.startswith("${") and table.endswith("}") else None
+        if placeholder not in WORKFLOW_TABLES:
+            raise ValueError(f"the workflow writes {table!r}: name it by a contracts.WORKFLOW_TABLES placeholder")
+        access.setdefault(placeholder, set()).add("dynamodb:" + operation[0].upper() + operation[1:])
+    return {placeholder: sorted(actions) for placeholder, actions in access.items()}
+
+
 def state_machine(env: dict[str, str], stage: str) -> dict[str, Any]:
     with open(ASL_FILE, encoding="utf-8") as fh:
         definition = json.load(fh)
+    tables = [{"Sid": logical(placeholder), "Effect": "Allow", "Action": actions,
+               "Resource": get_att(table_logical(WORKFLOW_TABLES[placeholder]))}
+              for placeholder, actions in workflow_table_access(definition).items()]
     return {
         "StateMachineLogGroup": {"Type": "AWS::Logs::LogGroup", "Properties": {
             "LogGroupName": f"/aws/vendedlogs/states/yztc-{stage}-query", "RetentionInDays": 90}},
@@ -207,6 +319,8 @@ def state_machine(env: dict[str, str], stage: str) -> dict[str, Any]:
             "Policies": [{"PolicyName": "least-privilege", "PolicyDocument": {"Version": "2012-10-17", "Statement": [
                 {"Sid": "InvokeSteps", "Effect": "Allow", "Action": ["lambda:InvokeFunction"],
                  "Resource": [get_att(fn) for fn in WORKFLOW_FUNCTIONS.values()]},
+                # MarkFailed: the workflow's own write, when the reply step gave up.
+                *tables,
                 # Log delivery and X-Ray APIs have no resource-level permissions.
                 {"Sid": "Logging", "Effect": "Allow", "Resource": "*", "Action": [
                     "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery",
@@ -220,7 +334,9 @@ def state_machine(env: dict[str, str], stage: str) -> dict[str, Any]:
             "StateMachineName": env["STATE_MACHINE_NAME"],
             "StateMachineType": "STANDARD",
             "DefinitionString": json.dumps(definition, ensure_ascii=False, indent=1),
-            "DefinitionSubstitutions": {placeholder: get_att(fn) for placeholder, fn in WORKFLOW_FUNCTIONS.items()},
+            "DefinitionSubstitutions": {
+                **{placeholder: get_att(fn) for placeholder, fn in WORKFLOW_FUNCTIONS.items()},
+                **{placeholder: ref(table_logical(var)) for placeholder, var in WORKFLOW_TABLES.items()}},
             "RoleArn": get_att("StateMachineRole"),
             # ERROR level and no execution data: the history holds no personal data, but logs
             # are read by more people than the console, so they carry none at all.
@@ -260,14 +376,22 @@ def dashboard(env: dict[str, str], stage: str) -> dict[str, Any]:
     widget("Executions", [["AWS/States", m, "StateMachineArn", "${QueryStateMachine}"] for m in
                           ("ExecutionsStarted", "ExecutionsSucceeded", "ExecutionsFailed", "ExecutionsTimedOut",
                            "ExecutionThrottled")] + [["AWS/States", "OpenExecutionCount", {"stat": "Maximum"}]])
-    widget("SMS sent / failed", [metric("SmsSent"), metric("SmsFailed"), metric("CodeSent"),
-                                 metric("SmsChannelFull")])
+    widget("SMS sent / failed / refused for good", [metric("SmsSent"), metric("SmsFailed"), metric("SmsRejected"),
+                                                     metric("CodeSent"), metric("SmsChannelFull")])
+    # The delivery job publishes CircuitOpen (0 or 1) for every partner every minute.
+    widget("Partner circuits (1 = open)", [metric("CircuitOpen", "Maximum", partner=c) for c in companies])
+    widget("Partner backlog per company: deferred (transient failure) / expired unsent",
+           [metric(name, company=c) for name in ("LookupDeferred", "LookupExpired") for c in companies])
+    widget("Partner faults: circuit opened / probed / closed, lookups refused, answers rejected",
+           [metric(name, partner=c) for name in ("CircuitOpened", "CircuitProbe", "CircuitClosed") for c in companies]
+           + [metric(name, company=c) for name in ("LookupRefused", "PartnerAnswerRejected") for c in companies])
     widget("API 4xx / 5xx", [["AWS/ApiGateway", m, "ApiName", "yizhengtongcha", "Stage", "api"]
                              for m in ("Count", "4XXError", "5XXError")])
-    widget("Throttles", [["AWS/DynamoDB", "ThrottledRequests", "TableName", env[v]] for v in TABLE_VARS]
+    widget("Throttles and queues", [["AWS/DynamoDB", "ThrottledRequests", "TableName", env[v]]
+                                    for v in TABLE_VARS.values()]
            + [["AWS/Lambda", "Throttles"], metric("StartDeferred"),
-              ["AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName", env["START_QUEUE_NAME"],
-               {"stat": "Maximum"}]])
+              *(["AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName", env[q], {"stat": "Maximum"}]
+                for q in ("START_QUEUE_NAME", "RETRY_QUEUE_NAME"))])
     body = json.dumps({"widgets": widgets}, ensure_ascii=False)
     return {"Type": "AWS::CloudWatch::Dashboard", "Properties": {
         "DashboardName": f"yztc-{stage}", "DashboardBody": {"Fn::Sub": [body, {"QueryStateMachine": machine}]}}}
@@ -313,7 +437,11 @@ def alarms(env: dict[str, str]) -> dict[str, Any]:
                                                                "Value": get_att("StartDeadLetterQueue", "QueueName")}]),
         "DynamoDbThrottlesAlarm": alarm("DynamoDB throttled requests.", 1, "GreaterThanOrEqualToThreshold",
                                         Metrics=[{"Id": "total", "Expression": "SUM(METRICS())", "ReturnData": True},
-                                                 *(throttled(i, env[v]) for i, v in enumerate(TABLE_VARS))]),
+                                                 *(throttled(i, env[v]) for i, v in enumerate(TABLE_VARS.values()))]),
+        "SmsRejectedAlarm": alarm("A reply SMS was refused for good (over the length limit, or the number opted "
+                                  "out): that citizen got no reply.", 1, "GreaterThanOrEqualToThreshold",
+                                  Namespace=NAMESPACE, MetricName="SmsRejected", Dimensions=service_dim,
+                                  Statistic="Sum", Period=300),
     }
     for company in registry("companies"):
         dims = [*service_dim, {"Name": "company", "Value": company["id"]}]
@@ -324,6 +452,12 @@ def alarms(env: dict[str, str]) -> dict[str, Any]:
                 *({"Id": key, "ReturnData": False, "MetricStat": {"Metric": {
                     "Namespace": NAMESPACE, "MetricName": name, "Dimensions": dims}, "Period": 3600, "Stat": "Sum"}}
                   for key, name in (("requested", "LookupRequested"), ("answered", "LookupAnswered")))])
+        # The delivery job reports every partner's circuit each minute: an open one means the partner
+        # fails and its lookups wait in the backlog (one probe a minute until it answers).
+        out[logical(company["id"]) + "CircuitOpenAlarm"] = alarm(
+            f"{company['name']}'s circuit is open: it fails every request; its lookups wait for it to recover.",
+            1, "GreaterThanOrEqualToThreshold", Namespace=NAMESPACE, MetricName="CircuitOpen",
+            Dimensions=[*service_dim, {"Name": "partner", "Value": company["id"]}], Statistic="Maximum", Period=300)
     return out
 
 
@@ -345,14 +479,18 @@ def handler(event, context):
 def template(stage: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """The merge template for a stage (its names from .chalice/config.json, or `env`)."""
     env = env or stage_env(stage)
+    deployed = {contracts.API_HANDLER, *(fn.logical_id for fn in contracts.FUNCTIONS)}
+    if set(FUNCTION_ACCESS) != deployed:
+        raise ValueError(f"FUNCTION_ACCESS must list every function: {sorted(set(FUNCTION_ACCESS) ^ deployed)}")
     functions = {}
     for function in FUNCTION_ACCESS:
         functions[function] = {"Properties": {
             "Role": get_att(f"{function}Role"),
             "Environment": {"Variables": {
-                "STATE_MACHINE_ARN": ref("QueryStateMachine"), "START_QUEUE_URL": ref("StartQueue")}}}}
-    # Chalice names the queue from START_QUEUE_NAME at package time (make package sets it from the
-    # stage config); the env reference to StartQueue orders the event source after the queue.
+                "STATE_MACHINE_ARN": ref("QueryStateMachine"), "START_QUEUE_URL": ref("StartQueue"),
+                "RETRY_QUEUE_URL": ref("RetryQueue")}}}}
+    # Chalice names the queues from START_QUEUE_NAME and RETRY_QUEUE_NAME at package time (make
+    # package sets them from the stage config); the env references order the event sources after them.
     partner_paths = sub("execute-api:/*/POST/v1/partners/*")
     resources: dict[str, Any] = {
         **functions,
@@ -375,6 +513,7 @@ def template(stage: str, env: dict[str, str] | None = None) -> dict[str, Any]:
             "SqsManagedSseEnabled": True,
             # A refused start comes back every 3 minutes for 3 days before it needs an operator.
             "RedrivePolicy": {"deadLetterTargetArn": get_att("StartDeadLetterQueue"), "maxReceiveCount": 1440}}},
+        **retry_queue_resources(env, stage),
         **state_machine(env, stage),
         "OperatorTopic": {"Type": "AWS::SNS::Topic", "Properties": {
             "TopicName": f"yztc-{stage}-operators", "KmsMasterKeyId": "alias/aws/sns"}},
