@@ -213,7 +213,19 @@ def send_reply(event: contracts.ReplyInput, context: Any) -> dict[str, Any]:
 # -- partner delivery (chalicelib/partners/delivery.py) ----------------------------
 @app.on_sqs_message(queue=RETRY_QUEUE_NAME, batch_size=10, name=contracts.RETRY_LOOKUPS.name)
 def retry_lookups(event: Any) -> None:
-    delivery().retry(json.loads(record.body)["lookup_id"] for record in event)
+    delivery().retry(lookup_id for record in event if (lookup_id := _retry_target(record.body)))
+
+
+def _retry_target(body: str) -> str | None:
+    """The lookup a nudge names; a malformed message is skipped (its lookup waits in the backlog)."""
+    try:
+        lookup_id = json.loads(body).get("lookup_id")
+    except (ValueError, AttributeError):
+        lookup_id = None
+    if not isinstance(lookup_id, str):
+        logger.warning("malformed retry message skipped")
+        return None
+    return lookup_id
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES), name=contracts.DELIVER_BACKLOG.name)

@@ -442,6 +442,16 @@ def alarms(env: dict[str, str]) -> dict[str, Any]:
                                   "out): that citizen got no reply.", 1, "GreaterThanOrEqualToThreshold",
                                   Namespace=NAMESPACE, MetricName="SmsRejected", Dimensions=service_dim,
                                   Statistic="Sum", Period=300),
+        # The job is the only way out of an open circuit: silence from it is an outage of its own.
+        "DeliveryJobStoppedAlarm": alarm("The partner delivery job did not run, or failed, for 10 minutes: "
+                                         "open circuits are neither probed nor replayed.", 1, "LessThanThreshold",
+                                         EvaluationPeriods=2, missing="breaching", Metrics=[
+                                             {"Id": "healthy", "Expression": "runs - errors", "ReturnData": True},
+                                             *({"Id": key, "ReturnData": False, "MetricStat": {"Metric": {
+                                                 "Namespace": "AWS/Lambda", "MetricName": name, "Dimensions": [
+                                                     {"Name": "FunctionName", "Value": ref("DeliverBacklog")}]},
+                                                 "Period": 300, "Stat": "Sum"}}
+                                               for key, name in (("runs", "Invocations"), ("errors", "Errors")))]),
     }
     for company in registry("companies"):
         dims = [*service_dim, {"Name": "company", "Value": company["id"]}]
