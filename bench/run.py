@@ -1,112 +1,67 @@
-"""`make bench`: what a query costs, measured on the local stack (moto in-process).
+"""`make bench`: the economics of a query (issue 8), measured on the local stack.
 
-Reports, for queries by fixture subscribers with all eight partners answering:
-- AWS requests per accepted query on the submit path, and per workflow step;
-- Step Functions state transitions per eight-company query (what AWS bills);
-- median in-process latency of the three citizen-facing calls, side by side, as ratios
-  (absolute times on moto say little about AWS; the ratios show where the work is).
+Three partner patterns, each on a fresh stack (moto in-process executing stepfunctions/query.asl.json,
+the app's functions in-process, the carrier and partner simulators over HTTP), each with every active
+fixture subscriber querying once: all partners answering; the registry's last partner flaky (503 twice
+per lookup); the same partner down (503 to everything) for the whole deadline. For each: state
+transitions, Lambda invocations, AWS requests by service, DynamoDB request units, what the failing
+partner received, the cost per million queries excluding SMS (prices: bench/prices.py), and the
+queries/s one account-region sustains under the Step Functions quotas; then issue 8's targets, PASS or
+FAIL (exit status 1 if any fails). The app's own log lines go to a file, not to the report.
 """
 from __future__ import annotations
 
 import csv
-import json
 import os
-import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
+
+from bench.prices import ROOT
 
 WORKDIR = tempfile.mkdtemp(prefix="yztc-bench-")
+PROBE_MINUTES = 30  # simulated minutes of the delivery job while the down partner's lookups wait
+DOWN_DEADLINE_SECONDS = 25  # long enough for the minutes above, short enough to wait for
+
+
+def active_subscribers() -> list[tuple[str, str]]:
+    with open(os.path.join(ROOT, "local", "fixtures", "subscribers.csv"), encoding="utf-8") as fh:
+        return [(row["phone"], row["id_last6"]) for row in csv.DictReader(fh) if row["status"] == "active"]
 
 
 def main() -> int:
+    report = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    log_path = os.path.join(WORKDIR, "app-output.log")
+    log = open(log_path, "w", buffering=1, encoding="utf-8")  # noqa: SIM115 (for the whole run)
+    os.dup2(log.fileno(), 1)
+    sys.stdout = log  # Powertools' log lines and metrics (EMF) print here
+
     from local.stack import StackOptions, configure_environment
 
-    options = StackOptions(workdir=WORKDIR, api_port=18000, deadline_seconds=60, pump=False,
-                           partner_modes=",".join(f"{c}=immediate" for c in
-                                                  ["tencent", "alibaba", "alipay", "baidu", "kuaishou", "douyin",
-                                                   "jd", "meituan"]))
-    configure_environment(options)
+    configure_environment(StackOptions(workdir=WORKDIR))  # before chalicelib is imported
     os.environ.pop("AWS_ENDPOINT_URL", None)
-    from moto import mock_aws
+    os.environ.pop("PARTNER_MODES", None)
 
-    from local.lambdas import acting_as
-    from local.recording import recording
-    from local.stack import LocalStack
+    from bench.economics import economics
+    from bench.patterns import Pattern, measure
+    from bench.report import Report
 
-    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}):
-        stack = LocalStack(options).start()
-        from chalice.test import Client
-
-        project = os.path.join(WORKDIR, "project", ".chalice")
-        os.makedirs(project)
-        with open(os.path.join(project, "config.json"), "w") as fh:
-            json.dump({"version": "2.0", "app_name": "yizhengtongcha", "stages": {"dev": {}}}, fh)
-        with open(os.path.join(os.path.dirname(__file__), "..", "local", "fixtures", "subscribers.csv")) as fh:
-            subscribers = [r for r in csv.DictReader(fh) if r["status"] == "active"]
-        timings: dict[str, list[float]] = {"code": [], "submit": [], "status": []}
-        submit_requests: list[Counter[str]] = []
-        transitions: list[int] = []
-        workflow = Counter[tuple[str, str]]()
-        import boto3
-
-        sfn = boto3.client("stepfunctions")
-        with Client(stack.app_module.app, project_dir=os.path.dirname(project)) as api, recording() as rec:
-            for row in subscribers:
-                phone, id_last6 = row["phone"], row["id_last6"]
-                started = time.perf_counter()
-                with acting_as("APIHandler"):
-                    api.http.post("/v1/verification-codes", headers={"Content-Type": "application/json"},
-                                  body=json.dumps({"phone": phone}))
-                timings["code"].append(time.perf_counter() - started)
-                code = stack.read_outbox()[-1]["message"].split("验证码为")[1][:6]
-                before = Counter({op: n for (f, op), n in rec.requests.items() if f == "APIHandler"})
-                started = time.perf_counter()
-                with acting_as("APIHandler"):
-                    response = api.http.post("/v1/queries", headers={"Content-Type": "application/json"},
-                                             body=json.dumps({"phone": phone, "id_last6": id_last6, "code": code}))
-                timings["submit"].append(time.perf_counter() - started)
-                after = Counter({op: n for (f, op), n in rec.requests.items() if f == "APIHandler"})
-                submit_requests.append(after - before)
-                query_id = json.loads(response.body)["query_id"]
-                stack.pump_once()
-                arn = stack.env["STATE_MACHINE_ARN"].replace(":stateMachine:", ":execution:") + ":" + query_id
-                deadline = time.monotonic() + 60
-                while sfn.describe_execution(executionArn=arn)["status"] == "RUNNING":
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("execution did not finish")
-                    time.sleep(0.05)
-                events = sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
-                transitions.append(sum(1 for e in events if e["type"].endswith("StateEntered")))
-                started = time.perf_counter()
-                with acting_as("APIHandler"):
-                    api.http.get(f"/v1/queries/{query_id}")
-                timings["status"].append(time.perf_counter() - started)
-            workflow.update({k: v for k, v in rec.requests.items() if k[0] != "APIHandler"})
-        stack.stop()
-
-    n = len(subscribers)
-    print(f"queries: {n} (fixture subscribers, 8 partners answering at once)")
-    typical = Counter(submit_requests[-1])
-    print(f"AWS requests on the submit path (POST /v1/queries), steady state: {sum(typical.values())}")
-    for op, count in sorted(typical.items()):
-        print(f"  {count} x {op}")
-    print(f"  (first request of a container adds secretsmanager:GetSecretValue for the pepper, cached "
-          f"300 s; first submit here: {sum(submit_requests[0].values())})")
-    print("AWS requests per query, by workflow function:")
-    for function in ("StartQueries", "VerifyCarrier", "RequestLookup", "SendReply"):
-        ops = {op: c for (f, op), c in workflow.items() if f == function}
-        total = sum(ops.values())
-        print(f"  {function}: {total / n:.1f} per query  " +
-              ", ".join(f"{op} {c / n:.1f}" for op, c in sorted(ops.items())))
-    print(f"state transitions per 8-company query: {statistics.median(transitions):.0f} "
-          f"(min {min(transitions)}, max {max(transitions)})")
-    medians = {k: statistics.median(v) * 1000 for k, v in timings.items()}
-    print("median in-process latency on moto (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in medians.items()))
-    print(f"ratios: submit/code {medians['submit'] / medians['code']:.2f}, "
-          f"status/code {medians['status'] / medians['code']:.2f}")
-    return 0
+    patterns = [
+        Pattern("answering", "all answering", in_flight=2),
+        # At most two queries in flight: with three lookups overlapping, a partner failing two requests in
+        # three reaches 5 consecutive failures and its circuit opens; it is then "down", not "flaky".
+        Pattern("flaky", "one flaky", failing_mode="flaky", in_flight=2),
+        Pattern("down", "one down", failing_mode="down", deadline_seconds=DOWN_DEADLINE_SECONDS, in_flight=0,
+                probe_minutes=PROBE_MINUTES),
+    ]
+    subscribers = active_subscribers()
+    results = []
+    for pattern in patterns:
+        started = time.monotonic()
+        results.append(economics(measure(pattern, WORKDIR, subscribers, log)))
+        print(f"[bench] {pattern.title}: {len(subscribers)} queries measured in {time.monotonic() - started:.0f} s",
+              file=report, flush=True)
+    return 0 if Report(report, results).print(log_path) else 1
 
 
 if __name__ == "__main__":

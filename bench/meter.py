@@ -1,0 +1,321 @@
+"""What a run of the local stack asked of AWS, priced the way AWS bills it.
+
+- every AWS request moto receives in-process, by the function the thread stands in for
+  (local.lambdas.acting_as), as local/recording.py counts them, and also those made by the
+  function's thread pools (the fan-out, the delivery job): a worker inherits its submitter's label;
+- DynamoDB read and write request units per request, from the items themselves: reads per
+  4 KB (eventually consistent half price, GSI queries always eventual), writes per 1 KB of the
+  larger of the old and new item, transactions twice, plus the writes a global secondary index
+  takes when an item enters, leaves or changes in it;
+- every Lambda invocation (API routes, workflow steps, queue batches, scheduled runs) and its
+  in-process duration; every API Gateway request by route.
+Unlabelled requests (moto's interpreter, the harness itself) are not counted.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import math
+import re
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from bench.prices import ASSUMPTIONS, INDEX_ENTRY_OVERHEAD_BYTES, READ_UNIT_BYTES, WRITE_UNIT_BYTES
+from local.lambdas import CURRENT, acting_as
+
+API_HANDLER = "APIHandler"
+ROUTES = (  # API Gateway requests by route; the status check is the citizen's choice, not per query
+    ("code", "POST", re.compile(r"/v1/verification-codes")),
+    ("submit", "POST", re.compile(r"/v1/queries")),
+    ("status", "GET", re.compile(r"/v1/queries/[^/]+")),
+    ("callback", "POST", re.compile(r"/v1/partners/[^/]+/results")),
+)
+_READS = {"GetItem", "BatchGetItem", "Query", "Scan", "TransactGetItems"}
+_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"}
+
+
+def label() -> str | None:
+    function: str | None = getattr(CURRENT, "function", None)
+    return function
+
+
+@dataclass
+class Capacity:
+    rru: float = 0.0
+    wru: float = 0.0
+    wru_worst_token: float = 0.0  # the same writes with an AWS-sized task token on the query record
+    reads: int = 0
+    writes: int = 0
+
+    def add(self, other: Capacity) -> None:
+        self.rru += other.rru
+        self.wru += other.wru
+        self.wru_worst_token += other.wru_worst_token
+        self.reads += other.reads
+        self.writes += other.writes
+
+
+@dataclass
+class Meter:
+    requests: Counter[tuple[str, str]] = field(default_factory=Counter)  # (function, "service:Operation")
+    capacity: dict[str, Capacity] = field(default_factory=lambda: defaultdict(Capacity))  # function -> units
+    durations: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # function -> seconds
+    api: Counter[tuple[str, str]] = field(default_factory=Counter)  # (function label, route)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- Lambda invocations ------------------------------------------------------------
+    def timed(self, function: str, handler: Callable[..., Any]) -> Callable[..., Any]:
+        """The handler, recording one invocation of `function` and its duration each call."""
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return handler(*args, **kwargs)
+            finally:
+                self.invoked(function, time.perf_counter() - started)
+
+        return run
+
+    def invoked(self, function: str, seconds: float) -> None:
+        with self._lock:
+            self.durations[function].append(seconds)
+
+    def invocations(self, function: str) -> int:
+        return len(self.durations.get(function, []))
+
+    # -- AWS requests ------------------------------------------------------------------------
+    def record(self, function: str, host: str, operation: str, capacity: Capacity | None) -> None:
+        with self._lock:
+            self.requests[(function, f"{host}:{operation}")] += 1
+            if capacity is not None:
+                self.capacity[function].add(capacity)
+
+    def snapshot(self) -> Meter:
+        """A copy of the counts so far (to subtract one phase from another)."""
+        with self._lock:
+            copy = Meter(Counter(self.requests), defaultdict(Capacity), defaultdict(list), Counter(self.api))
+            for function, units in self.capacity.items():
+                copy.capacity[function].add(units)
+            for function, seconds in self.durations.items():
+                copy.durations[function] = list(seconds)
+        return copy
+
+
+# -- DynamoDB request units ------------------------------------------------------------------
+def _attribute_size(value: dict[str, Any]) -> int:
+    ((kind, data),) = value.items()
+    if kind == "S":
+        return len(data.encode())
+    if kind == "N":
+        return len(str(data))
+    if kind == "B":
+        return len(base64.b64decode(data))
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind in ("SS", "NS"):
+        return sum(len(str(v).encode()) for v in data)
+    if kind == "BS":
+        return sum(len(base64.b64decode(v)) for v in data)
+    if kind == "L":
+        return 3 + sum(1 + _attribute_size(v) for v in data)
+    if kind == "M":
+        return 3 + sum(1 + len(k.encode()) + _attribute_size(v) for k, v in data.items())
+    raise ValueError(kind)
+
+
+def item_size(item: dict[str, Any] | None, worst_case_token: bool = False) -> int:
+    if not item:
+        return 0
+    size = sum(len(name.encode()) + _attribute_size(value) for name, value in item.items())
+    token = item.get("task_token", {}).get("S")
+    if worst_case_token and token:
+        size += max(0, int(ASSUMPTIONS["worst_case_task_token_chars"]) - len(token))
+    return size
+
+
+def _read_units(size: int, consistent: bool) -> float:
+    return max(1, math.ceil(size / READ_UNIT_BYTES)) * (1.0 if consistent else 0.5)
+
+
+def _write_units(size: int) -> int:
+    return max(1, math.ceil(size / WRITE_UNIT_BYTES))
+
+
+def _backend() -> Any:
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.dynamodb.models import dynamodb_backends
+
+    return dynamodb_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
+
+
+def _current_item(table_name: str, key: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        item = _backend().get_item(table_name, key)
+    except Exception:  # no such table: the request fails, one unit is still charged below
+        return None
+    return item.to_json()["Attributes"] if item is not None else None  # type: ignore[no-any-return]
+
+
+def _key_of(table_name: str, item: dict[str, Any]) -> dict[str, Any]:
+    table = _backend().get_table(table_name)
+    names = [n for n in (table.hash_key_attr, table.range_key_attr) if n]
+    return {n: item[n] for n in names if n in item}
+
+
+def _index_writes(table_name: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> int:
+    """Writes the table's global secondary indexes take: 1 in or out, 2 when the index key moves."""
+    try:
+        indexes = _backend().get_table(table_name).global_indexes
+    except Exception:
+        return 0
+    writes = 0
+    for index in indexes:
+        names = index.schema_key_attrs
+        old_in = old is not None and all(n in old for n in names)
+        new_in = new is not None and all(n in new for n in names)
+        if old_in and new_in:
+            assert old is not None and new is not None
+            if any(old[n] != new[n] for n in names):
+                writes += 2
+            elif old != new:
+                writes += 1
+        elif old_in or new_in:
+            writes += 1
+    return writes
+
+
+def _write_targets(operation: str, params: dict[str, Any]) -> list[tuple[str, dict[str, Any], int]]:
+    """(table, key, cost multiplier) for every item a write request touches."""
+    if operation == "PutItem":
+        return [(params["TableName"], _key_of(params["TableName"], params["Item"]), 1)]
+    if operation in ("UpdateItem", "DeleteItem"):
+        return [(params["TableName"], params["Key"], 1)]
+    targets = []
+    if operation == "TransactWriteItems":
+        for entry in params["TransactItems"]:
+            ((kind, spec),) = entry.items()
+            key = _key_of(spec["TableName"], spec["Item"]) if kind == "Put" else spec["Key"]
+            targets.append((spec["TableName"], key, 2))
+    elif operation == "BatchWriteItem":
+        for table, writes in params["RequestItems"].items():
+            for write in writes:
+                ((kind, spec),) = write.items()
+                targets.append((table, _key_of(table, spec["Item"]) if kind == "PutRequest" else spec["Key"], 1))
+    return targets
+
+
+def _write_capacity(targets: list[tuple[str, dict[str, Any], int]], before: list[dict[str, Any] | None],
+                    after: list[dict[str, Any] | None]) -> Capacity:
+    units = Capacity(writes=1)
+    for (table, _, multiplier), old, new in zip(targets, before, after, strict=True):
+        index_writes = _index_writes(table, old, new)
+        for worst in (False, True):
+            size = max(item_size(old, worst), item_size(new, worst))
+            total = multiplier * _write_units(size) + index_writes * _write_units(size + INDEX_ENTRY_OVERHEAD_BYTES)
+            if worst:
+                units.wru_worst_token += total
+            else:
+                units.wru += total
+    return units
+
+
+def _read_capacity(operation: str, params: dict[str, Any], reply: dict[str, Any]) -> Capacity:
+    units = Capacity(reads=1)
+    if operation == "GetItem":
+        units.rru = _read_units(item_size(reply.get("Item")), bool(params.get("ConsistentRead")))
+    elif operation == "BatchGetItem":
+        for table, spec in params["RequestItems"].items():
+            found = reply.get("Responses", {}).get(table, [])
+            consistent = bool(spec.get("ConsistentRead"))
+            units.rru += sum(_read_units(item_size(i), consistent) for i in found)
+            units.rru += max(0, len(spec["Keys"]) - len(found)) * _read_units(0, consistent)
+    elif operation in ("Query", "Scan"):
+        consistent = bool(params.get("ConsistentRead")) and "IndexName" not in params
+        units.rru = _read_units(sum(item_size(i) for i in reply.get("Items", [])), consistent)
+    elif operation == "TransactGetItems":
+        units.rru = sum(2 * _read_units(item_size(r.get("Item")), True) for r in reply.get("Responses", []))
+    return units
+
+
+@contextlib.contextmanager
+def metering() -> Iterator[Meter]:
+    """Count every labelled AWS request and API Gateway request while the block runs."""
+    from chalice.local import LocalGateway
+    from moto.core.botocore_stubber import BotocoreStubber
+
+    from local import aws
+
+    meter = Meter()
+    original_request = BotocoreStubber.process_request
+    original_gateway = LocalGateway.handle_request
+
+    def process_request(self: Any, request: Any) -> Any:
+        function = label()
+        if function is None:
+            return original_request(self, request)
+        host = re.match(r"https?://([a-z0-9-]+)\.", request.url).group(1)  # type: ignore[union-attr]
+        body = request.body.decode() if isinstance(request.body, bytes) else (request.body or "")
+        target = request.headers.get("X-Amz-Target")
+        target = target.decode() if isinstance(target, bytes) else target
+        operation = target.split(".")[-1] if target else parse_qs(body).get("Action", [""])[0]
+        params = json.loads(body) if target and body else {}
+        if host != "dynamodb" or operation not in _READS | _WRITES:
+            meter.record(function, host, operation, None)
+            return original_request(self, request)
+        if operation in _READS:
+            response = original_request(self, request)
+            raw = response[2] if response is not None else ""
+            reply = json.loads(raw) if raw else {}
+            meter.record(function, host, operation, _read_capacity(operation, params, reply))
+            return response
+        with aws._SERIALIZED:  # the same lock moto's writes take: the images are this request's own
+            targets = _write_targets(operation, params)
+            before = [_current_item(table, key) for table, key, _ in targets]
+            response = original_request(self, request)
+            after = [_current_item(table, key) for table, key, _ in targets]
+        meter.record(function, host, operation, _write_capacity(targets, before, after))
+        return response
+
+    def handle_request(self: Any, method: str, path: str, headers: Any, body: Any) -> Any:
+        route = next((name for name, verb, pattern in ROUTES if verb == method and pattern.fullmatch(path)), "other")
+        function = label() or API_HANDLER
+        with meter._lock:
+            meter.api[(function, route)] += 1
+        started = time.perf_counter()
+        try:
+            return original_gateway(self, method, path, headers, body)
+        finally:
+            meter.invoked(function, time.perf_counter() - started)
+
+    def submit(self: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """A pool's worker does its submitter's work: it stands in for the same function."""
+        function = label()
+        if function is None:
+            return original_submit(self, fn, *args, **kwargs)
+
+        def labelled(*inner: Any, **named: Any) -> Any:
+            with acting_as(function):
+                return fn(*inner, **named)
+
+        return original_submit(self, labelled, *args, **kwargs)
+
+    original_submit = ThreadPoolExecutor.submit
+    BotocoreStubber.process_request = process_request  # type: ignore[method-assign]
+    LocalGateway.handle_request = handle_request  # type: ignore[method-assign]
+    ThreadPoolExecutor.submit = submit  # type: ignore[method-assign,assignment]
+    try:
+        yield meter
+    finally:
+        BotocoreStubber.process_request = original_request  # type: ignore[method-assign]
+        LocalGateway.handle_request = original_gateway  # type: ignore[method-assign]
+        ThreadPoolExecutor.submit = original_submit  # type: ignore[method-assign]
+
+
+__all__ = ["API_HANDLER", "Capacity", "Meter", "acting_as", "item_size", "metering"]

@@ -1,0 +1,362 @@
+"""Run the fixture subscribers' queries through the whole local stack under one partner pattern.
+
+One fresh stack (moto in-process, executing stepfunctions/query.asl.json) per pattern. The
+company list is the registry's; partners answer as in local/fixtures/partners.csv (immediate
+or, otherwise, by callback after 1 s), and one partner (the registry's last) may misbehave.
+Queues are pumped here, as Lambda's SQS event source would, so every batch is counted; the
+delivery job runs only when this module runs it, with a `now` standing minutes later.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.meter import API_HANDLER, Meter, acting_as, metering
+
+STATUS_CHECK = "StatusCheck"  # the citizen may look at GET /v1/queries/{id}: measured, not priced
+CALLBACK_DELAY_SECONDS = 1.0
+MOTO_CONFIG: Any = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
+
+
+@dataclass(frozen=True)
+class Pattern:
+    key: str
+    title: str
+    failing_mode: str | None = None  # the mode of the registry's last company, if it misbehaves
+    deadline_seconds: int = 60
+    in_flight: int = 1  # queries allowed in flight at once (0: all of them)
+    probe_minutes: int = 0  # delivery-job runs, one simulated minute apart, while queries wait
+
+
+@dataclass
+class Measured:
+    pattern: Pattern
+    companies: list[str]
+    failing: str | None
+    queries: int = 0
+    meter: Meter = field(default_factory=Meter)
+    transitions: list[int] = field(default_factory=list)
+    execution_seconds: list[float] = field(default_factory=list)
+    delivery_runs: int = 0  # DeliverBacklog invocations measured (each one simulated minute)
+    failing_requests: int = 0  # requests the failing partner received in the whole run
+    initial_requests: int = 0  # ... before the circuit opened (down)
+    circuit_open: bool = False  # the failing partner's circuit once the queries were asked
+    probes: int = 0  # requests it received from the delivery job's runs
+    replies: int = 0  # reply SMS sent
+    unanswered_reported: int = 0  # replies that report the failing partner as 暂未返回
+    timings: dict[str, list[float]] = field(default_factory=lambda: {"code": [], "submit": [], "status": []})
+    log_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def reset_caches() -> None:
+    """What a fresh Lambda container has: no cached settings, registry, clients, secrets or services."""
+    from aws_lambda_powertools.utilities import parameters
+
+    import app as app_module
+    from chalicelib import clients, registry
+    from chalicelib.config import settings
+
+    parameters.clear_caches()
+    for cached in (settings, registry.companies, registry.carriers):
+        cached.cache_clear()
+    for name in dir(app_module):
+        clear = getattr(getattr(app_module, name), "cache_clear", None)
+        if callable(clear):
+            clear()
+    clients.reset()
+
+
+def _client_project(workdir: str) -> str:
+    """Chalice's test client applies a stage's environment: give it a project with none."""
+    project = os.path.join(workdir, "chalice-project")
+    os.makedirs(os.path.join(project, ".chalice"), exist_ok=True)
+    with open(os.path.join(project, ".chalice", "config.json"), "w") as fh:
+        json.dump({"version": "2.0", "app_name": "yizhengtongcha", "stages": {"dev": {}}}, fh)
+    return project
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+class Run:
+    """One pattern on one fresh stack."""
+
+    def __init__(self, pattern: Pattern, workdir: str, subscribers: list[tuple[str, str]]) -> None:
+        self.pattern = pattern
+        self.workdir = os.path.join(workdir, pattern.key)
+        self.subscribers = subscribers
+        self.stack: Any = None
+        self.api: Any = None
+        self.meter: Meter = Meter()
+        self.sfn: Any = None
+        self._stop = threading.Event()
+
+    # -- assembling ------------------------------------------------------------------------
+    @contextmanager
+    def running(self) -> Iterator[Run]:
+        from chalice.test import Client
+        from moto import mock_aws
+
+        from local.stack import LocalStack, StackOptions
+
+        options = StackOptions(workdir=self.workdir, api_port=free_port(),
+                               deadline_seconds=self.pattern.deadline_seconds, pump=False, retries=False,
+                               schedule_seconds=0)
+        with mock_aws(config=MOTO_CONFIG):
+            reset_caches()
+            self.stack = LocalStack(options)
+            originals: dict[str, Any] = {}
+            pump = threading.Thread(target=self._pump_retries, daemon=True)
+            try:
+                import boto3
+
+                app_module = self.stack.start().app_module
+                originals = {name: getattr(app_module, name) for name in ("start_queries", "retry_lookups")}
+
+                self.sfn = boto3.client("stepfunctions")
+                with metering() as self.meter, Client(app_module.app,
+                                                      project_dir=_client_project(self.workdir)) as self.api:
+                    self._instrument(originals)
+                    pump.start()
+                    yield self
+            finally:
+                self._stop.set()
+                if pump.is_alive():
+                    pump.join(timeout=5)
+                for name, handler in originals.items():
+                    setattr(self.stack.app_module, name, handler)
+                self._stop_executions()
+                self.stack.stop()
+                reset_caches()
+
+    def _instrument(self, originals: dict[str, Any]) -> None:
+        from chalicelib.contracts import RETRY_LOOKUPS, START_QUERIES
+        from local.lambdas import logical_id
+
+        for function in (START_QUERIES, RETRY_LOOKUPS):
+            setattr(self.stack.app_module, function.name, self.meter.timed(function.logical_id,
+                                                                           originals[function.name]))
+        dispatcher = self.stack.dispatcher
+        for name, handler in list(dispatcher.handlers.items()):
+            dispatcher.handlers[name] = self.meter.timed(logical_id(name), handler)
+
+    def _pump_retries(self) -> None:
+        """Lambda's SQS event source for the lookup retry queue (the stack's own poller is off)."""
+        while not self._stop.is_set():
+            try:
+                if not self.stack.pump_retries(wait_seconds=1):
+                    self._stop.wait(0.1)
+            except Exception as exc:  # the messages come back after their visibility timeout
+                print(f"[bench] retry_lookups failed: {type(exc).__name__}: {exc}", flush=True)
+                self._stop.wait(0.5)
+
+    def _stop_executions(self) -> None:
+        if self.sfn is None:
+            return
+        for machine in self.sfn.list_state_machines()["stateMachines"]:
+            for execution in self.sfn.list_executions(stateMachineArn=machine["stateMachineArn"],
+                                                      statusFilter="RUNNING")["executions"]:
+                with_retries = time.monotonic() + 10
+                while time.monotonic() < with_retries:
+                    try:
+                        self.sfn.stop_execution(executionArn=execution["executionArn"])
+                        break
+                    except AttributeError:  # its worker thread has not begun yet
+                        time.sleep(0.05)
+
+    # -- the citizen's side --------------------------------------------------------------------
+    def _post(self, path: str, body: dict[str, str]) -> Any:
+        return self.api.http.post(path, headers={"Content-Type": "application/json"}, body=json.dumps(body))
+
+    def _latest_code(self, phone: str) -> str:
+        for line in reversed(self.stack.read_outbox()):
+            if line["phone"] == phone and "验证码为" in line["message"]:
+                return str(line["message"].split("验证码为")[1][:6])
+        raise RuntimeError(f"no code SMS for {phone}")
+
+    def submit(self, phone: str, id_last6: str, timings: dict[str, list[float]]) -> str:
+        """Code request, submission and the start queue's batch: what one citizen's query sets off."""
+        with acting_as(API_HANDLER):
+            started = time.perf_counter()
+            response = self._post("/v1/verification-codes", {"phone": phone})
+            timings["code"].append(time.perf_counter() - started)
+        if response.status_code != 202:
+            raise RuntimeError(f"code request refused: {response.status_code} {response.body!r}")
+        code = self._latest_code(phone)
+        with acting_as(API_HANDLER):
+            started = time.perf_counter()
+            response = self._post("/v1/queries", {"phone": phone, "id_last6": id_last6, "code": code})
+            timings["submit"].append(time.perf_counter() - started)
+        if response.status_code != 202:
+            raise RuntimeError(f"query refused: {response.status_code} {response.body!r}")
+        wait_for(lambda: self.stack.pump_once(), 10, "the start queue's message")
+        return str(json.loads(response.body)["query_id"])
+
+    def execution_arn(self, query_id: str) -> str:
+        return str(self.stack.env["STATE_MACHINE_ARN"].replace(":stateMachine:", ":execution:") + ":" + query_id)
+
+    def finished(self, query_id: str) -> dict[str, Any] | None:
+        try:
+            described: dict[str, Any] = self.sfn.describe_execution(executionArn=self.execution_arn(query_id))
+        except self.sfn.exceptions.ExecutionDoesNotExist:
+            return None
+        return described if described["status"] != "RUNNING" else None
+
+    def wait_finished(self, query_id: str, timeout: float) -> dict[str, Any]:
+        described: dict[str, Any] = wait_for(lambda: self.finished(query_id), timeout, f"execution {query_id}")
+        return described
+
+    def status(self, query_id: str, timings: dict[str, list[float]]) -> None:
+        with acting_as(STATUS_CHECK):
+            started = time.perf_counter()
+            self.api.http.get(f"/v1/queries/{query_id}")
+            timings["status"].append(time.perf_counter() - started)
+
+    def retry_queue_idle(self) -> bool:
+        from chalicelib import clients
+
+        attributes = clients.client("sqs").get_queue_attributes(
+            QueueUrl=self.stack.env["RETRY_QUEUE_URL"],
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                            "ApproximateNumberOfMessagesDelayed"])["Attributes"]
+        return all(int(v) == 0 for v in attributes.values())
+
+
+def _circuit_is_open(stack: Any, partner: str) -> bool:
+    return bool(stack.app_module.lookups().circuits.states([partner])[partner].is_open)
+
+
+def measure(pattern: Pattern, workdir: str, subscribers: list[tuple[str, str]], log: Any) -> Measured:
+    from chalicelib import registry
+    from local import simulators
+
+    run = Run(pattern, workdir, subscribers)
+    log.flush()
+    log_start = os.path.getsize(log.name)
+    with run.running():
+        stack = run.stack
+        companies = [c.id for c in registry.companies()]
+        fixture = simulators.load_partner_modes()
+        for company in companies:  # all answering: the fixture's immediate ones at once, the rest by callback
+            partner = stack.partners[company]
+            partner.mode = "immediate" if fixture.get(company, ("callback", 1.0))[0] == "immediate" else "callback"
+            partner.delay_seconds = CALLBACK_DELAY_SECONDS
+        failing = companies[-1] if pattern.failing_mode else None
+        if failing:
+            stack.partners[failing].mode = pattern.failing_mode
+        result = Measured(pattern, companies, failing)
+        if pattern.probe_minutes:
+            _run_with_probes(run, result)
+        else:
+            _run_in_flight(run, result)
+        result.meter = run.meter.snapshot()
+        result.failing_requests = len(stack.partners[failing].requests) if failing else 0
+        refused = Counter(status for p in stack.partners.values() for status in p.callbacks if status != 200)
+        if refused:
+            result.notes.append(f"callbacks the API did not answer 200: {dict(refused)}")
+        replies = [m["message"] for m in stack.read_outbox() if "验证码" not in m["message"]]
+        result.replies = len(replies)
+        if failing:
+            name = next(c.name for c in registry.companies() if c.id == failing)
+            result.unanswered_reported = sum(f"{name}暂未返回" in m for m in replies)
+    log.flush()
+    result.log_bytes = os.path.getsize(log.name) - log_start
+    return result
+
+
+def _collect(run: Run, result: Measured, query_ids: list[str]) -> None:
+    for query_id in query_ids:
+        described = run.wait_finished(query_id, timeout=run.pattern.deadline_seconds + 60)
+        result.execution_seconds.append((described["stopDate"] - described["startDate"]).total_seconds())
+        events = run.sfn.get_execution_history(executionArn=run.execution_arn(query_id), maxResults=1000)["events"]
+        result.transitions.append(sum(1 for e in events if e["type"].endswith("StateEntered")))
+    result.queries = len(query_ids)
+
+
+def _quiet_delivery_runs(run: Run, result: Measured, runs: int = 3) -> None:
+    """The per-minute job with nothing to deliver: the fixed cost every minute has."""
+    for _ in range(runs):
+        run.stack.deliver_once()
+        result.delivery_runs += 1
+
+
+def _run_in_flight(run: Run, result: Measured) -> None:
+    """Queries submitted one after another, at most `in_flight` of them waiting at once."""
+    waiting: list[str] = []
+    query_ids: list[str] = []
+    for phone, id_last6 in run.subscribers:
+        while run.pattern.in_flight and len(waiting) >= run.pattern.in_flight:
+            run.wait_finished(waiting[0], timeout=run.pattern.deadline_seconds + 60)
+            run.status(waiting.pop(0), result.timings)
+        query_id = run.submit(phone, id_last6, result.timings)
+        waiting.append(query_id)
+        query_ids.append(query_id)
+    for query_id in waiting:
+        run.wait_finished(query_id, timeout=run.pattern.deadline_seconds + 60)
+        run.status(query_id, result.timings)
+    _collect(run, result, query_ids)
+    wait_for(run.retry_queue_idle, 30, "the retry queue to drain")
+    if result.failing:
+        result.circuit_open = _circuit_is_open(run.stack, result.failing)
+    _quiet_delivery_runs(run, result)
+
+
+def _run_with_probes(run: Run, result: Measured) -> None:
+    """Every query in flight against a partner that is down; then the delivery job, minute after minute."""
+    assert result.failing is not None
+    stack = run.stack
+    partner = stack.partners[result.failing]
+    first_deadline = time.monotonic() + run.pattern.deadline_seconds  # the first query's, at the latest
+    query_ids = [run.submit(phone, id_last6, result.timings) for phone, id_last6 in run.subscribers]
+    # Every company asked, the first failures' retries back while the circuit opened: then a quiet second.
+    wait_for(lambda: run.meter.invocations("AskCompanies") >= len(query_ids), 30, "every fan-out")
+    last = {"count": -1, "changed": time.monotonic()}
+
+    def quiet() -> bool:
+        if len(partner.requests) != last["count"]:
+            last.update(count=len(partner.requests), changed=time.monotonic())
+        return time.monotonic() - last["changed"] >= 1 and run.retry_queue_idle()
+
+    wait_for(quiet, 30, "the failing partner's traffic to settle")
+    result.initial_requests = len(partner.requests)
+    result.circuit_open = _circuit_is_open(stack, result.failing)
+    # The deadline's minutes, compressed: one delivery run per simulated minute, while lookups wait.
+    t0 = time.time()
+    for minute in range(1, run.pattern.probe_minutes + 1):
+        if time.monotonic() > first_deadline - 2:  # a probe needs a lookup whose deadline has not passed
+            result.notes.append(f"only {minute - 1} simulated minutes: the first query's deadline came (slow machine)")
+            break
+        stack.deliver_once(now=t0 + 60 * minute)
+        result.delivery_runs += 1
+    result.probes = len(partner.requests) - result.initial_requests
+    if result.probes < result.delivery_runs:
+        result.notes.append(f"{result.delivery_runs - result.probes} runs sent no probe")
+    _collect(run, result, query_ids)
+
+
+def summarise_latency(timings: dict[str, list[float]]) -> dict[str, float]:
+    return {name: statistics.median(values) * 1000 for name, values in timings.items() if values}

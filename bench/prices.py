@@ -1,0 +1,105 @@
+"""Every price, quota and assumption `make bench` uses: one table each, nowhere else.
+
+Prices: us-east-1 list prices, USD, as stated in issue 8. SMS is excluded (the same two messages
+whatever the architecture); so are CloudWatch Logs (shown apart), X-Ray and data transfer.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+
+@dataclass(frozen=True)
+class Price:
+    usd: float
+    per: int
+    unit: str
+
+    @property
+    def each(self) -> float:
+        return self.usd / self.per
+
+    def __str__(self) -> str:
+        usd = f"{self.usd:.10f}".rstrip("0").rstrip(".")
+        return f"${usd} per {self.per:,} {self.unit}" if self.per != 1 else f"${usd} per {self.unit}"
+
+
+# The one price table (USD). Every figure `make bench` prints in dollars comes from here.
+PRICES: dict[str, Price] = {
+    "Step Functions": Price(0.025, 1_000, "state transitions"),  # Standard: every state entered
+    "Lambda requests": Price(0.20, 1_000_000, "invocations"),
+    "Lambda GB-s": Price(0.0000166667, 1, "GB-s"),  # billed duration rounded up to 1 ms
+    "API Gateway": Price(3.50, 1_000_000, "REST requests"),
+    "DynamoDB writes": Price(0.625, 1_000_000, "WRU"),  # on-demand write request units
+    "DynamoDB reads": Price(0.125, 1_000_000, "RRU"),  # on-demand read request units
+    "KMS": Price(0.03, 10_000, "requests"),
+    "SQS": Price(0.40, 1_000_000, "requests"),  # standard queue, per 64 KB chunk
+    "Secrets Manager": Price(0.05, 10_000, "API calls"),  # the monthly per-secret fee left out
+    "CloudWatch Logs": Price(0.50, 1, "GB ingested"),  # shown for information, not in the totals
+}
+
+# Step Functions quotas per account and region (large regions; /work/shared/FIELD-NOTES.md).
+QUOTAS: dict[str, float] = {
+    "start_execution_refill_per_second": 300,
+    "state_transitions_refill_per_second": 1_500,
+    "open_executions": 1_000_000,
+}
+
+# Assumptions where the local stack cannot measure what AWS would do.
+ASSUMPTIONS: dict[str, Any] = {
+    # The per-minute delivery job costs the same whatever the traffic; it is spread over the
+    # queries of that minute at this (deliberately low) national rate.
+    "reference_queries_per_second": 1.0,
+    # Lambda's SQS event source: one ReceiveMessage and one DeleteMessageBatch per batch it hands
+    # a function (its idle long polls are a fixed cost per queue, left out).
+    "sqs_requests_per_consumer_batch": 2,
+    # AWS task tokens are opaque strings of up to 2,048 characters; moto's are 36. The query record
+    # stores the token: the WRU sensitivity line prices its writes with a token this long.
+    "worst_case_task_token_chars": 2_048,
+    # Billed Lambda duration per invocation on AWS (warm container, ~10 ms per in-region AWS request,
+    # ~100-200 ms per carrier or partner round trip). Durations on moto in-process are printed next to
+    # these for comparison, but not priced: on two shared cores they move with the machine's load.
+    "lambda_billed_ms": {
+        "APIHandler": 50,       # a code, a submission or a callback: 3-6 AWS requests
+        "StartQueries": 30,     # one StartExecution per message
+        "VerifyCarrier": 150,   # the carrier's round trip and 3-4 AWS requests
+        "AskCompanies": 250,    # every partner at once (the slowest 200/202) and ~6 sequential AWS requests
+        "SendReply": 80,        # 4-6 AWS requests, SNS included
+        "RetryLookups": 200,    # a partner's round trip and 4-5 AWS requests
+        "DeliverBacklog": 150,  # the backlog index reads; a probe's round trip while a circuit is open
+    },
+}
+
+# DynamoDB capacity units (on-demand): reads per 4 KB, writes per 1 KB, transactions double.
+READ_UNIT_BYTES = 4096
+WRITE_UNIT_BYTES = 1024
+INDEX_ENTRY_OVERHEAD_BYTES = 100
+
+
+def chalice_config() -> dict[str, Any]:
+    with open(os.path.join(ROOT, ".chalice", "config.json"), encoding="utf-8") as fh:
+        config: dict[str, Any] = json.load(fh)
+    return config
+
+
+def lambda_memory_mb(function: str, stage: str = "prod") -> int:
+    """A function's configured memory, with Chalice's precedence: stage function, stage, function, top."""
+    config = chalice_config()
+    stage_config = config.get("stages", {}).get(stage, {})
+    for scope in (stage_config.get("lambda_functions", {}).get(function, {}), stage_config,
+                  config.get("lambda_functions", {}).get(function, {}), config):
+        if "lambda_memory_size" in scope:
+            return int(scope["lambda_memory_size"])
+    return 128  # Chalice's default
+
+
+def production_deadline_seconds(stage: str = "prod") -> int:
+    """QUERY_DEADLINE_SECONDS as deployed (48 h), from .chalice/config.json."""
+    config = chalice_config()
+    stage_env = config.get("stages", {}).get(stage, {}).get("environment_variables", {})
+    return int(stage_env.get("QUERY_DEADLINE_SECONDS", config["environment_variables"]["QUERY_DEADLINE_SECONDS"]))
