@@ -299,3 +299,25 @@ def test_the_execution_history_of_a_query_holds_only_ids_counts_and_company_ids(
     ddb = boto3.client("dynamodb")
     record = ddb.get_item(TableName=stack.env["QUERIES_TABLE"], Key={"query_id": {"S": query_id}})["Item"]
     assert "released" in record and "task_token" in record
+
+
+@pytest.mark.parametrize("stack_options", [options(partner_modes=",".join(
+    f"{c}={'down' if c == 'jd' else 'immediate'}" for c in COMPANIES), deadline_seconds=600)])
+def test_a_backlog_headed_by_expired_lookups_still_gets_its_probe(stack, api):
+    """GIVEN jd's circuit is open and its oldest backlog lookups belong to queries past their deadline,
+    WHEN the probe is due, THEN the job drops the late ones and probes with the first live lookup."""
+    from chalicelib.storage.models import Lookup
+
+    queries = [start_query(api, stack, phone, id6) for phone, id6 in ACTIVE[:6]]
+    wait_for(lambda: circuit("jd")["is_open"], 20, "jd's circuit to open")
+    wait_for(lambda: retry_queue_empty(stack), 30, "the retry nudges in flight to be consumed")
+    for query_id in queries[:5]:  # the oldest five: their queries' deadlines have passed
+        lookup = next(Lookup.scan((Lookup.query_id == query_id) & (Lookup.company == "jd")))
+        lookup.update(actions=[Lookup.deadline_at.set(int(time.time()) - 1), Lookup.due_at.set(0)])
+    jd = stack.partners["jd"]
+    jd.mode = "immediate"
+    before = len(jd.requests)
+    assert stack.deliver_once(now=circuit("jd")["next_probe_at"])["jd"] == 1
+    assert len(jd.requests) == before + 1
+    assert not circuit("jd")["is_open"]
+    assert [lookup_states(q)["jd"] for q in queries] == ["expired"] * 5 + ["settled"]

@@ -116,12 +116,18 @@ class Delivery:
         return sent
 
     def _backlog(self, partner: str, until: int, limit: int) -> list[Lookup]:
-        """The partner's unsent lookups due by `until`, oldest first; late ones are dropped on the way."""
+        """Up to `limit` of the partner's live unsent lookups due by `until`, oldest first.
+
+        Late ones (their query's deadline passed) are dropped on the way and do not count, so a
+        backlog headed by expired lookups still yields a probe once the partner can answer again.
+        """
         now = int(self._clock())
-        found = []
-        for lookup in Lookup.backlog.query(partner, Lookup.due_at <= until, limit=limit, consistent_read=False):
+        found: list[Lookup] = []
+        for lookup in Lookup.backlog.query(partner, Lookup.due_at <= until, page_size=REPLAY_PAGE):
             if lookup.state == LookupState.UNSENT and not self._expire_if_late(lookup, now):
                 found.append(lookup)
+                if len(found) >= limit:
+                    break
         return found
 
     def _expire_if_late(self, lookup: Lookup, now: int) -> bool:
