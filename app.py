@@ -18,7 +18,9 @@ from chalice import Chalice, Response
 from chalice.app import Request
 
 from chalicelib import clients, errors, pages, registry, telemetry
-from chalicelib.api.responses import error_response, json_response, parse_json_object, require_fields
+from chalicelib.api import requests as api_requests
+from chalicelib.api.requests import parse_json_object, require_fields, require_id
+from chalicelib.api.responses import conform, error_response, json_response
 from chalicelib.codes import CodeService
 from chalicelib.config import settings
 from chalicelib.partners import LookupService, parse_answer
@@ -82,9 +84,11 @@ def _request() -> Request:
     return request
 
 
-def _raw_body() -> bytes:
-    raw = _request().raw_body
-    return raw.encode() if isinstance(raw, str) else bytes(raw or b"")
+def _raw_body(request: Request | None = None) -> bytes:
+    raw = (request or _request()).raw_body
+    # surrogatepass: a str body holding a lone surrogate becomes bytes that strict UTF-8 decoding
+    # refuses later (a 400), instead of an encoding error here (a 500).
+    return raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw or b"")
 
 
 def _client_ip() -> str:
@@ -107,6 +111,19 @@ def json_api(view: Callable[..., Response | dict[str, Any]]) -> Callable[..., Re
         return result if isinstance(result, Response) else json_response(result)
 
     return wrapper
+
+
+@app.middleware("http")
+def spec_errors(request: Request, get_response: Callable[[Request], Response]) -> Response:
+    """Every request, whatever its route: the body size limit first, and whatever Chalice answers
+    itself (wrong method, unsupported media type, an escaped exception) in the SPEC error shape."""
+    try:
+        api_requests.check_size(_raw_body(request), request.path)
+    except errors.ServiceError as exc:
+        return error_response(exc)
+    except Exception:  # an undecodable base64 body: API Gateway never sends one
+        return error_response(errors.InvalidRequest())
+    return conform(get_response(request))
 
 
 # -- HTTP API (SPEC §3) ----------------------------------------------------------
@@ -159,9 +176,39 @@ def query_status(query_id: str) -> dict[str, Any]:
 def partner_result(company: str) -> dict[str, Any]:
     raw = _raw_body()
     lookups().verify_callback(company, dict(_request().headers), raw)
-    answer = parse_answer(parse_json_object(raw))
+    body = parse_json_object(raw)
+    require_id(body, "lookup_id")
+    answer = parse_answer(body)
     lookups().record(company, answer)
     return {"status": "recorded"}
+
+
+ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+
+
+def _refuse_other_methods() -> None:
+    """Every method a path does not serve answers 405 method_not_allowed, with Allow.
+
+    Registered as routes so that API Gateway passes them to us: a method it does not know is
+    otherwise its own 403 "Missing Authentication Token" (rewritten to 404 by a Gateway Response,
+    which cannot tell a wrong method from a wrong path). Any content type, so 405 wins over 415.
+    Called once, after every route above.
+    """
+    for path, served in list(app.routes.items()):
+        others = [m for m in ALL_METHODS if m not in served]
+        if others:
+            app.route(path, methods=others, content_types=["*/*"], name=f"refuse{path}")(
+                _method_not_allowed(", ".join(served)))
+
+
+def _method_not_allowed(allowed: str) -> Callable[..., Response]:
+    def refuse(**_path_params: str) -> Response:
+        return error_response(errors.MethodNotAllowed(), headers={"Allow": allowed})
+
+    return refuse
+
+
+_refuse_other_methods()
 
 
 # -- queue consumer: start one execution per accepted query -----------------------
