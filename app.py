@@ -183,6 +183,12 @@ def partner_result(company: str) -> dict[str, Any]:
     return {"status": "recorded"}
 
 
+@app.route("/v1/openapi.json", methods=["GET"])
+def openapi_description() -> Response:
+    return Response(body=pages.openapi_json(), status_code=200,
+                    headers={"Content-Type": "application/json; charset=utf-8"})
+
+
 ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from http import HTTPStatus
 from typing import Any
 
 from chalice.local import ChaliceRequestHandler, LocalGatewayException
@@ -59,6 +60,15 @@ class LocalRequestHandler(ChaliceRequestHandler):
     def _send_error_response(self, error: LocalGatewayException) -> None:
         # The local gateway raises only when no route matches the path (the app has no authorizers).
         self._send_spec_error(errors.NotFound("没有这个地址。"))
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a method it has no do_X for, a malformed request line or
+        header block), in the SPEC shape rather than its HTML page."""
+        self.close_connection = True
+        if code == HTTPStatus.NOT_IMPLEMENTED:  # TRACE, CONNECT, made-up methods
+            self._send_spec_error(errors.MethodNotAllowed())
+        else:
+            self._send_spec_error(errors.InvalidRequest("请求格式不正确。"))
 
     def _send_spec_error(self, error: errors.ServiceError) -> None:
         response = error_response(error)
