@@ -8,7 +8,7 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 NAMESPACE = "YiZhengTongCha"
 METRICS = ("CodeSent", "QueryAccepted", "QueryReplied", "QueryFailed", "SmsSent", "SmsFailed", "SmsChannelFull",
-           "StartDeferred", "LookupRequested", "LookupAnswered", "LookupLatency")
+           "TransactionConflict", "StartDeferred", "LookupRequested", "LookupAnswered", "LookupLatency")
 
 
 def count(name: str, value: float = 1, unit: MetricUnit = MetricUnit.Count, **dimensions: str) -> None:

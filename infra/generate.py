@@ -265,7 +265,7 @@ def dashboard(env: dict[str, str], stage: str) -> dict[str, Any]:
     widget("API 4xx / 5xx", [["AWS/ApiGateway", m, "ApiName", "yizhengtongcha", "Stage", "api"]
                              for m in ("Count", "4XXError", "5XXError")])
     widget("Throttles", [["AWS/DynamoDB", "ThrottledRequests", "TableName", env[v]] for v in TABLE_VARS]
-           + [["AWS/Lambda", "Throttles"], metric("StartDeferred"),
+           + [["AWS/Lambda", "Throttles"], metric("StartDeferred"), metric("TransactionConflict"),
               ["AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName", env["START_QUEUE_NAME"],
                {"stat": "Maximum"}]])
     body = json.dumps({"widgets": widgets}, ensure_ascii=False)
