@@ -60,6 +60,13 @@ class NotFound(ServiceError):
     message = "未找到相关记录。"
 
 
+class Forbidden(ServiceError):
+    """Refused at the edge: the partner routes from outside partner networks, or a WAF rule."""
+
+    code = "forbidden"
+    message = "无权访问。"
+
+
 class MethodNotAllowed(ServiceError):
     code = "method_not_allowed"
     message = "该地址不支持此请求方法。"

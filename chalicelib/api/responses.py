@@ -16,6 +16,7 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.InvalidCodeFormat: 400,
     errors.BadSignature: 401,
     errors.WrongCode: 403,
+    errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.MethodNotAllowed: 405,
     errors.Conflict: 409,
