@@ -186,3 +186,33 @@ def test_head_over_http_sends_headers_and_no_body(stack):
         head = session.head(BASE + "/v1/companies", timeout=5)
         assert head.status_code == 405 and head.content == b""
         assert session.get(BASE + "/v1/companies", timeout=5).status_code == 200  # the connection is intact
+
+
+# -- what a partner or the carrier answers is outside input too ---------------------------------
+@pytest.mark.parametrize("answer", [b"[" * 5000 + b"]" * 5000, b'{"lookup_id": "\\ud800", "account_count": 1}',
+                                    b'{"lookup_id": "\xed\xa0\x80"}', b"not json"])
+def test_a_partner_answer_that_is_not_strict_json_reads_as_no_body_not_a_crash(answer):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from chalicelib.http import post_signed
+
+    class Partner(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Partner)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        reply = post_signed(f"http://127.0.0.1:{server.server_address[1]}/lookups", {"lookup_id": "x"}, "secret")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert reply.status == 200 and reply.body is None
