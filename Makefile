@@ -8,6 +8,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test bench package lint browser clean
 
+# checkov pins its own boto3, so it lives in a venv of its own inside .venv (requirements-checkov.txt).
+CHECKOV_VENV := $(VENV)/checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(shell cat requirements-checkov.txt | sha1sum | cut -c1-12)
+$(CHECKOV_STAMP): requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
+	rm -f $(CHECKOV_VENV)/.installed-* && touch $@
+
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -30,9 +38,11 @@ test: $(STAMP) browser lint
 	$(PY) -m pytest -n 2 --dist loadfile -q
 
 # One CloudFormation/SAM template per stage: Chalice's API and functions plus infra/generate.py's
-# merge template (tables, key, secrets, workflow, roles, alarms, dashboard), linted.
+# merge template (tables, key, secrets, workflow, roles, alarms, dashboard, WAF), linted by cfn-lint
+# and scanned by checkov (each check the template does not meet is skipped in the resource's
+# Metadata with its reason, so a new failure fails the build).
 STAGE ?= prod
-package: $(STAMP)
+package: $(STAMP) $(CHECKOV_STAMP)
 	rm -rf build/$(STAGE) && mkdir -p build/$(STAGE)
 	$(PY) -m infra.generate $(STAGE) build/$(STAGE)/merge-template.json
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} \
@@ -41,6 +51,8 @@ package: $(STAMP)
 		$(VENV)/bin/chalice package --stage $(STAGE) \
 		--merge-template build/$(STAGE)/merge-template.json build/$(STAGE)/package
 	$(VENV)/bin/cfn-lint build/$(STAGE)/package/sam.json
+	$(CHECKOV_VENV)/bin/checkov -f build/$(STAGE)/package/sam.json --framework cloudformation --quiet --compact \
+		--skip-download
 
 # Cost of a query (AWS requests, state transitions) and side-by-side latency ratios.
 bench: $(STAMP)

@@ -17,7 +17,9 @@ from chalice import Chalice, Rate, Response
 from chalice.app import Request
 
 from chalicelib import clients, contracts, errors, pages, registry, telemetry
-from chalicelib.api.responses import error_response, json_response, parse_json_object, require_fields
+from chalicelib.api import requests as api_requests
+from chalicelib.api.requests import parse_json_object, require_fields
+from chalicelib.api.responses import conform, error_response, json_response
 from chalicelib.codes import CodeService
 from chalicelib.config import settings
 from chalicelib.partners.circuit import Circuits
@@ -92,9 +94,11 @@ def _request() -> Request:
     return request
 
 
-def _raw_body() -> bytes:
-    raw = _request().raw_body
-    return raw.encode() if isinstance(raw, str) else bytes(raw or b"")
+def _raw_body(request: Request | None = None) -> bytes:
+    raw = (request or _request()).raw_body
+    # surrogatepass: a str body holding a lone surrogate becomes bytes that strict UTF-8 decoding
+    # refuses later (a 400), instead of an encoding error here (a 500).
+    return raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw or b"")
 
 
 def _client_ip() -> str:
@@ -117,6 +121,19 @@ def json_api(view: Callable[..., Response | dict[str, Any]]) -> Callable[..., Re
         return result if isinstance(result, Response) else json_response(result)
 
     return wrapper
+
+
+@app.middleware("http")
+def spec_errors(request: Request, get_response: Callable[[Request], Response]) -> Response:
+    """Every request, whatever its route: the body size limit first, and whatever Chalice answers
+    itself (wrong method, unsupported media type, an escaped exception) in the SPEC error shape."""
+    try:
+        api_requests.check_size(_raw_body(request), request.path)
+    except errors.ServiceError as exc:
+        return error_response(exc)
+    except Exception:  # an undecodable base64 body: API Gateway never sends one
+        return error_response(errors.InvalidRequest())
+    return conform(get_response(request))
 
 
 # -- HTTP API (SPEC §3) ----------------------------------------------------------
@@ -171,6 +188,40 @@ def partner_result(company: str) -> dict[str, Any]:
     partner = lookups().verify_callback(company, dict(_request().headers), raw)
     lookups().record_callback(partner, parse_json_object(raw))
     return {"status": "recorded"}
+
+
+@app.route("/v1/openapi.json", methods=["GET"])
+def openapi_description() -> Response:
+    return Response(body=pages.openapi_json(), status_code=200,
+                    headers={"Content-Type": "application/json; charset=utf-8"})
+
+
+ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+
+
+def _refuse_other_methods() -> None:
+    """Every method a path does not serve answers 405 method_not_allowed, with Allow.
+
+    Registered as routes so that API Gateway passes them to us: a method it does not know is
+    otherwise its own 403 "Missing Authentication Token" (rewritten to 404 by a Gateway Response,
+    which cannot tell a wrong method from a wrong path). Any content type, so 405 wins over 415.
+    Called once, after every route above.
+    """
+    for path, served in list(app.routes.items()):
+        others = [m for m in ALL_METHODS if m not in served]
+        if others:
+            app.route(path, methods=others, content_types=["*/*"], name=f"refuse{path}")(
+                _method_not_allowed(", ".join(served)))
+
+
+def _method_not_allowed(allowed: str) -> Callable[..., Response]:
+    def refuse(**_path_params: str) -> Response:
+        return error_response(errors.MethodNotAllowed(), headers={"Allow": allowed})
+
+    return refuse
+
+
+_refuse_other_methods()
 
 
 # -- queue consumer: start one execution per accepted query -----------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hmac
+import random
 import secrets
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from chalicelib import errors, sms, telemetry
 from chalicelib.config import Settings, settings
 from chalicelib.privacy import Hasher
 from chalicelib.storage.models import VerificationCode, at, transaction
-from chalicelib.throttle import Counter, Lock, china_day_window, first_refused, hour_window
+from chalicelib.throttle import ConflictRetry, Counter, Lock, china_day_window, first_refused, hour_window
 
 MAX_WRONG_TRIES = 5
 
@@ -27,11 +28,14 @@ class IssuedCode:
 
 class CodeService:
     def __init__(self, hasher: Hasher, sender: sms.SmsSender,
-                 config: Settings | None = None, clock: Callable[[], float] = time.time) -> None:
+                 config: Settings | None = None, clock: Callable[[], float] = time.time,
+                 rng: random.Random | None = None, retry: ConflictRetry | None = None) -> None:
         self._hasher = hasher
         self._sender = sender
         self._config = config or settings()
         self._clock = clock
+        self._rng = rng or random.Random()
+        self._retry = retry or ConflictRetry(self._config.conflict_retries)
 
     def phone_key(self, phone: str) -> str:
         return self._hasher.digest("phone", phone)
@@ -46,31 +50,39 @@ class CodeService:
         key = self.phone_key(phone)
         day, day_end = china_day_window(now)
         hour, hour_end = hour_window(now)
-        # Over the SMS channel's rate a code would arrive late or never: refuse it now (503).
-        channel = Counter(f"sms-rate#{now}", cfg.sms_codes_per_second, now + 1)
-        guards: list[Counter | Lock] = [
-            Lock(f"code-gap#{key}", cfg.code_resend_seconds),
-            Counter(f"code-day#{key}#{day}", cfg.code_daily_limit, day_end),
-            Counter(f"code-ip#{self._hasher.digest('ip', client_ip)}#{hour}",
-                    cfg.code_ip_hourly_limit, hour_end),
-            channel,
-        ]
         code = f"{secrets.randbelow(1_000_000):06d}"
-        try:
-            with transaction() as tx:
-                for guard in guards:
-                    guard.add_to(tx, now)
-                tx.save(VerificationCode(
-                    key, code_hash=self._code_hash(key, code), expires_at=now + cfg.code_ttl_seconds,
-                    attempts=0, used=False, ttl=at(now + 2 * cfg.code_ttl_seconds)))
-        except TransactWriteError as exc:
-            refused = first_refused(exc.cancellation_reasons, guards)
-            if refused is None:
-                raise
-            if refused is channel:
-                telemetry.count("SmsChannelFull")
-                raise errors.ServiceBusy(retry_after=1) from exc
-            raise errors.TooManyRequests(retry_after=refused.retry_after(now)) from exc
+
+        def write() -> None:
+            # Over the SMS channel's rate a code would arrive late or never: refuse it now (503).
+            # The per-second count is sharded: one item written by every code request would make
+            # concurrent requests cancel each other. A fresh shard on every try.
+            shards = max(1, cfg.sms_rate_shards)
+            channel = Counter(f"sms-rate#{now}#{self._rng.randrange(shards)}",
+                              max(1, cfg.sms_codes_per_second // shards), now + 1)
+            guards: list[Counter | Lock] = [
+                Lock(f"code-gap#{key}", cfg.code_resend_seconds),
+                Counter(f"code-day#{key}#{day}", cfg.code_daily_limit, day_end),
+                Counter(f"code-ip#{self._hasher.digest('ip', client_ip)}#{hour}",
+                        cfg.code_ip_hourly_limit, hour_end),
+                channel,
+            ]
+            try:
+                with transaction() as tx:
+                    for guard in guards:
+                        guard.add_to(tx, now)
+                    tx.save(VerificationCode(
+                        key, code_hash=self._code_hash(key, code), expires_at=now + cfg.code_ttl_seconds,
+                        attempts=0, used=False, ttl=at(now + 2 * cfg.code_ttl_seconds)))
+            except TransactWriteError as exc:
+                refused = first_refused(exc.cancellation_reasons, guards)
+                if refused is None:
+                    raise  # a conflict (tried again) or not ours at all
+                if refused is channel:
+                    telemetry.count("SmsChannelFull")
+                    raise errors.ServiceBusy(retry_after=1) from exc
+                raise errors.TooManyRequests(retry_after=refused.retry_after(now)) from exc
+
+        self._retry.run(write)
         try:
             self._sender.send(phone, sms.code_text(code))
         except sms.SmsChannelBusy as exc:

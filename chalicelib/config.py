@@ -31,6 +31,8 @@ class Settings:
     code_daily_limit: int
     code_ip_hourly_limit: int
     sms_codes_per_second: int
+    sms_rate_shards: int
+    conflict_retries: int
     query_ip_hourly_limit: int
     query_interval_seconds: int
     query_record_days: int
@@ -68,10 +70,18 @@ def settings() -> Settings:
         code_ttl_seconds=_int("CODE_TTL_SECONDS", 300),
         code_resend_seconds=_int("CODE_RESEND_SECONDS", 60),
         code_daily_limit=_int("CODE_DAILY_LIMIT", 10),
-        code_ip_hourly_limit=_int("CODE_IP_HOURLY_LIMIT", 30),
+        # Per-IP limits are backstops, not the first line of defence (that is the WAF's rate rule):
+        # carrier-grade NAT puts very many subscribers of a mobile network behind one address.
+        code_ip_hourly_limit=_int("CODE_IP_HOURLY_LIMIT", 600),
         # What the SMS origination identity sends per second (a short code: ~100 parts/s).
         sms_codes_per_second=_int("SMS_CODES_PER_SECOND", 100),
-        query_ip_hourly_limit=_int("QUERY_IP_HOURLY_LIMIT", 60),
+        # The per-second channel counter is split over this many items (limit/shards each), so code
+        # requests do not all write one DynamoDB item and cancel each other (TransactionConflict).
+        sms_rate_shards=_int("SMS_RATE_SHARDS", 10),
+        # Times a transaction cancelled by TransactionConflict is tried again (with jitter) before
+        # the request is answered 503 service_busy.
+        conflict_retries=_int("CONFLICT_RETRIES", 3),
+        query_ip_hourly_limit=_int("QUERY_IP_HOURLY_LIMIT", 600),
         query_interval_seconds=_int("QUERY_INTERVAL_SECONDS", 86400),
         query_record_days=_int("QUERY_RECORD_DAYS", 7),
         company_registry_file=os.environ.get(

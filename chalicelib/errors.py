@@ -60,6 +60,28 @@ class NotFound(ServiceError):
     message = "未找到相关记录。"
 
 
+class Forbidden(ServiceError):
+    """Refused at the edge: the partner routes from outside partner networks, or a WAF rule."""
+
+    code = "forbidden"
+    message = "无权访问。"
+
+
+class MethodNotAllowed(ServiceError):
+    code = "method_not_allowed"
+    message = "该地址不支持此请求方法。"
+
+
+class PayloadTooLarge(ServiceError):
+    code = "payload_too_large"
+    message = "请求体过大。"
+
+
+class UnsupportedMediaType(ServiceError):
+    code = "unsupported_media_type"
+    message = "请求体须为JSON（Content-Type: application/json）。"
+
+
 class BadSignature(ServiceError):
     code = "bad_signature"
     message = "签名缺失、错误或已过期。"

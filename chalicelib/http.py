@@ -8,6 +8,8 @@ from typing import Any
 
 import urllib3
 
+from chalicelib import errors
+from chalicelib.api.requests import parse_json
 from chalicelib.signing import signed_headers
 
 TIMEOUT = urllib3.Timeout(connect=3.0, read=10.0)
@@ -35,7 +37,9 @@ def post_signed(url: str, payload: dict[str, Any], secret: str) -> Reply:
     except urllib3.exceptions.HTTPError as exc:
         raise Unreachable(type(exc).__name__) from exc
     try:
-        parsed = json.loads(response.data) if response.data else None
-    except ValueError:
+        # The same strict, depth-bounded parser as for requests: a partner's answer is outside input
+        # too (json.loads would recurse on deep nesting and accept lone surrogates).
+        parsed = parse_json(response.data) if response.data else None
+    except errors.InvalidRequest:
         parsed = None
     return Reply(response.status, parsed)

@@ -24,14 +24,7 @@ from chalicelib.config import Settings, settings
 from chalicelib.contracts import ExecutionInput, QueryStatus
 from chalicelib.privacy import Hasher, Vault
 from chalicelib.storage.models import QueryRecord, at, transaction
-from chalicelib.throttle import Counter, Lock, first_refused, hour_window
-
-_CONFLICT_RETRIES = 3
-
-
-def _conflicted(exc: TransactWriteError) -> bool:
-    """DynamoDB cancelled us for a concurrent transaction on the same items: try again."""
-    return any(r is not None and r.code == "TransactionConflict" for r in exc.cancellation_reasons)
+from chalicelib.throttle import ConflictRetry, Counter, Lock, first_refused, hour_window
 
 
 class StartDeferred(Exception):
@@ -46,13 +39,15 @@ class Accepted:
 
 class QueryIntake:
     def __init__(self, codes: CodeService, hasher: Hasher, vault: Vault, sqs_client: Any | None = None,
-                 config: Settings | None = None, clock: Callable[[], float] = time.time) -> None:
+                 config: Settings | None = None, clock: Callable[[], float] = time.time,
+                 retry: ConflictRetry | None = None) -> None:
         self._codes = codes
         self._hasher = hasher
         self._vault = vault
         self._sqs = sqs_client
         self._config = config or settings()
         self._clock = clock
+        self._retry = retry or ConflictRetry(self._config.conflict_retries)
 
     def check_client(self, client_ip: str) -> None:
         """Per-IP budget of submissions, so codes cannot be guessed across numbers."""
@@ -60,11 +55,17 @@ class QueryIntake:
         hour, hour_end = hour_window(now)
         counter = Counter(f"query-ip#{self._hasher.digest('ip', client_ip)}#{hour}",
                           self._config.query_ip_hourly_limit, hour_end)
-        try:
-            with transaction() as tx:
-                counter.add_to(tx, now)
-        except TransactWriteError as exc:
-            raise errors.TooManyRequests(retry_after=counter.retry_after(now)) from exc
+
+        def write() -> None:
+            try:
+                with transaction() as tx:
+                    counter.add_to(tx, now)
+            except TransactWriteError as exc:
+                if first_refused(exc.cancellation_reasons, [counter]) is None:
+                    raise  # a conflict (many clients behind one NAT address): tried again
+                raise errors.TooManyRequests(retry_after=counter.retry_after(now)) from exc
+
+        self._retry.run(write)
 
     def accept(self, phone: str, id_last6: str, code: str) -> Accepted:
         cfg = self._config
@@ -84,21 +85,22 @@ class QueryIntake:
             lock_key=lock.key,
             ttl=at(now + cfg.query_record_days * 86400),
         )
-        for attempt in range(_CONFLICT_RETRIES):
+
+        def write() -> None:
             try:
                 with transaction() as tx:
                     check.consume_in(tx)
                     lock.add_to(tx, now)
                     tx.save(record, condition=QueryRecord.query_id.does_not_exist())
-                break
             except TransactWriteError as exc:
                 refused = first_refused(exc.cancellation_reasons, [check, lock])
                 if refused is lock:
                     raise errors.QueryLimit(retry_after=lock.retry_after(now)) from exc
                 if refused is check:
                     raise errors.WrongCode() from exc
-                if not _conflicted(exc) or attempt == _CONFLICT_RETRIES - 1:
-                    raise  # not a condition of ours: let it surface as a 500 and an alarm
+                raise  # a conflict (tried again, then 503) or not a condition of ours (500, alarm)
+
+        self._retry.run(write)
         try:
             self.enqueue_start(query_id, int(record.deadline_at))
         except ClientError as exc:

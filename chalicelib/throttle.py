@@ -6,12 +6,19 @@ refused request changes nothing.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
-from typing import Any
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
+from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
+from chalicelib import errors, telemetry
 from chalicelib.storage.models import Throttle, at
+
+T = TypeVar("T")
 
 CHINA = dt.timezone(dt.timedelta(hours=8))
 
@@ -87,3 +94,36 @@ def first_refused(reasons: list[Any], guards: list[Any]) -> Any | None:
         if reason is not None and reason.code == "ConditionalCheckFailed":
             return guard
     return None
+
+
+def conflicted(exc: TransactWriteError) -> bool:
+    """DynamoDB cancelled the transaction for a concurrent write to one of its items."""
+    return any(r is not None and r.code == "TransactionConflict" for r in exc.cancellation_reasons or [])
+
+
+@dataclass
+class ConflictRetry:
+    """Runs a transaction again when DynamoDB cancels it for a conflict, after a random pause
+    (full jitter, so contenders spread out); after `retries` more tries, 503 service_busy.
+
+    `write` handles its own refusals (a guard's failed condition becomes its 4xx); only
+    TransactWriteErrors that are conflicts come back here, anything else is raised as is.
+    """
+
+    retries: int
+    base_delay: float = 0.025
+    sleep: Callable[[float], None] = time.sleep
+    rng: random.Random = field(default_factory=random.Random)
+
+    def run(self, write: Callable[[], T]) -> T:
+        for attempt in range(self.retries + 1):
+            try:
+                return write()
+            except TransactWriteError as exc:
+                if not conflicted(exc):
+                    raise
+                telemetry.count("TransactionConflict")
+                if attempt == self.retries:
+                    raise errors.ServiceBusy("系统繁忙，请稍后再试。", retry_after=1) from exc
+                self.sleep(self.rng.uniform(0, self.base_delay * 2 ** attempt))
+        raise AssertionError("unreachable")

@@ -1,19 +1,45 @@
 """The local API server: Chalice's local gateway plus the local-only SMS outbox page.
 
 /local/sms exists only here: deployed stages serve app.py, which has no such route.
+
+It also stands in for what API Gateway answers itself in production, in the SPEC error shape as
+infra/'s Gateway Responses make it there: an unknown path is 404 not_found (Chalice's local gateway
+says 403 "Missing Authentication Token", as API Gateway does before its Gateway Response), a body
+over the largest route limit is 413 before it is read, a malformed Content-Length is 400.
 """
 from __future__ import annotations
 
 import html
 import json
+import re
+from http import HTTPStatus
+from typing import Any
 
-from chalice.local import ChaliceRequestHandler
+from chalice import Chalice
+from chalice.config import Config
+from chalice.local import ChaliceRequestHandler, LocalGatewayException, RouteMatcher
 
+from chalicelib import errors
+from chalicelib.api.requests import PARTNER_BODY_LIMIT
+from chalicelib.api.responses import error_response
 from local.lambdas import acting_as
+
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,12}")
+
+
+class _Refused(Exception):
+    def __init__(self, error: errors.ServiceError) -> None:
+        super().__init__(error.code)
+        self.error = error
 
 
 class LocalRequestHandler(ChaliceRequestHandler):
     outbox = ".local/sms-outbox.jsonl"
+
+    def __init__(self, request: Any, client_address: Any, server: Any, app_object: Chalice,
+                 config: Config) -> None:
+        self._routes = RouteMatcher(list(app_object.routes))
+        super().__init__(request, client_address, server, app_object, config)
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # request lines would bury the SMS lines on the console
@@ -22,8 +48,57 @@ class LocalRequestHandler(ChaliceRequestHandler):
         if self.path.split("?")[0] in ("/local/sms", "/local/sms.json"):
             self._outbox()
             return
-        with acting_as("APIHandler"):
-            super()._generic_handle()
+        try:
+            self._routes.match_route(self.path)
+        except ValueError:
+            # No route: answered here, before Chalice's gateway (which formats headers into its
+            # 403 body and fails on a non-ASCII Authorization header). The body is not read.
+            self.close_connection = True
+            self._send_spec_error(errors.NotFound("没有这个地址。"))
+            return
+        try:
+            with acting_as("APIHandler"):
+                super()._generic_handle()
+        except _Refused as refused:
+            self._send_spec_error(refused.error)
+
+    def _parse_payload(self) -> tuple[dict[str, Any], bytes | None]:
+        length = (self.headers.get("content-length") or "0").strip()
+        if not _CONTENT_LENGTH.fullmatch(length):
+            self.close_connection = True  # where the body ends is unknown
+            raise _Refused(errors.InvalidRequest("Content-Length无效。"))
+        if int(length) > PARTNER_BODY_LIMIT:
+            self.close_connection = True  # the body is not read
+            raise _Refused(errors.PayloadTooLarge())
+        return super()._parse_payload()
+
+    def _send_error_response(self, error: LocalGatewayException) -> None:
+        # The local gateway raises only when no route matches (checked above) or for authorizers,
+        # which the app has none of.
+        self._send_spec_error(errors.NotFound("没有这个地址。"))
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a method it has no do_X for, a malformed request line or
+        header block), in the SPEC shape rather than its HTML page."""
+        self.close_connection = True
+        if code == HTTPStatus.NOT_IMPLEMENTED:  # TRACE, CONNECT, made-up methods
+            self._send_spec_error(errors.MethodNotAllowed())
+        else:
+            self._send_spec_error(errors.InvalidRequest("请求格式不正确。"))
+
+    def _send_spec_error(self, error: errors.ServiceError) -> None:
+        response = error_response(error)
+        self._send_http_response(response.status_code, dict(response.headers), response.body)
+
+    def _send_http_response_with_body(self, code: int, headers: dict[str, Any], body: str | bytes) -> None:
+        if self.command != "HEAD":
+            super()._send_http_response_with_body(code, headers, body)
+            return
+        # HEAD: the headers GET would send, and no body (one would corrupt a kept-alive connection).
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body.encode() if isinstance(body, str) else body)))
+        self.send_header("Content-Type", headers.pop("Content-Type", "application/json"))
+        self._send_headers(headers)
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = do_PATCH = do_OPTIONS = _generic_handle
 

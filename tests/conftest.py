@@ -23,8 +23,24 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def unshared_port() -> int:
+    """A free port below the kernel's ephemeral range (32768-60999), for a port a session binds again
+    and again: between two stacks it is free, and a port from _free_port() could then be handed to
+    any bind(0) — this session's simulators, the other xdist worker's, another process's."""
+    first = 20000 + os.getpid() % 10000
+    for offset in range(10000):
+        port = 20000 + (first - 20000 + offset) % 10000
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-29999")
+
+
 WORKDIR = tempfile.mkdtemp(prefix="yztc-tests-")
-API_PORT = _free_port()
+API_PORT = unshared_port()
 
 from local.stack import StackOptions, configure_environment  # noqa: E402
 

@@ -512,3 +512,72 @@ def test_the_template_deployed_into_moto_answers_a_query_end_to_end(stack, api):
     assert execution["stateMachineArn"] == cfn.describe_stacks(StackName="yztc")["Stacks"][0]["Outputs"][0][
         "OutputValue"]
     assert "腾讯2个" in [m for m in stack.read_outbox() if "关联" in m["message"]][0]["message"]
+
+
+# -- the edge (issue 9): API Gateway's own answers, WAF, access logs, tracing, checkov --------------
+def test_what_api_gateway_answers_itself_has_the_spec_error_shape(packaged):
+    from chalicelib.api.responses import STATUS_BY_ERROR
+
+    responses = {r["Properties"]["ResponseType"]: r["Properties"]
+                 for r in resources(packaged, "AWS::ApiGateway::GatewayResponse").values()}
+    assert {"MISSING_AUTHENTICATION_TOKEN", "UNSUPPORTED_MEDIA_TYPE", "THROTTLED", "REQUEST_TOO_LARGE",
+            "ACCESS_DENIED", "WAF_FILTERED", "DEFAULT_4XX", "DEFAULT_5XX"} <= set(responses)
+    codes_by_status = {cls.code: str(status) for cls, status in STATUS_BY_ERROR.items()}
+    for response_type, properties in responses.items():
+        assert properties["RestApiId"] == {"Ref": "RestAPI"}
+        body = json.loads(properties["ResponseTemplates"]["application/json"])
+        assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, response_type
+        assert re.fullmatch(r"[a-z]+(_[a-z]+)*", body["error"]["code"]) and body["error"]["message"]
+        if "StatusCode" in properties:
+            assert codes_by_status[body["error"]["code"]] == properties["StatusCode"], response_type
+    assert responses["MISSING_AUTHENTICATION_TOKEN"]["StatusCode"] == "404"  # unknown path: not a 403
+    assert json.loads(responses["THROTTLED"]["ResponseTemplates"]["application/json"])["error"]["code"] == \
+        "too_many_requests"
+    assert responses["THROTTLED"]["ResponseParameters"]["gatewayresponse.header.Retry-After"] == "'1'"
+    assert "StatusCode" not in responses["DEFAULT_5XX"]
+
+
+def test_a_waf_web_acl_with_managed_rules_and_a_per_ip_rate_limit_guards_the_api_stage(packaged):
+    (acl,) = resources(packaged, "AWS::WAFv2::WebACL").values()
+    properties = acl["Properties"]
+    assert properties["Scope"] == "REGIONAL" and properties["DefaultAction"] == {"Allow": {}}
+    rules = {rule["Name"]: rule for rule in properties["Rules"]}
+    common = rules["AWSManagedRulesCommonRuleSet"]["Statement"]["ManagedRuleGroupStatement"]
+    # partner callbacks may be 64 KiB: the managed 8 KB body rule only counts
+    assert common["RuleActionOverrides"] == [{"Name": "SizeRestrictions_BODY", "ActionToUse": {"Count": {}}}]
+    rate = rules["RatePerIp"]
+    assert rate["Statement"]["RateBasedStatement"]["AggregateKeyType"] == "IP"
+    assert rate["Statement"]["RateBasedStatement"]["Limit"] == {"Ref": "WafRateLimit"}
+    assert packaged["Parameters"]["WafRateLimit"]["Default"] >= 1000  # carrier-grade NAT
+    assert rate["Action"]["Block"]["CustomResponse"]["ResponseCode"] == 429
+    body = json.loads(properties["CustomResponseBodies"]["TooManyRequests"]["Content"])
+    assert body["error"]["code"] == "too_many_requests"
+    (association,) = resources(packaged, "AWS::WAFv2::WebACLAssociation").values()
+    assert association["Properties"]["WebACLArn"] == {"Fn::GetAtt": ["WebAcl", "Arn"]}
+    assert "${RestAPI}/stages/api" in association["Properties"]["ResourceArn"]["Fn::Sub"]
+
+
+def test_the_api_is_traced_and_access_logged_without_bodies(packaged):
+    api = packaged["Resources"]["RestAPI"]
+    assert api["Properties"]["TracingEnabled"] is True
+    setting = api["Properties"]["AccessLogSetting"]
+    assert setting["DestinationArn"] == {"Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]}
+    line = json.loads(setting["Format"])
+    assert "$context.requestId" in line.values() and "$context.status" in line.values()
+    assert not [v for v in line.values() if "body" in v.lower() or "$input" in v or "querystring" in v.lower()]
+    assert "ApiGatewayAccount" in api["DependsOn"]
+
+
+def test_queues_use_the_data_key_and_execution_starts_are_bounded(packaged):
+    for queue in resources(packaged, "AWS::SQS::Queue").values():
+        assert queue["Properties"]["KmsMasterKeyId"] == {"Ref": "DataKey"}
+    start = packaged["Resources"]["StartQueries"]["Properties"]
+    assert 1 <= start["ReservedConcurrentExecutions"] <= 10
+
+
+def test_every_checkov_skip_says_why(packaged):
+    skipped = [(name, entry) for name, resource in packaged["Resources"].items()
+               for entry in resource.get("Metadata", {}).get("checkov", {}).get("skip", [])]
+    assert skipped
+    for name, entry in skipped:
+        assert re.fullmatch(r"CKV2?_AWS_\d+", entry["id"]) and len(entry["comment"]) > 20, (name, entry)

@@ -7,6 +7,7 @@ from typing import Any
 from chalice import Response
 
 from chalicelib import errors
+from chalicelib.api.requests import parse_json_object, require_fields  # noqa: F401 (moved; old import path)
 
 STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.InvalidRequest: 400,
@@ -15,8 +16,12 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.InvalidCodeFormat: 400,
     errors.BadSignature: 401,
     errors.WrongCode: 403,
+    errors.Forbidden: 403,
     errors.NotFound: 404,
+    errors.MethodNotAllowed: 405,
     errors.Conflict: 409,
+    errors.PayloadTooLarge: 413,
+    errors.UnsupportedMediaType: 415,
     errors.QueryLimit: 429,
     errors.TooManyRequests: 429,
     errors.ServiceBusy: 503,
@@ -33,29 +38,31 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
-def error_response(exc: errors.ServiceError) -> Response:
+def error_response(exc: errors.ServiceError, headers: dict[str, str] | None = None) -> Response:
     # The nearest class in the mapping: a subclass answers as its family does.
     status = next((STATUS_BY_ERROR[cls] for cls in type(exc).__mro__ if cls in STATUS_BY_ERROR), 500)
-    headers = {}
+    headers = dict(headers or {})
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, int(exc.retry_after)))
     body = {"error": {"code": exc.code, "message": exc.message}}
     return json_response(body, status, headers)
 
 
-def parse_json_object(raw: bytes | None) -> dict[str, Any]:
-    """The body as a JSON object, or InvalidRequest."""
-    try:
-        body = json.loads(raw or b"")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise errors.InvalidRequest("请求体必须是JSON对象。") from exc
-    if not isinstance(body, dict):
-        raise errors.InvalidRequest("请求体必须是JSON对象。")
-    return body
+# Chalice answers some requests itself, before a view runs, with {"Code", "Message"} bodies:
+# each becomes the SPEC error of the same meaning (anything else it makes is a defect: 500).
+_CHALICE_ERRORS: dict[int, type[errors.ServiceError]] = {
+    400: errors.InvalidRequest,
+    405: errors.MethodNotAllowed,
+    415: errors.UnsupportedMediaType,
+}
+_KEPT_HEADERS = ("Allow",)
 
 
-def require_fields(body: dict[str, Any], *names: str) -> list[Any]:
-    missing = [name for name in names if body.get(name) is None]
-    if missing:
-        raise errors.InvalidRequest(f"缺少字段：{', '.join(missing)}。")
-    return [body[name] for name in names]
+def conform(response: Response) -> Response:
+    """A response Chalice generated itself, in the SPEC error shape; any other response as is."""
+    body = response.body
+    if not (isinstance(body, dict) and set(body) == {"Code", "Message"}):
+        return response
+    error_class = _CHALICE_ERRORS.get(response.status_code, errors.ServiceError)
+    kept = {k: str(v) for k, v in response.headers.items() if k in _KEPT_HEADERS}
+    return error_response(error_class(), headers=kept)

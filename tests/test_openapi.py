@@ -1,0 +1,131 @@
+"""openapi.json describes the API as it is: valid OpenAPI 3.1, served at /v1/openapi.json, every route and
+every error status; and Schemathesis, driving the local stack over HTTP from it, finds nothing."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from openapi_spec_validator import validate
+
+import app as app_module
+from chalicelib import errors
+from chalicelib.api.responses import STATUS_BY_ERROR
+from tests.conftest import _free_port, wait_for
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OPENAPI_FILE = os.path.join(ROOT, "chalicelib", "api", "openapi.json")
+# Routes the app registers only to answer 405 (app._refuse_other_methods) are not operations.
+SERVED = {(path, method) for path, methods in app_module.app.routes.items() for method, entry in methods.items()
+          if not entry.view_name.startswith("refuse")}
+
+
+@pytest.fixture(scope="module")
+def description() -> dict[str, Any]:
+    with open(OPENAPI_FILE, encoding="utf-8") as fh:
+        return dict(json.load(fh))
+
+
+def test_the_description_is_valid_openapi_3_1(description):
+    assert description["openapi"].startswith("3.1.")
+    validate(description)
+
+
+def test_every_route_is_described_and_nothing_else(description):
+    described = {(path, method.upper()) for path, item in description["paths"].items() for method in item}
+    assert described == SERVED
+
+
+def test_the_api_serves_the_bundled_description(stack, api):
+    response = api.http.get("/v1/openapi.json")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("application/json")
+    with open(OPENAPI_FILE, encoding="utf-8") as fh:
+        assert response.json_body == json.load(fh)
+
+
+def _documented_errors(description: dict[str, Any]) -> Iterator[tuple[str, str, int, str]]:
+    shared = description["components"]["responses"]
+    for path, item in description["paths"].items():
+        for method, operation in item.items():
+            for status, response in operation["responses"].items():
+                if "$ref" in response:
+                    response = shared[response["$ref"].rsplit("/", 1)[1]]
+                schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+                for part in schema.get("allOf", []):
+                    for code in part.get("properties", {}).get("error", {}).get("properties", {}).get(
+                            "code", {}).get("enum", []):
+                        yield path, method, int(status), code
+
+
+def test_each_documented_error_code_has_the_status_the_code_gives_it(description):
+    status_of = {cls.code: status for cls, status in STATUS_BY_ERROR.items()}
+    documented = list(_documented_errors(description))
+    assert documented
+    for path, method, status, code in documented:
+        assert status_of[code] == status, (path, method, code)
+
+
+def test_every_error_the_api_can_answer_is_documented_somewhere(description):
+    documented = {code for *_, code in _documented_errors(description)}
+    assert {cls.code for cls in STATUS_BY_ERROR} - documented == set()
+    assert errors.ServiceError.code not in documented  # a 500 is a defect, never a documented answer
+
+
+def test_every_error_response_documents_the_spec_shape(description):
+    error = description["components"]["schemas"]["Error"]
+    assert error["required"] == ["error"] and error["properties"]["error"]["required"] == ["code", "message"]
+    for item in description["paths"].values():
+        for operation in item.values():
+            for status, response in operation["responses"].items():
+                if int(status) in (429, 503) and "$ref" not in response:
+                    assert "Retry-After" in response["headers"], (operation["operationId"], status)
+
+
+# -- Schemathesis against the local stack (`python -m local.run`, as `make run` starts it) ----------
+@pytest.fixture(scope="module")
+def local_stack(tmp_path_factory) -> Iterator[str]:
+    api_port, moto_port = _free_port(), _free_port()
+    workdir = tmp_path_factory.mktemp("schemathesis")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "MOTO")) and not k.endswith(("_TABLE", "_REGISTRY_FILE"))}
+    for name in ("PUBLIC_API_URL", "KMS_KEY_ID", "PEPPER_SECRET_NAME", "START_QUEUE_NAME", "STATE_MACHINE_ARN",
+                 "START_QUEUE_URL", "PARTNER_MODES"):
+        env.pop(name, None)
+    env.update(API_PORT=str(api_port), MOTO_PORT=str(moto_port), SIMULATOR_PORTS="any", LOCAL_WORKDIR=str(workdir),
+               QUERY_DEADLINE_SECONDS="8")
+    with open(workdir / "run.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "local.run"], cwd=ROOT, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{api_port}"
+
+        def up() -> bool:
+            assert process.poll() is None, (workdir / "run.log").read_text()
+            try:
+                return requests.get(f"{base}/v1/openapi.json", timeout=2).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        try:
+            wait_for(up, 60, "the local stack to serve")
+            yield base
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
+
+
+def test_schemathesis_finds_no_server_error_and_no_departure_from_the_description(local_stack, tmp_path):
+    command = [os.path.join(os.path.dirname(sys.executable), "schemathesis"), "run",
+               f"{local_stack}/v1/openapi.json",
+               "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+                           "response_schema_conformance",
+               "--max-examples", "50", "--seed", "9", "--generation-database", "none", "--no-color",
+               "--request-timeout", "10"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
