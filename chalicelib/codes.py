@@ -88,6 +88,9 @@ class CodeService:
         except sms.SmsChannelBusy as exc:
             telemetry.count("SmsFailed")
             raise errors.ServiceBusy(retry_after=cfg.code_resend_seconds) from exc
+        except sms.SmsRejected as exc:  # opted out, or a number SNS will never reach: say so, not 500
+            telemetry.count("SmsRejected")
+            raise errors.InvalidPhone("该号码无法接收短信，请使用可接收短信的手机号码。") from exc
         return IssuedCode(expires_in=cfg.code_ttl_seconds, resend_after=cfg.code_resend_seconds)
 
     def check(self, phone: str, code: str) -> CodeCheck:

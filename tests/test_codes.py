@@ -146,6 +146,20 @@ def test_saturated_sms_channel_is_503_service_busy(stack, api):
     assert stack.read_outbox() == []
 
 
+def test_a_number_sns_refuses_for_good_is_400_invalid_phone_not_500(stack, api):
+    from botocore.exceptions import ClientError
+
+    from chalicelib import clients
+
+    def opted_out(**_):
+        raise ClientError({"Error": {"Code": "InvalidParameter", "Message": "opted out"}}, "Publish")
+
+    clients.client("sns").meta.events.register("before-call.sns.Publish", opted_out)
+    response = request_code(api, PHONE)
+    assert response.status_code == 400
+    assert error_code(response) == "invalid_phone"
+
+
 @pytest.mark.parametrize("attempt", ["wrong", "expired"])
 def test_refused_code_does_not_create_a_query(stack, api, attempt):
     with time_machine.travel(START, tick=True) as traveller:

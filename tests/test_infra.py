@@ -155,7 +155,7 @@ def test_delivery_runs_alone_each_minute_and_retries_come_from_the_retry_queue(p
     assert source["Type"] == "SQS" and source["Properties"]["Queue"]["Fn::Sub"].endswith(
         ":" + env["RETRY_QUEUE_NAME"])
     queue = packaged["Resources"]["RetryQueue"]["Properties"]
-    assert queue["QueueName"] == env["RETRY_QUEUE_NAME"] and queue["SqsManagedSseEnabled"] is True
+    assert queue["QueueName"] == env["RETRY_QUEUE_NAME"] and queue["KmsMasterKeyId"] == {"Ref": "DataKey"}
     assert queue["VisibilityTimeout"] >= consumer["Timeout"]
     assert int(env["QUERY_DEADLINE_SECONDS"]) <= queue["MessageRetentionPeriod"] <= 1209600
     assert "DelaySeconds" not in queue  # each message carries its own backoff
