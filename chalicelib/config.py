@@ -38,6 +38,7 @@ class Settings:
     query_record_days: int
     company_registry_file: str
     carrier_registry_file: str
+    operator_registry_file: str
     secret_max_age_seconds: int
     circuit_failure_threshold: int
     circuit_probe_seconds: int
@@ -88,6 +89,8 @@ def settings() -> Settings:
             "COMPANY_REGISTRY_FILE", os.path.join(here, "data", "companies.json")),
         carrier_registry_file=os.environ.get(
             "CARRIER_REGISTRY_FILE", os.path.join(here, "data", "carriers.json")),
+        operator_registry_file=os.environ.get(
+            "OPERATOR_REGISTRY_FILE", os.path.join(here, "data", "operators.json")),
         secret_max_age_seconds=_int("SECRET_MAX_AGE_SECONDS", 300),
         # SPEC §4: the circuit opens after at most 5 consecutive transient failures,
         # then a partner gets at most one probe a minute.

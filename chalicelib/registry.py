@@ -24,6 +24,7 @@ class Company:
     secret_name: str
     apps: tuple[str, ...] = ()  # the app names a per-app breakdown may use (SPEC §4, §5)
     max_requests_per_second: int = 10  # the pace of a backlog replay after an outage (SPEC §4)
+    group: str = ""  # operators: 中国移动 / 中国联通 / 中国电信 / 转售企业 (dashboards group by it)
 
     def public(self) -> dict[str, str]:
         return {"id": self.id, "name": self.name, "details": self.details,
@@ -48,6 +49,18 @@ def companies() -> tuple[Company, ...]:
 
 def company(company_id: str) -> Company | None:
     return next((c for c in companies() if c.id == company_id), None)
+
+
+@functools.cache
+def operators() -> tuple[Company, ...]:
+    """The telecom operators a phone-card lookup asks (SPEC §9): partners like companies, another registry."""
+    with open(settings().operator_registry_file, encoding="utf-8") as fh:
+        return tuple(Company(**{**entry, "apps": tuple(entry.get("apps", ()))})
+                     for entry in json.load(fh)["operators"])
+
+
+def operator(operator_id: str) -> Company | None:
+    return next((o for o in operators() if o.id == operator_id), None)
 
 
 @functools.cache
