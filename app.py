@@ -24,6 +24,7 @@ from chalicelib.codes import CodeService
 from chalicelib.config import settings
 from chalicelib.partners.circuit import Circuits
 from chalicelib.partners.delivery import Delivery
+from chalicelib.partners.kinds import ACCOUNTS, kind_of
 from chalicelib.partners.lookups import LookupDesk, PartnerClient
 from chalicelib.privacy import Hasher, Vault
 from chalicelib.queries import QueryIntake, QueryStarter, StartDeferred, status_of
@@ -185,8 +186,8 @@ def query_status(query_id: str) -> dict[str, Any]:
 @json_api
 def partner_result(company: str) -> dict[str, Any]:
     raw = _raw_body()
-    partner = lookups().verify_callback(company, dict(_request().headers), raw)
-    lookups().record_callback(partner, parse_json_object(raw))
+    partner = lookups().verify_callback(ACCOUNTS, company, dict(_request().headers), raw)
+    lookups().record_callback(ACCOUNTS, partner, parse_json_object(raw))
     return {"status": "recorded"}
 
 
@@ -250,7 +251,7 @@ def verify_carrier(event: contracts.ExecutionInput, context: Any) -> contracts.C
 
 @app.lambda_function(name=contracts.ASK_COMPANIES.name)
 def ask_companies(event: contracts.FanOutInput, context: Any) -> None:
-    lookups().ask_all(event["query_id"], int(event["deadline_at"]), event["task_token"])
+    lookups().ask_all(event["query_id"], int(event["deadline_at"]), event["task_token"], kind_of(event.get("kind")))
 
 
 @app.lambda_function(name=contracts.SEND_REPLY.name)

@@ -52,6 +52,7 @@ class CarrierResult(TypedDict):
     """VerifyCarrier's output; AskCompanies waits at most timeout_seconds (to the deadline)."""
 
     query_id: str
+    kind: str  # partners/kinds.py: accounts or cards — who AskCompanies asks
     deadline_at: int
     outcome: str  # CarrierOutcome
     timeout_seconds: int
@@ -61,6 +62,7 @@ class FanOutInput(TypedDict):
     """The payload of the one waitForTaskToken task that asks every company."""
 
     query_id: str
+    kind: str
     deadline_at: int
     task_token: str
 
@@ -72,9 +74,9 @@ class LookupResult(TypedDict):
     registry's own strings (chalicelib/partners/protocol.py checks all three).
     """
 
-    company: str
+    company: str  # the partner's registry id: a company, or an operator for phone cards
     answered: bool
-    account_count: NotRequired[int]
+    count: NotRequired[int]  # accounts, or phone cards
     apps: NotRequired[dict[str, int]]
 
 

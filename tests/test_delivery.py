@@ -13,6 +13,7 @@ from typing import Any
 import boto3
 import pytest
 
+from chalicelib.partners.kinds import ACCOUNTS
 from chalicelib.registry import Company
 from local.lambdas import acting_as
 from local.recording import recording
@@ -77,7 +78,7 @@ def test_the_last_of_concurrent_callbacks_releases_the_token_exactly_once(stack,
         barrier.wait()
         try:
             with acting_as("APIHandler"):
-                stack.app_module.lookups().record_callback(partner, body)
+                stack.app_module.lookups().record_callback(ACCOUNTS, partner, body)
         except BaseException as exc:  # noqa: BLE001 (reported below)
             failures.append(exc)
 
@@ -153,9 +154,9 @@ class RecordingClient:
     def __init__(self, inner: Any, clock: Any) -> None:
         self.inner, self.clock, self.sent = inner, clock, []
 
-    def send(self, company: Company, lookup_id: str, phone: str) -> Any:
+    def send(self, kind: Any, company: Company, lookup_id: str, fields: dict[str, str]) -> Any:
         self.sent.append((company.id, self.clock()))
-        return self.inner.send(company, lookup_id, phone)
+        return self.inner.send(kind, company, lookup_id, fields)
 
 
 class FakeTime:
@@ -295,7 +296,7 @@ def test_the_execution_history_of_a_query_holds_only_ids_counts_and_company_ids(
     (released,) = [json.loads(e["taskSucceededEventDetails"]["output"]) for e in events
                    if "results" in e["taskSucceededEventDetails"]["output"]]
     assert [r["company"] for r in released["results"]] == COMPANIES
-    assert all(set(r) <= {"company", "answered", "account_count", "apps"} for r in released["results"])
+    assert all(set(r) <= {"company", "answered", "count", "apps"} for r in released["results"])
     ddb = boto3.client("dynamodb")
     record = ddb.get_item(TableName=stack.env["QUERIES_TABLE"], Key={"query_id": {"S": query_id}})["Item"]
     assert "released" in record and "task_token" in record

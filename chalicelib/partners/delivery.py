@@ -23,10 +23,11 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from pynamodb.exceptions import UpdateError
 
-from chalicelib import registry, telemetry
+from chalicelib import telemetry
 from chalicelib.config import Settings, settings
 from chalicelib.contracts import LookupResult, LookupState
 from chalicelib.partners.circuit import CircuitState
+from chalicelib.partners.kinds import KINDS, kind_of
 from chalicelib.partners.lookups import LookupDesk
 from chalicelib.registry import Company
 from chalicelib.storage.models import Lookup
@@ -64,7 +65,7 @@ class Delivery:
     def deliver(self, now: float | None = None) -> dict[str, int]:
         """Probe open circuits, replay backlogs; returns requests sent per partner (for logs and tests)."""
         started = self._clock() if now is None else now
-        companies = registry.companies()
+        companies = [partner for kind in KINDS.values() for partner in kind.partners()]
         states = self._desk.circuits.states(c.id for c in companies)
         for company in companies:  # a gauge per partner, every minute: the open-circuit alarm reads it
             telemetry.count("CircuitOpen", int(states[company.id].is_open), partner=company.id)
@@ -149,16 +150,15 @@ class Delivery:
         """Send these lookups concurrently; record what settled on their queries (releasing tokens)."""
         if not lookups:
             return
-        phones = self._desk.phones(lookup.query_id for lookup, _ in lookups)
-        companies = {c.id: c for c in registry.companies()}
+        payloads = self._desk.payloads(lookup.query_id for lookup, _ in lookups)
 
         def send(item: tuple[Lookup, CircuitState]) -> LookupResult | None:
             lookup, state = item
-            company = companies.get(lookup.company)
-            if company is None or lookup.query_id not in phones:
+            company = kind_of(lookup.kind).partner(lookup.company)
+            if company is None or lookup.query_id not in payloads:
                 self._expire(lookup)  # left the registry, or its query is gone: nothing to send
                 return None
-            return self._desk.dispatch(lookup, company, phones[lookup.query_id], state, now)
+            return self._desk.dispatch(lookup, company, payloads[lookup.query_id], state, now)
 
         with ThreadPoolExecutor(max_workers=min(16, len(lookups))) as pool:
             results = list(pool.map(send, lookups))

@@ -27,10 +27,11 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 from pynamodb.exceptions import PutError, UpdateError
 
-from chalicelib import clients, errors, http, registry, signing, telemetry
+from chalicelib import clients, errors, http, signing, telemetry
 from chalicelib.config import Settings, settings
 from chalicelib.contracts import FanOutOutput, LookupResult, LookupState
 from chalicelib.partners.circuit import Circuits, CircuitState
+from chalicelib.partners.kinds import ACCOUNTS, LookupKind, kind_of
 from chalicelib.partners.protocol import LOOKUP_ID, Answer, Refused, lookup_id_of, parse_answer
 from chalicelib.privacy import Hasher, Vault, partner_secret
 from chalicelib.registry import Company
@@ -71,12 +72,14 @@ class PartnerClient:
         self._config = config or settings()
         self._secret_for = secret_for
 
-    def send(self, company: Company, lookup_id: str, phone: str) -> Sent:
+    def send(self, kind: LookupKind, company: Company, lookup_id: str, fields: dict[str, str]) -> Sent:
+        """`fields`: the personal data this kind of lookup sends (the phone; or ID number and name)."""
         telemetry.count("LookupRequested", company=company.id)
-        payload = {"lookup_id": lookup_id, "phone": phone,
-                   "callback_url": f"{self._config.public_api_url}/v1/partners/{company.id}/results"}
+        payload = {"lookup_id": lookup_id, **fields,
+                   "callback_url": f"{self._config.public_api_url}/v1/{kind.callback_route}/{company.id}/results"}
         try:
-            reply = http.post_signed(f"{company.base_url}/lookups", payload, self._secret_for(company.secret_name))
+            reply = http.post_signed(f"{company.base_url}{kind.request_path}", payload,
+                                     self._secret_for(company.secret_name))
         except http.Unreachable:
             return Sent(Outcome.TRANSIENT)
         if reply.status >= 500 or reply.status == 429:
@@ -85,7 +88,8 @@ class PartnerClient:
             return Sent(Outcome.WAITING)
         if reply.status == 200:
             try:
-                answer = parse_answer(reply.body, company, self._config.partner_max_account_count)
+                answer = parse_answer(reply.body, company, self._config.partner_max_account_count,
+                                      kind.count_field, kind.breakdowns)
             except Refused as exc:
                 rejected(company.id, exc.reason)
                 return Sent(Outcome.REFUSED)
@@ -132,40 +136,45 @@ class LookupDesk:
         return self._hasher.digest("lookup", query_id, company)[:32]
 
     # -- the fan-out (AskCompanies) -----------------------------------------------------
-    def ask_all(self, query_id: str, deadline_at: int, task_token: str) -> None:
-        """Ask every company once; release the token at once if every lookup settled here."""
+    def ask_all(self, query_id: str, deadline_at: int, task_token: str, kind: LookupKind = ACCOUNTS) -> None:
+        """Ask every partner of this kind once; release the token at once if every lookup settled here."""
         now = int(self._clock())
-        everyone = {c.id for c in registry.companies()}
         record = QueryRecord(query_id)
         # One write stores the token and returns the record: no read before it. A retried step
-        # brings a new token; the companies asked stay those of the first attempt.
+        # brings a new token; the partners asked stay those of the first attempt.
         record.update(actions=[QueryRecord.task_token.set(task_token),
-                               QueryRecord.asked.set(QueryRecord.asked | everyone),
+                               QueryRecord.asked.set(QueryRecord.asked | {p.id for p in kind.partners()}),
                                QueryRecord.results.set(QueryRecord.results | {})],
                       condition=QueryRecord.query_id.exists())
-        companies = [c for c in registry.companies() if c.id in (record.asked or set())]
-        phone = self._vault.open(query_id, record.data_key, {"phone": record.phone_sealed})["phone"]
-        states = self.circuits.states(c.id for c in companies)
+        partners = [p for p in kind.partners() if p.id in (record.asked or set())]
+        fields = self._open(record, kind)
+        states = self.circuits.states(p.id for p in partners)
 
-        def ask(company: Company) -> LookupResult | None:
-            lookup = self._lookup_for(query_id, company.id, deadline_at, now)
+        def ask(partner: Company) -> LookupResult | None:
+            lookup = self._lookup_for(query_id, kind, partner.id, deadline_at, now)
             if lookup.state == LookupState.SETTLED:
                 return self._stored_result(lookup)
             if lookup.state != LookupState.PENDING:
                 return None  # in the backlog (or expired): the delivery mechanism's
-            if states[company.id].is_open:
+            if states[partner.id].is_open:
                 self._park(lookup, now, circuit_open=True)  # no request while the circuit is open
                 return None
-            return self.dispatch(lookup, company, phone, states[company.id], now)
+            return self.dispatch(lookup, partner, fields, states[partner.id], now)
 
-        with ThreadPoolExecutor(max_workers=min(FAN_OUT_THREADS, max(1, len(companies)))) as pool:
-            settled = [r for r in pool.map(ask, companies) if r is not None]
+        with ThreadPoolExecutor(max_workers=min(FAN_OUT_THREADS, max(1, len(partners)))) as pool:
+            settled = [r for r in pool.map(ask, partners) if r is not None]
         self.record_results(query_id, settled, record)
 
-    def _lookup_for(self, query_id: str, company: str, deadline_at: int, now: int) -> Lookup:
-        lookup = Lookup(self.lookup_id(query_id, company), query_id=query_id, company=company,
+    def _open(self, record: QueryRecord, kind: LookupKind) -> dict[str, str]:
+        """The personal data this kind of lookup sends to partners: one KMS request."""
+        return self._vault.open(record.query_id, record.data_key, record.sealed(*kind.sealed))
+
+    def _lookup_for(self, query_id: str, kind: LookupKind, partner: str, deadline_at: int, now: int) -> Lookup:
+        lookup = Lookup(self.lookup_id(query_id, partner), query_id=query_id, company=partner,
                         state=LookupState.PENDING, deadline_at=deadline_at, attempts=0, requested_at=now,
                         ttl=at(deadline_at + 7 * 86400))
+        if kind is not ACCOUNTS:
+            lookup.kind = kind.kind.value
         try:
             lookup.save(condition=Lookup.lookup_id.does_not_exist())
         except PutError as exc:
@@ -175,10 +184,10 @@ class LookupDesk:
         return lookup
 
     # -- sending one lookup (fan-out, retry queue, delivery job) --------------------------
-    def dispatch(self, lookup: Lookup, company: Company, phone: str, state: CircuitState,
+    def dispatch(self, lookup: Lookup, company: Company, fields: dict[str, str], state: CircuitState,
                  now: int) -> LookupResult | None:
         """Send one lookup and act on the reply; the settled result, or None while it waits."""
-        sent = self.client.send(company, lookup.lookup_id, phone)
+        sent = self.client.send(kind_of(lookup.kind), company, lookup.lookup_id, fields)
         if sent.outcome is Outcome.TRANSIENT:
             opened = self.circuits.failed(company.id, now)
             self._park(lookup, now, circuit_open=opened)
@@ -269,15 +278,18 @@ class LookupDesk:
         digest = hashlib.sha256(token.encode()).hexdigest()[:32]
         if record.released == digest:
             return
+        kind = kind_of(record.kind)
+        # Phone cards: the name and ID number have served their purpose once every operator answered.
+        forget = [QueryRecord.id_sealed.remove(), QueryRecord.name_sealed.remove()] if kind is not ACCOUNTS else []
         try:
-            record.update(actions=[QueryRecord.released.set(digest)],
+            record.update(actions=[QueryRecord.released.set(digest), *forget],
                           condition=(QueryRecord.task_token == token)
                           & (QueryRecord.released.does_not_exist() | (QueryRecord.released != digest)))
         except UpdateError as exc:
             if _condition_failed(exc):
                 return  # released by a concurrent settle, or a newer token took over
             raise
-        order = [c.id for c in registry.companies()]
+        order = [p.id for p in kind.partners()]
         output: FanOutOutput = {"results": sorted((settled[c] for c in asked),
                                                   key=lambda r: order.index(r["company"])
                                                   if r["company"] in order else len(order))}
@@ -292,18 +304,19 @@ class LookupDesk:
         logger.info("lookups complete", extra={"query_id": record.query_id, "companies": len(asked)})
 
     # -- callbacks (POST /v1/partners/{company}/results) ---------------------------------
-    def verify_callback(self, company_id: str, headers: dict[str, str], raw_body: bytes) -> Company:
-        company = registry.company(company_id)
+    def verify_callback(self, kind: LookupKind, company_id: str, headers: dict[str, str], raw_body: bytes) -> Company:
+        company = kind.partner(company_id)
         if company is None:
             raise errors.NotFound("未知的企业。")
         signing.verify(self._secret_for(company.secret_name), headers, raw_body, now=self._clock())
         return company
 
-    def record_callback(self, company: Company, body: Any) -> None:
+    def record_callback(self, kind: LookupKind, company: Company, body: Any) -> None:
         """Store the answer once and, if it was the last, release the waiting task."""
         try:
             lookup_id = lookup_id_of(body)
-            answer = parse_answer(body, company, self._config.partner_max_account_count)
+            answer = parse_answer(body, company, self._config.partner_max_account_count, kind.count_field,
+                                  kind.breakdowns)
         except Refused as exc:
             rejected(company.id, exc.reason)
             raise
@@ -313,22 +326,24 @@ class LookupDesk:
             lookup = Lookup.get(lookup_id, consistent_read=True)
         except Lookup.DoesNotExist as exc:
             raise errors.NotFound("未知的查询编号。") from exc
-        if lookup.company != company.id:
+        if lookup.company != company.id or kind_of(lookup.kind) is not kind:
             raise errors.NotFound("未知的查询编号。")
         result = self.settle(lookup, answer)
         self.record_results(lookup.query_id, [result])
 
-    # -- reading the query's phone for a lookup sent later ------------------------------
-    def phones(self, query_ids: Iterable[str]) -> dict[str, str]:
-        """query id -> phone, one record read and one decrypt per query."""
-        phones = {}
+    # -- reading what a lookup sent later carries ----------------------------------------
+    def payloads(self, query_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+        """query id -> the personal data its lookups send; one record read and one decrypt per query."""
+        opened = {}
         for query_id in set(query_ids):
             try:
                 record = QueryRecord.get(query_id, consistent_read=True)
             except QueryRecord.DoesNotExist:
                 continue  # expired: its lookups expire with it
-            phones[query_id] = self._vault.open(query_id, record.data_key, {"phone": record.phone_sealed})["phone"]
-        return phones
+            fields = self._open(record, kind_of(record.kind))
+            if len(fields) == len(kind_of(record.kind).sealed):  # cards: gone once every operator answered
+                opened[query_id] = fields
+        return opened
 
 
 def stored_results(record: QueryRecord) -> dict[str, LookupResult]:

@@ -24,23 +24,23 @@ class Answer:
     """A partner's answer to one lookup: a count (with an optional per-app breakdown) or an error."""
 
     lookup_id: str
-    account_count: int | None  # None: the partner reported an error
+    count: int | None  # accounts or phone cards; None: the partner reported an error
     apps: tuple[tuple[str, int], ...] = ()  # in the partner's order, names from the registry
 
     @property
     def is_error(self) -> bool:
-        return self.account_count is None
+        return self.count is None
 
     def canonical(self) -> str:
         """Order-blind text of what was answered: equal answers, equal texts (duplicate vs conflict)."""
-        if self.account_count is None:
+        if self.count is None:
             return "error"
-        return f"{self.account_count};" + ";".join(f"{app}={n}" for app, n in sorted(self.apps))
+        return f"{self.count};" + ";".join(f"{app}={n}" for app, n in sorted(self.apps))
 
     def result(self, company: str) -> LookupResult:
-        if self.account_count is None:
+        if self.count is None:
             return {"company": company, "answered": False}
-        result: LookupResult = {"company": company, "answered": True, "account_count": self.account_count}
+        result: LookupResult = {"company": company, "answered": True, "count": self.count}
         if self.apps:
             result["apps"] = dict(self.apps)
         return result
@@ -70,20 +70,27 @@ def _count(value: Any, maximum: int) -> int | None:
     return value
 
 
-def parse_answer(body: Any, company: Company, max_count: int) -> Answer:
-    """Validate a callback body or an immediate 200 body against the company's registry entry."""
+def parse_answer(body: Any, company: Company, max_count: int, count_field: str = "account_count",
+                 breakdowns: bool = True) -> Answer:
+    """Validate a callback body or an immediate 200 body against the partner's registry entry.
+
+    `count_field` is what the lookup counts (account_count, or card_count for phone cards);
+    per-app breakdowns exist only where `breakdowns` (internet accounts).
+    """
     lookup_id = lookup_id_of(body)
     if "error" in body:
-        if not isinstance(body["error"], str) or "account_count" in body or "apps" in body:
-            raise Refused("bad_error", "error必须是字符串，且不能与account_count同时出现。")
+        if not isinstance(body["error"], str) or count_field in body or "apps" in body:
+            raise Refused("bad_error", f"error必须是字符串，且不能与{count_field}同时出现。")
         # The partner's reason is not kept: it is free text, and nothing stores or shows it.
         return Answer(lookup_id, None)
-    count = _count(body.get("account_count"), max_count)
+    count = _count(body.get(count_field), max_count)
     if count is None:
-        raise Refused("bad_count", f"account_count必须是0到{max_count}之间的整数。")
+        raise Refused("bad_count", f"{count_field}必须是0到{max_count}之间的整数。")
     apps = body.get("apps")
     if apps is None:
         return Answer(lookup_id, count)
+    if not breakdowns:
+        raise Refused("bad_apps", "该类查询的答复不含apps。")
     if not isinstance(apps, dict) or not apps:
         raise Refused("bad_apps", "apps必须是非空对象。")
     unknown = [name for name in apps if name not in company.apps]
@@ -91,5 +98,5 @@ def parse_answer(body: Any, company: Company, max_count: int) -> Answer:
         raise Refused("unknown_app", f"apps只能使用该企业登记的应用名称：{'、'.join(company.apps)}。")
     counts = [(name, _count(n, max_count)) for name, n in apps.items()]
     if any(n is None for _, n in counts) or sum(n or 0 for _, n in counts) != count:
-        raise Refused("bad_apps", "apps必须是各应用账号数，且总和等于account_count。")
+        raise Refused("bad_apps", f"apps必须是各应用账号数，且总和等于{count_field}。")
     return Answer(lookup_id, count, tuple((name, int(n or 0)) for name, n in counts))

@@ -68,12 +68,14 @@ class QueryRecord(Model):
         table_name = settings().queries_table
 
     query_id = UnicodeAttribute(hash_key=True)
+    kind = UnicodeAttribute(null=True)  # partners/kinds.py: accounts (absent) or cards
     status = UnicodeAttribute()  # contracts.QueryStatus
     created_at = NumberAttribute()
     deadline_at = NumberAttribute()
     data_key = UnicodeAttribute()  # the KMS-encrypted data key (encryption context: the query id)
     phone_sealed = UnicodeAttribute()
-    id_sealed = UnicodeAttribute(null=True)
+    id_sealed = UnicodeAttribute(null=True)  # ID digits (accounts) or the ID number (cards)
+    name_sealed = UnicodeAttribute(null=True)  # cards: the holder's name
     lock_key = UnicodeAttribute()
     outcome = UnicodeAttribute(null=True)  # contracts.CarrierOutcome
     updated_at = NumberAttribute(null=True)
@@ -84,6 +86,12 @@ class QueryRecord(Model):
     results = MapAttribute(null=True)  # type: ignore[var-annotated]
     released = UnicodeAttribute(null=True)
     ttl = TTLAttribute()
+
+    def sealed(self, *fields: str) -> dict[str, str | None]:
+        """The sealed values of these fields (Vault.open's input), by the name they were sealed under."""
+        stored = {"phone": self.phone_sealed, "id_last6": self.id_sealed, "id_number": self.id_sealed,
+                  "name": self.name_sealed}
+        return {field: stored[field] for field in fields}
 
 
 class BacklogIndex(GlobalSecondaryIndex["Lookup"]):
@@ -105,7 +113,8 @@ class Lookup(Model):
 
     lookup_id = UnicodeAttribute(hash_key=True)
     query_id = UnicodeAttribute()
-    company = UnicodeAttribute()
+    kind = UnicodeAttribute(null=True)  # partners/kinds.py: accounts (absent) or cards
+    company = UnicodeAttribute()  # the partner asked: a company, or an operator for cards
     state = UnicodeAttribute()  # contracts.LookupState
     deadline_at = NumberAttribute()
     attempts = NumberAttribute(default=0)  # transient failures so far (backoff)

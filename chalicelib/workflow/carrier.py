@@ -9,6 +9,7 @@ from pynamodb.expressions.update import Action
 
 from chalicelib import errors, http, registry
 from chalicelib.contracts import CarrierOutcome, CarrierResult, QueryStatus
+from chalicelib.partners.kinds import ACCOUNTS, kind_of
 from chalicelib.privacy import Vault, partner_secret
 from chalicelib.storage.models import QueryRecord
 
@@ -25,28 +26,33 @@ class CarrierCheck:
     def run(self, query_id: str, deadline_at: int) -> CarrierResult:
         now = int(self._clock())
         record = QueryRecord.get(query_id, consistent_read=True)
+        kind = kind_of(record.kind)
         if record.outcome is None:
             if record.status == QueryStatus.ACCEPTED:
                 record.update(actions=[QueryRecord.status.set(QueryStatus.VERIFYING),
                                        QueryRecord.updated_at.set(now)])
             outcome = self._ask_carrier(record)
-            # The ID digits have served their purpose: discard them now (SPEC §6).
-            actions: list[Action] = [QueryRecord.outcome.set(outcome), QueryRecord.id_sealed.remove(),
-                                     QueryRecord.updated_at.set(now)]
+            actions: list[Action] = [QueryRecord.outcome.set(outcome), QueryRecord.updated_at.set(now)]
             if outcome == CarrierOutcome.MATCH:
                 actions.append(QueryRecord.status.set(QueryStatus.LOOKING_UP))
+            if outcome != CarrierOutcome.MATCH or kind is ACCOUNTS:
+                # The ID digits have served their purpose: discard them now (SPEC §6). A phone-card
+                # query keeps name and ID number until its operators have answered (SPEC §9).
+                actions += [QueryRecord.id_sealed.remove(), QueryRecord.name_sealed.remove()]
             record.update(actions=actions)
         outcome = CarrierOutcome(record.outcome)
-        logger.info("carrier check done", extra={"query_id": query_id, "outcome": outcome.value})
+        logger.info("carrier check done", extra={"query_id": query_id, "kind": kind.kind.value,
+                                                 "outcome": outcome.value})
         # AskCompanies waits exactly until the query's deadline, however long this step took.
-        return {"query_id": query_id, "deadline_at": int(deadline_at), "outcome": outcome.value,
-                "timeout_seconds": max(1, int(deadline_at) - int(self._clock()))}
+        return {"query_id": query_id, "kind": kind.kind.value, "deadline_at": int(deadline_at),
+                "outcome": outcome.value, "timeout_seconds": max(1, int(deadline_at) - int(self._clock()))}
 
     def _ask_carrier(self, record: QueryRecord) -> CarrierOutcome:
         if record.id_sealed is None:
             return CarrierOutcome.UNKNOWN
-        opened = self._vault.open(record.query_id, record.data_key,
-                                  {"phone": record.phone_sealed, "id_last6": record.id_sealed})
+        # Accounts: phone and ID digits; phone cards: phone, name and ID number (SPEC §4, §9).
+        fields = ("phone", "id_last6") if kind_of(record.kind) is ACCOUNTS else ("phone", "name", "id_number")
+        opened = self._vault.open(record.query_id, record.data_key, record.sealed(*fields))
         carrier = registry.carrier_for(opened["phone"])
         if carrier is None:
             return CarrierOutcome.UNKNOWN

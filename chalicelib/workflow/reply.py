@@ -97,5 +97,5 @@ class ReplySender:
             # Only registry app names reach the SMS, in registry order, whatever was stored.
             stored = result.get("apps") or {}
             apps = {app: int(stored[app]) for app in company.apps if app in stored}
-            lines.append(sms.CompanyAnswer(company.name, int(result.get("account_count", 0)), apps or None))
+            lines.append(sms.CompanyAnswer(company.name, int(result.get("count", 0)), apps or None))
         return sms.result_text(phone, lines)
