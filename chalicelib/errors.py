@@ -30,6 +30,16 @@ class InvalidIdLast6(ServiceError):
     message = "请输入正确的身份证号码后六位（前五位为数字，最后一位为数字或X）。"
 
 
+class InvalidName(ServiceError):
+    code = "invalid_name"
+    message = "请输入正确的姓名（2至30个字符，可含汉字、字母、“·”和空格）。"
+
+
+class InvalidIdNumber(ServiceError):
+    code = "invalid_id_number"
+    message = "请输入正确的18位身份证号码（最后一位为数字或X）。"
+
+
 class InvalidCodeFormat(ServiceError):
     code = "invalid_code_format"
     message = "验证码为6位数字。"

@@ -1,7 +1,7 @@
 """Every SMS the service sends (SPEC §5): texts and the SNS sender."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +76,50 @@ def mismatch_text(phone: str) -> str:
 
 def unavailable_text(phone: str) -> str:
     return f"{PREFIX}您的手机号{mask_phone(phone)}查询未成功：暂时无法完成查询，请于24小时后重新查询。"
+
+
+CARD_DISPUTE = "如有异议，请联系相关企业核实、关停或销户。"
+
+
+def card_result_text(answers: Sequence[tuple[str, int | None]]) -> str:
+    """The card query's reply SMS (SPEC §9); never the name nor the ID number.
+
+    `answers` holds, in registry order, (operator name, card count or None = no answer yet).
+
+    - Only operators with at least one card are named, in registry order, with the total:
+      `您名下在网移动电话卡共3张：中国移动广东公司2张，中国联通北京分公司1张。`
+    - K operators without an answer: `另有K家企业暂未返回。` right before `如有异议…`.
+    - No card and every operator answered: `【一证通查】您名下暂无在网移动电话卡。`
+    - No card among those that answered while K did not: no "暂无" (the K may hold cards):
+      `【一证通查】您名下在网移动电话卡共0张。另有K家企业暂未返回。如有异议，…`
+    - It always fits SNS's limit (MAX_MESSAGE_BYTES, UTF-8), whatever the registry's size:
+      operators are named in registry order while the whole text fits, and the operators with
+      cards that are left are summarised as a last item `其余M家企业共N张`, e.g.
+      `…，中国移动广西公司99张，其余87家企业共8613张。` (the total still counts every card).
+    """
+    with_cards = [(name, count) for name, count in answers if count]
+    unanswered = sum(1 for _, count in answers if count is None)
+    total = sum(count for _, count in with_cards)
+    if not with_cards and not unanswered:
+        return f"{PREFIX}您名下暂无在网移动电话卡。"
+    pending = f"另有{unanswered}家企业暂未返回。" if unanswered else ""
+    if not with_cards:
+        return f"{PREFIX}您名下在网移动电话卡共0张。{pending}{CARD_DISPUTE}"
+
+    def text(named: int) -> str:
+        parts = [f"{name}{count}张" for name, count in with_cards[:named]]
+        rest = with_cards[named:]
+        if rest:
+            others = f"{len(rest)}家企业共{sum(count for _, count in rest)}张"
+            parts.append(f"其余{others}" if parts else others)
+        return f"{PREFIX}您名下在网移动电话卡共{total}张：{'，'.join(parts)}。{pending}{CARD_DISPUTE}"
+
+    # From all named down: the first text that fits names the most operators.
+    for named in range(len(with_cards), -1, -1):
+        candidate = text(named)
+        if len(candidate.encode()) <= MAX_MESSAGE_BYTES:
+            return candidate
+    return candidate  # unreachable: with nothing named the text is about 150 bytes
 
 
 class SmsSender:

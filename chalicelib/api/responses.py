@@ -13,6 +13,8 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.InvalidRequest: 400,
     errors.InvalidPhone: 400,
     errors.InvalidIdLast6: 400,
+    errors.InvalidName: 400,
+    errors.InvalidIdNumber: 400,
     errors.InvalidCodeFormat: 400,
     errors.BadSignature: 401,
     errors.WrongCode: 403,
