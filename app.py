@@ -20,15 +20,17 @@ from chalicelib import clients, contracts, errors, pages, registry, telemetry
 from chalicelib.api import requests as api_requests
 from chalicelib.api.requests import parse_json_object, require_fields
 from chalicelib.api.responses import conform, error_response, json_response
+from chalicelib.cards.validation import normalise_id_number, normalise_name
 from chalicelib.codes import CodeService
 from chalicelib.config import settings
 from chalicelib.partners.circuit import Circuits
 from chalicelib.partners.delivery import Delivery
-from chalicelib.partners.kinds import ACCOUNTS, kind_of
+from chalicelib.partners.kinds import ACCOUNTS, CARDS, kind_of
 from chalicelib.partners.lookups import LookupDesk, PartnerClient
 from chalicelib.privacy import Hasher, Vault
 from chalicelib.queries import QueryIntake, QueryStarter, StartDeferred, status_of
 from chalicelib.sms import SmsSender
+from chalicelib.throttle import china_today
 from chalicelib.validation import check_code_format, normalise_id_last6, normalise_phone
 from chalicelib.workflow.carrier import CarrierCheck
 from chalicelib.workflow.reply import ReplySender
@@ -188,6 +190,39 @@ def partner_result(company: str) -> dict[str, Any]:
     raw = _raw_body()
     partner = lookups().verify_callback(ACCOUNTS, company, dict(_request().headers), raw)
     lookups().record_callback(ACCOUNTS, partner, parse_json_object(raw))
+    return {"status": "recorded"}
+
+
+# -- phone cards registered to my ID (SPEC §9) -----------------------------------------
+@app.route("/v1/card-queries", methods=["POST"], content_types=BODY_TYPES)
+@json_api
+def submit_card_query() -> Response:
+    body = parse_json_object(_raw_body())
+    name, id_number, phone, code = require_fields(body, "name", "id_number", "phone", "code")
+    name, id_number = normalise_name(name), normalise_id_number(id_number, china_today())
+    phone, code = normalise_phone(phone), check_code_format(code)
+    intake().check_client(_client_ip())
+    accepted = intake().accept_cards(name, id_number, phone, code)
+    logger.info("card query accepted", extra={"query_id": accepted.query_id})
+    telemetry.count("CardQueryAccepted")
+    return json_response({"query_id": accepted.query_id, "status": "accepted",
+                          "reply_within_hours": 48, "sms_sender": "10699000"}, 202)
+
+
+@app.route("/v1/card-queries/{query_id}", methods=["GET"])
+@json_api
+def card_query_status(query_id: str) -> dict[str, Any]:
+    if not _QUERY_ID.fullmatch(query_id):
+        raise errors.NotFound("未找到该查询。")
+    return status_of(query_id, CARDS)
+
+
+@app.route("/v1/operators/{operator}/results", methods=["POST"], content_types=BODY_TYPES)
+@json_api
+def operator_result(operator: str) -> dict[str, Any]:
+    raw = _raw_body()
+    partner = lookups().verify_callback(CARDS, operator, dict(_request().headers), raw)
+    lookups().record_callback(CARDS, partner, parse_json_object(raw))
     return {"status": "recorded"}
 
 

@@ -19,9 +19,10 @@ from botocore.exceptions import ClientError
 from pynamodb.exceptions import TransactWriteError
 
 from chalicelib import clients, errors
-from chalicelib.codes import CodeService
+from chalicelib.codes import CodeCheck, CodeService
 from chalicelib.config import Settings, settings
 from chalicelib.contracts import ExecutionInput, QueryStatus
+from chalicelib.partners.kinds import ACCOUNTS, CARDS, LookupKind, kind_of
 from chalicelib.privacy import Hasher, Vault
 from chalicelib.storage.models import QueryRecord, at, transaction
 from chalicelib.throttle import ConflictRetry, Counter, Lock, first_refused, hour_window
@@ -68,12 +69,27 @@ class QueryIntake:
         self._retry.run(write)
 
     def accept(self, phone: str, id_last6: str, code: str) -> Accepted:
-        cfg = self._config
+        """An internet-account query: one per number per 24 h (SPEC §1.6)."""
         check = self._codes.check(phone, code)
-        now = check.now
         query_id = str(uuid.uuid4())
-        lock = Lock(f"query#{check.phone_key}", cfg.query_interval_seconds, holder=query_id)
-        sealed = self._vault.seal(query_id, {"phone": phone, "id_last6": id_last6})  # one KMS request
+        locks = [Lock(f"query#{check.phone_key}", self._config.query_interval_seconds, holder=query_id)]
+        return self._accept(check, query_id, ACCOUNTS, {"phone": phone, "id_last6": id_last6}, locks)
+
+    def accept_cards(self, name: str, id_number: str, phone: str, code: str) -> Accepted:
+        """A phone-card query: one per ID number, and one per phone, per 24 h (SPEC §9)."""
+        check = self._codes.check(phone, code)
+        query_id = str(uuid.uuid4())
+        interval = self._config.query_interval_seconds
+        locks = [Lock(f"card-query#id#{self._hasher.digest('id_number', id_number)}", interval, holder=query_id),
+                 Lock(f"card-query#phone#{check.phone_key}", interval, holder=query_id)]
+        return self._accept(check, query_id, CARDS, {"phone": phone, "id_number": id_number, "name": name}, locks)
+
+    def _accept(self, check: CodeCheck, query_id: str, kind: LookupKind, personal: dict[str, str],
+                locks: list[Lock]) -> Accepted:
+        """Consume the code, take the 24 h locks and create the record in one transaction; then queue the start."""
+        cfg = self._config
+        now = check.now
+        sealed = self._vault.seal(query_id, personal)  # one KMS request for every field
         record = QueryRecord(
             query_id,
             status=QueryStatus.ACCEPTED,
@@ -81,21 +97,25 @@ class QueryIntake:
             deadline_at=now + cfg.query_deadline_seconds,
             data_key=sealed.data_key,
             phone_sealed=sealed.fields["phone"],
-            id_sealed=sealed.fields["id_last6"],
-            lock_key=lock.key,
+            id_sealed=sealed.fields.get("id_last6") or sealed.fields["id_number"],
+            name_sealed=sealed.fields.get("name"),
+            lock_key=locks[0].key,
             ttl=at(now + cfg.query_record_days * 86400),
         )
+        if kind is not ACCOUNTS:
+            record.kind = kind.kind.value
 
         def write() -> None:
             try:
                 with transaction() as tx:
                     check.consume_in(tx)
-                    lock.add_to(tx, now)
+                    for lock in locks:
+                        lock.add_to(tx, now)
                     tx.save(record, condition=QueryRecord.query_id.does_not_exist())
             except TransactWriteError as exc:
-                refused = first_refused(exc.cancellation_reasons, [check, lock])
-                if refused is lock:
-                    raise errors.QueryLimit(retry_after=lock.retry_after(now)) from exc
+                refused = first_refused(exc.cancellation_reasons, [check, *locks])
+                if isinstance(refused, Lock):
+                    raise errors.QueryLimit(retry_after=refused.retry_after(now)) from exc
                 if refused is check:
                     raise errors.WrongCode() from exc
                 raise  # a conflict (tried again, then 503) or not a condition of ours (500, alarm)
@@ -106,7 +126,8 @@ class QueryIntake:
         except ClientError as exc:
             # Not accepted after all: undo, so the citizen may try again at once.
             record.delete()
-            lock.release()
+            for lock in locks:
+                lock.release()
             raise errors.ServiceBusy(retry_after=60) from exc
         return Accepted(query_id, now)
 
@@ -148,10 +169,13 @@ class QueryStarter:
             raise
 
 
-def status_of(query_id: str) -> dict[str, Any]:
+def status_of(query_id: str, kind: LookupKind = ACCOUNTS) -> dict[str, Any]:
+    """A query's status, never its counts; a query of the other kind is not found here."""
     try:
         record = QueryRecord.get(query_id)
     except QueryRecord.DoesNotExist as exc:
         raise errors.NotFound("未找到该查询。") from exc
+    if kind_of(record.kind) is not kind:
+        raise errors.NotFound("未找到该查询。")
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(record.created_at)))
     return {"query_id": record.query_id, "status": record.status, "created_at": created}

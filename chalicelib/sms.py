@@ -74,6 +74,12 @@ def mismatch_text(phone: str) -> str:
             "请核对后于24小时后重新查询。")
 
 
+def card_mismatch_text(phone: str) -> str:
+    """A phone-card query whose phone is not registered to that name and ID number (SPEC §9)."""
+    return (f"{PREFIX}您的手机号{mask_phone(phone)}查询未成功：手机号码与姓名、身份证号码不匹配，"
+            "请核对后于24小时后重新查询。")
+
+
 def unavailable_text(phone: str) -> str:
     return f"{PREFIX}您的手机号{mask_phone(phone)}查询未成功：暂时无法完成查询，请于24小时后重新查询。"
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 NAMESPACE = "YiZhengTongCha"
-METRICS = ("CodeSent", "QueryAccepted", "QueryReplied", "QueryFailed", "SmsSent", "SmsFailed", "SmsChannelFull",
+METRICS = ("CodeSent", "QueryAccepted", "CardQueryAccepted", "QueryReplied", "QueryFailed", "SmsSent", "SmsFailed",
+           "SmsChannelFull",
            "SmsRejected", "TransactionConflict", "StartDeferred", "LookupRequested", "LookupAnswered", "LookupLatency",
            "LookupDeferred", "LookupRefused", "LookupExpired", "PartnerAnswerRejected", "CircuitOpen", "CircuitOpened",
            "CircuitClosed", "CircuitProbe")

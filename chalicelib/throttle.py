@@ -75,6 +75,11 @@ def hour_window(now: int) -> tuple[str, int]:
     return str(start), start + 3600
 
 
+def china_today(now: float | None = None) -> dt.date:
+    """Today in Beijing: a birth date is "in the future" by the citizen's calendar, not UTC's."""
+    return dt.datetime.fromtimestamp(time.time() if now is None else now, CHINA).date()
+
+
 def china_day_window(now: int) -> tuple[str, int]:
     """Daily limits reset at midnight Beijing time, as a citizen counts days."""
     today = dt.datetime.fromtimestamp(now, CHINA).date()

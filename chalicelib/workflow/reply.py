@@ -15,6 +15,7 @@ from pynamodb.expressions.update import Action
 
 from chalicelib import registry, sms, telemetry
 from chalicelib.contracts import CarrierOutcome, LookupResult, QueryStatus, ReplyInput
+from chalicelib.partners.kinds import ACCOUNTS, CARDS, LookupKind, kind_of
 from chalicelib.partners.lookups import stored_results
 from chalicelib.privacy import Vault
 from chalicelib.storage.models import QueryRecord
@@ -62,7 +63,7 @@ class ReplySender:
         message = None
         if outcome != CarrierOutcome.CANCELLED:  # a cancelled number cannot receive an SMS
             phone = self._vault.open(query_id, record.data_key, {"phone": record.phone_sealed})["phone"]
-            message = self.compose(phone, outcome, record.asked or set(), results)
+            message = self.compose(phone, kind_of(record.kind), outcome, record.asked or set(), results)
             try:
                 self._send_once(delivery={"query_id": query_id, "phone": phone, "message": message})
             except sms.SmsRejected as exc:
@@ -71,8 +72,8 @@ class ReplySender:
                 status, message = QueryStatus.FAILED, None
         actions: list[Action] = [QueryRecord.status.set(status), QueryRecord.outcome.set(outcome),
                                  QueryRecord.updated_at.set(int(self._clock()))]
-        if record.id_sealed is not None:  # the carrier never answered: discard the ID digits now
-            actions.append(QueryRecord.id_sealed.remove())
+        if record.id_sealed is not None:  # the deadline, or no carrier answer: discard ID and name now
+            actions += [QueryRecord.id_sealed.remove(), QueryRecord.name_sealed.remove()]
         record.update(actions=actions)
         telemetry.count("QueryReplied" if status == QueryStatus.REPLIED else "QueryFailed")
         logger.info("query closed", extra={"query_id": query_id, "status": status.value, "outcome": outcome.value,
@@ -80,12 +81,21 @@ class ReplySender:
         return {"query_id": query_id, "status": status.value}
 
     @staticmethod
-    def compose(phone: str, outcome: CarrierOutcome, asked: set[str], results: list[LookupResult]) -> str:
+    def compose(phone: str, kind: LookupKind, outcome: CarrierOutcome, asked: set[str],
+                results: list[LookupResult]) -> str:
         if outcome == CarrierOutcome.MISMATCH:
-            return sms.mismatch_text(phone)
+            return sms.mismatch_text(phone) if kind is ACCOUNTS else sms.card_mismatch_text(phone)
         if outcome != CarrierOutcome.MATCH:
             return sms.unavailable_text(phone)
         by_company = {r["company"]: r for r in results}
+        if kind is CARDS:  # operator names from the registry, bounded counts (SPEC §9)
+            answers: list[tuple[str, int | None]] = []
+            for operator in kind.partners():
+                if operator.id in asked:
+                    result = by_company.get(operator.id)
+                    answered = result is not None and result.get("answered")
+                    answers.append((operator.name, int(result.get("count", 0)) if result and answered else None))
+            return sms.card_result_text(answers)
         lines = []
         for company in registry.companies():
             if company.id not in asked:
