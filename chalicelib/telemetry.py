@@ -8,10 +8,9 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 NAMESPACE = "YiZhengTongCha"
 METRICS = ("CodeSent", "QueryAccepted", "CardQueryAccepted", "QueryReplied", "QueryFailed", "SmsSent", "SmsFailed",
-           "SmsChannelFull",
-           "SmsRejected", "TransactionConflict", "StartDeferred", "LookupRequested", "LookupAnswered", "LookupLatency",
-           "LookupDeferred", "LookupRefused", "LookupExpired", "PartnerAnswerRejected", "CircuitOpen", "CircuitOpened",
-           "CircuitClosed", "CircuitProbe")
+           "SmsChannelFull", "SmsRejected", "TransactionConflict", "StartDeferred", "LookupRequested",
+           "LookupAnswered", "LookupLatency", "LookupDeferred", "LookupRefused", "LookupExpired",
+           "PartnerAnswerRejected", "CircuitOpen", "CircuitsOpen", "CircuitOpened", "CircuitClosed", "CircuitProbe")
 
 
 def count(name: str, value: float = 1, unit: MetricUnit = MetricUnit.Count, **dimensions: str) -> None:

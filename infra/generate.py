@@ -202,7 +202,7 @@ def retry_queue_resources(env: dict[str, str], stage: str) -> dict[str, Any]:
 
 def secret_resources(env: dict[str, str]) -> dict[str, Any]:
     secrets = {"PepperSecret": (env["PEPPER_SECRET_NAME"], "HMAC pepper for phone-number keys")}
-    for kind in ("companies", "carriers"):
+    for kind in ("companies", "carriers", "operators"):
         for entry in registry(kind):
             secrets[logical(entry["secret_name"]) + "Secret"] = (
                 entry["secret_name"], f"Shared HMAC secret with {entry['name']} ({entry['id']})")
@@ -215,10 +215,15 @@ def secret_resources(env: dict[str, str]) -> dict[str, Any]:
 
 
 def secret_arns(kind: str) -> list[Any]:
+    """pepper, carriers, or partners: the companies' secrets one by one, and the operators' by their
+    common name prefix (132 ARNs would not fit a role's inline-policy size limit)."""
     if kind == "pepper":
         return [ref("PepperSecret")]
-    return [ref(logical(entry["secret_name"]) + "Secret")
-            for entry in registry("companies" if kind == "partners" else "carriers")]
+    if kind == "carriers":
+        return [ref(logical(entry["secret_name"]) + "Secret") for entry in registry("carriers")]
+    prefix = os.path.commonprefix([entry["secret_name"] for entry in registry("operators")])
+    return [*(ref(logical(entry["secret_name"]) + "Secret") for entry in registry("companies")),
+            sub("arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:" + prefix + "*")]
 
 
 def index_arn(var: str, index: str) -> dict[str, str]:
@@ -368,8 +373,23 @@ def dashboard(env: dict[str, str], stage: str) -> dict[str, Any]:
         widgets.append({"type": "metric", "width": 12, "height": 6, "properties": {
             "title": title, "view": view, "region": "${AWS::Region}", "period": 300, "metrics": metrics}})
 
-    widget("Queries accepted / replied / failed",
-           [metric("QueryAccepted"), metric("QueryReplied"), metric("QueryFailed")])
+    widget("Queries accepted (accounts / phone cards) / replied / failed",
+           [metric("QueryAccepted"), metric("CardQueryAccepted"), metric("QueryReplied"), metric("QueryFailed")])
+    # Phone cards ask 132 operators: one widget per carrier group, and the worst operators by name.
+    groups: dict[str, list[str]] = {}
+    for entry in registry("operators"):
+        groups.setdefault(entry.get("group", ""), []).append(entry["id"])
+    for group, ids in groups.items():
+        requested = ", ".join(f"r{i}" for i in range(len(ids)))
+        answered = ", ".join(f"a{i}" for i in range(len(ids)))
+        widget(f"{group}: lookups requested / answered (phone cards)", [
+            [{"expression": f"SUM([{requested}])", "label": "requested", "id": "req"}],
+            [{"expression": f"SUM([{answered}])", "label": "answered", "id": "ans"}],
+            *([*metric(name, company=op)[:-1], {"id": f"{key}{i}", "visible": False}]
+              for i, op in enumerate(ids) for key, name in (("r", "LookupRequested"), ("a", "LookupAnswered")))])
+    widget("Worst operators: lookups deferred (transient failures), top 10", [[{
+        "expression": f"SELECT SUM(LookupDeferred) FROM SCHEMA(\"{NAMESPACE}\", company, service) "
+                      "GROUP BY company ORDER BY SUM() DESC LIMIT 10", "label": "deferred", "id": "worst"}]])
     rate_lines: list[Any] = []
     for i, company in enumerate(companies):
         rate_lines += [[{"expression": f"100*answered{i}/FILL(requested{i},1)", "label": company, "id": f"rate{i}"}],
@@ -384,7 +404,9 @@ def dashboard(env: dict[str, str], stage: str) -> dict[str, Any]:
     widget("SMS sent / failed / refused for good", [metric("SmsSent"), metric("SmsFailed"), metric("SmsRejected"),
                                                      metric("CodeSent"), metric("SmsChannelFull")])
     # The delivery job publishes CircuitOpen (0 or 1) for every partner every minute.
-    widget("Partner circuits (1 = open)", [metric("CircuitOpen", "Maximum", partner=c) for c in companies])
+    widget("Partner circuits (1 = open); operators: how many are open",
+           [metric("CircuitOpen", "Maximum", partner=c) for c in companies]
+           + [metric("CircuitsOpen", "Maximum", kind="cards")])
     widget("Partner backlog per company: deferred (transient failure) / expired unsent",
            [metric(name, company=c) for name in ("LookupDeferred", "LookupExpired") for c in companies])
     widget("Partner faults: circuit opened / probed / closed, lookups refused, answers rejected",
@@ -473,6 +495,12 @@ def alarms(env: dict[str, str]) -> dict[str, Any]:
             f"{company['name']}'s circuit is open: it fails every request; its lookups wait for it to recover.",
             1, "GreaterThanOrEqualToThreshold", Namespace=NAMESPACE, MetricName="CircuitOpen",
             Dimensions=[*service_dim, {"Name": "partner", "Value": company["id"]}], Statistic="Maximum", Period=300)
+    # 132 operators: one alarm for any open operator circuit (the job counts them each minute), not one
+    # per operator; the dashboard names the worst ones.
+    out["OperatorCircuitOpenAlarm"] = alarm(
+        "An operator's circuit is open (phone-card lookups): see the dashboard's worst operators.", 1,
+        "GreaterThanOrEqualToThreshold", Namespace=NAMESPACE, MetricName="CircuitsOpen",
+        Dimensions=[*service_dim, {"Name": "kind", "Value": "cards"}], Statistic="Maximum", Period=300)
     return out
 
 
@@ -506,7 +534,7 @@ def template(stage: str, env: dict[str, str] | None = None) -> dict[str, Any]:
                 "RETRY_QUEUE_URL": ref("RetryQueue")}}}}
     # Chalice names the queues from START_QUEUE_NAME and RETRY_QUEUE_NAME at package time (make
     # package sets them from the stage config); the env references order the event sources after them.
-    partner_paths = sub("execute-api:/*/POST/v1/partners/*")
+    partner_paths = [sub("execute-api:/*/POST/v1/partners/*"), sub("execute-api:/*/POST/v1/operators/*")]
     resources: dict[str, Any] = {
         **functions,
         **{f"{function}Role": role(function, access) for function, access in FUNCTION_ACCESS.items()},
@@ -556,7 +584,7 @@ def template(stage: str, env: dict[str, str] | None = None) -> dict[str, Any]:
             "MethodSettings": [{"ResourcePath": "/*", "HttpMethod": "*",
                                 "ThrottlingRateLimit": ref("ApiRateLimit"),
                                 "ThrottlingBurstLimit": ref("ApiBurstLimit")}],
-            # The callback route answers only partners' networks; the rest of the API is public.
+            # The callback routes answer only partners' and operators' networks; the rest is public.
             "DefinitionBody": {"x-amazon-apigateway-policy": {"Version": "2012-10-17", "Statement": [
                 {"Effect": "Allow", "Principal": "*", "Action": "execute-api:Invoke",
                  "Resource": sub("execute-api:/*")},

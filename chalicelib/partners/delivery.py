@@ -67,8 +67,10 @@ class Delivery:
         started = self._clock() if now is None else now
         companies = [partner for kind in KINDS.values() for partner in kind.partners()]
         states = self._desk.circuits.states(c.id for c in companies)
-        for company in companies:  # a gauge per partner, every minute: the open-circuit alarm reads it
+        for company in companies:  # a gauge per partner, every minute: the open-circuit alarms read it
             telemetry.count("CircuitOpen", int(states[company.id].is_open), partner=company.id)
+        for kind in KINDS.values():  # and how many are open per kind (one alarm for 132 operators)
+            telemetry.count("CircuitsOpen", sum(states[p.id].is_open for p in kind.partners()), kind=kind.kind.value)
         with ThreadPoolExecutor(max_workers=min(PARTNER_THREADS, len(companies) or 1)) as pool:
             sent = dict(zip((c.id for c in companies),
                             pool.map(lambda c: self._deliver_partner(c, states[c.id], int(started)), companies),
