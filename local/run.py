@@ -37,11 +37,15 @@ def main() -> int:
         partner_ports={} if os.environ.get("SIMULATOR_PORTS") == "any" else {
             c: 8101 + i for i, c in enumerate(companies)},
         schedule_seconds=int(os.environ.get("DELIVERY_SCHEDULE_SECONDS", "60")),
+        # Every operator (SPEC §9) under one simulator: http://127.0.0.1:8200/{operator}, GET …/stats.
+        operator_port=int(os.environ.get("OPERATOR_PORT", "8200")),
+        operator_modes=os.environ.get("OPERATOR_MODES", ""),
         print_sms=True,
         aws_endpoint=f"http://127.0.0.1:{MOTO_PORT}",
     )
     if os.environ.get("SIMULATOR_PORTS") == "any":
         options.carrier_port = 0
+        options.operator_port = 0
     stack = LocalStack(options).start()
     api = f"http://127.0.0.1:{options.api_port}"
     print(f"一证通查 is running: {api}  (query page {api}/ , SMS outbox {api}/local/sms)", flush=True)
@@ -50,6 +54,9 @@ def main() -> int:
           + ", ".join(f"{c}={p.mode}" for c, p in stack.partners.items()), flush=True)
     print("Partners (GET /stats shows what each received): "
           + ", ".join(f"{c} {p.url}" for c, p in stack.partners.items()), flush=True)
+    unusual = {o: m for o, (m, _) in stack.operators.modes.items() if m != "callback"}
+    print(f"Operators ({len(stack.operators.secrets)}, GET {stack.operators.url}/<operator>/stats): callback unless "
+          + ", ".join(f"{o}={m}" for o, m in unusual.items()), flush=True)
 
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())

@@ -1,7 +1,7 @@
-"""Carrier and partner simulators over real HTTP (SPEC §4, §7).
+"""Carrier, partner and operator simulators over real HTTP (SPEC §4, §7, §9).
 
-They check our signatures, answer from local/fixtures/*.csv, and partners call
-back, signed, to the API's callback URL after their configured delay.
+They check our signatures, answer from local/fixtures/*.csv, and partners and
+operators call back, signed, to the API's callback URL after their configured delay.
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ class Subscriber:
     id_last6: str
     status: str
     carrier: str
+    name: str = ""  # the real-name record a card query's check matches (SPEC §9)
+    id_number: str = ""
 
 
 def load_subscribers(path: str | None = None) -> dict[str, Subscriber]:
@@ -39,6 +41,30 @@ def load_subscribers(path: str | None = None) -> dict[str, Subscriber]:
 def load_accounts(path: str | None = None) -> dict[tuple[str, str], int]:
     with open(path or os.path.join(FIXTURES, "accounts.csv"), encoding="utf-8") as fh:
         return {(row["phone"], row["company"]): int(row["account_count"]) for row in csv.DictReader(fh)}
+
+
+DEFAULT_OPERATOR_MODE = ("callback", 1.0)  # an operator not in operators.csv
+
+
+def load_cards(path: str | None = None) -> dict[tuple[str, str], int]:
+    """(id_number, operator) -> active cards: the whole truth per ID; a missing row means 0."""
+    with open(path or os.path.join(FIXTURES, "cards.csv"), encoding="utf-8") as fh:
+        return {(row["id_number"], row["operator"]): int(row["card_count"]) for row in csv.DictReader(fh)}
+
+
+def load_operator_modes(path: str | None = None, override: str | None = None) -> dict[str, tuple[str, float]]:
+    """operator -> (mode, delay_seconds); OPERATOR_MODES="cmcc-gd=down,mvno-jd=silent" overrides the mode.
+
+    An operator in neither answers by callback after DEFAULT_OPERATOR_MODE's delay.
+    """
+    with open(path or os.path.join(FIXTURES, "operators.csv"), encoding="utf-8") as fh:
+        modes = {row["operator"]: (row["mode"], float(row["delay_seconds"])) for row in csv.DictReader(fh)}
+    for item in filter(None, (override or "").split(",")):
+        operator, _, mode = item.strip().partition("=")
+        if mode not in MODES:
+            raise ValueError(f"OPERATOR_MODES: unknown mode {mode!r} for {operator!r}")
+        modes[operator] = (mode, modes.get(operator, DEFAULT_OPERATOR_MODE)[1])
+    return modes
 
 
 def load_partner_modes(path: str | None = None, override: str | None = None) -> dict[str, tuple[str, float]]:
@@ -138,7 +164,11 @@ class CarrierSimulator(Simulator):
             return 200, {"result": "unknown"}
         if subscriber.status == "cancelled":
             return 200, {"result": "cancelled"}
-        matches = subscriber.id_last6.upper() == str(request.get("id_last6", "")).upper()
+        if "id_number" in request:  # a card query (SPEC §9): phone, name and ID number all match
+            matches = (bool(subscriber.id_number) and request.get("name") == subscriber.name
+                       and str(request["id_number"]).upper() == subscriber.id_number.upper())
+        else:
+            matches = subscriber.id_last6.upper() == str(request.get("id_last6", "")).upper()
         return 200, {"result": "match" if matches else "mismatch"}
 
 
@@ -207,3 +237,102 @@ class PartnerSimulator(Simulator):
             self.callbacks.append(exc.code)
         except OSError:
             self.callbacks.append(0)
+
+
+@dataclass
+class OperatorSimulator(Simulator):
+    """Every telecom operator of SPEC §9 behind one server: /{operator}/card-lookups, /{operator}/stats.
+
+    `modes` (operator -> (mode, delay_seconds)) is read at each request, so a test or an operator
+    of the local stack changes an operator's behaviour at runtime (`set_mode`); an operator not in
+    it behaves as `default`. The modes are the partners' (MODES).
+    """
+
+    secrets: dict[str, str]  # operator id -> shared secret; any other operator is 404
+    cards: dict[tuple[str, str], int]  # (id_number, operator) -> card count, 0 when absent
+    modes: dict[str, tuple[str, float]] = field(default_factory=dict)
+    default: tuple[str, float] = DEFAULT_OPERATOR_MODE
+    failures_per_lookup: int = 2  # flaky mode
+
+    def __post_init__(self) -> None:
+        Simulator.__init__(self)
+        self._lock = threading.Lock()
+        self._tries: dict[tuple[str, str], int] = {}
+        self.callbacks: dict[str, list[int]] = {}  # operator -> HTTP status of each callback made
+
+    def mode_of(self, operator: str) -> tuple[str, float]:
+        return self.modes.get(operator, self.default)
+
+    def set_mode(self, operator: str, mode: str, delay_seconds: float | None = None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}")
+        self.modes[operator] = (mode, self.mode_of(operator)[1] if delay_seconds is None else delay_seconds)
+
+    def requests_to(self, operator: str) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["operator"] == operator]
+
+    def _operator(self, path: str, action: str) -> str | None:
+        parts = path.split("?")[0].strip("/").split("/")
+        if len(parts) != 2 or parts[1] != action or parts[0] not in self.secrets:
+            return None
+        return parts[0]
+
+    def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        operator = self._operator(path, "card-lookups")
+        if operator is None:
+            return 404, {"error": "not found"}
+        try:
+            signing.verify(self.secrets[operator], headers, body)
+        except Exception:
+            return 401, {"error": "bad signature"}
+        try:
+            request = json.loads(body)
+            lookup_id, id_number = str(request["lookup_id"]), str(request["id_number"])
+            callback_url = str(request["callback_url"])
+            _ = request["name"]
+        except (ValueError, TypeError, KeyError):
+            return 400, {"error": "bad request"}
+        mode, delay = self.mode_of(operator)
+        with self._lock:
+            self.requests.append({"operator": operator, "lookup_id": lookup_id})
+            tries = self._tries[operator, lookup_id] = self._tries.get((operator, lookup_id), 0) + 1
+        answer = {"lookup_id": lookup_id, "card_count": self.cards.get((id_number.upper(), operator), 0)}
+        if mode == "down":
+            return 503, {"error": "down"}
+        if mode == "slow":  # past the caller's read timeout, then an answer nobody reads
+            time.sleep(http.TIMEOUT.read_timeout + 1)  # type: ignore[operator]
+            return 200, answer
+        if mode == "reject":
+            return 400, {"error": "unsupported request"}
+        if mode == "silent":
+            return 202, None
+        if mode == "flaky" and tries <= self.failures_per_lookup:
+            return 503, {"error": "overloaded"}
+        if mode == "immediate":
+            return 200, answer
+        if mode == "error":
+            return 200, {"lookup_id": lookup_id, "error": "lookup backend unavailable"}
+        timer = threading.Timer(delay, self._call_back, (operator, callback_url, answer))
+        timer.daemon = True
+        timer.start()
+        return 202, None
+
+    def get(self, path: str) -> tuple[int, Any]:
+        operator = self._operator(path, "stats")
+        if operator is None:
+            return 404, {"error": "not found"}
+        return 200, {"requests": len(self.requests_to(operator)), "callbacks": len(self.callbacks.get(operator, []))}
+
+    def _call_back(self, operator: str, url: str, answer: dict[str, Any]) -> None:
+        body = json.dumps(answer).encode()
+        request = urllib.request.Request(url, data=body, method="POST",
+                                         headers=signing.signed_headers(self.secrets[operator], body, time.time()))
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except OSError:
+            status = 0
+        with self._lock:
+            self.callbacks.setdefault(operator, []).append(status)

@@ -36,6 +36,11 @@ class StackOptions:
     # Registry data as a deployment would change it: fields per company id, and companies that join.
     company_changes: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra_companies: list[dict[str, Any]] = field(default_factory=list)
+    # SPEC §9: one operator simulator serves every operator under /{operator} (make run: 8200).
+    operator_port: int = 0
+    operator_modes: str = ""  # OPERATOR_MODES override, e.g. "cmcc-gd=down,mvno-jd=silent"
+    operator_changes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra_operators: list[dict[str, Any]] = field(default_factory=list)  # joining by data alone
 
 
 def configure_environment(options: StackOptions) -> dict[str, str]:
@@ -45,6 +50,7 @@ def configure_environment(options: StackOptions) -> dict[str, str]:
         "PUBLIC_API_URL": f"http://127.0.0.1:{options.api_port}",
         "COMPANY_REGISTRY_FILE": os.path.join(options.workdir, "companies.json"),
         "CARRIER_REGISTRY_FILE": os.path.join(options.workdir, "carriers.json"),
+        "OPERATOR_REGISTRY_FILE": os.path.join(options.workdir, "operators.json"),
         "POWERTOOLS_METRICS_NAMESPACE": "YiZhengTongCha",
     })
     if options.aws_endpoint:
@@ -92,6 +98,7 @@ class LocalStack:
         self._threads: list[threading.Thread] = []
         self.partners: dict[str, Any] = {}
         self.carrier: Any = None
+        self.operators: Any = None  # the OperatorSimulator: set_mode(), requests_to(), callbacks
         self.api_server: Any = None
 
     def start(self) -> LocalStack:
@@ -112,14 +119,19 @@ class LocalStack:
         with open(bundled_companies, encoding="utf-8") as fh:
             companies = [{**entry, **opts.company_changes.get(entry["id"], {})}
                          for entry in json.load(fh)["companies"]] + [dict(e) for e in opts.extra_companies]
+        bundled_operators = os.path.join(ROOT, "chalicelib", "data", "operators.json")
+        with open(bundled_operators, encoding="utf-8") as fh:
+            operators = [{**entry, **opts.operator_changes.get(entry["id"], {})}
+                         for entry in json.load(fh)["operators"]] + [dict(e) for e in opts.extra_operators]
         provision = aws.deploy_with_cloudformation if opts.provision == "cloudformation" else aws.create
         created = provision(self.env, [*aws.registry_secret_names(bundled_carriers),
-                                       *(entry["secret_name"] for entry in companies)])
+                                       *(entry["secret_name"] for entry in companies),
+                                       *(entry["secret_name"] for entry in operators)])
         os.environ.update(created.env)
         self.env.update(created.env)
         self.secrets = created.secrets
         for cache in (settings.cache_clear, registry.companies.cache_clear, registry.carriers.cache_clear,
-                      clients.reset):
+                      registry.operators.cache_clear, clients.reset):
             cache()
 
         with open(bundled_carriers, encoding="utf-8") as fh:
@@ -141,8 +153,19 @@ class LocalStack:
             entry["base_url"] = partner.start(opts.partner_ports.get(entry["id"], 0))
             self.partners[entry["id"]] = partner
         self._write(self.env["COMPANY_REGISTRY_FILE"], {"companies": companies})
+
+        self.operators = simulators.OperatorSimulator(
+            secrets={entry["id"]: created.secrets[entry["secret_name"]] for entry in operators},
+            cards=simulators.load_cards(),
+            modes=simulators.load_operator_modes(
+                override=opts.operator_modes or os.environ.get("OPERATOR_MODES")))
+        operator_url = self.operators.start(opts.operator_port)
+        for entry in operators:
+            entry["base_url"] = f"{operator_url}/{entry['id']}"
+        self._write(self.env["OPERATOR_REGISTRY_FILE"], {"operators": operators})
         registry.companies.cache_clear()
         registry.carriers.cache_clear()
+        registry.operators.cache_clear()
 
         self._start_api()
         if opts.pump:
@@ -224,7 +247,7 @@ class LocalStack:
         if self.api_server is not None:
             self.api_server.server.shutdown()
             self.api_server.server.server_close()
-        for sim in [self.carrier, *self.partners.values()]:
+        for sim in [self.carrier, self.operators, *self.partners.values()]:
             if sim is not None:
                 sim.stop()
         for thread in self._threads:

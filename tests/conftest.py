@@ -67,6 +67,7 @@ def reset_caches() -> None:
                    app_module.code_service, app_module.intake, app_module.lookups, app_module.delivery,
                    app_module.carrier_check, app_module.reply_sender):
         cached.cache_clear()
+    registry.operators.cache_clear()
     clients.reset()
 
 
