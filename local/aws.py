@@ -72,22 +72,24 @@ def make_dynamodb_serializable() -> None:
     moto applies a transaction item by item and, on a failed condition, restores
     a deep copy of the tables taken before: concurrent requests then interleave
     and overwrite each other, which DynamoDB never does (transactions are
-    serializable, single-item writes atomic). One lock around moto's writes
-    restores that, so concurrency tests exercise our conditions, not moto's races.
+    serializable, single-item writes atomic). moto also serialises an item to JSON for its
+    response after the write returns, while another thread may be changing that item (a map
+    attribute written by 132 operator callbacks at once: "dictionary changed size during
+    iteration"). One lock around each whole DynamoDB request restores DynamoDB's isolation,
+    so concurrency tests exercise our conditions, not moto's races.
     """
-    from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.responses import DynamoHandler
 
-    if getattr(DynamoDBBackend, "_yztc_serialized", False):
+    if getattr(DynamoHandler, "_yztc_serialized", False):
         return
-    for name in ("transact_write_items", "put_item", "update_item", "delete_item"):
-        original = getattr(DynamoDBBackend, name)
+    original = DynamoHandler.call_action
 
-        def locked(self: Any, *args: Any, __original: Any = original, **kwargs: Any) -> Any:
-            with _SERIALIZED:
-                return __original(self, *args, **kwargs)
+    def locked(self: Any) -> Any:
+        with _SERIALIZED:
+            return original(self)
 
-        setattr(DynamoDBBackend, name, locked)
-    DynamoDBBackend._yztc_serialized = True  # type: ignore[attr-defined]
+    DynamoHandler.call_action = locked  # type: ignore[method-assign]
+    DynamoHandler._yztc_serialized = True  # type: ignore[attr-defined]
 
 
 def create(env: dict[str, str], secret_names: list[str]) -> Resources:

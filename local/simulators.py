@@ -79,6 +79,28 @@ def load_partner_modes(path: str | None = None, override: str | None = None) -> 
     return modes
 
 
+def call_back(url: str, secret: str, answer: dict[str, Any], attempts: int = 3) -> int:
+    """POST a signed callback as a partner's system does: a connection error or a 5xx is tried again
+    (freshly signed) a couple of times. The last HTTP status, or 0 when it never got through."""
+    body = json.dumps(answer).encode()
+    status = 0
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(0.5 * attempt)  # the partner's own backoff, not a test's
+        request = urllib.request.Request(url, data=body, method="POST",
+                                         headers=signing.signed_headers(secret, body, time.time()))
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+            if status < 500:
+                return status
+        except OSError:
+            status = 0
+    return status
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
@@ -227,16 +249,7 @@ class PartnerSimulator(Simulator):
         return 200, {"requests": len(self.requests), "callbacks": len(self.callbacks)}
 
     def _call_back(self, url: str, answer: dict[str, Any]) -> None:
-        body = json.dumps(answer).encode()
-        request = urllib.request.Request(url, data=body, method="POST",
-                                         headers=signing.signed_headers(self.secret, body, time.time()))
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                self.callbacks.append(response.status)
-        except urllib.error.HTTPError as exc:
-            self.callbacks.append(exc.code)
-        except OSError:
-            self.callbacks.append(0)
+        self.callbacks.append(call_back(url, self.secret, answer))
 
 
 @dataclass
@@ -324,15 +337,6 @@ class OperatorSimulator(Simulator):
         return 200, {"requests": len(self.requests_to(operator)), "callbacks": len(self.callbacks.get(operator, []))}
 
     def _call_back(self, operator: str, url: str, answer: dict[str, Any]) -> None:
-        body = json.dumps(answer).encode()
-        request = urllib.request.Request(url, data=body, method="POST",
-                                         headers=signing.signed_headers(self.secrets[operator], body, time.time()))
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                status = response.status
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-        except OSError:
-            status = 0
+        status = call_back(url, self.secrets[operator], answer)
         with self._lock:
             self.callbacks.setdefault(operator, []).append(status)

@@ -183,7 +183,11 @@ class LocalStack:
 
     def _start_api(self) -> None:
         from chalice.config import Config
-        from chalice.local import LocalDevServer
+        from chalice.local import LocalDevServer, ThreadedHTTPServer
+
+        # http.server listens with a backlog of 5: 132 operators calling back at once would find
+        # connections refused, which API Gateway never does.
+        ThreadedHTTPServer.request_queue_size = 256
 
         from local.http import LocalRequestHandler
 

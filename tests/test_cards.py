@@ -1,0 +1,169 @@
+"""Phone cards registered to my ID (SPEC §9), end to end: the same engine as internet accounts,
+asking every operator of the registry, with the operator simulator over real HTTP."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Any
+
+import boto3
+import pytest
+
+from local.stack import ROOT, StackOptions
+from tests.conftest import BASE_OPTIONS, post_json
+from tests.helpers import error_code, history, latest_code, replies_to, request_code, wait_finished
+from tests.privacy import assert_clean
+
+with open(os.path.join(ROOT, "local", "fixtures", "subscribers.csv"), encoding="utf-8") as _fh:
+    SUBSCRIBERS = {row["phone"]: row for row in csv.DictReader(_fh)}
+with open(os.path.join(ROOT, "chalicelib", "data", "operators.json"), encoding="utf-8") as _fh:
+    OPERATORS = [entry["id"] for entry in json.load(_fh)["operators"]]
+
+ZHANG = SUBSCRIBERS["13812345678"]  # 44010619850212345X: 2 cards at cmcc-gd, 1 at cucc-bj; a second phone
+SPEC_EXAMPLE = ("【一证通查】您名下在网移动电话卡共3张：中国移动广东公司2张，中国联通北京分公司1张。"
+                "如有异议，请联系相关企业核实、关停或销户。")
+
+
+def options(**changes: Any) -> StackOptions:
+    # 132 operators on moto in-process take longer than 8 companies: a deadline that is never the
+    # reason a test passes (a query ends as soon as every operator answered).
+    return StackOptions(**{**BASE_OPTIONS.__dict__, "deadline_seconds": 120, **changes})
+
+
+@pytest.fixture
+def stack_options() -> StackOptions:
+    return options()
+
+
+def card_body(row: dict[str, str], **changes: str) -> dict[str, str]:
+    return {"name": row["name"], "id_number": row["id_number"], "phone": row["phone"], **changes}
+
+
+def submit_card(api: Any, stack: Any, body: dict[str, str]) -> Any:
+    assert request_code(api, body["phone"]).status_code == 202
+    return post_json(api, "/v1/card-queries", {**body, "code": latest_code(stack, body["phone"])})
+
+
+def run_card_query(api: Any, stack: Any, body: dict[str, str]) -> str:
+    response = submit_card(api, stack, body)
+    assert response.status_code == 202, response.body
+    assert response.json_body["status"] == "accepted" and response.json_body["sms_sender"] == "10699000"
+    assert stack.pump_once() == 1
+    query_id = str(response.json_body["query_id"])
+    assert wait_finished(stack, query_id)["status"] == "SUCCEEDED"
+    return query_id
+
+
+def transitions(stack: Any, query_id: str) -> int:
+    return sum(1 for e in history(stack, query_id) if e["type"].endswith("StateEntered"))
+
+
+def test_a_card_query_asks_every_operator_and_replies_as_spec_says(stack, api):
+    query_id = run_card_query(api, stack, card_body(ZHANG))
+    assert replies_to(stack, ZHANG["phone"]) == [SPEC_EXAMPLE]
+    assert api.http.get(f"/v1/card-queries/{query_id}").json_body["status"] == "replied"
+    assert api.http.get(f"/v1/queries/{query_id}").status_code == 404  # not an internet-account query
+    # 132 operators cost the same four state transitions as 8 companies.
+    assert transitions(stack, query_id) == 4
+    assert {op for op in OPERATORS if stack.operators.requests_to(op)} == set(OPERATORS)
+    sent = stack.operators.requests_to("cmcc-gd")[0]
+    assert set(sent) >= {"lookup_id"} and "phone" not in json.dumps(sent)
+
+
+@pytest.mark.parametrize("stack_options", [options(
+    operator_modes="cmcc-gd=silent,cucc-bj=down,ctcc-sh=flaky,mvno-xiaomi=reject", deadline_seconds=45)])
+def test_silent_down_flaky_and_refusing_operators_are_counted_as_spec_says(stack, api):
+    query_id = run_card_query(api, stack, card_body(ZHANG))
+    (reply,) = replies_to(stack, ZHANG["phone"])
+    # cmcc-gd (2 cards) never answers, cucc-bj (1) is down, mvno-xiaomi refuses: three without an answer.
+    assert reply == ("【一证通查】您名下在网移动电话卡共0张。另有3家企业暂未返回。"
+                     "如有异议，请联系相关企业核实、关停或销户。")
+    assert transitions(stack, query_id) == 4
+    assert len(stack.operators.requests_to("ctcc-sh")) == 3  # flaky: two 503s, then answered
+
+
+@pytest.mark.parametrize("field, value, code", [
+    ("id_number", "44010619850212345Y", "invalid_id_number"),
+    ("id_number", "440106198502123450", "invalid_id_number"),  # wrong check character
+    ("id_number", "440106198502303457", "invalid_id_number"),  # 30 February
+    ("id_number", "440106209902123453", "invalid_id_number"),  # born in the future
+    ("id_number", "4401061985021²345X", "invalid_id_number"),
+    ("name", "张", "invalid_name"),
+    ("name", "张三3", "invalid_name"),
+    ("phone", "12345", "invalid_phone"),
+])
+def test_invalid_card_query_fields_are_400_and_change_nothing(stack, api, field, value, code):
+    body = card_body(ZHANG, **{field: value})
+    response = post_json(api, "/v1/card-queries", {**body, "code": "123456"})
+    assert response.status_code == 400
+    assert error_code(response) == code
+    assert stack.pump_once() == 0
+
+
+def test_mismatch_gets_the_failure_sms_cancelled_none_and_the_api_answers_alike(stack, api):
+    mismatch = card_body(ZHANG, name="张三")
+    cancelled_row = next(r for r in SUBSCRIBERS.values() if r["status"] == "cancelled")
+    answers = []
+    for body in (mismatch, card_body(cancelled_row)):
+        response = submit_card(api, stack, body)
+        answers.append({k: v for k, v in response.json_body.items() if k != "query_id"})
+        assert stack.pump_once() == 1
+        wait_finished(stack, response.json_body["query_id"])
+    assert answers[0] == answers[1]
+    assert replies_to(stack, ZHANG["phone"]) == [
+        "【一证通查】您的手机号138****5678查询未成功：手机号码与姓名、身份证号码不匹配，请核对后于24小时后重新查询。"]
+    assert replies_to(stack, cancelled_row["phone"]) == []
+    assert stack.operators.requests_to("cmcc-gd") == []  # no operator is asked
+
+
+def test_one_card_query_per_id_number_in_24_hours_even_from_another_phone(stack, api):
+    run_card_query(api, stack, card_body(ZHANG))
+    other = next(r for r in SUBSCRIBERS.values() if r["id_number"] == ZHANG["id_number"] and r is not ZHANG)
+    response = submit_card(api, stack, card_body(other))
+    assert response.status_code == 429
+    assert error_code(response) == "query_limit"
+    assert int(response.headers["Retry-After"]) > 86000
+
+
+def test_card_query_retried_reply_step_sends_one_sms(stack, api):
+    stack.dispatcher.lose_results["send_reply"] = 1
+    run_card_query(api, stack, card_body(ZHANG))
+    assert stack.dispatcher.calls.count("send_reply") == 2
+    assert replies_to(stack, ZHANG["phone"]) == [SPEC_EXAMPLE]
+
+
+NEWCOMER = {"id": "mvno-newco", "name": "新来移动", "group": "转售企业", "details": "", "unbind": "", "hotline": "",
+            "base_url": "https://yztc-operator.mvno-newco.example/api", "secret_name": "yztc/operators/mvno-newco",
+            "max_requests_per_second": 20}
+
+
+@pytest.mark.parametrize("stack_options", [options(extra_operators=[NEWCOMER])])
+def test_a_133rd_operator_added_by_data_alone_is_asked_and_reported(stack, api):
+    query_id = run_card_query(api, stack, card_body(ZHANG))
+    assert len(stack.operators.requests_to("mvno-newco")) == 1
+    assert replies_to(stack, ZHANG["phone"]) == [SPEC_EXAMPLE]  # it answered 0 cards: not named
+    released = [json.loads(e["taskSucceededEventDetails"]["output"]) for e in history(stack, query_id)
+                if e["type"] == "TaskSucceeded" and "results" in e["taskSucceededEventDetails"]["output"]]
+    assert released[0]["results"][-1] == {"company": "mvno-newco", "answered": True, "count": 0}
+
+
+def test_name_and_id_number_are_never_in_clear_and_are_deleted_after_the_last_answer(stack, api, capfd, caplog):
+    from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+
+    from chalicelib.storage.models import TABLE_VARS
+
+    caplog.set_level("INFO")
+    query_id = run_card_query(api, stack, card_body(ZHANG))
+    ddb = boto3.client("dynamodb")
+    record = ddb.get_item(TableName=stack.env["QUERIES_TABLE"], Key={"query_id": {"S": query_id}})["Item"]
+    assert "id_sealed" not in record and "name_sealed" not in record and "phone_sealed" in record
+    items = json.dumps([ddb.scan(TableName=stack.env[t])["Items"] for t in TABLE_VARS.values()], ensure_ascii=False)
+    events = json.dumps(history(stack, query_id), default=str, ensure_ascii=False)
+    captured = capfd.readouterr()
+    formatter = LambdaPowertoolsFormatter()
+    logs = "\n".join([captured.out, captured.err, *(formatter.format(r) for r in caplog.records)])
+    for where, text in (("dynamodb", items), ("history", events), ("logs", logs)):
+        assert ZHANG["id_number"] not in text and ZHANG["id_number"][:17] not in text, where
+        assert ZHANG["name"] not in text, where
+        assert_clean(text, where, phone=ZHANG["phone"], id_last6=ZHANG["id_number"][-6:], code="000000")
