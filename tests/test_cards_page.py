@@ -190,11 +190,15 @@ def test_the_check_character_in_the_page_agrees_with_the_server_rule(stack, page
                   f"{rng.randint(1, 28):02d}{rng.randint(0, 999):03d}"
         number = first17 + check_character(first17) if index % 2 else _wrong_check(first17 + check_character(first17))
         page.get_by_label("身份证号码").fill(number.lower())
-        page.get_by_role("button", name="查询").click()
         if index % 2:
-            wait_for(lambda n=number: sent and sent[-1]["id_number"] == n, 10, "the query")
+            # (the route handler runs inside Playwright calls: wait with Playwright, not with a sleep loop)
+            with page.expect_response("**/v1/card-queries"):
+                page.get_by_role("button", name="查询").click()
+            page.wait_for_function("document.getElementById('card-code-error').textContent.length > 0")
+            assert sent[-1]["id_number"] == number
             assert page.locator("#card-id_number-error").inner_text() == ""
         else:
+            page.get_by_role("button", name="查询").click()
             assert "校验位不符" in page.locator("#card-id_number-error").inner_text()
     assert len(sent) == 12
 
