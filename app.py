@@ -25,10 +25,10 @@ from chalicelib.codes import CodeService
 from chalicelib.config import settings
 from chalicelib.partners.circuit import Circuits
 from chalicelib.partners.delivery import Delivery
-from chalicelib.partners.kinds import ACCOUNTS, CARDS, kind_of
+from chalicelib.partners.kinds import ACCOUNTS, CARDS, LookupKind, kind_of
 from chalicelib.partners.lookups import LookupDesk, PartnerClient
 from chalicelib.privacy import Hasher, Vault
-from chalicelib.queries import QueryIntake, QueryStarter, StartDeferred, status_of
+from chalicelib.queries import Accepted, QueryIntake, QueryStarter, StartDeferred, status_of
 from chalicelib.sms import SmsSender
 from chalicelib.throttle import china_today
 from chalicelib.validation import check_code_format, normalise_id_last6, normalise_phone
@@ -169,9 +169,13 @@ def submit_query() -> Response:
     phone, id_last6, code = require_fields(body, "phone", "id_last6", "code")
     phone, id_last6, code = normalise_phone(phone), normalise_id_last6(id_last6), check_code_format(code)
     intake().check_client(_client_ip())
-    accepted = intake().accept(phone, id_last6, code)
+    return _accepted(intake().accept(phone, id_last6, code), "QueryAccepted")
+
+
+def _accepted(accepted: Accepted, metric: str) -> Response:
+    """The same 202 whatever the carrier will say (SPEC §3, §9): the outcome goes only to the phone."""
     logger.info("query accepted", extra={"query_id": accepted.query_id})
-    telemetry.count("QueryAccepted")
+    telemetry.count(metric)
     return json_response({"query_id": accepted.query_id, "status": "accepted",
                           "reply_within_hours": 48, "sms_sender": "10699000"}, 202)
 
@@ -179,17 +183,25 @@ def submit_query() -> Response:
 @app.route("/v1/queries/{query_id}", methods=["GET"])
 @json_api
 def query_status(query_id: str) -> dict[str, Any]:
+    return _status(query_id, ACCOUNTS)
+
+
+def _status(query_id: str, kind: LookupKind) -> dict[str, Any]:
     if not _QUERY_ID.fullmatch(query_id):
         raise errors.NotFound("未找到该查询。")
-    return status_of(query_id)
+    return status_of(query_id, kind)
 
 
 @app.route("/v1/partners/{company}/results", methods=["POST"], content_types=BODY_TYPES)
 @json_api
 def partner_result(company: str) -> dict[str, Any]:
+    return _record_callback(ACCOUNTS, company)
+
+
+def _record_callback(kind: LookupKind, partner_id: str) -> dict[str, Any]:
     raw = _raw_body()
-    partner = lookups().verify_callback(ACCOUNTS, company, dict(_request().headers), raw)
-    lookups().record_callback(ACCOUNTS, partner, parse_json_object(raw))
+    partner = lookups().verify_callback(kind, partner_id, dict(_request().headers), raw)
+    lookups().record_callback(kind, partner, parse_json_object(raw))
     return {"status": "recorded"}
 
 
@@ -202,28 +214,19 @@ def submit_card_query() -> Response:
     name, id_number = normalise_name(name), normalise_id_number(id_number, china_today())
     phone, code = normalise_phone(phone), check_code_format(code)
     intake().check_client(_client_ip())
-    accepted = intake().accept_cards(name, id_number, phone, code)
-    logger.info("card query accepted", extra={"query_id": accepted.query_id})
-    telemetry.count("CardQueryAccepted")
-    return json_response({"query_id": accepted.query_id, "status": "accepted",
-                          "reply_within_hours": 48, "sms_sender": "10699000"}, 202)
+    return _accepted(intake().accept_cards(name, id_number, phone, code), "CardQueryAccepted")
 
 
 @app.route("/v1/card-queries/{query_id}", methods=["GET"])
 @json_api
 def card_query_status(query_id: str) -> dict[str, Any]:
-    if not _QUERY_ID.fullmatch(query_id):
-        raise errors.NotFound("未找到该查询。")
-    return status_of(query_id, CARDS)
+    return _status(query_id, CARDS)
 
 
 @app.route("/v1/operators/{operator}/results", methods=["POST"], content_types=BODY_TYPES)
 @json_api
 def operator_result(operator: str) -> dict[str, Any]:
-    raw = _raw_body()
-    partner = lookups().verify_callback(CARDS, operator, dict(_request().headers), raw)
-    lookups().record_callback(CARDS, partner, parse_json_object(raw))
-    return {"status": "recorded"}
+    return _record_callback(CARDS, operator)
 
 
 @app.route("/v1/openapi.json", methods=["GET"])

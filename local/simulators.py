@@ -52,31 +52,28 @@ def load_cards(path: str | None = None) -> dict[tuple[str, str], int]:
         return {(row["id_number"], row["operator"]): int(row["card_count"]) for row in csv.DictReader(fh)}
 
 
-def load_operator_modes(path: str | None = None, override: str | None = None) -> dict[str, tuple[str, float]]:
-    """operator -> (mode, delay_seconds); OPERATOR_MODES="cmcc-gd=down,mvno-jd=silent" overrides the mode.
-
-    An operator in neither answers by callback after DEFAULT_OPERATOR_MODE's delay.
-    """
-    with open(path or os.path.join(FIXTURES, "operators.csv"), encoding="utf-8") as fh:
-        modes = {row["operator"]: (row["mode"], float(row["delay_seconds"])) for row in csv.DictReader(fh)}
+def load_modes(kind: str, path: str, override: str | None, variable: str,
+               default: tuple[str, float] = ("callback", 1.0)) -> dict[str, tuple[str, float]]:
+    """partner id -> (mode, delay_seconds) from a CSV with columns `<kind>,mode,delay_seconds`;
+    `override` ("meituan=silent,jd=flaky", the `variable` PARTNER_MODES or OPERATOR_MODES) changes the
+    mode and keeps the delay. A partner in neither answers as `default`."""
+    with open(path, encoding="utf-8") as fh:
+        modes = {row[kind]: (row["mode"], float(row["delay_seconds"])) for row in csv.DictReader(fh)}
     for item in filter(None, (override or "").split(",")):
-        operator, _, mode = item.strip().partition("=")
+        partner, _, mode = item.strip().partition("=")
         if mode not in MODES:
-            raise ValueError(f"OPERATOR_MODES: unknown mode {mode!r} for {operator!r}")
-        modes[operator] = (mode, modes.get(operator, DEFAULT_OPERATOR_MODE)[1])
+            raise ValueError(f"{variable}: unknown mode {mode!r} for {partner!r}")
+        modes[partner] = (mode, modes.get(partner, default)[1])
     return modes
+
+
+def load_operator_modes(path: str | None = None, override: str | None = None) -> dict[str, tuple[str, float]]:
+    return load_modes("operator", path or os.path.join(FIXTURES, "operators.csv"), override, "OPERATOR_MODES",
+                      DEFAULT_OPERATOR_MODE)
 
 
 def load_partner_modes(path: str | None = None, override: str | None = None) -> dict[str, tuple[str, float]]:
-    """company -> (mode, delay_seconds); PARTNER_MODES="meituan=silent,jd=flaky" overrides the mode."""
-    with open(path or os.path.join(FIXTURES, "partners.csv"), encoding="utf-8") as fh:
-        modes = {row["company"]: (row["mode"], float(row["delay_seconds"])) for row in csv.DictReader(fh)}
-    for item in filter(None, (override or "").split(",")):
-        company, _, mode = item.strip().partition("=")
-        if mode not in MODES:
-            raise ValueError(f"PARTNER_MODES: unknown mode {mode!r} for {company!r}")
-        modes[company] = (mode, modes.get(company, (mode, 1.0))[1])
-    return modes
+    return load_modes("company", path or os.path.join(FIXTURES, "partners.csv"), override, "PARTNER_MODES")
 
 
 def call_back(url: str, secret: str, answer: dict[str, Any], attempts: int = 3) -> int:

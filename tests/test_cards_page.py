@@ -13,7 +13,6 @@ import json
 import os
 import random
 import re
-import shutil
 from urllib.parse import urlparse
 
 import pytest
@@ -22,26 +21,12 @@ from chalicelib.cards.validation import check_character
 from tests.conftest import API_PORT, wait_for
 
 ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test-artifacts")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BASE = f"http://127.0.0.1:{API_PORT}"
 
 GOOD = {"姓名": "阿依古丽·买买提", "身份证号码": "650102199203110358", "手机号码": "18612345678", "验证码": "123456"}
 FIELD = {"姓名": "name", "身份证号码": "id_number", "手机号码": "phone", "验证码": "code"}
 ACCEPTED = {"query_id": "0b9a4c1e-5d2f-4b7a-9c3e-1f2a3b4c5d6e", "status": "accepted", "reply_within_hours": 48,
             "sms_sender": "10699000"}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
