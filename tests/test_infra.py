@@ -198,7 +198,7 @@ def test_alarms_cover_what_operators_must_hear_about(packaged):
     widgets = {w["properties"]["title"]: w["properties"]["metrics"] for w in json.loads(body)["widgets"]}
     (circuits,) = [lines for title, lines in widgets.items() if "circuits" in title]
     assert [(line[1], line[5], line[-1]) for line in circuits] == [
-        ("CircuitOpen", c, {"stat": "Maximum"}) for c in companies]
+        ("CircuitOpen", c, {"stat": "Maximum"}) for c in companies] + [("CircuitsOpen", "cards", {"stat": "Maximum"})]
     (backlog,) = [lines for title, lines in widgets.items() if "backlog" in title]
     assert {(line[1], line[5]) for line in backlog} == {(m, c) for m in ("LookupDeferred", "LookupExpired")
                                                         for c in companies}
@@ -453,6 +453,9 @@ def _granted(packaged, statements, secret_kind):
             index = re.fullmatch(r"\$\{(\w+)\.Arn\}/index/(\w+)", resource["Fn::Sub"])
             if index:
                 return resources_[index.group(1)]["Properties"]["TableName"] + "/index/" + index.group(2)
+            prefix = re.fullmatch(r".*:secret:(.+)\*", resource["Fn::Sub"])
+            if prefix:  # the operators' secrets, granted by their common name prefix
+                return "secret:" + secret_kind[next(n for n in secret_kind if n.startswith(prefix.group(1)))]
         if isinstance(resource, dict) and "Ref" in resource:
             if resources_.get(resource["Ref"], {}).get("Type") == "AWS::SecretsManager::Secret":
                 return "secret:" + secret_kind[resources_[resource["Ref"]]["Properties"]["Name"]]
@@ -476,6 +479,7 @@ def _assert_called_is_granted(packaged, stack, recorder, models):
                                                   "RETRY_QUEUE_NAME"]}
     secret_kind = {stack.env["PEPPER_SECRET_NAME"]: "pepper", env["PEPPER_SECRET_NAME"]: "pepper",
                    **{c["secret_name"]: "partners" for c in generate.registry("companies")},
+                   **{o["secret_name"]: "partners" for o in generate.registry("operators")},
                    **{c["secret_name"]: "carriers" for c in generate.registry("carriers")}}
 
     def deployed(action, resource):
