@@ -18,7 +18,8 @@ from urllib.parse import urlparse
 import pytest
 
 from chalicelib.cards.validation import check_character
-from tests.conftest import API_PORT, wait_for
+from local.stack import StackOptions
+from tests.conftest import API_PORT, BASE_OPTIONS, wait_for
 
 ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test-artifacts")
 BASE = f"http://127.0.0.1:{API_PORT}"
@@ -273,3 +274,22 @@ def test_screenshot_of_the_card_tab_at_360px(stack, page):
     assert page.evaluate("document.documentElement.scrollWidth") <= 360  # no horizontal scrolling
     origins = {urlparse(url).netloc for url in page.requests_seen if url.startswith("http")}
     assert origins == {f"127.0.0.1:{API_PORT}"}
+
+
+@pytest.mark.parametrize("stack_options", [StackOptions(**{**BASE_OPTIONS.__dict__, "deadline_seconds": 120})])
+def test_full_card_flow_against_the_real_service_ends_with_the_reply_sms(stack, page):
+    """No interception: the real route, the real workflow over 132 operators, the reply in the outbox."""
+    cards_tab(page)
+    page.get_by_label("手机号码").fill("13812345678")
+    page.get_by_role("button", name="获取验证码").click()
+    code = wait_for(lambda: [m for m in stack.read_outbox() if m["phone"] == "13812345678"], 10, "the code SMS")
+    fill(page, {"姓名": "张伟", "身份证号码": "44010619850212345x", "手机号码": "13812345678",
+                "验证码": re.search(r"验证码为(\d{6})", code[0]["message"]).group(1)})
+    page.get_by_role("button", name="查询").click()
+    done = page.locator("#card-done")
+    done.wait_for(state="visible")
+    assert "查询已受理" in done.inner_text()
+    assert stack.pump_once() == 1
+    reply = wait_for(lambda: [m["message"] for m in stack.read_outbox() if "名下" in m["message"]], 100, "the reply")
+    assert reply == ["【一证通查】您名下在网移动电话卡共3张：中国移动广东公司2张，中国联通北京分公司1张。"
+                     "如有异议，请联系相关企业核实、关停或销户。"]
