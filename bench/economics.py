@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from bench.meter import API_HANDLER, Capacity, Meter
-from bench.patterns import STATUS_CHECK, Measured
+from bench.patterns import CARDS, STATUS_CHECK, Measured
 from bench.prices import ASSUMPTIONS, PRICES, QUOTAS, lambda_memory_mb, production_deadline_seconds
 from chalicelib.contracts import DELIVER_BACKLOG, FUNCTIONS, RETRY_LOOKUPS, START_QUERIES
 
@@ -59,8 +59,10 @@ class Usage:
         return {component: count * PRICES[component].each for component, count in units.items()}
 
 
-def billed_ms(function: str) -> int:
+def billed_ms(function: str, kind: str = "") -> int:
     """The billed duration assumed for one invocation of this function on AWS (bench/prices.py)."""
+    if kind == CARDS and function in ASSUMPTIONS["lambda_billed_ms_cards"]:
+        return int(ASSUMPTIONS["lambda_billed_ms_cards"][function])
     return int(ASSUMPTIONS["lambda_billed_ms"][function])
 
 
@@ -69,11 +71,11 @@ def median_ms(durations: list[float]) -> int:
     return math.ceil(statistics.median(durations) * 1000) if durations else 0
 
 
-def billed_gb_seconds(function: str, invocations: int) -> float:
-    return invocations * billed_ms(function) / 1000 * lambda_memory_mb(CONFIG_NAMES[function]) / 1024
+def billed_gb_seconds(function: str, invocations: int, kind: str = "") -> float:
+    return invocations * billed_ms(function, kind) / 1000 * lambda_memory_mb(CONFIG_NAMES[function]) / 1024
 
 
-def usage(meter: Meter, functions: set[str], divide_by: float, transitions: float = 0.0) -> Usage:
+def usage(meter: Meter, functions: set[str], divide_by: float, transitions: float = 0.0, kind: str = "") -> Usage:
     """The meter's counts for these functions, divided by queries (or minutes)."""
     capacity = Capacity()
     for function in functions:
@@ -83,7 +85,7 @@ def usage(meter: Meter, functions: set[str], divide_by: float, transitions: floa
         durations = meter.durations.get(function, [])
         if durations:
             result.invocations[function] = len(durations) / divide_by
-            result.gb_seconds[function] = billed_gb_seconds(function, len(durations)) / divide_by
+            result.gb_seconds[function] = billed_gb_seconds(function, len(durations), kind) / divide_by
     result.api_requests = sum(n for (function, _), n in meter.api.items() if function in functions) / divide_by
     for (function, request), count in meter.requests.items():
         if function in functions:
@@ -125,7 +127,7 @@ def economics(measured: Measured) -> Economics:
     functions = {f for (f, _) in meter.requests} | set(meter.durations) | {f for (f, _) in meter.api}
     n = max(1, measured.queries)
     transitions = statistics.mean(measured.transitions) if measured.transitions else 0.0
-    per_query = usage(meter, functions - NOT_PRICED, n, transitions)
+    per_query = usage(meter, functions - NOT_PRICED, n, transitions, measured.pattern.kind)
     per_minute = usage(meter, {PER_MINUTE}, max(1, measured.delivery_runs))
     if measured.pattern.failing_mode in ("down", "silent"):
         execution_seconds = float(production_deadline_seconds())  # every query waits for the deadline

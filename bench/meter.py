@@ -36,6 +36,9 @@ ROUTES = (  # API Gateway requests by route; the status check is the citizen's c
     ("submit", "POST", re.compile(r"/v1/queries")),
     ("status", "GET", re.compile(r"/v1/queries/[^/]+")),
     ("callback", "POST", re.compile(r"/v1/partners/[^/]+/results")),
+    ("card submit", "POST", re.compile(r"/v1/card-queries")),
+    ("card status", "GET", re.compile(r"/v1/card-queries/[^/]+")),
+    ("operator callback", "POST", re.compile(r"/v1/operators/[^/]+/results")),
 )
 _READS = {"GetItem", "BatchGetItem", "Query", "Scan", "TransactGetItems"}
 _WRITES = {"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"}
@@ -51,8 +54,8 @@ class Capacity:
     rru: float = 0.0
     wru: float = 0.0
     wru_worst_token: float = 0.0  # the same writes with an AWS-sized task token on the query record
-    reads: int = 0
-    writes: int = 0
+    reads: float = 0  # requests (a per-query mean once divided)
+    writes: float = 0
 
     def add(self, other: Capacity) -> None:
         self.rru += other.rru
@@ -69,6 +72,9 @@ class Meter:
     durations: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # function -> seconds
     api: Counter[tuple[str, str]] = field(default_factory=Counter)  # (function label, route)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # DynamoDB by (function, table, operation): units, and the largest item a write left or replaced (bytes)
+    tables: dict[tuple[str, str, str], Capacity] = field(default_factory=lambda: defaultdict(Capacity))
+    largest: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
 
     # -- Lambda invocations ------------------------------------------------------------
     def timed(self, function: str, handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -91,11 +97,22 @@ class Meter:
         return len(self.durations.get(function, []))
 
     # -- AWS requests ------------------------------------------------------------------------
-    def record(self, function: str, host: str, operation: str, capacity: Capacity | None) -> None:
+    def record(self, function: str, host: str, operation: str, capacity: Capacity | None,
+               table: str | None = None, size: int = 0) -> None:
         with self._lock:
             self.requests[(function, f"{host}:{operation}")] += 1
             if capacity is not None:
                 self.capacity[function].add(capacity)
+                if table is not None:
+                    self.tables[(function, table, operation)].add(capacity)
+                    self.largest[(function, table, operation)] = max(self.largest[(function, table, operation)],
+                                                                     size)
+
+    def clear(self) -> None:
+        """Forget everything counted so far (a warm-up is not measured)."""
+        with self._lock:
+            for counts in (self.requests, self.capacity, self.durations, self.api, self.tables, self.largest):
+                counts.clear()
 
     def snapshot(self) -> Meter:
         """A copy of the counts so far (to subtract one phase from another)."""
@@ -105,6 +122,9 @@ class Meter:
                 copy.capacity[function].add(units)
             for function, seconds in self.durations.items():
                 copy.durations[function] = list(seconds)
+            for key, units in self.tables.items():
+                copy.tables[key].add(units)
+            copy.largest.update(self.largest)
         return copy
 
 
@@ -226,6 +246,18 @@ def _write_capacity(targets: list[tuple[str, dict[str, Any], int]], before: list
     return units
 
 
+def _table_of(params: dict[str, Any]) -> str:
+    """The table a request names; a batch or a transaction: its first table."""
+    if "TableName" in params:
+        return str(params["TableName"])
+    for spec in params.get("RequestItems", {}):
+        return str(spec)
+    for entry in params.get("TransactItems", []):
+        ((_, spec),) = entry.items()
+        return str(spec["TableName"])
+    return "?"
+
+
 def _read_capacity(operation: str, params: dict[str, Any], reply: dict[str, Any]) -> Capacity:
     units = Capacity(reads=1)
     if operation == "GetItem":
@@ -273,14 +305,15 @@ def metering() -> Iterator[Meter]:
             response = original_request(self, request)
             raw = response[2] if response is not None else ""
             reply = json.loads(raw) if raw else {}
-            meter.record(function, host, operation, _read_capacity(operation, params, reply))
+            meter.record(function, host, operation, _read_capacity(operation, params, reply), _table_of(params))
             return response
         with aws._SERIALIZED:  # the same lock moto's writes take: the images are this request's own
             targets = _write_targets(operation, params)
             before = [_current_item(table, key) for table, key, _ in targets]
             response = original_request(self, request)
             after = [_current_item(table, key) for table, key, _ in targets]
-        meter.record(function, host, operation, _write_capacity(targets, before, after))
+        size = max((item_size(i) for i in before + after), default=0)
+        meter.record(function, host, operation, _write_capacity(targets, before, after), _table_of(params), size)
         return response
 
     def handle_request(self: Any, method: str, path: str, headers: Any, body: Any) -> Any:

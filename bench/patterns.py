@@ -3,6 +3,8 @@
 One fresh stack (moto in-process, executing stepfunctions/query.asl.json) per pattern. The
 company list is the registry's; partners answer as in local/fixtures/partners.csv (immediate
 or, otherwise, by callback after 1 s), and one partner (the registry's last) may misbehave.
+The card pattern (SPEC §9) asks every operator of the operator registry through the one operator
+simulator, each answering as local/fixtures/operators.csv says (flaky ones included).
 Queues are pumped here, as Lambda's SQS event source would, so every batch is counted; the
 delivery job runs only when this module runs it, with a `now` standing minutes later.
 """
@@ -21,6 +23,8 @@ from typing import Any
 
 from bench.meter import API_HANDLER, Meter, acting_as, metering
 
+ACCOUNTS = "accounts"  # internet accounts: POST /v1/queries, the companies (SPEC §3)
+CARDS = "cards"  # phone cards: POST /v1/card-queries, the operators (SPEC §9)
 STATUS_CHECK = "StatusCheck"  # the citizen may look at GET /v1/queries/{id}: measured, not priced
 CALLBACK_DELAY_SECONDS = 1.0
 MOTO_CONFIG: Any = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
@@ -34,13 +38,23 @@ class Pattern:
     deadline_seconds: int = 60
     in_flight: int = 1  # queries allowed in flight at once (0: all of them)
     probe_minutes: int = 0  # delivery-job runs, one simulated minute apart, while queries wait
+    kind: str = ACCOUNTS
+    max_queries: int = 0  # 0: every subscriber given
+    warm_up: bool = False  # one query first, not measured: the secrets cached as in a warm container
+
+    @property
+    def submit_path(self) -> str:
+        return "/v1/card-queries" if self.kind == CARDS else "/v1/queries"
 
 
 @dataclass
 class Measured:
     pattern: Pattern
-    companies: list[str]
+    companies: list[str]  # the partners asked: the companies, or the operators for cards
     failing: str | None
+    flaky: list[str] = field(default_factory=list)  # cards: operators flaky in operators.csv
+    modes: Counter[str] = field(default_factory=Counter)  # cards: operators by simulator mode
+    groups: Counter[str] = field(default_factory=Counter)  # cards: operators by registry group
     queries: int = 0
     meter: Meter = field(default_factory=Meter)
     transitions: list[int] = field(default_factory=list)
@@ -51,7 +65,8 @@ class Measured:
     circuit_open: bool = False  # the failing partner's circuit once the queries were asked
     probes: int = 0  # requests it received from the delivery job's runs
     replies: int = 0  # reply SMS sent
-    unanswered_reported: int = 0  # replies that report the failing partner as 暂未返回
+    unanswered_reported: int = 0  # replies that report the failing partner as 暂未返回 (cards: any 暂未返回)
+    circuits_opened: list[str] = field(default_factory=list)  # partners whose circuit was open at the end
     timings: dict[str, list[float]] = field(default_factory=lambda: {"code": [], "submit": [], "status": []})
     log_bytes: int = 0
     notes: list[str] = field(default_factory=list)
@@ -105,7 +120,7 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
 class Run:
     """One pattern on one fresh stack."""
 
-    def __init__(self, pattern: Pattern, workdir: str, subscribers: list[tuple[str, str]]) -> None:
+    def __init__(self, pattern: Pattern, workdir: str, subscribers: list[dict[str, str]]) -> None:
         self.pattern = pattern
         self.workdir = os.path.join(workdir, pattern.key)
         self.subscribers = subscribers
@@ -198,8 +213,13 @@ class Run:
                 return str(line["message"].split("验证码为")[1][:6])
         raise RuntimeError(f"no code SMS for {phone}")
 
-    def submit(self, phone: str, id_last6: str, timings: dict[str, list[float]]) -> str:
+    def submit(self, subscriber: dict[str, str], timings: dict[str, list[float]]) -> str:
         """Code request, submission and the start queue's batch: what one citizen's query sets off."""
+        phone = subscriber["phone"]
+        if self.pattern.kind == CARDS:
+            body = {"name": subscriber["name"], "id_number": subscriber["id_number"], "phone": phone}
+        else:
+            body = {"phone": phone, "id_last6": subscriber["id_last6"]}
         with acting_as(API_HANDLER):
             started = time.perf_counter()
             response = self._post("/v1/verification-codes", {"phone": phone})
@@ -209,7 +229,7 @@ class Run:
         code = self._latest_code(phone)
         with acting_as(API_HANDLER):
             started = time.perf_counter()
-            response = self._post("/v1/queries", {"phone": phone, "id_last6": id_last6, "code": code})
+            response = self._post(self.pattern.submit_path, {**body, "code": code})
             timings["submit"].append(time.perf_counter() - started)
         if response.status_code != 202:
             raise RuntimeError(f"query refused: {response.status_code} {response.body!r}")
@@ -233,7 +253,7 @@ class Run:
     def status(self, query_id: str, timings: dict[str, list[float]]) -> None:
         with acting_as(STATUS_CHECK):
             started = time.perf_counter()
-            self.api.http.get(f"/v1/queries/{query_id}")
+            self.api.http.get(f"{self.pattern.submit_path}/{query_id}")
             timings["status"].append(time.perf_counter() - started)
 
     def retry_queue_idle(self) -> bool:
@@ -250,42 +270,98 @@ def _circuit_is_open(stack: Any, partner: str) -> bool:
     return bool(stack.app_module.lookups().circuits.states([partner])[partner].is_open)
 
 
-def measure(pattern: Pattern, workdir: str, subscribers: list[tuple[str, str]], log: Any) -> Measured:
+def chosen(pattern: Pattern, subscribers: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The subscribers who query in this pattern. Cards: one per ID number (two phones share one, and a
+    card query is limited to one per ID number per 24 h), at most `max_queries` of them."""
+    if pattern.kind == CARDS:
+        by_id: dict[str, dict[str, str]] = {}
+        for row in subscribers:
+            by_id.setdefault(row["id_number"], row)
+        subscribers = list(by_id.values())
+    wanted = pattern.max_queries + int(pattern.warm_up)
+    return subscribers[:wanted] if pattern.max_queries else subscribers
+
+
+def _partners(pattern: Pattern, stack: Any) -> tuple[list[str], str | None, dict[str, str]]:
+    """(the partners asked, the misbehaving one, operator -> mode), the simulators set for the pattern."""
     from chalicelib import registry
     from local import simulators
 
-    run = Run(pattern, workdir, subscribers)
+    if pattern.kind == CARDS:  # every operator as local/fixtures/operators.csv says: all of them answer
+        operators = [o.id for o in registry.operators()]
+        modes = {op: stack.operators.mode_of(op)[0] for op in operators}
+        unanswering = {op: mode for op, mode in modes.items() if mode not in ("immediate", "callback", "flaky")}
+        if unanswering:
+            raise RuntimeError(f"operators.csv: operators that would not answer: {unanswering}")
+        return operators, None, modes
+    companies = [c.id for c in registry.companies()]
+    fixture = simulators.load_partner_modes()
+    for company in companies:  # all answering: the fixture's immediate ones at once, the rest by callback
+        partner = stack.partners[company]
+        partner.mode = "immediate" if fixture.get(company, ("callback", 1.0))[0] == "immediate" else "callback"
+        partner.delay_seconds = CALLBACK_DELAY_SECONDS
+    failing = companies[-1] if pattern.failing_mode else None
+    if failing:
+        stack.partners[failing].mode = pattern.failing_mode
+    return companies, failing, {}
+
+
+def measure(pattern: Pattern, workdir: str, subscribers: list[dict[str, str]], log: Any) -> Measured:
+    from chalicelib import registry
+
+    run = Run(pattern, workdir, chosen(pattern, subscribers))
     log.flush()
     log_start = os.path.getsize(log.name)
     with run.running():
         stack = run.stack
-        companies = [c.id for c in registry.companies()]
-        fixture = simulators.load_partner_modes()
-        for company in companies:  # all answering: the fixture's immediate ones at once, the rest by callback
-            partner = stack.partners[company]
-            partner.mode = "immediate" if fixture.get(company, ("callback", 1.0))[0] == "immediate" else "callback"
-            partner.delay_seconds = CALLBACK_DELAY_SECONDS
-        failing = companies[-1] if pattern.failing_mode else None
-        if failing:
-            stack.partners[failing].mode = pattern.failing_mode
-        result = Measured(pattern, companies, failing)
+        companies, failing, modes = _partners(pattern, stack)
+        flaky = [op for op, mode in modes.items() if mode == "flaky"]
+        result = Measured(pattern, companies, failing, flaky=flaky, modes=Counter(modes.values()))
+        if pattern.kind == CARDS:
+            result.groups = Counter(o.group for o in registry.operators())
+        before = _warm_up(run) if pattern.warm_up else Counter()
         if pattern.probe_minutes:
             _run_with_probes(run, result)
         else:
             _run_in_flight(run, result)
         result.meter = run.meter.snapshot()
+        simulators = [*stack.partners.values(), stack.operators]
         result.failing_requests = len(stack.partners[failing].requests) if failing else 0
-        refused = Counter(status for p in stack.partners.values() for status in p.callbacks if status != 200)
+        refused = Counter(status for s in simulators for calls in _callbacks(s) for status in calls if status != 200)
         if refused:
             result.notes.append(f"callbacks the API did not answer 200: {dict(refused)}")
-        replies = [m["message"] for m in stack.read_outbox() if "验证码" not in m["message"]]
+        replies = [m["message"] for m in stack.read_outbox() if "验证码" not in m["message"]][before["replies"]:]
         result.replies = len(replies)
         if failing:
             name = next(c.name for c in registry.companies() if c.id == failing)
             result.unanswered_reported = sum(f"{name}暂未返回" in m for m in replies)
+        elif pattern.kind == CARDS:
+            result.unanswered_reported = sum("暂未返回" in m for m in replies)
+            result.failing_requests = sum(len(stack.operators.requests_to(op)) for op in flaky) - before["flaky"]
+            states = stack.app_module.lookups().circuits.states(companies)
+            result.circuits_opened = [op for op in companies if states[op].is_open]
     log.flush()
     result.log_bytes = os.path.getsize(log.name) - log_start
     return result
+
+
+def _warm_up(run: Run) -> Counter[str]:
+    """The first subscriber's query, then the meter cleared: what was sent and replied until then."""
+    query_id = run.submit(run.subscribers.pop(0), {"code": [], "submit": [], "status": []})
+    run.wait_finished(query_id, timeout=run.pattern.deadline_seconds + 60)
+    wait_for(run.retry_queue_idle, 30, "the retry queue to drain")
+    run.meter.clear()
+    stack = run.stack
+    flaky = [op for op in stack.operators.modes if stack.operators.mode_of(op)[0] == "flaky"]
+    return Counter(replies=sum("验证码" not in m["message"] for m in stack.read_outbox()),
+                   flaky=sum(len(stack.operators.requests_to(op)) for op in flaky))
+
+
+def _callbacks(simulator: Any) -> list[list[int]]:
+    """The HTTP status of every callback a simulator made: a list per partner (the operator simulator's
+    are by operator)."""
+    callbacks = simulator.callbacks
+    return list(callbacks.values()) if isinstance(callbacks, dict) else [callbacks]
 
 
 def _collect(run: Run, result: Measured, query_ids: list[str]) -> None:
@@ -308,11 +384,11 @@ def _run_in_flight(run: Run, result: Measured) -> None:
     """Queries submitted one after another, at most `in_flight` of them waiting at once."""
     waiting: list[str] = []
     query_ids: list[str] = []
-    for phone, id_last6 in run.subscribers:
+    for subscriber in run.subscribers:
         while run.pattern.in_flight and len(waiting) >= run.pattern.in_flight:
             run.wait_finished(waiting[0], timeout=run.pattern.deadline_seconds + 60)
             run.status(waiting.pop(0), result.timings)
-        query_id = run.submit(phone, id_last6, result.timings)
+        query_id = run.submit(subscriber, result.timings)
         waiting.append(query_id)
         query_ids.append(query_id)
     for query_id in waiting:
@@ -331,7 +407,7 @@ def _run_with_probes(run: Run, result: Measured) -> None:
     stack = run.stack
     partner = stack.partners[result.failing]
     first_deadline = time.monotonic() + run.pattern.deadline_seconds  # the first query's, at the latest
-    query_ids = [run.submit(phone, id_last6, result.timings) for phone, id_last6 in run.subscribers]
+    query_ids = [run.submit(subscriber, result.timings) for subscriber in run.subscribers]
     # Every company asked, the first failures' retries back while the circuit opened: then a quiet second.
     wait_for(lambda: run.meter.invocations("AskCompanies") >= len(query_ids), 30, "every fan-out")
     last = {"count": -1, "changed": time.monotonic()}

@@ -73,6 +73,12 @@ ASSUMPTIONS: dict[str, Any] = {
         "RetryLookups": 200,    # a partner's round trip and 4-5 AWS requests
         "DeliverBacklog": 150,  # the backlog index reads; a probe's round trip while a circuit is open
     },
+    # The same for a phone-card query (SPEC §9) where it differs: AskCompanies asks 132 operators with 16
+    # threads, 9 rounds of (a Lookup PutItem ~10 ms + the operator's round trip ~150-200 ms) + its own
+    # ~6 sequential requests.
+    "lambda_billed_ms_cards": {
+        "AskCompanies": 2_000,
+    },
 }
 
 # DynamoDB capacity units (on-demand): reads per 4 KB, writes per 1 KB, transactions double.
