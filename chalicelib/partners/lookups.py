@@ -144,7 +144,8 @@ class LookupDesk:
         # brings a new token; the partners asked stay those of the first attempt.
         record.update(actions=[QueryRecord.task_token.set(task_token),
                                QueryRecord.asked.set(QueryRecord.asked | {p.id for p in kind.partners()}),
-                               QueryRecord.results.set(QueryRecord.results | {})],
+                               QueryRecord.results.set(QueryRecord.results | {}),
+                               QueryRecord.app_counts.set(QueryRecord.app_counts | {})],
                       condition=QueryRecord.query_id.exists())
         partners = [p for p in kind.partners() if p.id in (record.asked or set())]
         fields = self._open(record, kind)
@@ -264,7 +265,7 @@ class LookupDesk:
         """Put settled results on the query record; release the token if every asked company settled."""
         if results:
             record = QueryRecord(query_id)
-            record.update(actions=[QueryRecord.results[r["company"]].set(_json(r)) for r in results],
+            record.update(actions=[action for r in results for action in _result_actions(r)],
                           condition=QueryRecord.query_id.exists())
         if record is not None:
             self._release_if_complete(record)
@@ -346,10 +347,30 @@ class LookupDesk:
         return opened
 
 
+def _result_actions(result: LookupResult) -> list[Any]:
+    """A settled lookup as the query record keeps it: a number per partner (-1: no answer), and the
+    per-app breakdown only where there is one. Every callback rewrites the whole record (DynamoDB
+    bills a write by the item's size), so 132 operators' results must stay small."""
+    company = result["company"]
+    actions = [QueryRecord.results[company].set(int(result.get("count", 0)) if result.get("answered") else -1)]
+    if result.get("apps"):
+        actions.append(QueryRecord.app_counts[company].set(_json(result["apps"])))
+    return actions
+
+
 def stored_results(record: QueryRecord) -> dict[str, LookupResult]:
     """company -> settled LookupResult, as kept on the query record."""
-    raw = record.results.as_dict() if record.results is not None else {}
-    return {company: json.loads(value) for company, value in raw.items()}
+    counts = record.results.as_dict() if record.results is not None else {}
+    apps = record.app_counts.as_dict() if record.app_counts is not None else {}
+    settled: dict[str, LookupResult] = {}
+    for company, count in counts.items():
+        if int(count) < 0:
+            settled[company] = {"company": company, "answered": False}
+            continue
+        settled[company] = {"company": company, "answered": True, "count": int(count)}
+        if company in apps:
+            settled[company]["apps"] = {app: int(n) for app, n in json.loads(apps[company]).items()}
+    return settled
 
 
 def _condition_failed(exc: Exception) -> bool:

@@ -79,11 +79,12 @@ class QueryRecord(Model):
     lock_key = UnicodeAttribute()
     outcome = UnicodeAttribute(null=True)  # contracts.CarrierOutcome
     updated_at = NumberAttribute(null=True)
-    # The fan-out: the companies asked, the token that waits for all of them, each settled lookup
-    # (company -> LookupResult as JSON), and which token was released (a digest of it).
+    # The fan-out: the partners asked, the token that waits for all of them, each settled lookup
+    # (partners/lookups.py: a number each, kept small), and which token was released (a digest of it).
     asked = UnicodeSetAttribute(null=True)
     task_token = UnicodeAttribute(null=True)
-    results = MapAttribute(null=True)  # type: ignore[var-annotated]
+    results = MapAttribute(null=True)  # type: ignore[var-annotated]  # partner -> count, -1: no answer
+    app_counts = MapAttribute(null=True)  # type: ignore[var-annotated]  # company -> its per-app breakdown (JSON)
     released = UnicodeAttribute(null=True)
     ttl = TTLAttribute()
 
