@@ -20,6 +20,10 @@ from chalicelib import clients, contracts, errors, pages, registry, telemetry
 from chalicelib.api.responses import error_response, json_response, parse_json_object, require_fields
 from chalicelib.codes import CodeService
 from chalicelib.config import settings
+from chalicelib.disputes.desk import DisputeClient, DisputeDesk
+from chalicelib.disputes.intake import DisputeIntake
+from chalicelib.disputes.intake import status_of as dispute_status_of
+from chalicelib.disputes.notify import DisputeNotifier
 from chalicelib.partners.circuit import Circuits
 from chalicelib.partners.delivery import Delivery
 from chalicelib.partners.lookups import LookupDesk, PartnerClient
@@ -69,7 +73,29 @@ def lookups() -> LookupDesk:
 
 @functools.cache
 def delivery() -> Delivery:
-    return Delivery(lookups())
+    return Delivery(lookups(), backlogs=[disputes()])
+
+
+def _idempotency_store() -> Any:
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
+    return DynamoDBPersistenceLayer(table_name=settings().idempotency_table, boto3_client=clients.client("dynamodb"))
+
+
+@functools.cache
+def dispute_notifier() -> DisputeNotifier:
+    return DisputeNotifier(vault(), SmsSender(), persistence=_idempotency_store())
+
+
+@functools.cache
+def disputes() -> DisputeDesk:
+    config = settings()
+    return DisputeDesk(vault(), lookups().circuits, DisputeClient(config), dispute_notifier())
+
+
+@functools.cache
+def dispute_intake() -> DisputeIntake:
+    return DisputeIntake(code_service(), vault())
 
 
 @functools.cache
@@ -83,7 +109,7 @@ def reply_sender() -> ReplySender:
 
     persistence = DynamoDBPersistenceLayer(table_name=settings().idempotency_table,
                                            boto3_client=clients.client("dynamodb"))
-    return ReplySender(vault(), SmsSender(), persistence=persistence)
+    return ReplySender(vault(), SmsSender(), persistence=persistence, hasher=hasher())
 
 
 def _request() -> Request:
@@ -173,6 +199,37 @@ def partner_result(company: str) -> dict[str, Any]:
     return {"status": "recorded"}
 
 
+@app.route("/v1/disputes", methods=["POST"], content_types=BODY_TYPES)
+@json_api
+def submit_dispute() -> Response:
+    body = parse_json_object(_raw_body())
+    phone, code, company = require_fields(body, "phone", "code", "company")
+    phone, code = normalise_phone(phone), check_code_format(code)
+    if not isinstance(company, str) or registry.company(company) is None:
+        raise errors.InvalidCompany()
+    intake().check_client(_client_ip())
+    accepted = dispute_intake().accept(phone, code, company)
+    logger.info("dispute accepted", extra={"dispute_id": accepted.dispute_id, "company": accepted.company})
+    telemetry.count("DisputeSubmitted", company=accepted.company)
+    return json_response({"dispute_id": accepted.dispute_id, "status": "submitted", "company": accepted.company,
+                          "respond_within_days": 15}, 202)
+
+
+@app.route("/v1/disputes/{dispute_id}", methods=["GET"])
+@json_api
+def dispute_status(dispute_id: str) -> dict[str, Any]:
+    return dispute_status_of(dispute_id)
+
+
+@app.route("/v1/partners/{company}/disputes", methods=["POST"], content_types=BODY_TYPES)
+@json_api
+def partner_dispute_answer(company: str) -> dict[str, Any]:
+    raw = _raw_body()
+    partner = lookups().verify_callback(company, dict(_request().headers), raw)
+    disputes().record_callback(partner, parse_json_object(raw))
+    return {"status": "recorded"}
+
+
 # -- queue consumer: start one execution per accepted query -----------------------
 @app.on_sqs_message(queue=START_QUEUE_NAME, batch_size=10, name=contracts.START_QUERIES.name)
 def start_queries(event: Any) -> None:
@@ -210,10 +267,33 @@ def send_reply(event: contracts.ReplyInput, context: Any) -> dict[str, Any]:
     return sender.run(event)
 
 
+# -- the dispute workflow (stepfunctions/dispute.asl.json) ---------------------------
+@app.lambda_function(name=contracts.FORWARD_DISPUTE.name)
+def forward_dispute(event: contracts.ForwardInput, context: Any) -> None:
+    notifier = dispute_notifier()
+    if notifier.idempotency is not None and context is not None:
+        notifier.idempotency.register_lambda_context(context)
+    disputes().forward(event["dispute_id"], event["task_token"])
+
+
+@app.lambda_function(name=contracts.NOTIFY_DISPUTE.name)
+def notify_dispute(event: contracts.NotifyInput, context: Any) -> dict[str, Any]:
+    notifier = dispute_notifier()
+    if notifier.idempotency is not None and context is not None:
+        notifier.idempotency.register_lambda_context(context)
+    return notifier.run(event)
+
+
 # -- partner delivery (chalicelib/partners/delivery.py) ----------------------------
 @app.on_sqs_message(queue=RETRY_QUEUE_NAME, batch_size=10, name=contracts.RETRY_LOOKUPS.name)
 def retry_lookups(event: Any) -> None:
-    delivery().retry(json.loads(record.body)["lookup_id"] for record in event)
+    messages = [json.loads(record.body) for record in event]
+    lookup_ids = [m["lookup_id"] for m in messages if "lookup_id" in m]
+    if lookup_ids:
+        delivery().retry(lookup_ids)
+    dispute_ids = [m["dispute_id"] for m in messages if "dispute_id" in m]
+    if dispute_ids:  # disputes ride the same queue (chalicelib/disputes/desk.py)
+        disputes().retry(dispute_ids)
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES), name=contracts.DELIVER_BACKLOG.name)

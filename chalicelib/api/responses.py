@@ -13,12 +13,15 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.InvalidPhone: 400,
     errors.InvalidIdLast6: 400,
     errors.InvalidCodeFormat: 400,
+    errors.InvalidCompany: 400,
     errors.BadSignature: 401,
     errors.WrongCode: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
+    errors.NothingToDispute: 409,
     errors.QueryLimit: 429,
     errors.TooManyRequests: 429,
+    errors.DisputeLimit: 429,
     errors.ServiceBusy: 503,
 }
 

@@ -1,0 +1,440 @@
+"""Disputes (SPEC §8): "this account is not mine", forwarded to the company, tracked, answered by SMS.
+
+The dispute workflow runs from stepfunctions/dispute.asl.json on moto's interpreter; partners are the
+HTTP simulators, answering /disputes per their mode.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import boto3
+import pytest
+
+from chalicelib import signing
+from local.stack import StackOptions
+from tests.conftest import BASE_OPTIONS, post_json, wait_for
+from tests.helpers import COMPANIES, error_code, latest_code, request_code, submit, wait_finished
+from tests.privacy import assert_clean
+
+PHONE, ID6 = "13812345678", "12345X"  # fixture accounts: 腾讯2, 支付宝1, 抖音1, 京东1, others 0
+NAMES = {"tencent": "腾讯", "alipay": "支付宝", "douyin": "抖音", "jd": "京东", "alibaba": "阿里巴巴"}
+HOTLINES = {"tencent": "0755-83765566", "jd": "950618"}
+
+
+def options(modes: dict[str, str] | None = None, **changes) -> StackOptions:
+    """Every partner answers lookups and disputes at once unless told otherwise: queries reply in a second."""
+    chosen = {c: "immediate" for c in COMPANIES} | (modes or {})
+    return StackOptions(**{**BASE_OPTIONS.__dict__, "partner_modes": ",".join(f"{c}={m}" for c, m in chosen.items()),
+                           **changes})
+
+
+IMMEDIATE = options()
+CALLBACK_TENCENT = options({"tencent": "callback"})
+
+
+@pytest.fixture
+def stack_options() -> StackOptions:
+    """Unless a test parametrizes its own."""
+    return IMMEDIATE
+
+
+@pytest.fixture(autouse=True)
+def codes_without_resend_gap(monkeypatch):
+    """A dispute needs a fresh code right after the query's: the 60 s resend gap is not under test here."""
+    monkeypatch.setenv("CODE_RESEND_SECONDS", "0")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def replied_query(api, stack, phone=PHONE, id_last6=ID6) -> str:
+    response = submit(api, stack, phone, id_last6)
+    assert response.status_code == 202, response.body
+    query_id = response.json_body["query_id"]
+    assert stack.pump_once() == 1
+    assert wait_finished(stack, query_id)["status"] == "SUCCEEDED"
+    return query_id
+
+
+def from_now_on(stack, company, mode):
+    """The partner answered the query; it treats what comes next (the dispute) in `mode`."""
+    stack.partners[company].mode = mode
+
+
+def dispute(api, stack, company, phone=PHONE, code=None):
+    if code is None:
+        assert request_code(api, phone).status_code == 202
+        code = latest_code(stack, phone)
+    return post_json(api, "/v1/disputes", {"phone": phone, "code": code, "company": company})
+
+
+def accepted(response) -> str:
+    assert response.status_code == 202, response.body
+    body = response.json_body
+    assert body["status"] == "submitted" and body["respond_within_days"] == 15
+    return str(body["dispute_id"])
+
+
+def dispute_arn(stack, dispute_id) -> str:
+    return stack.env["DISPUTE_STATE_MACHINE_ARN"].replace(":stateMachine:", ":execution:") + ":" + dispute_id
+
+
+def wait_dispute_finished(stack, dispute_id, timeout=60):
+    sfn = boto3.client("stepfunctions")
+
+    def finished():
+        try:
+            described = sfn.describe_execution(executionArn=dispute_arn(stack, dispute_id))
+        except sfn.exceptions.ExecutionDoesNotExist:
+            return None
+        return described if described["status"] != "RUNNING" else None
+
+    return wait_for(finished, timeout, f"dispute {dispute_id} to finish")
+
+
+def dispute_history(stack, dispute_id):
+    sfn = boto3.client("stepfunctions")
+    return sfn.get_execution_history(executionArn=dispute_arn(stack, dispute_id), maxResults=1000)["events"]
+
+
+def sms_about(stack, dispute_id, phone=PHONE) -> list[str]:
+    return [m["message"] for m in stack.read_outbox() if m["phone"] == phone and dispute_id in m["message"]]
+
+
+def status(api, dispute_id):
+    response = api.http.get(f"/v1/disputes/{dispute_id}")
+    assert response.status_code == 200, response.body
+    return response.json_body
+
+
+def call_back(api, stack, company, body, *, key=None, timestamp=None, headers=None):
+    raw = json.dumps(body).encode() if not isinstance(body, bytes) else body
+    signed = signing.signed_headers(key or stack.secrets[f"yztc/partners/{company}"], raw, timestamp)
+    return api.http.post(f"/v1/partners/{company}/disputes", headers={**signed, **(headers or {})}, body=raw)
+
+
+def submitted_text(company, dispute_id):
+    return (f"【一证通查】您对{NAMES[company]}账号的核查申请已提交（编号{dispute_id}），"
+            "企业将在15天内处理，结果将以短信告知。")
+
+
+# -- the whole loop ----------------------------------------------------------------------------
+@pytest.mark.parametrize("stack_options", [CALLBACK_TENCENT])
+def test_whole_loop_with_a_callback_partner_and_an_immediate_one(stack, api):
+    """GIVEN a reply listing 腾讯2个 and 支付宝1个, WHEN the citizen disputes both, THEN each is forwarded
+    (tencent answers by callback, alipay in its 200) and each gets the submitted SMS and one outcome SMS."""
+    replied_query(api, stack)
+    tencent = accepted(dispute(api, stack, "tencent"))
+    alipay = accepted(dispute(api, stack, "alipay"))
+    assert re.fullmatch(r"[A-Z2-7]{16}", tencent) and tencent != alipay
+    for dispute_id in (tencent, alipay):
+        execution = wait_dispute_finished(stack, dispute_id)
+        assert execution["status"] == "SUCCEEDED"
+    assert sms_about(stack, tencent) == [
+        submitted_text("tencent", tencent),
+        f"【一证通查】腾讯已处理您的核查申请（编号{tencent}）：已解除2个账号与您手机号的绑定。"]
+    assert sms_about(stack, alipay) == [
+        submitted_text("alipay", alipay),
+        f"【一证通查】支付宝已处理您的核查申请（编号{alipay}）：已解除1个账号与您手机号的绑定。"]
+    assert stack.partners["tencent"].callbacks[-1] == 200  # its dispute callback was recorded
+    assert [d["dispute_id"] for d in stack.partners["tencent"].disputes] == [tencent]
+    assert [d["dispute_id"] for d in stack.partners["alipay"].disputes] == [alipay]
+    for company, dispute_id in (("tencent", tencent), ("alipay", alipay)):
+        shown = status(api, dispute_id)
+        assert shown["status"] == "resolved" and shown["company"] == company
+        assert set(shown) == {"dispute_id", "company", "status", "created_at"}  # never the outcome
+    # Two states per dispute: Forward (one token), Notify.
+    entered = [e for e in dispute_history(stack, tencent) if e["type"].endswith("StateEntered")]
+    assert len(entered) == 2
+
+
+def test_accepted_answer_and_status_before_the_outcome(stack, api):
+    replied_query(api, stack)
+    response = dispute(api, stack, "jd")
+    dispute_id = accepted(response)
+    assert response.json_body == {"dispute_id": dispute_id, "status": "submitted", "company": "jd",
+                                  "respond_within_days": 15}
+    assert status(api, dispute_id)["status"] in {"submitted", "forwarded", "resolved"}
+    wait_dispute_finished(stack, dispute_id)
+    shown = status(api, dispute_id)
+    assert shown["status"] == "resolved"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", shown["created_at"])
+
+
+@pytest.mark.parametrize("path", ["/v1/disputes/AAAAAAAAAAAAAAAA", "/v1/disputes/nope",
+                                  "/v1/disputes/" + "A" * 200])
+def test_unknown_dispute_is_404(stack, api, path):
+    response = api.http.get(path)
+    assert response.status_code == 404
+    assert error_code(response) == "not_found"
+
+
+def test_flaky_partner_gets_the_dispute_through_the_retry_queue(stack, api):
+    replied_query(api, stack)
+    from_now_on(stack, "douyin", "flaky")
+    dispute_id = accepted(dispute(api, stack, "douyin"))
+    assert wait_dispute_finished(stack, dispute_id)["status"] == "SUCCEEDED"
+    assert len(stack.partners["douyin"].disputes) == 3  # two 503s, then answered
+    assert sms_about(stack, dispute_id)[-1] == \
+        f"【一证通查】抖音已处理您的核查申请（编号{dispute_id}）：已解除1个账号与您手机号的绑定。"
+
+
+def test_partner_refusing_the_dispute_gets_the_rejected_sms(stack, api):
+    replied_query(api, stack, "18912345678", "071234")  # 腾讯1, 京东2, 美团1
+    from_now_on(stack, "jd", "reject")
+    dispute_id = accepted(dispute(api, stack, "jd", phone="18912345678"))
+    wait_dispute_finished(stack, dispute_id)
+    assert sms_about(stack, dispute_id, "18912345678")[-1] == \
+        f"【一证通查】京东未能受理您的核查申请（编号{dispute_id}），请致电950618。"
+    assert len(stack.partners["jd"].disputes) == 1  # a 4xx is not retried
+
+
+# -- a partner that never answers ------------------------------------------------------------
+@pytest.mark.parametrize("stack_options", [options(dispute_deadline_seconds=6)])
+def test_partner_that_never_answers_gets_the_expired_sms_at_the_deadline(stack, api):
+    replied_query(api, stack)
+    from_now_on(stack, "tencent", "silent")
+    dispute_id = accepted(dispute(api, stack, "tencent"))
+    wait_for(lambda: status(api, dispute_id)["status"] == "forwarded", 10, "forwarded")
+    execution = wait_dispute_finished(stack, dispute_id, timeout=30)
+    assert execution["status"] == "SUCCEEDED"
+    assert sms_about(stack, dispute_id) == [
+        submitted_text("tencent", dispute_id),
+        f"【一证通查】腾讯未在15天内答复您的核查申请（编号{dispute_id}），请致电0755-83765566。"]
+    assert status(api, dispute_id)["status"] == "expired"
+    assert len([e for e in dispute_history(stack, dispute_id) if e["type"] == "TaskTimedOut"]) == 1
+    # Closed: a late answer is refused, and the citizen may dispute the company again.
+    late = call_back(api, stack, "tencent", {"dispute_id": dispute_id, "outcome": "unbound", "accounts": 2})
+    assert late.status_code == 409
+    assert len(sms_about(stack, dispute_id)) == 2
+    again = accepted(dispute(api, stack, "tencent"))
+    assert again != dispute_id
+
+
+# -- partner callbacks -------------------------------------------------------------------------
+@pytest.fixture
+def waiting(stack, api):
+    """A dispute forwarded to tencent, which will answer only by the callbacks the test makes."""
+    replied_query(api, stack)
+    from_now_on(stack, "tencent", "silent")
+    dispute_id = accepted(dispute(api, stack, "tencent"))
+    wait_for(lambda: stack.partners["tencent"].disputes, 10, "tencent asked")
+    return dispute_id
+
+
+def test_duplicate_callback_is_200_and_conflicting_one_is_409_one_outcome_sms(stack, api, waiting):
+    dispute_id = waiting
+    body = {"dispute_id": dispute_id, "outcome": "owner_confirmed", "accounts": 0}
+    first = call_back(api, stack, "tencent", body)
+    assert first.status_code == 200 and first.json_body == {"status": "recorded"}
+    assert call_back(api, stack, "tencent", body).status_code == 200
+    conflicting = call_back(api, stack, "tencent", {**body, "outcome": "unbound", "accounts": 2})
+    assert conflicting.status_code == 409
+    assert error_code(conflicting) == "conflict"
+    wait_dispute_finished(stack, dispute_id)
+    assert call_back(api, stack, "tencent", body).status_code == 200  # a late duplicate: still recorded
+    assert sms_about(stack, dispute_id) == [
+        submitted_text("tencent", dispute_id),
+        f"【一证通查】腾讯已处理您的核查申请（编号{dispute_id}）：经核实，相关账号为您本人注册。如有疑问请致电0755-83765566。"]
+    assert status(api, dispute_id)["status"] == "resolved"
+
+
+@pytest.mark.parametrize(("outcome", "accounts", "text"), [
+    ("no_account", 0, "腾讯已处理您的核查申请（编号{id}）：未发现与您手机号绑定的账号。"),
+    ("rejected", 0, "腾讯未能受理您的核查申请（编号{id}），请致电0755-83765566。"),
+    ("unbound", 2, "腾讯已处理您的核查申请（编号{id}）：已解除2个账号与您手机号的绑定。"),
+])
+def test_each_outcome_has_its_sms(stack, api, waiting, outcome, accounts, text):
+    dispute_id = waiting
+    body = {"dispute_id": dispute_id, "outcome": outcome, "accounts": accounts}
+    assert call_back(api, stack, "tencent", body).status_code == 200
+    wait_dispute_finished(stack, dispute_id)
+    assert sms_about(stack, dispute_id)[-1] == "【一证通查】" + text.format(id=dispute_id)
+
+
+@pytest.mark.parametrize("tamper", ["wrong_key", "missing", "stale", "future", "garbled", "body"])
+def test_forged_or_stale_callback_is_401_and_records_nothing(stack, api, waiting, tamper):
+    dispute_id = waiting
+    body = {"dispute_id": dispute_id, "outcome": "unbound", "accounts": 2}
+    if tamper == "wrong_key":
+        response = call_back(api, stack, "tencent", body, key=stack.secrets["yztc/partners/jd"])
+    elif tamper == "missing":
+        response = api.http.post("/v1/partners/tencent/disputes", headers={"Content-Type": "application/json"},
+                                 body=json.dumps(body))
+    elif tamper == "stale":
+        response = call_back(api, stack, "tencent", body, timestamp=time.time() - 301)
+    elif tamper == "future":
+        response = call_back(api, stack, "tencent", body, timestamp=time.time() + 301)
+    elif tamper == "garbled":
+        response = call_back(api, stack, "tencent", body, headers={"X-Signature": "00" * 32})
+    else:
+        raw = json.dumps(body).encode()
+        headers = signing.signed_headers(stack.secrets["yztc/partners/tencent"], raw)
+        response = api.http.post("/v1/partners/tencent/disputes", headers=headers, body=raw.replace(b"2}", b"9}"))
+    assert response.status_code == 401
+    assert error_code(response) == "bad_signature"
+    assert status(api, dispute_id)["status"] == "forwarded"
+    assert call_back(api, stack, "tencent", {**body, "outcome": "no_account", "accounts": 0}).status_code == 200
+
+
+def test_callback_for_unknown_or_another_companys_dispute_is_404(stack, api, waiting):
+    dispute_id = waiting
+    body = {"dispute_id": dispute_id, "outcome": "unbound", "accounts": 2}
+    assert call_back(api, stack, "jd", body).status_code == 404
+    assert call_back(api, stack, "tencent", {**body, "dispute_id": "A" * 16}).status_code == 404
+    assert call_back(api, stack, "tencent", {**body, "dispute_id": "x"}).status_code == 404
+    response = api.http.post("/v1/partners/pinduoduo/disputes", headers={"X-Timestamp": "1"}, body=b"{}")
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize("body", [
+    {"outcome": "unbound", "accounts": 1},
+    {"dispute_id": "D", "outcome": "expired"},
+    {"dispute_id": "D", "outcome": "unbound"},
+    {"dispute_id": "D", "outcome": "unbound", "accounts": -1},
+    {"dispute_id": "D", "outcome": "unbound", "accounts": 1.0},
+    {"dispute_id": "D", "outcome": "unbound", "accounts": True},
+    {"dispute_id": "D", "outcome": "unbound", "accounts": 100_001},
+    {"dispute_id": "D", "outcome": "【一证通查】请登录 http://evil.example", "accounts": 1},
+    {"dispute_id": "D", "outcome": 1},
+    {"dispute_id": 5, "outcome": "unbound", "accounts": 1},
+    [1, 2],
+], ids=lambda body: json.dumps(body, ensure_ascii=False)[:40])
+def test_malformed_callback_is_400(stack, api, waiting, body):
+    dispute_id = waiting
+    if isinstance(body, dict) and body.get("dispute_id") == "D":
+        body = {**body, "dispute_id": dispute_id}
+    response = call_back(api, stack, "tencent", body)
+    assert response.status_code == 400
+    assert error_code(response) == "invalid_request"
+    assert status(api, dispute_id)["status"] == "forwarded"
+
+
+# -- who may dispute what ---------------------------------------------------------------------
+def test_nothing_to_dispute_without_a_recent_query(stack, api):
+    response = dispute(api, stack, "tencent", phone="13900001111")
+    assert response.status_code == 409
+    assert error_code(response) == "nothing_to_dispute"
+
+
+def test_nothing_to_dispute_at_a_company_that_reported_no_account(stack, api):
+    replied_query(api, stack)
+    response = dispute(api, stack, "alibaba")  # 阿里巴巴0个
+    assert response.status_code == 409
+    assert error_code(response) == "nothing_to_dispute"
+
+
+def test_nothing_to_dispute_after_seven_days(stack, api):
+    replied_query(api, stack)
+    # Eight days later: the reply's record is older than 7 days (DynamoDB's TTL deletes lazily).
+    from chalicelib.storage.models import ReportedAccounts
+
+    key = stack.app_module.hasher().digest("phone", PHONE)
+    ReportedAccounts.get(key, "tencent").update(actions=[ReportedAccounts.replied_at.add(-8 * 86400)])
+    response = dispute(api, stack, "tencent")
+    assert response.status_code == 409
+    assert error_code(response) == "nothing_to_dispute"
+    assert accepted(dispute(api, stack, "jd"))  # still recent
+
+
+def test_dispute_limit_for_an_open_dispute_at_the_same_company(stack, api):
+    replied_query(api, stack)
+    from_now_on(stack, "tencent", "silent")
+    accepted(dispute(api, stack, "tencent"))
+    response = dispute(api, stack, "tencent")
+    assert response.status_code == 429
+    assert error_code(response) == "dispute_limit"
+    assert 3600 < int(response.headers["Retry-After"]) <= BASE_OPTIONS.dispute_deadline_seconds + 3600
+
+
+def test_dispute_limit_for_the_fourth_dispute_of_the_day(stack, api):
+    replied_query(api, stack)
+    for company in ("tencent", "alipay", "douyin"):
+        accepted(dispute(api, stack, company))
+    response = dispute(api, stack, "jd")
+    assert response.status_code == 429
+    assert error_code(response) == "dispute_limit"
+    assert 0 < int(response.headers["Retry-After"]) <= 86400
+
+
+def test_wrong_or_used_code_is_403(stack, api):
+    replied_query(api, stack)
+    assert request_code(api, PHONE).status_code == 202
+    code = latest_code(stack, PHONE)
+    wrong = f"{(int(code) + 1) % 1_000_000:06d}"
+    response = dispute(api, stack, "tencent", code=wrong)
+    assert response.status_code == 403 and error_code(response) == "wrong_code"
+    accepted(dispute(api, stack, "tencent", code=code))
+    used = dispute(api, stack, "jd", code=code)
+    assert used.status_code == 403 and error_code(used) == "wrong_code"
+
+
+def test_the_query_code_cannot_be_reused_for_a_dispute(stack, api):
+    assert request_code(api, PHONE).status_code == 202
+    code = latest_code(stack, PHONE)
+    assert submit(api, stack, PHONE, ID6, code).status_code == 202
+    response = dispute(api, stack, "tencent", code=code)
+    assert response.status_code == 403 and error_code(response) == "wrong_code"
+
+
+@pytest.mark.parametrize(("body", "code"), [
+    ({"phone": PHONE, "code": "123456"}, "invalid_request"),
+    ({"phone": PHONE, "company": "tencent"}, "invalid_request"),
+    ({"phone": "12345", "code": "123456", "company": "tencent"}, "invalid_phone"),
+    ({"phone": PHONE, "code": "12345", "company": "tencent"}, "invalid_code_format"),
+    ({"phone": PHONE, "code": "123456", "company": "pinduoduo"}, "invalid_company"),
+    ({"phone": PHONE, "code": "123456", "company": ["tencent"]}, "invalid_company"),
+    ([PHONE], "invalid_request"),
+])
+def test_invalid_dispute_requests_are_400(stack, api, body, code):
+    response = post_json(api, "/v1/disputes", body)
+    assert response.status_code == 400
+    assert error_code(response) == code
+
+
+# -- exactly once, and no personal data ---------------------------------------------------------
+def test_notify_step_retried_after_sns_succeeded_sends_no_second_sms(stack, api):
+    stack.dispatcher.lose_results["notify_dispute"] = 1
+    replied_query(api, stack)
+    dispute_id = accepted(dispute(api, stack, "tencent"))
+    assert wait_dispute_finished(stack, dispute_id)["status"] == "SUCCEEDED"
+    assert stack.dispatcher.calls.count("notify_dispute") == 2
+    assert len(sms_about(stack, dispute_id)) == 2  # submitted + one outcome
+    assert status(api, dispute_id)["status"] == "resolved"
+
+
+def test_forward_step_retried_sends_no_second_submitted_sms(stack, api):
+    stack.dispatcher.lose_results["forward_dispute"] = 1
+    replied_query(api, stack)
+    dispute_id = accepted(dispute(api, stack, "tencent"))
+    assert wait_dispute_finished(stack, dispute_id)["status"] == "SUCCEEDED"
+    assert stack.dispatcher.calls.count("forward_dispute") == 2
+    assert sms_about(stack, dispute_id) == [
+        submitted_text("tencent", dispute_id),
+        f"【一证通查】腾讯已处理您的核查申请（编号{dispute_id}）：已解除2个账号与您手机号的绑定。"]
+
+
+def test_no_phone_number_in_clear_in_tables_executions_logs(stack, api, capfd, caplog):
+    from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+
+    from chalicelib.storage.models import TABLE_VARS
+
+    caplog.set_level("INFO")
+    replied_query(api, stack)
+    dispute_id = accepted(dispute(api, stack, "tencent"))
+    wait_dispute_finished(stack, dispute_id)
+    codes = [m["message"].split("验证码为")[1][:6] for m in stack.read_outbox() if "验证码" in m["message"]]
+    events = json.dumps(dispute_history(stack, dispute_id), default=str, ensure_ascii=False)
+    ddb = boto3.client("dynamodb")
+    items = json.dumps([ddb.scan(TableName=stack.env[t])["Items"] for t in TABLE_VARS.values()], ensure_ascii=False)
+    captured = capfd.readouterr()
+    formatter = LambdaPowertoolsFormatter()
+    logs = "\n".join([captured.out, captured.err, *(formatter.format(r) for r in caplog.records)])
+    assert "Forward" in events and "dispute_id" in logs and "yztc-reported" in stack.env["REPORTED_TABLE"]
+    assert dispute_id in items
+    for where, text in (("history", events), ("dynamodb", items), ("logs", logs),
+                        ("status", json.dumps(status(api, dispute_id)))):
+        for code in codes:
+            assert_clean(text, where, phone=PHONE, id_last6=ID6, code=code)
+    record = ddb.get_item(TableName=stack.env["DISPUTES_TABLE"], Key={"dispute_id": {"S": dispute_id}})["Item"]
+    assert "phone_sealed" not in record  # deleted once the outcome SMS went out
