@@ -438,3 +438,42 @@ def test_no_phone_number_in_clear_in_tables_executions_logs(stack, api, capfd, c
             assert_clean(text, where, phone=PHONE, id_last6=ID6, code=code)
     record = ddb.get_item(TableName=stack.env["DISPUTES_TABLE"], Key={"dispute_id": {"S": dispute_id}})["Item"]
     assert "phone_sealed" not in record  # deleted once the outcome SMS went out
+
+
+# -- delivery through the partner's circuit breaker (SPEC §4, §8) ----------------------------------
+def test_open_circuit_parks_the_dispute_until_a_lookup_probe_closes_it(stack, api):
+    """GIVEN jd's circuit is open, WHEN a dispute for jd is submitted, THEN nothing is sent to jd;
+    WHEN the delivery job's probe (a parked lookup) is answered, THEN the same run replays the dispute."""
+    replied_query(api, stack)
+    circuits = stack.app_module.lookups().circuits
+    now = int(time.time())
+    for _ in range(5):
+        circuits.failed("jd", now)
+    assert circuits.states(["jd"])["jd"].is_open
+    dispute_id = accepted(dispute(api, stack, "jd"))
+    wait_for(lambda: len(sms_about(stack, dispute_id)) == 1, 10, "the submitted SMS")
+    assert stack.partners["jd"].disputes == []
+    assert status(api, dispute_id)["status"] == "submitted"
+    # Another citizen's query parks its jd lookup behind the open circuit too.
+    other = submit(api, stack, "18912345678", "071234").json_body["query_id"]
+    assert stack.pump_once() == 1
+    wait_for(lambda: len(stack.partners["tencent"].requests) >= 2, 10, "the second query's fan-out")
+    sent = stack.deliver_once(now=time.time() + 61)  # a minute later: the probe is due
+    assert sent["jd"] >= 2  # the probe (a lookup), then the dispute
+    assert not circuits.states(["jd"])["jd"].is_open
+    assert wait_dispute_finished(stack, dispute_id)["status"] == "SUCCEEDED"
+    assert sms_about(stack, dispute_id)[-1] == \
+        f"【一证通查】京东已处理您的核查申请（编号{dispute_id}）：已解除1个账号与您手机号的绑定。"
+    assert wait_finished(stack, other)["status"] == "SUCCEEDED"
+
+
+def test_partner_down_parks_the_dispute_and_the_retry_queue_brings_it_back(stack, api):
+    replied_query(api, stack)
+    from_now_on(stack, "jd", "down")
+    dispute_id = accepted(dispute(api, stack, "jd"))
+    wait_for(lambda: len(stack.partners["jd"].disputes) >= 2, 15, "a retry from the queue")
+    assert status(api, dispute_id)["status"] == "submitted"
+    from_now_on(stack, "jd", "immediate")
+    assert wait_dispute_finished(stack, dispute_id)["status"] == "SUCCEEDED"
+    assert "已解除1个账号" in sms_about(stack, dispute_id)[-1]
+    assert not stack.app_module.lookups().circuits.states(["jd"])["jd"].is_open
