@@ -477,3 +477,126 @@ def test_partner_down_parks_the_dispute_and_the_retry_queue_brings_it_back(stack
     assert wait_dispute_finished(stack, dispute_id)["status"] == "SUCCEEDED"
     assert "已解除1个账号" in sms_about(stack, dispute_id)[-1]
     assert not stack.app_module.lookups().circuits.states(["jd"])["jd"].is_open
+
+
+# -- the H5 page: 不是我注册的？申请核查 ------------------------------------------------------------
+from tests import test_page  # noqa: E402
+
+ARTIFACTS = test_page.ARTIFACTS
+browser = test_page.browser  # the module's headless Chromium, shared with the query page tests
+
+
+@pytest.fixture
+def page(stack, browser):
+    context = browser.new_context(viewport={"width": 360, "height": 780}, locale="zh-CN")
+    tab = context.new_page()
+    tab.set_default_timeout(15_000)
+    tab.goto(test_page.BASE + "/")
+    tab.wait_for_selector(".company")
+    yield tab
+    context.close()
+
+
+def _open_dispute_form(page, company_name):
+    entry = page.locator(".company", has_text=company_name)
+    entry.get_by_role("button", name="不是我注册的？申请核查").click()
+    panel = entry.locator(".dispute")
+    panel.wait_for(state="visible")
+    return panel
+
+
+def _code_sms(stack, phone, count):
+    codes = [m["message"] for m in stack.read_outbox() if m["phone"] == phone and "验证码" in m["message"]]
+    return re.search(r"验证码为(\d{6})", codes[-1]).group(1) if len(codes) >= count else None
+
+
+def _fill_and_submit(stack, page, panel, phone=PHONE):
+    before = len([m for m in stack.read_outbox() if m["phone"] == phone and "验证码" in m["message"]])
+    panel.get_by_label("手机号码").fill(phone)
+    panel.get_by_role("button", name="获取验证码").click()
+    code = wait_for(lambda: _code_sms(stack, phone, before + 1), 10, "the code SMS")
+    page.wait_for_function("document.querySelector('.dispute .get-code').textContent.includes('秒后重新获取')")
+    panel.get_by_label("验证码").fill(code)
+    panel.get_by_role("button", name="提交核查申请").click()
+
+
+def test_page_dispute_form_shows_the_id_and_where_the_answer_arrives(stack, api, page):
+    import os
+
+    replied_query(api, stack)
+    panel = _open_dispute_form(page, "腾讯")
+    assert "向腾讯申请核查" in panel.inner_text()
+    _fill_and_submit(stack, page, panel)
+    done = panel.locator(".dispute-done")
+    done.wait_for(state="visible")
+    dispute_id = panel.locator(".dispute-id").inner_text()
+    assert re.fullmatch(r"[A-Z2-7]{16}", dispute_id)
+    assert "10699000" in done.inner_text() and "15天内" in done.inner_text()
+    wait_dispute_finished(stack, dispute_id)
+    panel.get_by_role("link", name="查看申请进度").click()
+    page.wait_for_function("document.querySelector('.dispute-status-text').textContent.startsWith('当前状态：')")
+    assert "企业已处理" in panel.locator(".dispute-status-text").inner_text()
+    assert not re.search(r"\d+个|已解除", panel.inner_text())  # the outcome goes only by SMS
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    path = os.path.join(ARTIFACTS, "dispute-form-360.png")
+    page.screenshot(path=path, full_page=True)
+    assert os.path.getsize(path) > 10_000
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+
+
+def test_page_dispute_form_at_360px_before_submitting(stack, page):
+    import os
+
+    panel = _open_dispute_form(page, "京东")
+    panel.get_by_label("手机号码").fill(PHONE)
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    path = os.path.join(ARTIFACTS, "dispute-form-open-360.png")
+    page.screenshot(path=path, full_page=True)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    assert panel.get_by_role("button", name="获取验证码").bounding_box()["width"] > 0
+
+
+def test_page_nothing_to_dispute_is_explained(stack, api, page):
+    replied_query(api, stack)
+    panel = _open_dispute_form(page, "阿里巴巴")
+    _fill_and_submit(stack, page, panel)
+    page.wait_for_function("document.getElementById('dispute-form-error').textContent.length > 0")
+    assert "近7天内该号码的查询结果中，阿里巴巴没有关联账号，无需申请核查" in panel.inner_text()
+
+
+def test_page_dispute_limit_is_explained(stack, api, page):
+    replied_query(api, stack)
+    from_now_on(stack, "tencent", "silent")
+    accepted(dispute(api, stack, "tencent"))
+    panel = _open_dispute_form(page, "腾讯")
+    _fill_and_submit(stack, page, panel)
+    page.wait_for_function("document.getElementById('dispute-form-error').textContent.length > 0")
+    message = page.locator("#dispute-form-error").inner_text()
+    expected = r"您对腾讯已有正在处理的核查申请，或今天已提交3次核查申请，请于\d+小时(\d+分钟)?后再试。"
+    assert re.fullmatch(expected, message), message
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("手机号码", "1381234567", "请输入正确的11位手机号码"),
+    ("验证码", "12345", "请输入6位数字验证码"),
+])
+def test_page_dispute_field_errors_show_next_to_their_field(stack, page, field, value, message):
+    panel = _open_dispute_form(page, "腾讯")
+    good = {"手机号码": PHONE, "验证码": "123456"}
+    for label, text in {**good, field: value}.items():
+        panel.get_by_label(label).fill(text)
+    panel.get_by_role("button", name="提交核查申请").click()
+    input_id = {"手机号码": "dispute-phone", "验证码": "dispute-code"}[field]
+    assert message in page.locator(f"#{input_id}-error").inner_text()
+    assert page.locator(f"#{input_id}").get_attribute("aria-invalid") == "true"
+    assert stack.read_outbox() == []
+
+
+def test_page_wrong_code_for_a_dispute_shows_next_to_the_code(stack, api, page):
+    replied_query(api, stack)
+    panel = _open_dispute_form(page, "腾讯")
+    panel.get_by_label("手机号码").fill(PHONE)
+    panel.get_by_label("验证码").fill("000000")
+    panel.get_by_role("button", name="提交核查申请").click()
+    page.wait_for_function("document.getElementById('dispute-code-error').textContent.length > 0")
+    assert "验证码错误或已失效" in page.locator("#dispute-code-error").inner_text()
