@@ -600,3 +600,82 @@ def test_page_wrong_code_for_a_dispute_shows_next_to_the_code(stack, api, page):
     panel.get_by_role("button", name="提交核查申请").click()
     page.wait_for_function("document.getElementById('dispute-code-error').textContent.length > 0")
     assert "验证码错误或已失效" in page.locator("#dispute-code-error").inner_text()
+
+
+# -- `make run`: the whole loop over HTTP, visible in the outbox and the local SMS page ---------------
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    import os
+    import subprocess
+    import sys
+
+    import requests
+
+    from tests.conftest import _free_port
+
+    api_port, moto_port = _free_port(), _free_port()
+    workdir = tmp_path_factory.mktemp("local-disputes")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO"))}
+    for name in [k for k in env if k.endswith(("_TABLE", "_ARN", "_URL", "_FILE", "_NAME"))] + ["KMS_KEY_ID"]:
+        env.pop(name, None)
+    env.update(API_PORT=str(api_port), MOTO_PORT=str(moto_port), SIMULATOR_PORTS="any", LOCAL_WORKDIR=str(workdir),
+               QUERY_DEADLINE_SECONDS="8", CODE_RESEND_SECONDS="0",
+               PARTNER_MODES=",".join(f"{c}=immediate" for c in COMPANIES if c != "tencent") + ",tencent=callback")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    log = open(workdir / "run.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "local.run"], cwd=root, env=env, stdout=log,
+                               stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{api_port}"
+
+    def up() -> bool:
+        assert process.poll() is None, (workdir / "run.log").read_text()
+        try:
+            return requests.get(f"{base}/v1/companies", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    wait_for(up, 60, "the local stack to serve")
+    yield {"base": base, "moto": f"http://127.0.0.1:{moto_port}", "workdir": workdir}
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+def test_make_run_shows_query_reply_dispute_submitted_and_outcome_sms(local_run):
+    import requests
+
+    base, workdir = local_run["base"], local_run["workdir"]
+
+    def outbox():
+        path = workdir / "sms-outbox.jsonl"
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+    def code():
+        assert requests.post(f"{base}/v1/verification-codes", json={"phone": PHONE}, timeout=10).status_code == 202
+        return outbox()[-1]["message"].split("验证码为")[1][:6]
+
+    response = requests.post(f"{base}/v1/queries", json={"phone": PHONE, "id_last6": ID6, "code": code()}, timeout=10)
+    query_id = response.json()["query_id"]
+    wait_for(lambda: requests.get(f"{base}/v1/queries/{query_id}", timeout=5).json()["status"] == "replied", 60,
+             "the reply")
+    response = requests.post(f"{base}/v1/disputes", json={"phone": PHONE, "code": code(), "company": "tencent"},
+                             timeout=10)
+    assert response.status_code == 202, response.text
+    dispute_id = response.json()["dispute_id"]
+    wait_for(lambda: requests.get(f"{base}/v1/disputes/{dispute_id}", timeout=5).json()["status"] == "resolved",
+             60, "the outcome")
+    messages = [m["message"] for m in outbox() if m["phone"] == PHONE and "验证码" not in m["message"]]
+    assert messages[0].startswith("【一证通查】您的手机号138****5678关联的互联网账号：腾讯2个")
+    assert messages[1:] == [submitted_text("tencent", dispute_id),
+                            f"【一证通查】腾讯已处理您的核查申请（编号{dispute_id}）：已解除2个账号与您手机号的绑定。"]
+    page = requests.get(f"{base}/local/sms", timeout=5).text
+    assert "已解除2个账号" in page and dispute_id in page
+    # An operator finds the dispute's execution by its id, as in the console.
+    sfn = boto3.client("stepfunctions", endpoint_url=local_run["moto"], region_name="us-east-1",
+                       aws_access_key_id="x", aws_secret_access_key="x")
+    machine = next(m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]
+                   if m["name"] == "yztc-dispute")
+    assert dispute_id in [e["name"] for e in sfn.list_executions(stateMachineArn=machine)["executions"]]
