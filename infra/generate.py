@@ -408,7 +408,9 @@ def template(stage: str, env: dict[str, str] | None = None) -> dict[str, Any]:
                  "Condition": {"NotIpAddress": {"aws:SourceIp": ref("PartnerCidrs")}}},
             ]}}}},
     }
-    return {
+    from infra import disputes  # SPEC §8: the dispute workflow, its tables, roles, dashboard row and alarms
+
+    return disputes.extend({
         "Parameters": {
             "SmsMonthlySpendLimit": {"Type": "Number", "Default": 5000,
                                      "Description": "SNS SMS monthly spend limit (USD)"},
@@ -425,7 +427,7 @@ def template(stage: str, env: dict[str, str] | None = None) -> dict[str, Any]:
         "Outputs": {"StateMachineArn": {"Value": ref("QueryStateMachine")},
                     "OperatorTopicArn": {"Value": ref("OperatorTopic")},
                     "DashboardName": {"Value": ref("Dashboard")}},
-    }
+    }, env, stage)
 
 
 def main(argv: list[str]) -> int:

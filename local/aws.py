@@ -182,15 +182,19 @@ def deploy_with_cloudformation(env: dict[str, str], secret_names: list[str]) -> 
 def _deploy(env: dict[str, str], secret_names: list[str], template: dict[str, Any]) -> Resources:
     resources = {name: resource for name, resource in template["Resources"].items()
                  if resource.get("Type") in CFN_DEPLOYABLE}
-    machine = resources["QueryStateMachine"]["Properties"]
-    machine.pop("DefinitionSubstitutions")
-    machine["DefinitionString"] = with_local_functions(machine["DefinitionString"])
-    machine["RoleArn"] = f"arn:aws:iam::{ACCOUNT}:role/yztc-states"  # roles name SAM functions
+    for resource in resources.values():  # the query workflow, and the dispute workflow (infra/disputes.py)
+        if resource["Type"] == "AWS::StepFunctions::StateMachine":
+            machine = resource["Properties"]
+            machine.pop("DefinitionSubstitutions")
+            machine["DefinitionString"] = with_local_functions(machine["DefinitionString"])
+            machine["RoleArn"] = f"arn:aws:iam::{ACCOUNT}:role/yztc-states"  # roles name SAM functions
+    outputs_wanted = {"StateMachineArn": {"Value": {"Ref": "QueryStateMachine"}},
+                      "StartQueueUrl": {"Value": {"Ref": "StartQueue"}},
+                      "RetryQueueUrl": {"Value": {"Ref": "RetryQueue"}}}
+    if "DisputeStateMachine" in resources:
+        outputs_wanted["DisputeStateMachineArn"] = {"Value": {"Ref": "DisputeStateMachine"}}
     cfn = boto3.client("cloudformation")
-    cfn.create_stack(StackName="yztc", TemplateBody=json.dumps({"Resources": resources, "Outputs": {
-        "StateMachineArn": {"Value": {"Ref": "QueryStateMachine"}},
-        "StartQueueUrl": {"Value": {"Ref": "StartQueue"}},
-        "RetryQueueUrl": {"Value": {"Ref": "RetryQueue"}}}}))
+    cfn.create_stack(StackName="yztc", TemplateBody=json.dumps({"Resources": resources, "Outputs": outputs_wanted}))
     stack = cfn.describe_stacks(StackName="yztc")["Stacks"][0]
     if stack["StackStatus"] != "CREATE_COMPLETE":
         raise RuntimeError(f"stack {stack['StackStatus']}")

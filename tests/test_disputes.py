@@ -679,3 +679,78 @@ def test_make_run_shows_query_reply_dispute_submitted_and_outcome_sms(local_run)
     machine = next(m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]
                    if m["name"] == "yztc-dispute")
     assert dispute_id in [e["name"] for e in sfn.list_executions(stateMachineArn=machine)["executions"]]
+
+
+# -- infra/disputes.py: the second state machine, its tables, roles, dashboard row and alarms ------------
+def _stub_of_what_generate_provides(companies) -> dict:
+    """The resources infra/disputes.py refers to and infra/generate.py owns, as small as cfn-lint accepts."""
+    def table(name):
+        return {"Type": "AWS::DynamoDB::Table", "Properties": {
+            "BillingMode": "PAY_PER_REQUEST", "KeySchema": [{"AttributeName": "k", "KeyType": "HASH"}],
+            "AttributeDefinitions": [{"AttributeName": "k", "AttributeType": "S"}], "TableName": name}}
+
+    trust = {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
+    role = {"Type": "AWS::IAM::Role",
+            "Properties": {"AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [trust]}}}
+    root = {"AWS": {"Fn::Sub": "arn:aws:iam::${AWS::AccountId}:root"}}
+    resources = {
+        "DataKey": {"Type": "AWS::KMS::Key", "Properties": {"EnableKeyRotation": True, "KeyPolicy": {
+            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*",
+                                                    "Principal": root}]}}},
+        "OperatorTopic": {"Type": "AWS::SNS::Topic", "Properties": {}},
+        "RetryQueue": {"Type": "AWS::SQS::Queue", "Properties": {}},
+        "CircuitsTable": table("c"), "IdempotencyTable": table("i"), "ThrottleTable": table("t"),
+        "Dashboard": {"Type": "AWS::CloudWatch::Dashboard", "Properties": {
+            "DashboardBody": {"Fn::Sub": ['{"widgets": []}', {}]}}},
+        **{f"YztcPartners{c.capitalize()}Secret": {"Type": "AWS::SecretsManager::Secret", "Properties": {}}
+           for c in companies},
+    }
+    for function in ("APIHandler", "SendReply", "RetryLookups", "DeliverBacklog"):
+        resources[f"{function}Role"] = role
+        resources[function] = {"Properties": {"Role": {"Fn::GetAtt": [f"{function}Role", "Arn"]}}}
+    return {"AWSTemplateFormatVersion": "2010-09-09", "Resources": resources}
+
+
+def test_infra_adds_the_dispute_workflow_tables_roles_dashboard_row_and_alarms_and_lints_clean(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from infra import disputes, generate
+
+    env = generate.stage_env("prod")
+    template = disputes.extend(_stub_of_what_generate_provides(COMPANIES), env, "prod")
+    resources = template["Resources"]
+    for name in ("DisputesTable", "ReportedTable"):
+        table = resources[name]["Properties"]
+        assert table["BillingMode"] == "PAY_PER_REQUEST" and table["TimeToLiveSpecification"]["Enabled"]
+        assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"]
+        assert table["SSESpecification"]["SSEType"] == "KMS"
+    assert resources["DisputesTable"]["Properties"]["GlobalSecondaryIndexes"][0]["IndexName"] == "backlog"
+    machine = resources["DisputeStateMachine"]["Properties"]
+    placeholders = set(re.findall(r"\$\{(\w+)\}", machine["DefinitionString"]))
+    assert placeholders == set(machine["DefinitionSubstitutions"]) == {"ForwardDisputeArn", "NotifyDisputeArn"}
+    with open(disputes.ASL_FILE, encoding="utf-8") as fh:
+        assert json.loads(machine["DefinitionString"]) == json.load(fh)  # the tested ASL is the deployed one
+    assert machine["LoggingConfiguration"]["IncludeExecutionData"] is False
+    assert resources["APIHandler"]["Properties"]["Environment"]["Variables"]["DISPUTE_STATE_MACHINE_ARN"] == \
+        {"Ref": "DisputeStateMachine"}
+    for statement in (s for r in resources.values() if r.get("Type") in ("AWS::IAM::Role", "AWS::IAM::Policy")
+                      for p in r["Properties"].get("Policies", [r["Properties"]]) if "PolicyDocument" in p
+                      for s in p["PolicyDocument"]["Statement"]):
+        assert not [a for a in statement["Action"] if a == "*" or a.endswith(":*")], statement
+    body = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0]
+    for name in ("DisputeSubmitted", "DisputeResolved", "DisputeExpired"):
+        assert name in body
+    for company in COMPANIES:
+        assert f'"{company}"' in body
+        assert any(company in json.dumps(a) and "DisputeExpired" in json.dumps(a)
+                   for a in resources.values() if a.get("Type") == "AWS::CloudWatch::Alarm")
+    for function in ("APIHandler", "SendReply", "RetryLookups", "DeliverBacklog", "ForwardDispute", "NotifyDispute"):
+        resources[function].update(Type="AWS::Lambda::Function")
+        resources[function]["Properties"].update(Runtime="python3.11", Handler="app.handler",
+                                                 Code={"ZipFile": "def handler(e, c): pass"})
+    path = Path(tmp_path) / "disputes.json"
+    path.write_text(json.dumps(template), encoding="utf-8")
+    lint = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(path)], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
