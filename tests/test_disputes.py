@@ -754,3 +754,26 @@ def test_infra_adds_the_dispute_workflow_tables_roles_dashboard_row_and_alarms_a
     path.write_text(json.dumps(template), encoding="utf-8")
     lint = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(path)], capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_openapi_fragment_describes_every_dispute_route_and_error():
+    """chalicelib/disputes/openapi.json is merged into the API description (issue 9's openapi.json)."""
+    import os
+
+    import app as app_module
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "chalicelib", "disputes",
+                        "openapi.json")
+    with open(path, encoding="utf-8") as fh:
+        fragment = json.load(fh)
+    served = {(p, m) for p, methods in app_module.app.routes.items() for m in methods if "disputes" in p}
+    described = {(p, m.upper()) for p, item in fragment["paths"].items() for m in item}
+    assert described == served
+    submit_responses = fragment["paths"]["/v1/disputes"]["post"]["responses"]
+    text = json.dumps(submit_responses)
+    for status, code in (("400", "invalid_company"), ("403", "wrong_code"), ("409", "nothing_to_dispute"),
+                         ("429", "dispute_limit")):
+        assert code in json.dumps(submit_responses[status]), (status, code)
+    assert "Retry-After" in text
+    callback = fragment["paths"]["/v1/partners/{company}/disputes"]["post"]["responses"]
+    assert {"200", "400", "401", "404", "409"} <= set(callback)
