@@ -158,6 +158,7 @@ def test_accepted_answer_and_status_before_the_outcome(stack, api):
     wait_dispute_finished(stack, dispute_id)
     shown = status(api, dispute_id)
     assert shown["status"] == "resolved"
+    assert status(api, dispute_id.lower()) == shown  # an id typed in lower case is the same id
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", shown["created_at"])
 
 

@@ -132,6 +132,7 @@ class DisputeIntake:
 
 def status_of(dispute_id: str) -> dict[str, Any]:
     """What GET /v1/disputes/{id} shows: never the outcome (it goes only by SMS)."""
+    dispute_id = dispute_id.strip().upper()  # read out on a hotline or typed in lower case: the same id
     if not DISPUTE_ID.fullmatch(dispute_id):
         raise errors.NotFound("未找到该核查申请。")
     try:
