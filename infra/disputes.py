@@ -6,7 +6,7 @@ builds, so the query side's template stays its own. Derived, like generate.py, f
   on-demand, TTL, point-in-time recovery, encrypted with the service's key;
 - the second state machine from stepfunctions/dispute.asl.json, its placeholders from chalicelib/contracts.py;
 - least privilege: a role for each new function (ForwardDispute, NotifyDispute) and, for the functions
-  that already exist, one extra AWS::IAM::Policy each with exactly what the dispute code calls;
+  that already exist, one more inline policy on their role with exactly what the dispute code calls;
 - a dashboard row (disputes submitted / resolved / expired per company), an alarm per company on expired
   disputes and one on failed dispute executions, from the company registry.
 """
@@ -199,16 +199,19 @@ def _basic_role(function: str, statements: list[dict[str, Any]]) -> dict[str, An
             *statements]}}]}}
 
 
-def roles_and_policies(env: dict[str, str], stage: str) -> dict[str, Any]:
-    resources: dict[str, Any] = {}
+def add_roles_and_policies(resources: dict[str, Any], env: dict[str, str], stage: str) -> None:
+    """A role for each new function; for an existing function, one more inline policy on its role
+    (appended: nothing of its own is touched), or a separate policy if the role is not in this template."""
     for function, statements in access(machine_arn(env, stage)).items():
+        role = f"{function}Role"
+        document = {"Version": "2012-10-17", "Statement": statements}
         if function in NEW_FUNCTIONS:
-            resources[f"{function}Role"] = _basic_role(function, statements)
-        else:  # an existing function's role gets one more policy: nothing of its own is touched
+            resources[role] = _basic_role(function, statements)
+        elif isinstance(resources.get(role, {}).get("Properties", {}).get("Policies"), list):
+            resources[role]["Properties"]["Policies"].append({"PolicyName": "disputes", "PolicyDocument": document})
+        else:
             resources[f"{function}DisputesPolicy"] = {"Type": "AWS::IAM::Policy", "Properties": {
-                "PolicyName": "disputes", "Roles": [ref(f"{function}Role")],
-                "PolicyDocument": {"Version": "2012-10-17", "Statement": statements}}}
-    return resources
+                "PolicyName": "disputes", "Roles": [ref(role)], "PolicyDocument": document}}
 
 
 def dashboard_widgets() -> list[dict[str, Any]]:
@@ -256,7 +259,8 @@ def extend(template: dict[str, Any], env: dict[str, str], stage: str) -> dict[st
     # Only the API starts dispute executions (the steps themselves must not refer to their machine).
     resources.setdefault("APIHandler", {}).setdefault("Properties", {}).setdefault("Environment", {}).setdefault(
         "Variables", {})["DISPUTE_STATE_MACHINE_ARN"] = ref(MACHINE)
-    resources.update({**tables(env), **state_machine(env, stage), **roles_and_policies(env, stage), **alarms()})
+    resources.update({**tables(env), **state_machine(env, stage), **alarms()})
+    add_roles_and_policies(resources, env, stage)
     board = resources.get("Dashboard", {}).get("Properties", {}).get("DashboardBody")
     if isinstance(board, dict) and "Fn::Sub" in board:
         body, variables = board["Fn::Sub"]

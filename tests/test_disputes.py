@@ -691,8 +691,10 @@ def _stub_of_what_generate_provides(companies) -> dict:
             "AttributeDefinitions": [{"AttributeName": "k", "AttributeType": "S"}], "TableName": name}}
 
     trust = {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
-    role = {"Type": "AWS::IAM::Role",
-            "Properties": {"AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [trust]}}}
+    def role():
+        return {"Type": "AWS::IAM::Role", "Properties": {
+            "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [trust]}, "Policies": []}}
+
     root = {"AWS": {"Fn::Sub": "arn:aws:iam::${AWS::AccountId}:root"}}
     resources = {
         "DataKey": {"Type": "AWS::KMS::Key", "Properties": {"EnableKeyRotation": True, "KeyPolicy": {
@@ -707,7 +709,7 @@ def _stub_of_what_generate_provides(companies) -> dict:
            for c in companies},
     }
     for function in ("APIHandler", "SendReply", "RetryLookups", "DeliverBacklog"):
-        resources[f"{function}Role"] = role
+        resources[f"{function}Role"] = role()
         resources[function] = {"Properties": {"Role": {"Fn::GetAtt": [f"{function}Role", "Arn"]}}}
     return {"AWSTemplateFormatVersion": "2010-09-09", "Resources": resources}
 
@@ -736,6 +738,7 @@ def test_infra_adds_the_dispute_workflow_tables_roles_dashboard_row_and_alarms_a
     assert machine["LoggingConfiguration"]["IncludeExecutionData"] is False
     assert resources["APIHandler"]["Properties"]["Environment"]["Variables"]["DISPUTE_STATE_MACHINE_ARN"] == \
         {"Ref": "DisputeStateMachine"}
+    assert [p["PolicyName"] for p in resources["SendReplyRole"]["Properties"]["Policies"]] == ["disputes"]
     for statement in (s for r in resources.values() if r.get("Type") in ("AWS::IAM::Role", "AWS::IAM::Policy")
                       for p in r["Properties"].get("Policies", [r["Properties"]]) if "PolicyDocument" in p
                       for s in p["PolicyDocument"]["Statement"]):
