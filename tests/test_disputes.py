@@ -781,3 +781,88 @@ def test_openapi_fragment_describes_every_dispute_route_and_error():
     assert "Retry-After" in text
     callback = fragment["paths"]["/v1/partners/{company}/disputes"]["post"]["responses"]
     assert {"200", "400", "401", "404", "409"} <= set(callback)
+
+
+def test_every_aws_action_the_dispute_code_calls_is_granted_by_infra(stack, api, monkeypatch):
+    """Drive every dispute path once (immediate, callback, transient failure and retry queue, open circuit and
+    the minute job's replay, status), recording each AWS call by function: what the dispute code calls must be
+    in infra/disputes.py's grants (for the new functions: all of it; for existing ones: the dispute tables)."""
+    from chalicelib.storage.models import Dispute
+    from infra import disputes
+    from local import recording as recording_module
+    from local.lambdas import CURRENT, acting_as
+    from local.recording import recording
+
+    record = recording_module.CallRecorder.record
+
+    def record_batches_by_table(self, request):
+        """Batch requests name their tables inside RequestItems: count them per table too."""
+        record(self, request)
+        target = request.headers.get("X-Amz-Target") or b""
+        target = target.decode() if isinstance(target, bytes) else target
+        function = getattr(CURRENT, "function", None)
+        if function and target.endswith(("BatchGetItem", "BatchWriteItem")):
+            body = request.body.decode() if isinstance(request.body, bytes) else request.body
+            for table in json.loads(body)["RequestItems"]:
+                self.calls[(function, "dynamodb:" + target.split(".")[-1], table)] += 1
+
+    monkeypatch.setattr(recording_module.CallRecorder, "record", record_batches_by_table)
+    env = stack.env
+    local_table = {"DisputesTable": env["DISPUTES_TABLE"], "ReportedTable": env["REPORTED_TABLE"],
+                   "CircuitsTable": env["CIRCUITS_TABLE"], "IdempotencyTable": env["IDEMPOTENCY_TABLE"],
+                   "ThrottleTable": env["THROTTLE_TABLE"]}
+    with recording() as recorder:
+        with acting_as("APIHandler"):
+            replied_query(api, stack)
+            replied_query(api, stack, "15012345678", "281234")  # another citizen (three disputes a day each)
+            tencent = accepted(dispute(api, stack, "tencent"))  # immediate
+        from_now_on(stack, "jd", "callback")
+        from_now_on(stack, "douyin", "flaky")
+        with acting_as("APIHandler"):
+            jd = accepted(dispute(api, stack, "jd"))  # answered by a signed callback over HTTP
+            douyin = accepted(dispute(api, stack, "douyin"))  # 503, 503: the retry queue
+        circuits = stack.app_module.lookups().circuits
+        for _ in range(5):
+            circuits.failed("alipay", int(time.time()))
+        with acting_as("APIHandler"):
+            alipay = accepted(dispute(api, stack, "alipay", phone="15012345678"))  # parked behind the open circuit
+        wait_for(lambda: Dispute.get(alipay).state == "unsent", 10, "alipay's dispute parked")
+        circuits.succeeded(circuits.states(["alipay"])["alipay"], int(time.time()))  # a lookup probe closed it
+        assert stack.deliver_once()["alipay"] == 1  # the minute job replays the parked dispute
+        for dispute_id in (tencent, jd, douyin, alipay):
+            assert wait_dispute_finished(stack, dispute_id)["status"] == "SUCCEEDED"
+            with acting_as("APIHandler"):
+                assert status(api, dispute_id)["status"] == "resolved"
+    assert len(stack.partners["douyin"].disputes) == 3
+
+    def granted(statements):
+        out = set()
+        for statement in statements:
+            if "kms:ViaService" in json.dumps(statement.get("Condition", {})):
+                continue
+            targets = statement.get("Resource", statement.get("NotResource"))
+            refs = [t["Fn::GetAtt"][0] for t in (targets if isinstance(targets, list) else [targets])
+                    if isinstance(t, dict) and "Fn::GetAtt" in t]
+            tables = [local_table[r] for r in refs if r in local_table]
+            for action in statement["Action"]:
+                for table in tables or [""]:
+                    out.add((action, table))
+        return out
+
+    dispute_tables = {env["DISPUTES_TABLE"], env["REPORTED_TABLE"]}
+    for function, statements in disputes.access({"Fn::Sub": "machine"}).items():
+        allowed = granted(statements)
+        called = {(action, table) for f, action, table in recorder.calls if f == function
+                  and not action.startswith(("logs:", "xray:")) and action != "dynamodb:DescribeTable"}
+        if function not in disputes.NEW_FUNCTIONS:  # the rest of an existing function is generate.py's
+            called = {(a, t) for a, t in called if t in dispute_tables}
+        # A batch request is also recorded without a table (local/recording.py): its per-table entries decide.
+        missing = {(a, t) for a, t in called if (a, t) not in allowed
+                   and not (t == "" and a in ("dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"))}
+        assert not missing, f"{function} calls what infra/disputes.py does not grant: {missing}"
+    calls = set(recorder.calls)
+    assert ("SendReply", "dynamodb:BatchWriteItem", env["REPORTED_TABLE"]) in calls
+    assert ("RetryLookups", "dynamodb:BatchGetItem", env["DISPUTES_TABLE"]) in calls
+    assert ("DeliverBacklog", "dynamodb:Query", env["DISPUTES_TABLE"]) in calls
+    forward = {a for f, a, _ in calls if f == "ForwardDispute"}
+    assert {"sns:Publish", "kms:Decrypt", "sqs:SendMessage", "states:SendTaskSuccess"} <= forward
