@@ -866,3 +866,47 @@ def test_every_aws_action_the_dispute_code_calls_is_granted_by_infra(stack, api,
     assert ("DeliverBacklog", "dynamodb:Query", env["DISPUTES_TABLE"]) in calls
     forward = {a for f, a, _ in calls if f == "ForwardDispute"}
     assert {"sns:Publish", "kms:Decrypt", "sqs:SendMessage", "states:SendTaskSuccess"} <= forward
+
+
+def test_concurrent_identical_callbacks_record_once_and_send_one_outcome_sms(stack, api, waiting):
+    """Partners retry: the same signed answer arriving eight times at once settles and releases once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from tests.test_page import BASE
+
+    dispute_id = waiting
+    raw = json.dumps({"dispute_id": dispute_id, "outcome": "unbound", "accounts": 2}).encode()
+    headers = signing.signed_headers(stack.secrets["yztc/partners/tencent"], raw)
+
+    def post(_):
+        return requests.post(f"{BASE}/v1/partners/tencent/disputes", data=raw, headers=headers, timeout=20).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert list(pool.map(post, range(8))) == [200] * 8
+    assert wait_dispute_finished(stack, dispute_id)["status"] == "SUCCEEDED"
+    assert sms_about(stack, dispute_id) == [
+        submitted_text("tencent", dispute_id),
+        f"【一证通查】腾讯已处理您的核查申请（编号{dispute_id}）：已解除2个账号与您手机号的绑定。"]
+
+
+def test_concurrent_submissions_with_one_code_accept_one_dispute(stack, api):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from tests.test_page import BASE
+
+    replied_query(api, stack)
+    assert request_code(api, PHONE).status_code == 202
+    code = latest_code(stack, PHONE)
+
+    def post(company):
+        response = requests.post(f"{BASE}/v1/disputes", json={"phone": PHONE, "code": code, "company": company},
+                                 timeout=20)
+        return response.status_code
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        statuses = list(pool.map(post, ["tencent", "tencent", "jd", "alipay"]))
+    assert statuses.count(202) == 1 and set(statuses) <= {202, 403, 429}, statuses
