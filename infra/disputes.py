@@ -199,13 +199,21 @@ def _basic_role(function: str, statements: list[dict[str, Any]]) -> dict[str, An
             *statements]}}]}}
 
 
-def add_roles_and_policies(resources: dict[str, Any], env: dict[str, str], stage: str) -> None:
+def add_roles_and_policies(resources: dict[str, Any], env: dict[str, str], stage: str,
+                           integrated: bool = False) -> None:
     """A role for each new function; for an existing function, one more inline policy on its role
-    (appended: nothing of its own is touched), or a separate policy if the role is not in this template."""
+    (appended: nothing of its own is touched), or a separate policy if the role is not in this template.
+
+    `integrated`: generate.py's FUNCTION_ACCESS already grants the dispute code its tables, key, secrets,
+    queue and SMS; only what it cannot say (the dispute workflow, not the query one) is added here."""
     for function, statements in access(machine_arn(env, stage)).items():
+        if integrated:
+            statements = [s for s in statements if any(a.startswith("states:") for a in s["Action"])]
+            if not statements:
+                continue
         role = f"{function}Role"
         document = {"Version": "2012-10-17", "Statement": statements}
-        if function in NEW_FUNCTIONS:
+        if function in NEW_FUNCTIONS and role not in resources:
             resources[role] = _basic_role(function, statements)
         elif isinstance(resources.get(role, {}).get("Properties", {}).get("Policies"), list):
             resources[role]["Properties"]["Policies"].append({"PolicyName": "disputes", "PolicyDocument": document})
@@ -248,19 +256,24 @@ def alarms() -> dict[str, Any]:
 
 def extend(template: dict[str, Any], env: dict[str, str], stage: str) -> dict[str, Any]:
     """generate.py's template with the dispute feature added."""
+    from infra import generate
+
     template = copy.deepcopy(template)
     resources = template.setdefault("Resources", {})
+    integrated = all(fn in generate.FUNCTION_ACCESS for fn in NEW_FUNCTIONS)
     # The new functions get what every function gets (names, ARNs), plus their own role.
     shared_variables = resources.get("APIHandler", {}).get("Properties", {}).get("Environment", {}).get(
         "Variables", {})
     for function in NEW_FUNCTIONS:
-        resources[function] = {"Properties": {"Role": get_att(f"{function}Role"),
-                                              "Environment": {"Variables": dict(shared_variables)}}}
+        resources.setdefault(function, {"Properties": {"Role": get_att(f"{function}Role"),
+                                                       "Environment": {"Variables": dict(shared_variables)}}})
     # Only the API starts dispute executions (the steps themselves must not refer to their machine).
     resources.setdefault("APIHandler", {}).setdefault("Properties", {}).setdefault("Environment", {}).setdefault(
         "Variables", {})["DISPUTE_STATE_MACHINE_ARN"] = ref(MACHINE)
-    resources.update({**tables(env), **state_machine(env, stage), **alarms()})
-    add_roles_and_policies(resources, env, stage)
+    for name, table_resource in tables(env).items():
+        resources.setdefault(name, table_resource)  # generate.py may build every model's table itself
+    resources.update({**state_machine(env, stage), **alarms()})
+    add_roles_and_policies(resources, env, stage, integrated)
     board = resources.get("Dashboard", {}).get("Properties", {}).get("DashboardBody")
     if isinstance(board, dict) and "Fn::Sub" in board:
         body, variables = board["Fn::Sub"]

@@ -783,14 +783,44 @@ def test_openapi_fragment_describes_every_dispute_route_and_error():
     assert {"200", "400", "401", "404", "409"} <= set(callback)
 
 
+def drive_every_dispute_path(stack, api):
+    """Every dispute path once, each request labelled with the function that makes it (tests/test_infra.py
+    records the AWS calls): immediate and callback answers, a transient failure and the retry queue, an open
+    circuit and the minute job's replay, statuses. Needs CODE_RESEND_SECONDS=0 (codes_without_resend_gap)."""
+    from chalicelib.storage.models import Dispute
+    from local.lambdas import acting_as
+
+    with acting_as("APIHandler"):
+        replied_query(api, stack)
+        replied_query(api, stack, "15012345678", "281234")  # another citizen (three disputes a day each)
+        tencent = accepted(dispute(api, stack, "tencent"))  # immediate
+    from_now_on(stack, "jd", "callback")
+    from_now_on(stack, "douyin", "flaky")
+    with acting_as("APIHandler"):
+        jd = accepted(dispute(api, stack, "jd"))  # answered by a signed callback over HTTP
+        douyin = accepted(dispute(api, stack, "douyin"))  # 503, 503: the retry queue
+    circuits = stack.app_module.lookups().circuits
+    for _ in range(5):
+        circuits.failed("alipay", int(time.time()))
+    with acting_as("APIHandler"):
+        alipay = accepted(dispute(api, stack, "alipay", phone="15012345678"))  # parked behind the open circuit
+    wait_for(lambda: Dispute.get(alipay).state == "unsent", 10, "alipay's dispute parked")
+    circuits.succeeded(circuits.states(["alipay"])["alipay"], int(time.time()))  # a lookup probe closed it
+    assert stack.deliver_once()["alipay"] == 1  # the minute job replays the parked dispute
+    for dispute_id in (tencent, jd, douyin, alipay):
+        assert wait_dispute_finished(stack, dispute_id)["status"] == "SUCCEEDED"
+        with acting_as("APIHandler"):
+            assert status(api, dispute_id)["status"] == "resolved"
+    assert len(stack.partners["douyin"].disputes) == 3
+
+
 def test_every_aws_action_the_dispute_code_calls_is_granted_by_infra(stack, api, monkeypatch):
     """Drive every dispute path once (immediate, callback, transient failure and retry queue, open circuit and
     the minute job's replay, status), recording each AWS call by function: what the dispute code calls must be
     in infra/disputes.py's grants (for the new functions: all of it; for existing ones: the dispute tables)."""
-    from chalicelib.storage.models import Dispute
     from infra import disputes
     from local import recording as recording_module
-    from local.lambdas import CURRENT, acting_as
+    from local.lambdas import CURRENT
     from local.recording import recording
 
     record = recording_module.CallRecorder.record
@@ -812,28 +842,7 @@ def test_every_aws_action_the_dispute_code_calls_is_granted_by_infra(stack, api,
                    "CircuitsTable": env["CIRCUITS_TABLE"], "IdempotencyTable": env["IDEMPOTENCY_TABLE"],
                    "ThrottleTable": env["THROTTLE_TABLE"]}
     with recording() as recorder:
-        with acting_as("APIHandler"):
-            replied_query(api, stack)
-            replied_query(api, stack, "15012345678", "281234")  # another citizen (three disputes a day each)
-            tencent = accepted(dispute(api, stack, "tencent"))  # immediate
-        from_now_on(stack, "jd", "callback")
-        from_now_on(stack, "douyin", "flaky")
-        with acting_as("APIHandler"):
-            jd = accepted(dispute(api, stack, "jd"))  # answered by a signed callback over HTTP
-            douyin = accepted(dispute(api, stack, "douyin"))  # 503, 503: the retry queue
-        circuits = stack.app_module.lookups().circuits
-        for _ in range(5):
-            circuits.failed("alipay", int(time.time()))
-        with acting_as("APIHandler"):
-            alipay = accepted(dispute(api, stack, "alipay", phone="15012345678"))  # parked behind the open circuit
-        wait_for(lambda: Dispute.get(alipay).state == "unsent", 10, "alipay's dispute parked")
-        circuits.succeeded(circuits.states(["alipay"])["alipay"], int(time.time()))  # a lookup probe closed it
-        assert stack.deliver_once()["alipay"] == 1  # the minute job replays the parked dispute
-        for dispute_id in (tencent, jd, douyin, alipay):
-            assert wait_dispute_finished(stack, dispute_id)["status"] == "SUCCEEDED"
-            with acting_as("APIHandler"):
-                assert status(api, dispute_id)["status"] == "resolved"
-    assert len(stack.partners["douyin"].disputes) == 3
+        drive_every_dispute_path(stack, api)
 
     def granted(statements):
         out = set()
