@@ -20,7 +20,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
-from pynamodb.exceptions import DeleteError, TransactWriteError
+from pynamodb.exceptions import DeleteError, TransactWriteError, UpdateError
 
 from chalicelib import clients, errors, registry
 from chalicelib.codes import CodeService
@@ -28,7 +28,7 @@ from chalicelib.config import Settings, settings
 from chalicelib.contracts import DisputeInput, DisputeStatus, LookupState
 from chalicelib.disputes.protocol import DISPUTE_ID, new_dispute_id
 from chalicelib.privacy import Vault
-from chalicelib.storage.models import Dispute, ReportedAccounts, at, transaction
+from chalicelib.storage.models import Dispute, ReportedAccounts, Throttle, at, transaction
 from chalicelib.throttle import Counter, Lock, china_day_window, first_refused
 from chalicelib.workflow.reply import REPORTED_DAYS
 
@@ -102,10 +102,14 @@ class DisputeIntake:
         except ClientError as exc:
             logger.warning("dispute execution not started", extra={"dispute_id": dispute_id,
                                                                     "reason": exc.response["Error"]["Code"]})
-            record.delete()  # not accepted after all: the citizen may try again at once
+            record.delete()  # not accepted after all: the citizen may try again at once,
             try:
                 lock.release()
             except DeleteError:
+                pass
+            try:  # and this attempt does not count against the day's three
+                Throttle(daily.key).update(actions=[Throttle.hits.add(-1)], condition=Throttle.hits > 0)
+            except UpdateError:
                 pass
             raise errors.ServiceBusy("服务繁忙，请稍后再试。", retry_after=60) from exc
         return AcceptedDispute(dispute_id, company.id, now)
