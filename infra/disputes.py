@@ -87,7 +87,9 @@ def state_machine(env: dict[str, str], stage: str) -> dict[str, Any]:
         definition = json.load(fh)
     return {
         "DisputeStateMachineLogGroup": {"Type": "AWS::Logs::LogGroup", "Properties": {
-            "LogGroupName": f"/aws/vendedlogs/states/yztc-{stage}-dispute", "RetentionInDays": 90}},
+            "LogGroupName": f"/aws/vendedlogs/states/yztc-{stage}-dispute", "RetentionInDays": 90},
+            "Metadata": {"checkov": {"skip": [{"id": "CKV_AWS_158", "comment": (
+                "ERROR level without execution data: no personal data; CloudWatch encrypts at rest")}]}}},
         "DisputeStateMachineRole": {"Type": "AWS::IAM::Role", "Properties": {
             "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [
                 {"Effect": "Allow", "Principal": {"Service": "states.amazonaws.com"}, "Action": "sts:AssumeRole"}]},
