@@ -13,6 +13,7 @@ rather than queued; a repeated start is idempotent by name anyway.
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,8 +96,11 @@ class DisputeIntake:
                     raise errors.DisputeLimit(retry_after=lock.retry_after(now)) from exc
                 if refused is daily:
                     raise errors.DisputeLimit(retry_after=daily.retry_after(now)) from exc
-                if not _conflicted(exc) or attempt == _CONFLICT_RETRIES - 1:
-                    raise
+                if not _conflicted(exc):
+                    raise  # not a condition of ours: a 500 and an alarm
+                if attempt == _CONFLICT_RETRIES - 1:  # DynamoDB kept cancelling it for concurrent writes
+                    raise errors.ServiceBusy("系统繁忙，请稍后再试。", retry_after=1) from exc
+                time.sleep(random.uniform(0, 0.025 * 2 ** attempt))  # full jitter: contenders spread out
         try:
             self.start(dispute_id, deadline_at, cfg.dispute_deadline_seconds)
         except ClientError as exc:
