@@ -137,6 +137,11 @@ def machine_arn(env: dict[str, str], stage: str) -> dict[str, str]:
                + machine_name(env, stage))
 
 
+# Secrets Manager decrypts a secret with the service's key on the caller's behalf.
+_SECRETS_KEY = {"Sid": "SecretsKey", "Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": get_att("DataKey"),
+                "Condition": {"StringEquals": {"kms:ViaService": sub("secretsmanager.${AWS::Region}.amazonaws.com")}}}
+
+
 def _partner_delivery(machine: Any) -> list[dict[str, Any]]:
     """What sending a dispute to a partner needs: its circuit, the phone, its secret, the retry queue, the token."""
     return [
@@ -144,8 +149,7 @@ def _partner_delivery(machine: Any) -> list[dict[str, Any]]:
         {"Sid": "PersonalDataKey", "Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": get_att("DataKey")},
         {"Sid": "PartnerSecrets", "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"],
          "Resource": [ref(logical(c["secret_name"]) + "Secret") for c in registry("companies")]},
-        {"Sid": "SecretsKey", "Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": get_att("DataKey"),
-         "Condition": {"StringEquals": {"kms:ViaService": sub("secretsmanager.${AWS::Region}.amazonaws.com")}}},
+        _SECRETS_KEY,
         {"Sid": "RetryQueue", "Effect": "Allow", "Action": ["sqs:SendMessage"], "Resource": get_att("RetryQueue")},
         {"Sid": "DisputeWorkflow", "Effect": "Allow", "Action": ["states:SendTaskSuccess"], "Resource": machine},
     ]
@@ -166,7 +170,12 @@ def access(machine: Any) -> dict[str, list[dict[str, Any]]]:
             {"Sid": "DisputeWorkflow", "Effect": "Allow", "Action": ["states:StartExecution", "states:SendTaskSuccess"],
              "Resource": machine},
         ],
-        "SendReply": [_table("REPORTED_TABLE", ["dynamodb:BatchWriteItem", "dynamodb:PutItem", "dynamodb:DeleteItem"])],
+        "SendReply": [  # which companies a reply listed accounts at, keyed by the phone's HMAC (the pepper)
+            _table("REPORTED_TABLE", ["dynamodb:BatchWriteItem", "dynamodb:PutItem", "dynamodb:DeleteItem"]),
+            {"Sid": "Pepper", "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"],
+             "Resource": [ref("PepperSecret")]},
+            _SECRETS_KEY,
+        ],
         "ForwardDispute": [
             _table("DISPUTES_TABLE", _TABLE_READ_WRITE),
             _table("IDEMPOTENCY_TABLE", _IDEMPOTENCY),

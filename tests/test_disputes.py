@@ -702,6 +702,7 @@ def _stub_of_what_generate_provides(companies) -> dict:
                                                     "Principal": root}]}}},
         "OperatorTopic": {"Type": "AWS::SNS::Topic", "Properties": {}},
         "RetryQueue": {"Type": "AWS::SQS::Queue", "Properties": {}},
+        "PepperSecret": {"Type": "AWS::SecretsManager::Secret", "Properties": {}},
         "CircuitsTable": table("c"), "IdempotencyTable": table("i"), "ThrottleTable": table("t"),
         "Dashboard": {"Type": "AWS::CloudWatch::Dashboard", "Properties": {
             "DashboardBody": {"Fn::Sub": ['{"widgets": []}', {}]}}},
