@@ -177,7 +177,8 @@ def access(machine: Any) -> dict[str, list[dict[str, Any]]]:
             _SECRETS_KEY,
         ],
         "ForwardDispute": [
-            _table("DISPUTES_TABLE", _TABLE_READ_WRITE),
+            # UpdateItem returns the record (no GetItem); a lost race to a callback is a retried step.
+            _table("DISPUTES_TABLE", ["dynamodb:UpdateItem"]),
             _table("IDEMPOTENCY_TABLE", _IDEMPOTENCY),
             _SMS,
             *_partner_delivery(machine),

@@ -805,7 +805,7 @@ def drive_every_dispute_path(stack, api, queries: bool = True):
 
     from chalicelib import clients
     from chalicelib.storage.models import Dispute, Throttle
-    from local.lambdas import acting_as
+    from local.lambdas import CURRENT, acting_as
 
     def submit_dispute(company, phone=PHONE):
         Throttle(f"code-gap#{stack.app_module.hasher().digest('phone', phone)}").delete()
@@ -832,7 +832,23 @@ def drive_every_dispute_path(stack, api, queries: bool = True):
     finally:
         sfn.meta.events.unregister("before-call.sfn.StartExecution", refuse_once)
     assert refused.status_code == 503, refused.body
-    tencent = accepted(submit_dispute("tencent"))  # answered in the 200: ForwardDispute releases the token
+    # SNS fails once for each step's SMS: the idempotency record is given back and the step retried.
+    sns = clients.client("sns")
+    sns_failures = {"ForwardDispute": 1, "NotifyDispute": 1}
+
+    def refuse_sms_once(**_):
+        function = getattr(CURRENT, "function", None)
+        if sns_failures.get(function):
+            sns_failures[function] -= 1
+            raise ClientError({"Error": {"Code": "InternalError", "Message": "injected"}}, "Publish")
+
+    sns.meta.events.register("before-call.sns.Publish", refuse_sms_once)
+    try:
+        tencent = accepted(submit_dispute("tencent"))  # answered in the 200: ForwardDispute releases the token
+        assert wait_dispute_finished(stack, tencent)["status"] == "SUCCEEDED"
+    finally:
+        sns.meta.events.unregister("before-call.sns.Publish", refuse_sms_once)
+    assert sns_failures == {"ForwardDispute": 0, "NotifyDispute": 0}
     from_now_on(stack, "jd", "callback")
     jd = accepted(submit_dispute("jd"))  # answered by a signed callback over HTTP: the API releases it
     from_now_on(stack, "douyin", "down")
