@@ -219,7 +219,7 @@ def waiting(stack, api):
     replied_query(api, stack)
     from_now_on(stack, "tencent", "silent")
     dispute_id = accepted(dispute(api, stack, "tencent"))
-    wait_for(lambda: stack.partners["tencent"].disputes, 10, "tencent asked")
+    wait_for(lambda: status(api, dispute_id)["status"] == "forwarded", 10, "tencent asked (its 202 recorded)")
     return dispute_id
 
 
