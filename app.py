@@ -23,6 +23,10 @@ from chalicelib.api.responses import conform, error_response, json_response
 from chalicelib.cards.validation import normalise_id_number, normalise_name
 from chalicelib.codes import CodeService
 from chalicelib.config import settings
+from chalicelib.disputes.desk import DisputeClient, DisputeDesk
+from chalicelib.disputes.intake import DisputeIntake
+from chalicelib.disputes.intake import status_of as dispute_status_of
+from chalicelib.disputes.notify import DisputeNotifier
 from chalicelib.partners.circuit import Circuits
 from chalicelib.partners.delivery import Delivery
 from chalicelib.partners.kinds import ACCOUNTS, CARDS, LookupKind, kind_of
@@ -74,7 +78,29 @@ def lookups() -> LookupDesk:
 
 @functools.cache
 def delivery() -> Delivery:
-    return Delivery(lookups())
+    return Delivery(lookups(), backlogs=[disputes()])
+
+
+def _idempotency_store() -> Any:
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
+    return DynamoDBPersistenceLayer(table_name=settings().idempotency_table, boto3_client=clients.client("dynamodb"))
+
+
+@functools.cache
+def dispute_notifier() -> DisputeNotifier:
+    return DisputeNotifier(vault(), SmsSender(), persistence=_idempotency_store())
+
+
+@functools.cache
+def disputes() -> DisputeDesk:
+    config = settings()
+    return DisputeDesk(vault(), lookups().circuits, DisputeClient(config), dispute_notifier())
+
+
+@functools.cache
+def dispute_intake() -> DisputeIntake:
+    return DisputeIntake(code_service(), vault())
 
 
 @functools.cache
@@ -88,7 +114,7 @@ def reply_sender() -> ReplySender:
 
     persistence = DynamoDBPersistenceLayer(table_name=settings().idempotency_table,
                                            boto3_client=clients.client("dynamodb"))
-    return ReplySender(vault(), SmsSender(), persistence=persistence)
+    return ReplySender(vault(), SmsSender(), persistence=persistence, hasher=hasher())
 
 
 def _request() -> Request:
@@ -235,6 +261,37 @@ def openapi_description() -> Response:
                     headers={"Content-Type": "application/json; charset=utf-8"})
 
 
+@app.route("/v1/disputes", methods=["POST"], content_types=BODY_TYPES)
+@json_api
+def submit_dispute() -> Response:
+    body = parse_json_object(_raw_body())
+    phone, code, company = require_fields(body, "phone", "code", "company")
+    phone, code = normalise_phone(phone), check_code_format(code)
+    if not isinstance(company, str) or registry.company(company) is None:
+        raise errors.InvalidCompany()
+    intake().check_client(_client_ip())
+    accepted = dispute_intake().accept(phone, code, company)
+    logger.info("dispute accepted", extra={"dispute_id": accepted.dispute_id, "company": accepted.company})
+    telemetry.count("DisputeSubmitted", company=accepted.company)
+    return json_response({"dispute_id": accepted.dispute_id, "status": "submitted", "company": accepted.company,
+                          "respond_within_days": 15}, 202)
+
+
+@app.route("/v1/disputes/{dispute_id}", methods=["GET"])
+@json_api
+def dispute_status(dispute_id: str) -> dict[str, Any]:
+    return dispute_status_of(dispute_id)
+
+
+@app.route("/v1/partners/{company}/disputes", methods=["POST"], content_types=BODY_TYPES)
+@json_api
+def partner_dispute_answer(company: str) -> dict[str, Any]:
+    raw = _raw_body()
+    partner = lookups().verify_callback(ACCOUNTS, company, dict(_request().headers), raw)
+    disputes().record_callback(partner, parse_json_object(raw))
+    return {"status": "recorded"}
+
+
 ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
@@ -300,22 +357,47 @@ def send_reply(event: contracts.ReplyInput, context: Any) -> dict[str, Any]:
     return sender.run(event)
 
 
+# -- the dispute workflow (stepfunctions/dispute.asl.json) ---------------------------
+@app.lambda_function(name=contracts.FORWARD_DISPUTE.name)
+def forward_dispute(event: contracts.ForwardInput, context: Any) -> None:
+    notifier = dispute_notifier()
+    if notifier.idempotency is not None and context is not None:
+        notifier.idempotency.register_lambda_context(context)
+    disputes().forward(event["dispute_id"], event["task_token"])
+
+
+@app.lambda_function(name=contracts.NOTIFY_DISPUTE.name)
+def notify_dispute(event: contracts.NotifyInput, context: Any) -> dict[str, Any]:
+    notifier = dispute_notifier()
+    if notifier.idempotency is not None and context is not None:
+        notifier.idempotency.register_lambda_context(context)
+    return notifier.run(event)
+
+
 # -- partner delivery (chalicelib/partners/delivery.py) ----------------------------
 @app.on_sqs_message(queue=RETRY_QUEUE_NAME, batch_size=10, name=contracts.RETRY_LOOKUPS.name)
 def retry_lookups(event: Any) -> None:
-    delivery().retry(lookup_id for record in event if (lookup_id := _retry_target(record.body)))
+    targets = [target for record in event if (target := _retry_target(record.body))]
+    lookup_ids = [target[1] for target in targets if target[0] == "lookup_id"]
+    if lookup_ids:
+        delivery().retry(lookup_ids)
+    dispute_ids = [target[1] for target in targets if target[0] == "dispute_id"]
+    if dispute_ids:  # disputes ride the same queue (chalicelib/disputes/desk.py)
+        disputes().retry(dispute_ids)
 
 
-def _retry_target(body: str) -> str | None:
-    """The lookup a nudge names; a malformed message is skipped (its lookup waits in the backlog)."""
+def _retry_target(body: str) -> tuple[str, str] | None:
+    """The lookup or dispute a nudge names; a malformed message is skipped (its item waits in the backlog)."""
     try:
-        lookup_id = json.loads(body).get("lookup_id")
-    except (ValueError, AttributeError):
-        lookup_id = None
-    if not isinstance(lookup_id, str):
+        message = json.loads(body)
+        key = next(k for k in ("lookup_id", "dispute_id") if k in message)
+        target = message[key]
+    except (ValueError, AttributeError, TypeError, StopIteration):
+        target = None
+    if not isinstance(target, str):
         logger.warning("malformed retry message skipped")
         return None
-    return lookup_id
+    return key, target
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES), name=contracts.DELIVER_BACKLOG.name)

@@ -44,6 +44,12 @@ class Settings:
     circuit_probe_seconds: int
     delivery_budget_seconds: int
     partner_max_account_count: int
+    disputes_table: str = "yztc-disputes"
+    reported_table: str = "yztc-reported"
+    dispute_state_machine_arn: str = ""
+    dispute_deadline_seconds: int = 1296000
+    dispute_daily_limit: int = 3
+    dispute_record_days: int = 30
 
 
 def _int(name: str, default: int) -> int:
@@ -99,4 +105,12 @@ def settings() -> Settings:
         # How long one run of the per-minute delivery job may replay a backlog (its Lambda timeout is 60 s).
         delivery_budget_seconds=_int("DELIVERY_BUDGET_SECONDS", 40),
         partner_max_account_count=_int("PARTNER_MAX_ACCOUNT_COUNT", 100_000),
+        # SPEC §8: disputes, their 15-day answer deadline, at most 3 per number a day.
+        disputes_table=os.environ.get("DISPUTES_TABLE", "yztc-disputes"),
+        reported_table=os.environ.get("REPORTED_TABLE", "yztc-reported"),
+        dispute_state_machine_arn=os.environ.get("DISPUTE_STATE_MACHINE_ARN", ""),
+        dispute_deadline_seconds=_int("DISPUTE_DEADLINE_SECONDS", 1296000),
+        dispute_daily_limit=_int("DISPUTE_DAILY_LIMIT", 3),
+        # How long GET /v1/disputes/{id} keeps answering after the deadline.
+        dispute_record_days=_int("DISPUTE_RECORD_DAYS", 30),
     )

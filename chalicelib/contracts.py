@@ -97,6 +97,58 @@ class ReplyInput(TypedDict):
     fan_out: NotRequired[FanOutOutput]
 
 
+# -- the dispute workflow (SPEC §8, stepfunctions/dispute.asl.json) ------------------------
+class DisputeStatus(StrEnum):
+    """What GET /v1/disputes/{id} shows (SPEC §8); never the outcome."""
+
+    SUBMITTED = "submitted"
+    FORWARDED = "forwarded"
+    RESOLVED = "resolved"
+    EXPIRED = "expired"
+
+
+class DisputeOutcome(StrEnum):
+    """A partner's answer to a dispute (SPEC §8); EXPIRED is ours: no answer by the deadline."""
+
+    UNBOUND = "unbound"
+    OWNER_CONFIRMED = "owner_confirmed"
+    NO_ACCOUNT = "no_account"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+class DisputeInput(TypedDict):
+    """StartExecution input, named by the dispute id; the Forward task waits at most timeout_seconds."""
+
+    dispute_id: str
+    deadline_at: int  # epoch seconds: submitted_at + DISPUTE_DEADLINE_SECONDS
+    timeout_seconds: int
+
+
+class ForwardInput(TypedDict):
+    """The payload of the one waitForTaskToken task that forwards the dispute to its company."""
+
+    dispute_id: str
+    deadline_at: int
+    task_token: str
+
+
+class DisputeAnswer(TypedDict):
+    """What the released task token carries: the partner's outcome (a registry string) and a bounded count."""
+
+    outcome: str  # DisputeOutcome, never EXPIRED
+    accounts: int
+
+
+class NotifyInput(TypedDict):
+    """NotifyDispute's input: the execution input, plus the answer unless the deadline came first."""
+
+    dispute_id: str
+    deadline_at: int
+    timeout_seconds: int
+    answer: NotRequired[DisputeAnswer]
+
+
 # -- Lambda functions -------------------------------------------------------------------
 @dataclass(frozen=True)
 class Function:
@@ -118,8 +170,12 @@ SEND_REPLY = Function("send_reply", "SendReplyArn")
 START_QUERIES = Function("start_queries")
 RETRY_LOOKUPS = Function("retry_lookups")
 DELIVER_BACKLOG = Function("deliver_backlog")
+FORWARD_DISPUTE = Function("forward_dispute", "ForwardDisputeArn")
+NOTIFY_DISPUTE = Function("notify_dispute", "NotifyDisputeArn")
 
 WORKFLOW_FUNCTIONS: tuple[Function, ...] = (VERIFY_CARRIER, ASK_COMPANIES, SEND_REPLY)
-FUNCTIONS: tuple[Function, ...] = (START_QUERIES, *WORKFLOW_FUNCTIONS, RETRY_LOOKUPS, DELIVER_BACKLOG)
+DISPUTE_WORKFLOW_FUNCTIONS: tuple[Function, ...] = (FORWARD_DISPUTE, NOTIFY_DISPUTE)
+FUNCTIONS: tuple[Function, ...] = (START_QUERIES, *WORKFLOW_FUNCTIONS, RETRY_LOOKUPS, DELIVER_BACKLOG,
+                                   *DISPUTE_WORKFLOW_FUNCTIONS)
 # The workflow's other placeholders: tables it writes directly (MarkFailed), by their environment variable.
 WORKFLOW_TABLES: dict[str, str] = {"QueriesTable": "QUERIES_TABLE"}

@@ -102,6 +102,21 @@ class Conflict(ServiceError):
     message = "该查询已有不同的结果。"
 
 
+class InvalidCompany(ServiceError):
+    code = "invalid_company"
+    message = "请选择参与查询的企业。"
+
+
+class NothingToDispute(ServiceError):
+    code = "nothing_to_dispute"
+    message = "近7天内该号码的查询结果中，该企业没有关联账号，无需申请核查。"
+
+
+class DisputeLimit(ServiceError):
+    code = "dispute_limit"
+    message = "该企业已有处理中的核查申请，或今日已提交3次核查申请，请稍后再试。"
+
+
 # Workflow-side errors: their class names are the Step Functions error names
 # matched by Retry/Catch in stepfunctions/query.asl.json.
 class WorkflowError(Exception):

@@ -128,6 +128,24 @@ def card_result_text(answers: Sequence[tuple[str, int | None]]) -> str:
     return candidate  # unreachable: with nothing named the text is about 150 bytes
 
 
+# -- disputes (SPEC §8): X the company name, H its hotline, ID the dispute id ----------------------
+def dispute_submitted_text(company: str, dispute_id: str) -> str:
+    return f"{PREFIX}您对{company}账号的核查申请已提交（编号{dispute_id}），企业将在15天内处理，结果将以短信告知。"
+
+
+def dispute_outcome_text(outcome: str, company: str, hotline: str, dispute_id: str, accounts: int = 0) -> str:
+    """The one outcome SMS of a dispute; `outcome` is a contracts.DisputeOutcome value."""
+    handled = f"{PREFIX}{company}已处理您的核查申请（编号{dispute_id}）："
+    texts = {
+        "unbound": f"{handled}已解除{accounts}个账号与您手机号的绑定。",
+        "owner_confirmed": f"{handled}经核实，相关账号为您本人注册。如有疑问请致电{hotline}。",
+        "no_account": f"{handled}未发现与您手机号绑定的账号。",
+        "rejected": f"{PREFIX}{company}未能受理您的核查申请（编号{dispute_id}），请致电{hotline}。",
+        "expired": f"{PREFIX}{company}未在15天内答复您的核查申请（编号{dispute_id}），请致电{hotline}。",
+    }
+    return texts[outcome]
+
+
 class SmsSender:
     def __init__(self, sns_client: Any | None = None, sender_id: str | None = None) -> None:
         self._sns = sns_client

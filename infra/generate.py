@@ -40,6 +40,9 @@ FUNCTION_ACCESS: dict[str, dict[str, Any]] = {
             "QUERIES_TABLE": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
                               "dynamodb:DeleteItem"],
             "LOOKUPS_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
+            # disputes (SPEC §8): intake (a refused start undone), status, partner answers; anything to dispute?
+            "DISPUTES_TABLE": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
+            "REPORTED_TABLE": ["dynamodb:GetItem"],
         },
         "kms": ["kms:GenerateDataKey"],
         "secrets": ["pepper", "partners"],
@@ -73,6 +76,29 @@ FUNCTION_ACCESS: dict[str, dict[str, Any]] = {
             # Powertools reads a conflicting record back from the failed conditional put
             # (ReturnValuesOnConditionCheckFailure): no GetItem.
             "IDEMPOTENCY_TABLE": ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
+            "REPORTED_TABLE": ["dynamodb:BatchWriteItem"],  # which companies this reply listed accounts at
+        },
+        "kms": ["kms:Decrypt"],
+        "secrets": ["pepper"],  # the phone's keyed hash, for the REPORTED_TABLE item
+        "sns_publish": True,
+    },
+    contracts.FORWARD_DISPUTE.logical_id: {
+        "tables": {
+            "DISPUTES_TABLE": ["dynamodb:UpdateItem"],  # returns the record; a lost race is a retried step
+            "CIRCUITS_TABLE": ["dynamodb:BatchGetItem", "dynamodb:UpdateItem"],
+            "IDEMPOTENCY_TABLE": ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
+        },
+        "kms": ["kms:Decrypt"],
+        "secrets": ["partners"],
+        "sns_publish": True,
+        "queues": {"RetryQueue": ["sqs:SendMessage"]},
+        # states:SendTaskSuccess on the dispute workflow: infra/disputes.py
+    },
+    contracts.NOTIFY_DISPUTE.logical_id: {
+        "tables": {
+            "DISPUTES_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
+            "THROTTLE_TABLE": ["dynamodb:DeleteItem"],  # the open-dispute lock
+            "IDEMPOTENCY_TABLE": ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
         },
         "kms": ["kms:Decrypt"],
         "sns_publish": True,
@@ -82,6 +108,7 @@ FUNCTION_ACCESS: dict[str, dict[str, Any]] = {
             "QUERIES_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
             "LOOKUPS_TABLE": ["dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:UpdateItem"],
             "CIRCUITS_TABLE": ["dynamodb:BatchGetItem", "dynamodb:UpdateItem"],
+            "DISPUTES_TABLE": ["dynamodb:BatchGetItem", "dynamodb:UpdateItem"],
         },
         "kms": ["kms:Decrypt"],
         "secrets": ["partners"],
@@ -93,8 +120,10 @@ FUNCTION_ACCESS: dict[str, dict[str, Any]] = {
             "QUERIES_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
             "LOOKUPS_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
             "CIRCUITS_TABLE": ["dynamodb:BatchGetItem", "dynamodb:UpdateItem"],
+            "DISPUTES_TABLE": ["dynamodb:UpdateItem"],
         },
-        "indexes": {"LOOKUPS_TABLE": {"backlog": ["dynamodb:Query"]}},
+        "indexes": {"LOOKUPS_TABLE": {"backlog": ["dynamodb:Query"]},
+                    "DISPUTES_TABLE": {"backlog": ["dynamodb:Query"]}},
         "kms": ["kms:Decrypt"],
         "secrets": ["partners"],
         "queues": {"RetryQueue": ["sqs:SendMessage"]},
@@ -140,7 +169,13 @@ def table_logical(var: str) -> str:
 
 def _index(index: Mapping[str, Any]) -> dict[str, Any]:
     """A PynamoDB index description as CloudFormation's (on-demand: no throughput)."""
-    return {"IndexName": index["index_name"], "KeySchema": index["key_schema"], "Projection": index["projection"]}
+    return {"IndexName": index["index_name"], "KeySchema": _hash_first(index["key_schema"]),
+            "Projection": index["projection"]}
+
+
+def _hash_first(key_schema: Any) -> list[Any]:
+    """CloudFormation wants the HASH key before the RANGE key; PynamoDB lists them in any order."""
+    return sorted(key_schema, key=lambda key: key["KeyType"] != "HASH")
 
 
 def table_resources(env: dict[str, str]) -> dict[str, Any]:
@@ -153,7 +188,7 @@ def table_resources(env: dict[str, str]) -> dict[str, Any]:
             "TableName": env[var],
             "BillingMode": "PAY_PER_REQUEST",
             "AttributeDefinitions": schema["attribute_definitions"],
-            "KeySchema": schema["key_schema"],
+            "KeySchema": _hash_first(schema["key_schema"]),
         }
         if schema.get("global_secondary_indexes"):
             properties["GlobalSecondaryIndexes"] = [_index(i) for i in schema["global_secondary_indexes"]]
@@ -593,7 +628,9 @@ def template(stage: str, env: dict[str, str] | None = None) -> dict[str, Any]:
             ]}}}},
     }
     resources = deep_merge(resources, edge_resources(stage))
-    return {
+    from infra import disputes  # SPEC §8: the dispute workflow, its tables, roles, dashboard row and alarms
+
+    return disputes.extend({
         "Parameters": {
             **EDGE_PARAMETERS,
             "SmsMonthlySpendLimit": {"Type": "Number", "Default": 5000,
@@ -611,7 +648,7 @@ def template(stage: str, env: dict[str, str] | None = None) -> dict[str, Any]:
         "Outputs": {"StateMachineArn": {"Value": ref("QueryStateMachine")},
                     "OperatorTopicArn": {"Value": ref("OperatorTopic")},
                     "DashboardName": {"Value": ref("Dashboard")}},
-    }
+    }, env, stage)
 
 
 # -- the edge: API Gateway's own answers, access logs, tracing, WAF (issue 9) -------------------------

@@ -12,6 +12,7 @@ import boto3
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASL_FILE = os.path.join(ROOT, "stepfunctions", "query.asl.json")
+DISPUTE_ASL_FILE = os.path.join(ROOT, "stepfunctions", "dispute.asl.json")
 ACCOUNT = "123456789012"
 
 
@@ -27,6 +28,8 @@ def base_environment(prefix: str = "yztc") -> dict[str, str]:
         "LOOKUPS_TABLE": f"{prefix}-lookups",
         "CIRCUITS_TABLE": f"{prefix}-circuits",
         "IDEMPOTENCY_TABLE": f"{prefix}-idempotency",
+        "DISPUTES_TABLE": f"{prefix}-disputes",
+        "REPORTED_TABLE": f"{prefix}-reported",
         "KMS_KEY_ID": f"alias/{prefix}",
         "PEPPER_SECRET_NAME": f"{prefix}/pepper",
         "START_QUEUE_NAME": f"{prefix}-query-starts",
@@ -44,17 +47,25 @@ def substitute(definition: str, substitutions: dict[str, str]) -> str:
 
 def with_local_functions(definition: str) -> str:
     """The ASL with its placeholders pointing at the in-process functions (local/lambdas.py) and tables."""
-    from chalicelib.contracts import WORKFLOW_FUNCTIONS, WORKFLOW_TABLES
+    from chalicelib.contracts import DISPUTE_WORKFLOW_FUNCTIONS, WORKFLOW_FUNCTIONS, WORKFLOW_TABLES
 
     return substitute(definition, {
         **{fn.placeholder: f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:{fn.name}"
-           for fn in WORKFLOW_FUNCTIONS if fn.placeholder},
+           for fn in (*WORKFLOW_FUNCTIONS, *DISPUTE_WORKFLOW_FUNCTIONS) if fn.placeholder},
         **{placeholder: os.environ[var] for placeholder, var in WORKFLOW_TABLES.items()}})
 
 
-def state_machine_definition() -> str:
-    with open(ASL_FILE, encoding="utf-8") as fh:
+def state_machine_definition(path: str = ASL_FILE) -> str:
+    with open(path, encoding="utf-8") as fh:
         return with_local_functions(fh.read())
+
+
+def create_dispute_machine(role_arn: str) -> str:
+    """The dispute workflow (stepfunctions/dispute.asl.json), substituted like the query one."""
+    machine = boto3.client("stepfunctions").create_state_machine(
+        name="yztc-dispute", definition=state_machine_definition(DISPUTE_ASL_FILE), roleArn=role_arn,
+        type="STANDARD")
+    return str(machine["stateMachineArn"])
 
 
 @dataclass
@@ -115,7 +126,7 @@ def create(env: dict[str, str], secret_names: list[str]) -> Resources:
     machine = boto3.client("stepfunctions").create_state_machine(
         name="yztc-query", definition=state_machine_definition(), roleArn=role_arn, type="STANDARD")
     added = {"STATE_MACHINE_ARN": machine["stateMachineArn"], "START_QUEUE_URL": queue_url,
-             "RETRY_QUEUE_URL": retry_url}
+             "RETRY_QUEUE_URL": retry_url, "DISPUTE_STATE_MACHINE_ARN": create_dispute_machine(role_arn)}
     return Resources(env=added, secrets=values)
 
 
@@ -173,20 +184,34 @@ def deploy_with_cloudformation(env: dict[str, str], secret_names: list[str]) -> 
 def _deploy(env: dict[str, str], secret_names: list[str], template: dict[str, Any]) -> Resources:
     resources = {name: resource for name, resource in template["Resources"].items()
                  if resource.get("Type") in CFN_DEPLOYABLE}
-    machine = resources["QueryStateMachine"]["Properties"]
-    machine.pop("DefinitionSubstitutions")
-    machine["DefinitionString"] = with_local_functions(machine["DefinitionString"])
-    machine["RoleArn"] = f"arn:aws:iam::{ACCOUNT}:role/yztc-states"  # roles name SAM functions
+    for resource in resources.values():  # the query workflow, and the dispute workflow (infra/disputes.py)
+        if resource["Type"] == "AWS::StepFunctions::StateMachine":
+            machine = resource["Properties"]
+            machine.pop("DefinitionSubstitutions")
+            machine["DefinitionString"] = with_local_functions(machine["DefinitionString"])
+            machine["RoleArn"] = f"arn:aws:iam::{ACCOUNT}:role/yztc-states"  # roles name SAM functions
+    outputs_wanted = {"StateMachineArn": {"Value": {"Ref": "QueryStateMachine"}},
+                      "StartQueueUrl": {"Value": {"Ref": "StartQueue"}},
+                      "RetryQueueUrl": {"Value": {"Ref": "RetryQueue"}}}
+    if "DisputeStateMachine" in resources:
+        outputs_wanted["DisputeStateMachineArn"] = {"Value": {"Ref": "DisputeStateMachine"}}
     cfn = boto3.client("cloudformation")
-    cfn.create_stack(StackName="yztc", TemplateBody=json.dumps({"Resources": resources, "Outputs": {
-        "StateMachineArn": {"Value": {"Ref": "QueryStateMachine"}},
-        "StartQueueUrl": {"Value": {"Ref": "StartQueue"}},
-        "RetryQueueUrl": {"Value": {"Ref": "RetryQueue"}}}}))
+    cfn.create_stack(StackName="yztc", TemplateBody=json.dumps({"Resources": resources, "Outputs": outputs_wanted}))
     stack = cfn.describe_stacks(StackName="yztc")["Stacks"][0]
     if stack["StackStatus"] != "CREATE_COMPLETE":
         raise RuntimeError(f"stack {stack['StackStatus']}")
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
     values = fill_secrets([env["PEPPER_SECRET_NAME"], *secret_names])
+    dispute_machine = outputs.get("DisputeStateMachineArn") or _dispute_resources_not_in_template()
     return Resources(env={"STATE_MACHINE_ARN": outputs["StateMachineArn"],
                           "START_QUEUE_URL": outputs["StartQueueUrl"],
-                          "RETRY_QUEUE_URL": outputs["RetryQueueUrl"]}, secrets=values)
+                          "RETRY_QUEUE_URL": outputs["RetryQueueUrl"],
+                          "DISPUTE_STATE_MACHINE_ARN": dispute_machine}, secrets=values)
+
+
+def _dispute_resources_not_in_template() -> str:
+    """Until infra/ defines the dispute workflow and its tables, they are created here directly."""
+    from chalicelib.storage.models import create_all
+
+    create_all()  # only the tables the template lacks
+    return create_dispute_machine(f"arn:aws:iam::{ACCOUNT}:role/yztc-states")

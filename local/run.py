@@ -31,6 +31,7 @@ def main() -> int:
         workdir=os.environ.get("LOCAL_WORKDIR", StackOptions.workdir),
         api_port=int(os.environ.get("API_PORT", "8000")),
         deadline_seconds=int(os.environ.get("QUERY_DEADLINE_SECONDS", "60")),
+        dispute_deadline_seconds=int(os.environ.get("DISPUTE_DEADLINE_SECONDS", "120")),
         partner_modes=os.environ.get("PARTNER_MODES", ""),
         carrier_port=int(os.environ.get("CARRIER_PORT", "8100")),
         # Partners on 8101, 8102, … in registry order; each answers GET /stats.

@@ -205,8 +205,11 @@ class PartnerSimulator(Simulator):
         Simulator.__init__(self)
         self._lock = threading.Lock()
         self.callbacks: list[int] = []  # HTTP status of each callback we made
+        self.disputes: list[dict[str, Any]] = []  # dispute requests received (SPEC §8)
 
     def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        if path.rstrip("/") == "/disputes":
+            return self._dispute(headers, body)
         if path.rstrip("/") != "/lookups":
             return 404, {"error": "not found"}
         try:
@@ -240,10 +243,44 @@ class PartnerSimulator(Simulator):
         timer.start()
         return 202, None
 
+    def _dispute(self, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        """SPEC §8: in callback/immediate modes the accounts are unbound (`no_account` when there are none)."""
+        try:
+            signing.verify(self.secret, headers, body)
+        except Exception:
+            return 401, {"error": "bad signature"}
+        request = json.loads(body)
+        dispute_id = request["dispute_id"]
+        with self._lock:
+            self.disputes.append({"dispute_id": dispute_id})
+            tries = self._tries[f"dispute:{dispute_id}"] = self._tries.get(f"dispute:{dispute_id}", 0) + 1
+        count = self.accounts.get((request["phone"], self.company), 0)
+        answer = {"dispute_id": dispute_id, "outcome": "unbound" if count else "no_account", "accounts": count}
+        if self.mode == "down":
+            return 503, {"error": "down"}
+        if self.mode == "slow":
+            time.sleep(http.TIMEOUT.read_timeout + 1)  # type: ignore[operator]
+            return 200, answer
+        if self.mode == "reject":
+            return 400, {"error": "unsupported request"}
+        if self.mode == "silent":
+            return 202, None
+        if self.mode == "flaky" and tries <= self.failures_per_lookup:
+            return 503, {"error": "overloaded"}
+        if self.mode == "immediate":
+            return 200, answer
+        if self.mode == "error":  # it cannot take the dispute: answered at once
+            return 200, {"dispute_id": dispute_id, "outcome": "rejected", "accounts": 0}
+        timer = threading.Timer(self.delay_seconds, self._call_back, (request["callback_url"], answer))
+        timer.daemon = True
+        timer.start()
+        return 202, None
+
     def get(self, path: str) -> tuple[int, Any]:
         if path.rstrip("/") != "/stats":
             return 404, {"error": "not found"}
-        return 200, {"requests": len(self.requests), "callbacks": len(self.callbacks)}
+        return 200, {"requests": len(self.requests), "callbacks": len(self.callbacks),
+                     "disputes": len(self.disputes)}
 
     def _call_back(self, url: str, answer: dict[str, Any]) -> None:
         self.callbacks.append(call_back(url, self.secret, answer))

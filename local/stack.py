@@ -24,6 +24,7 @@ class StackOptions:
     workdir: str = os.path.join(ROOT, ".local")
     api_port: int = 8000
     deadline_seconds: int = 60
+    dispute_deadline_seconds: int = 120  # DISPUTE_DEADLINE_SECONDS (deployed: 15 days)
     partner_modes: str = ""  # PARTNER_MODES override
     carrier_port: int = 0
     partner_ports: dict[str, int] = field(default_factory=dict)
@@ -47,6 +48,7 @@ def configure_environment(options: StackOptions) -> dict[str, str]:
     env = aws.base_environment()
     env.update({
         "QUERY_DEADLINE_SECONDS": str(options.deadline_seconds),
+        "DISPUTE_DEADLINE_SECONDS": str(options.dispute_deadline_seconds),
         "PUBLIC_API_URL": f"http://127.0.0.1:{options.api_port}",
         "COMPANY_REGISTRY_FILE": os.path.join(options.workdir, "companies.json"),
         "CARRIER_REGISTRY_FILE": os.path.join(options.workdir, "carriers.json"),

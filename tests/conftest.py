@@ -65,7 +65,8 @@ def reset_caches() -> None:
     parameters.clear_caches()
     for cached in (settings, registry.companies, registry.carriers, app_module.hasher, app_module.vault,
                    app_module.code_service, app_module.intake, app_module.lookups, app_module.delivery,
-                   app_module.carrier_check, app_module.reply_sender):
+                   app_module.carrier_check, app_module.reply_sender, app_module.dispute_notifier,
+                   app_module.disputes, app_module.dispute_intake):
         cached.cache_clear()
     registry.operators.cache_clear()
     clients.reset()

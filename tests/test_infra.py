@@ -55,9 +55,10 @@ def test_every_model_table_exists_with_its_keys_indexes_ttl_pitr_and_kms(package
     for model, var in models.TABLE_VARS.items():
         table = tables[env[var]]
         description = model._get_schema()  # what PynamoDB itself would create
-        assert table["KeySchema"] == description["key_schema"]
+        assert table["KeySchema"] == generate._hash_first(description["key_schema"])  # HASH first
         assert table["AttributeDefinitions"] == description["attribute_definitions"]
-        indexes = [{"IndexName": i["index_name"], "KeySchema": i["key_schema"], "Projection": i["projection"]}
+        indexes = [{"IndexName": i["index_name"], "KeySchema": generate._hash_first(i["key_schema"]),
+                    "Projection": i["projection"]}
                    for i in description["global_secondary_indexes"]]
         assert table.get("GlobalSecondaryIndexes", []) == indexes
         assert not description["local_secondary_indexes"] and "LocalSecondaryIndexes" not in table
@@ -76,8 +77,9 @@ def test_every_model_table_exists_with_its_keys_indexes_ttl_pitr_and_kms(package
 def test_state_machine_substitutions_cover_every_placeholder(packaged):
     from chalicelib import contracts
 
-    (machine,) = resources(packaged, "AWS::StepFunctions::StateMachine").values()
-    properties = machine["Properties"]
+    machines = resources(packaged, "AWS::StepFunctions::StateMachine")
+    assert set(machines) == {"QueryStateMachine", "DisputeStateMachine"}  # the dispute one: test_disputes.py
+    properties = machines["QueryStateMachine"]["Properties"]
     with open(generate.ASL_FILE, encoding="utf-8") as fh:
         assert json.loads(properties["DefinitionString"]) == json.load(fh)  # the tested file, as is
     placeholders = set(re.findall(r"\$\{(\w+)\}", properties["DefinitionString"]))
@@ -115,7 +117,7 @@ def test_no_wildcard_actions_and_every_function_has_its_own_role(packaged):
     functions = resources(packaged, "AWS::Serverless::Function")
     assert set(functions) == {contracts.API_HANDLER, *(fn.logical_id for fn in contracts.FUNCTIONS)}
     roles = [f["Properties"]["Role"]["Fn::GetAtt"][0] for f in functions.values()]
-    assert len(set(roles)) == len(functions) == len(contracts.FUNCTIONS) + 1 == 7
+    assert len(set(roles)) == len(functions) == len(contracts.FUNCTIONS) + 1 == 9
     for role in resources(packaged, "AWS::IAM::Role").values():
         for policy in role["Properties"]["Policies"]:
             for statement in policy["PolicyDocument"]["Statement"]:
@@ -433,6 +435,11 @@ def test_every_aws_action_the_code_calls_is_granted_to_its_function_and_nothing_
     requests_before = len(stack.partners["alipay"].requests)
     assert stack.deliver_once(now=time.time() + 3)["alipay"] == 1  # its 2 s backoff is due by then
     assert len(stack.partners["alipay"].requests) >= requests_before + 1 and not _circuit_open("alipay")
+
+    # SPEC §8: every dispute path, on the replies above (13812345678, 15012345678).
+    from tests.test_disputes import drive_every_dispute_path
+
+    drive_every_dispute_path(stack, api, queries=False)
 
     _assert_called_is_granted(packaged, stack, recorder, models)
 

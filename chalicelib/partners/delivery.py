@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger
 from pynamodb.exceptions import UpdateError
@@ -38,10 +38,20 @@ PARTNER_THREADS = 8
 REPLAY_PAGE = 100
 
 
+class Backlog(Protocol):
+    """Other work parked per partner (disputes): replayed once a minute while the partner's circuit is closed.
+
+    Never used as a probe: the lookups' backlog probes an open circuit, these follow once it closed.
+    """
+
+    def replay(self, company: Company, state: CircuitState, now: int) -> int: ...
+
+
 class Delivery:
     def __init__(self, desk: LookupDesk, config: Settings | None = None, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], Any] = time.sleep) -> None:
+                 sleep: Callable[[float], Any] = time.sleep, backlogs: Sequence[Backlog] = ()) -> None:
         self._desk = desk
+        self._backlogs = tuple(backlogs)
         self._config = config or settings()
         self._clock = clock
         self._sleep = sleep
@@ -75,6 +85,12 @@ class Delivery:
             sent = dict(zip((c.id for c in companies),
                             pool.map(lambda c: self._deliver_partner(c, states[c.id], int(started)), companies),
                             strict=True))
+        if self._backlogs:
+            after = self._desk.circuits.states(c.id for c in companies)  # a probe may have closed some
+            for backlog in self._backlogs:
+                for company in companies:
+                    if not after[company.id].is_open:
+                        sent[company.id] += backlog.replay(company, after[company.id], int(started))
         if any(sent.values()):
             logger.info("backlog delivered", extra={"sent": {k: v for k, v in sent.items() if v}})
         return sent

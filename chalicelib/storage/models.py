@@ -153,15 +153,78 @@ class IdempotencyRecord(Model):
     expiration = TTLAttribute(null=True)
 
 
+class ReportedAccounts(Model):
+    """A reply SMS reported at least one account at this company to this number (SPEC §8 nothing_to_dispute).
+
+    Keyed by the number's HMAC (the key chalicelib/codes.py uses) and the company id: nothing in clear.
+    Written by SendReply; a later reply with 0 accounts at the company deletes it; gone after 7 days.
+    """
+
+    class Meta(_Meta):
+        table_name = settings().reported_table
+
+    phone_key = UnicodeAttribute(hash_key=True)
+    company = UnicodeAttribute(range_key=True)
+    replied_at = NumberAttribute()  # when the reply that reported the accounts was sent
+    ttl = TTLAttribute()
+
+
+class DisputeBacklogIndex(GlobalSecondaryIndex["Dispute"]):
+    """A partner's unsent disputes, oldest due first. Sparse: only UNSENT disputes carry its keys."""
+
+    class Meta:
+        index_name = "backlog"
+        projection = AllProjection()
+
+    backlog_partner = UnicodeAttribute(hash_key=True)
+    due_at = NumberAttribute(range_key=True)
+
+
+class Dispute(Model):
+    """One dispute (SPEC §8): its company, status, delivery state, the one task token it waits on, the answer.
+
+    The phone is sealed under the dispute's own data key (encryption context: the dispute id) and
+    deleted once the outcome SMS is sent.
+    """
+
+    class Meta(_Meta):
+        table_name = settings().disputes_table
+
+    dispute_id = UnicodeAttribute(hash_key=True)
+    company = UnicodeAttribute()
+    status = UnicodeAttribute()  # contracts.DisputeStatus
+    created_at = NumberAttribute()
+    deadline_at = NumberAttribute()
+    data_key = UnicodeAttribute(null=True)
+    phone_sealed = UnicodeAttribute(null=True)
+    lock_key = UnicodeAttribute()  # the open-dispute lock (throttle table), released at the end
+    state = UnicodeAttribute()  # contracts.LookupState: the delivery to the partner
+    attempts = NumberAttribute(default=0)
+    requested_at = NumberAttribute(null=True)
+    backlog_partner = UnicodeAttribute(null=True)
+    due_at = NumberAttribute(null=True)
+    task_token = UnicodeAttribute(null=True)
+    released = UnicodeAttribute(null=True)
+    outcome = UnicodeAttribute(null=True)  # contracts.DisputeOutcome
+    accounts = NumberAttribute(null=True)
+    answer_digest = UnicodeAttribute(null=True)
+    answered_at = NumberAttribute(null=True)
+    updated_at = NumberAttribute(null=True)
+    backlog = DisputeBacklogIndex()
+    ttl = TTLAttribute()
+
+
 ALL_MODELS: tuple[type[Model], ...] = (VerificationCode, Throttle, QueryRecord, Lookup, PartnerCircuit,
-                                        IdempotencyRecord)
+                                        IdempotencyRecord, ReportedAccounts, Dispute)
 # Table environment variable per model (config, .chalice/config.json, infra/ and local/ read this).
 TABLE_VARS: dict[type[Model], str] = {VerificationCode: "CODES_TABLE", Throttle: "THROTTLE_TABLE",
                                       QueryRecord: "QUERIES_TABLE", Lookup: "LOOKUPS_TABLE",
-                                      PartnerCircuit: "CIRCUITS_TABLE", IdempotencyRecord: "IDEMPOTENCY_TABLE"}
+                                      PartnerCircuit: "CIRCUITS_TABLE", IdempotencyRecord: "IDEMPOTENCY_TABLE",
+                                      ReportedAccounts: "REPORTED_TABLE", Dispute: "DISPUTES_TABLE"}
 # Circuits never expire: a partner's state outlives any query.
 TTL_ATTRIBUTE: dict[type[Model], str | None] = {VerificationCode: "ttl", Throttle: "ttl", QueryRecord: "ttl",
-                                               Lookup: "ttl", PartnerCircuit: None, IdempotencyRecord: "expiration"}
+                                               Lookup: "ttl", PartnerCircuit: None, IdempotencyRecord: "expiration",
+                                               ReportedAccounts: "ttl", Dispute: "ttl"}
 
 
 def create_all() -> None:

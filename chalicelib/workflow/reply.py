@@ -17,16 +17,18 @@ from chalicelib import registry, sms, telemetry
 from chalicelib.contracts import CarrierOutcome, LookupResult, QueryStatus, ReplyInput
 from chalicelib.partners.kinds import ACCOUNTS, CARDS, LookupKind, kind_of
 from chalicelib.partners.lookups import stored_results
-from chalicelib.privacy import Vault
-from chalicelib.storage.models import QueryRecord
+from chalicelib.privacy import Hasher, Vault
+from chalicelib.storage.models import QueryRecord, ReportedAccounts, at
 
 logger = Logger(child=True)
+REPORTED_DAYS = 7  # SPEC §8: a dispute needs a reply with accounts at that company in the last 7 days
 
 
 class ReplySender:
     def __init__(self, vault: Vault, sender: sms.SmsSender, persistence: Any | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, hasher: Hasher | None = None) -> None:
         self._vault = vault
+        self._hasher = hasher
         self._sender = sender
         self._clock = clock
         self.idempotency = None
@@ -70,6 +72,8 @@ class ReplySender:
                 telemetry.count("SmsRejected")
                 logger.error("reply SMS refused for good", extra={"query_id": query_id, "reason": exc.code})
                 status, message = QueryStatus.FAILED, None
+            if message is not None and outcome == CarrierOutcome.MATCH and kind_of(record.kind) is ACCOUNTS:
+                self.remember_reported(phone, results)
         actions: list[Action] = [QueryRecord.status.set(status), QueryRecord.outcome.set(outcome),
                                  QueryRecord.updated_at.set(int(self._clock()))]
         if record.id_sealed is not None:  # the deadline, or no carrier answer: discard ID and name now
@@ -79,6 +83,25 @@ class ReplySender:
         logger.info("query closed", extra={"query_id": query_id, "status": status.value, "outcome": outcome.value,
                                            "sms_sent": message is not None})
         return {"query_id": query_id, "status": status.value}
+
+    def remember_reported(self, phone: str, results: list[LookupResult]) -> None:
+        """What a dispute needs (SPEC §8 nothing_to_dispute): per company, that this reply reported
+        accounts and when; keyed by the number's HMAC, nothing in clear, gone after 7 days.
+        A company that answered 0 this time forgets an older report."""
+        if self._hasher is None:
+            return
+        now = int(self._clock())
+        phone_key = self._hasher.digest("phone", phone)  # the key chalicelib/codes.py uses
+        with ReportedAccounts.batch_write() as batch:
+            for result in results:
+                if not result.get("answered"):
+                    continue  # no answer: an earlier report stands
+                item = ReportedAccounts(phone_key, result["company"], replied_at=now,
+                                        ttl=at(now + REPORTED_DAYS * 86400))
+                if int(result.get("count", 0)) > 0:
+                    batch.save(item)
+                else:
+                    batch.delete(item)
 
     @staticmethod
     def compose(phone: str, kind: LookupKind, outcome: CarrierOutcome, asked: set[str],

@@ -1,0 +1,302 @@
+"""Forwarding a dispute to its company, settling the answer, releasing the one task token.
+
+The dispute workflow's Forward task hands us a task token. We send the `submitted` SMS (once),
+then forward the dispute — through the same per-partner delivery as lookups (SPEC §4, §8):
+- the partner's circuit (partners/circuit.py) is checked first; an open circuit parks the dispute;
+- every reply updates the circuit as lookups do (a transient failure counts, anything else resets);
+- a transient failure parks the dispute (state unsent, due after `backoff()`) and, while the circuit
+  is closed, nudges it back through the lookups' SQS retry queue ({"dispute_id"});
+- the per-minute delivery job replays parked disputes of partners whose circuit is closed
+  (`replay`, hooked into partners/delivery.py); disputes are never used as probes.
+The answer (in the 200, or by callback) is stored once — an exact duplicate changes nothing,
+a different one is a Conflict — and whoever stores it releases the token, exactly once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
+from pynamodb.exceptions import UpdateError
+
+from chalicelib import clients, errors, http, registry, telemetry
+from chalicelib.config import Settings, settings
+from chalicelib.contracts import DisputeOutcome, DisputeStatus, LookupState
+from chalicelib.disputes.notify import DisputeNotifier
+from chalicelib.disputes.protocol import DISPUTE_ID, DisputeReply, dispute_id_of, parse_dispute_answer
+from chalicelib.partners.circuit import Circuits, CircuitState
+from chalicelib.partners.lookups import MAX_BACKOFF_SECONDS, Outcome, backoff, rejected
+from chalicelib.partners.protocol import Refused
+from chalicelib.privacy import Vault, partner_secret
+from chalicelib.registry import Company
+from chalicelib.storage.models import Dispute
+
+logger = Logger(child=True)
+
+_TOKEN_GONE = {"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"}
+_OPEN = (LookupState.PENDING, LookupState.UNSENT)  # not answered, not closed at the deadline
+REPLAY_PAGE = 100
+
+
+@dataclass(frozen=True)
+class DisputeSent:
+    outcome: Outcome
+    reply: DisputeReply | None = None
+
+
+class DisputeClient:
+    """One signed dispute request to a partner (SPEC §8), its reply classified as for lookups."""
+
+    def __init__(self, config: Settings | None = None,
+                 secret_for: Callable[[str], str] = partner_secret) -> None:
+        self._config = config or settings()
+        self._secret_for = secret_for
+
+    def send(self, company: Company, dispute_id: str, phone: str) -> DisputeSent:
+        payload = {"dispute_id": dispute_id, "phone": phone,
+                   "callback_url": f"{self._config.public_api_url}/v1/partners/{company.id}/disputes"}
+        try:
+            reply = http.post_signed(f"{company.base_url}/disputes", payload, self._secret_for(company.secret_name))
+        except http.Unreachable:
+            return DisputeSent(Outcome.TRANSIENT)
+        if reply.status >= 500 or reply.status == 429:
+            return DisputeSent(Outcome.TRANSIENT)
+        if reply.status == 202:
+            return DisputeSent(Outcome.WAITING)
+        if reply.status == 200:
+            try:
+                answer = parse_dispute_answer(reply.body, self._config.partner_max_account_count)
+            except Refused as exc:
+                rejected(company.id, exc.reason)
+                return DisputeSent(Outcome.REFUSED)
+            if answer.dispute_id == dispute_id:
+                return DisputeSent(Outcome.ANSWERED, answer)
+            rejected(company.id, "wrong_dispute_id")
+        return DisputeSent(Outcome.REFUSED)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def _condition_failed(exc: Exception) -> bool:
+    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
+
+
+class DisputeDesk:
+    def __init__(self, vault: Vault, circuits: Circuits, client: DisputeClient, notifier: DisputeNotifier,
+                 sfn_client: Any | None = None, sqs_client: Any | None = None, config: Settings | None = None,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], Any] = time.sleep,
+                 secret_for: Callable[[str], str] = partner_secret) -> None:
+        self._vault = vault
+        self.circuits = circuits
+        self.client = client
+        self.notifier = notifier
+        self._sfn = sfn_client
+        self._sqs = sqs_client
+        self._config = config or settings()
+        self._clock = clock
+        self._sleep = sleep
+        self._secret_for = secret_for
+
+    @property
+    def sfn(self) -> Any:
+        return self._sfn or clients.client("stepfunctions")
+
+    @property
+    def sqs(self) -> Any:
+        return self._sqs or clients.client("sqs")
+
+    def _phone(self, dispute: Dispute) -> str | None:
+        if dispute.data_key is None or dispute.phone_sealed is None:
+            return None  # closed: nothing is sent any more
+        return self._vault.open(dispute.dispute_id, dispute.data_key, {"phone": dispute.phone_sealed})["phone"]
+
+    # -- ForwardDispute (the waitForTaskToken task) ------------------------------------------
+    def forward(self, dispute_id: str, task_token: str) -> None:
+        now = int(self._clock())
+        dispute = Dispute(dispute_id)
+        # One write stores the token and returns the record. A retried step brings a new token.
+        dispute.update(actions=[Dispute.task_token.set(task_token)], condition=Dispute.dispute_id.exists())
+        phone = self._phone(dispute)
+        if phone is not None:
+            self.notifier.acknowledge(dispute, phone)
+        if dispute.state == LookupState.SETTLED:
+            self._release(dispute)  # answered before this (retried) step: hand the answer over
+            return
+        if dispute.state != LookupState.PENDING or phone is None:
+            return  # in the backlog: the retry queue and the delivery job own it
+        company = registry.company(dispute.company)
+        if company is None:  # left the registry since: nobody to forward to
+            self.settle(dispute, DisputeReply(dispute_id, DisputeOutcome.REJECTED), "left_registry")
+            return
+        state = self.circuits.states([company.id])[company.id]
+        if state.is_open:
+            self._park(dispute, now, circuit_open=True)  # no request while the circuit is open
+            return
+        self.dispatch(dispute, company, phone, state, now)
+
+    # -- sending (Forward, retry queue, delivery job) ------------------------------------------
+    def dispatch(self, dispute: Dispute, company: Company, phone: str, state: CircuitState, now: int) -> None:
+        sent = self.client.send(company, dispute.dispute_id, phone)
+        if sent.outcome is Outcome.TRANSIENT:
+            opened = self.circuits.failed(company.id, now)
+            self._park(dispute, now, circuit_open=opened)
+            return
+        self.circuits.succeeded(state, now)
+        telemetry.count("DisputeForwarded", company=company.id)
+        if sent.outcome is Outcome.ANSWERED and sent.reply is not None:
+            self.settle(dispute, sent.reply, hashlib.sha256(sent.reply.canonical().encode()).hexdigest())
+            return
+        if sent.outcome is Outcome.REFUSED:  # a 4xx, or a 200 we cannot use: the company did not take it
+            self.settle(dispute, DisputeReply(dispute.dispute_id, DisputeOutcome.REJECTED), "refused")
+            return
+        try:  # 202: it calls back
+            dispute.update(actions=[Dispute.state.set(LookupState.PENDING), Dispute.status.set(DisputeStatus.FORWARDED),
+                                    Dispute.backlog_partner.remove(), Dispute.due_at.remove(),
+                                    Dispute.requested_at.set(now)],
+                           condition=Dispute.state.is_in(*_OPEN))
+        except UpdateError as exc:
+            if not _condition_failed(exc):
+                raise  # else: its callback came first
+
+    def _park(self, dispute: Dispute, now: int, circuit_open: bool) -> None:
+        """Into the partner's dispute backlog; nudged back by SQS while the circuit is closed."""
+        attempts = int(dispute.attempts or 0) + (0 if circuit_open else 1)
+        due = now if circuit_open else now + backoff(attempts)
+        try:
+            dispute.update(actions=[Dispute.state.set(LookupState.UNSENT), Dispute.attempts.set(attempts),
+                                    Dispute.backlog_partner.set(dispute.company), Dispute.due_at.set(due)],
+                           condition=Dispute.state.is_in(*_OPEN))
+        except UpdateError as exc:
+            if _condition_failed(exc):
+                return
+            raise
+        telemetry.count("DisputeDeferred", company=dispute.company)
+        if not circuit_open and due < int(dispute.deadline_at):
+            self.sqs.send_message(QueueUrl=self._config.retry_queue_url,
+                                  MessageBody=_json({"dispute_id": dispute.dispute_id}),
+                                  DelaySeconds=min(backoff(attempts), MAX_BACKOFF_SECONDS))
+
+    def retry(self, dispute_ids: Iterable[str]) -> None:
+        """The SQS nudge: send the parked disputes whose partner's circuit is closed."""
+        now = int(self._clock())
+        due = [d for d in Dispute.batch_get(list(set(dispute_ids)), consistent_read=True)
+               if d.state == LookupState.UNSENT and not self._expire_if_late(d, now)]
+        if not due:
+            return
+        states = self.circuits.states({d.company for d in due})
+        for dispute in due:
+            state = states[dispute.company]
+            if not state.is_open:  # open: the delivery job replays it once a probe is answered
+                self._send_parked(dispute, state, now)
+
+    def replay(self, company: Company, state: CircuitState, now: int) -> int:
+        """Delivery's hook: this partner's circuit is closed; send its parked disputes that are due."""
+        if state.is_open:
+            return 0
+        rate = max(1, company.max_requests_per_second)
+        sent = 0
+        # At most two seconds' worth per partner and run: the job replays every partner within its budget;
+        # whatever is left goes next minute.
+        for dispute in Dispute.backlog.query(company.id, Dispute.due_at <= now, limit=min(REPLAY_PAGE, 2 * rate)):
+            if dispute.state != LookupState.UNSENT or self._expire_if_late(dispute, now):
+                continue
+            if sent and sent % rate == 0:
+                self._sleep(1)
+            self._send_parked(dispute, state, now)
+            sent += 1
+            state = self.circuits.states([company.id])[company.id]
+            if state.is_open:
+                break  # failing again: the lookups' probe decides when it is back
+        return sent
+
+    def _send_parked(self, dispute: Dispute, state: CircuitState, now: int) -> None:
+        company = registry.company(dispute.company)
+        phone = self._phone(dispute)
+        if company is None or phone is None:
+            self._expire(dispute)
+            return
+        self.dispatch(dispute, company, phone, state, now)
+
+    def _expire_if_late(self, dispute: Dispute, now: int) -> bool:
+        if now < int(dispute.deadline_at):
+            return False
+        self._expire(dispute)
+        return True
+
+    @staticmethod
+    def _expire(dispute: Dispute) -> None:
+        """Out of the backlog unsent; NotifyDispute sends the expired SMS at the deadline."""
+        try:
+            dispute.update(actions=[Dispute.state.set(LookupState.EXPIRED), Dispute.backlog_partner.remove(),
+                                    Dispute.due_at.remove()], condition=Dispute.state == LookupState.UNSENT)
+        except UpdateError:
+            return
+
+    # -- settling -------------------------------------------------------------------------
+    def settle(self, dispute: Dispute, reply: DisputeReply, digest: str) -> None:
+        """Store the answer once and release the token. A duplicate changes nothing; a different one,
+        or one after the deadline closed the dispute, is a Conflict."""
+        try:
+            dispute.update(actions=[Dispute.state.set(LookupState.SETTLED), Dispute.outcome.set(reply.outcome.value),
+                                    Dispute.accounts.set(reply.accounts), Dispute.answer_digest.set(digest),
+                                    Dispute.answered_at.set(int(self._clock())),
+                                    Dispute.status.set(DisputeStatus.FORWARDED),
+                                    Dispute.backlog_partner.remove(), Dispute.due_at.remove()],
+                           condition=Dispute.state.is_in(*_OPEN))
+            telemetry.count("DisputeAnswered", company=dispute.company)
+        except UpdateError as exc:
+            if not _condition_failed(exc):
+                raise
+            dispute.refresh(consistent_read=True)
+            if dispute.answer_digest != digest:
+                raise errors.Conflict("该核查申请已有不同的答复，或已结束。") from exc
+        self._release(dispute)
+
+    def _release(self, dispute: Dispute) -> None:
+        token = dispute.task_token
+        if not token or dispute.state != LookupState.SETTLED or not dispute.outcome:
+            return
+        digest = hashlib.sha256(token.encode()).hexdigest()[:32]
+        if dispute.released == digest:
+            return
+        try:
+            dispute.update(actions=[Dispute.released.set(digest)],
+                           condition=(Dispute.task_token == token)
+                           & (Dispute.released.does_not_exist() | (Dispute.released != digest)))
+        except UpdateError as exc:
+            if _condition_failed(exc):
+                return  # released by a concurrent settle, or a newer token took over
+            raise
+        output = {"outcome": dispute.outcome, "accounts": int(dispute.accounts or 0)}
+        try:
+            self.sfn.send_task_success(taskToken=token, output=_json(output))
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in _TOKEN_GONE:
+                return  # the deadline came first: NotifyDispute takes the stored answer
+            dispute.update(actions=[Dispute.released.remove()], condition=Dispute.released == digest)
+            raise
+
+    # -- callbacks (POST /v1/partners/{company}/disputes) --------------------------------------
+    def record_callback(self, company: Company, body: Any) -> None:
+        try:
+            dispute_id = dispute_id_of(body)
+            reply = parse_dispute_answer(body, self._config.partner_max_account_count)
+        except Refused as exc:
+            rejected(company.id, exc.reason)
+            raise
+        if not DISPUTE_ID.fullmatch(dispute_id):
+            raise errors.NotFound("未知的核查申请编号。")
+        try:
+            dispute = Dispute.get(dispute_id, consistent_read=True)
+        except Dispute.DoesNotExist as exc:
+            raise errors.NotFound("未知的核查申请编号。") from exc
+        if dispute.company != company.id:
+            raise errors.NotFound("未知的核查申请编号。")
+        self.settle(dispute, reply, hashlib.sha256(reply.canonical().encode()).hexdigest())

@@ -1,0 +1,115 @@
+"""The dispute's two SMS (SPEC §8): `submitted` when it is forwarded, one outcome SMS at the end.
+
+Each goes out exactly once even when its step is retried: Powertools Idempotency keyed by
+(dispute id, kind). A permanent SNS refusal is counted and logged, never retried.
+NotifyDispute also closes the dispute: status resolved/expired, the open-dispute lock released,
+the sealed phone deleted (nothing is sent to the number afterwards).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from pynamodb.exceptions import DeleteError, UpdateError
+
+from chalicelib import registry, sms, telemetry
+from chalicelib.contracts import DisputeOutcome, DisputeStatus, LookupState, NotifyInput
+from chalicelib.privacy import Vault
+from chalicelib.storage.models import Dispute, Throttle
+
+logger = Logger(child=True)
+
+SUBMITTED = "submitted"
+OUTCOME = "outcome"
+
+
+class DisputeNotifier:
+    def __init__(self, vault: Vault, sender: sms.SmsSender, persistence: Any | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._vault = vault
+        self._sender = sender
+        self._clock = clock
+        self.idempotency = None
+        self._send_once: Callable[..., Any] = self.deliver
+        if persistence is not None:
+            from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+
+            self.idempotency = IdempotencyConfig(event_key_jmespath="[dispute_id, kind]",
+                                                 expires_after_seconds=30 * 86400)
+            self._send_once = idempotent_function(self.deliver, data_keyword_argument="delivery",
+                                                  persistence_store=persistence, config=self.idempotency)
+
+    def deliver(self, delivery: dict[str, Any]) -> dict[str, Any]:
+        try:
+            message_id = self._sender.send(delivery["phone"], delivery["message"])
+        except sms.SmsRejected:
+            raise
+        except Exception:
+            telemetry.count("SmsFailed")
+            raise  # transient: the step is retried by the workflow
+        telemetry.count("SmsSent")
+        return {"message_id": message_id}
+
+    def send(self, dispute_id: str, kind: str, phone: str, message: str) -> bool:
+        """Send once; False when SNS refused it for good (the dispute goes on regardless)."""
+        try:
+            self._send_once(delivery={"dispute_id": dispute_id, "kind": kind, "phone": phone, "message": message})
+        except sms.SmsRejected as exc:
+            telemetry.count("SmsRejected")
+            logger.error("dispute SMS refused for good", extra={"dispute_id": dispute_id, "kind": kind,
+                                                                 "reason": exc.code})
+            return False
+        return True
+
+    def acknowledge(self, dispute: Dispute, phone: str) -> None:
+        company = registry.company(dispute.company)
+        name = company.name if company else dispute.company
+        self.send(dispute.dispute_id, SUBMITTED, phone, sms.dispute_submitted_text(name, dispute.dispute_id))
+
+    # -- NotifyDispute ---------------------------------------------------------------------
+    def run(self, state: NotifyInput) -> dict[str, Any]:
+        dispute_id = state["dispute_id"]
+        dispute = Dispute.get(dispute_id, consistent_read=True)
+        answer = state.get("answer")
+        if answer is not None:
+            outcome, accounts = DisputeOutcome(answer["outcome"]), int(answer["accounts"])
+        else:
+            outcome, accounts = self._close_at_deadline(dispute)
+        status = DisputeStatus.EXPIRED if outcome == DisputeOutcome.EXPIRED else DisputeStatus.RESOLVED
+        sent = False
+        if dispute.phone_sealed is not None and dispute.data_key is not None:  # None: closed by an earlier try
+            company = registry.company(dispute.company)
+            name, hotline = (company.name, company.hotline) if company else (dispute.company, "")
+            phone = self._vault.open(dispute_id, dispute.data_key, {"phone": dispute.phone_sealed})["phone"]
+            message = sms.dispute_outcome_text(outcome.value, name, hotline, dispute_id, accounts)
+            sent = self.send(dispute_id, OUTCOME, phone, message)
+        dispute.update(actions=[Dispute.status.set(status), Dispute.outcome.set(outcome.value),
+                                Dispute.updated_at.set(int(self._clock())),
+                                Dispute.data_key.remove(), Dispute.phone_sealed.remove()])
+        try:  # the open-dispute lock: the citizen may dispute this company again
+            Throttle(dispute.lock_key).delete(condition=Throttle.holder == dispute_id)
+        except DeleteError:
+            pass  # expired, or already released by an earlier try
+        telemetry.count("DisputeExpired" if status == DisputeStatus.EXPIRED else "DisputeResolved",
+                        company=dispute.company)
+        logger.info("dispute closed", extra={"dispute_id": dispute_id, "status": status.value,
+                                             "outcome": outcome.value, "sms_sent": sent})
+        return {"dispute_id": dispute_id, "status": status.value}
+
+    @staticmethod
+    def _close_at_deadline(dispute: Dispute) -> tuple[DisputeOutcome, int]:
+        """No answer came with the token: take one that settled meanwhile, or close it as expired."""
+        if dispute.state != LookupState.SETTLED:
+            try:
+                dispute.update(actions=[Dispute.state.set(LookupState.EXPIRED), Dispute.backlog_partner.remove(),
+                                        Dispute.due_at.remove()],
+                               condition=Dispute.state.is_in(LookupState.PENDING, LookupState.UNSENT))
+            except UpdateError as exc:
+                if getattr(exc, "cause_response_code", None) != "ConditionalCheckFailedException":
+                    raise
+                dispute.refresh(consistent_read=True)  # answered at the last moment (or closed already)
+        if dispute.state == LookupState.SETTLED and dispute.outcome:
+            return DisputeOutcome(dispute.outcome), int(dispute.accounts or 0)
+        return DisputeOutcome.EXPIRED, 0
