@@ -110,11 +110,7 @@ def carrier_check() -> CarrierCheck:
 
 @functools.cache
 def reply_sender() -> ReplySender:
-    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
-
-    persistence = DynamoDBPersistenceLayer(table_name=settings().idempotency_table,
-                                           boto3_client=clients.client("dynamodb"))
-    return ReplySender(vault(), SmsSender(), persistence=persistence, hasher=hasher())
+    return ReplySender(vault(), SmsSender(), persistence=_idempotency_store(), hasher=hasher())
 
 
 def _request() -> Request:

@@ -170,3 +170,38 @@ class SmsSender:
                 raise SmsRejected(code) from exc
             raise
         return str(response["MessageId"])
+
+
+class ExactlyOnce:
+    """One SMS per key, even when the workflow step that sends it is retried.
+
+    Powertools Idempotency keyed by `event_key` (a JMESPath into the delivery): a retried step finds
+    the completed record and publishes nothing. Without a persistence store (tests of pure logic)
+    every call sends. A permanent refusal (SmsRejected) is left to the caller to count.
+    """
+
+    def __init__(self, sender: SmsSender, persistence: Any | None, event_key: str,
+                 expires_after_seconds: int) -> None:
+        self._sender = sender
+        self.idempotency: Any = None
+        self.send: Any = self._deliver
+        if persistence is not None:
+            from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+
+            self.idempotency = IdempotencyConfig(event_key_jmespath=event_key,
+                                                 expires_after_seconds=expires_after_seconds)
+            self.send = idempotent_function(self._deliver, data_keyword_argument="delivery",
+                                            persistence_store=persistence, config=self.idempotency)
+
+    def _deliver(self, delivery: dict[str, Any]) -> dict[str, Any]:
+        from chalicelib import telemetry
+
+        try:
+            message_id = self._sender.send(delivery["phone"], delivery["message"])
+        except SmsRejected:
+            raise  # permanent: the caller ends what it was doing
+        except Exception:
+            telemetry.count("SmsFailed")
+            raise  # transient: the step is retried by the workflow
+        telemetry.count("SmsSent")
+        return {"message_id": message_id}

@@ -11,6 +11,7 @@ import os
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -96,6 +97,32 @@ def call_back(url: str, secret: str, answer: dict[str, Any], attempts: int = 3) 
         except OSError:
             status = 0
     return status
+
+
+def answer_per_mode(mode: str, tries: int, failures_per_request: int, answer: dict[str, Any],
+                    error_answer: dict[str, Any], call_back: Callable[..., Any], *args: Any,
+                    delay: float = 1.0) -> tuple[int, Any]:
+    """How a partner in `mode` answers a request (SPEC §7 modes, plus reject, error, down, slow);
+    in callback mode `call_back(*args)` runs after `delay` seconds and the request gets a 202."""
+    if mode == "down":
+        return 503, {"error": "down"}
+    if mode == "slow":  # past the caller's read timeout, then an answer nobody reads
+        time.sleep(http.TIMEOUT.read_timeout + 1)  # type: ignore[operator]
+        return 200, answer
+    if mode == "reject":
+        return 400, {"error": "unsupported request"}
+    if mode == "silent":
+        return 202, None
+    if mode == "flaky" and tries <= failures_per_request:
+        return 503, {"error": "overloaded"}
+    if mode == "immediate":
+        return 200, answer
+    if mode == "error":  # answers at once that it cannot do it
+        return 200, error_answer
+    timer = threading.Timer(delay, call_back, args)
+    timer.daemon = True
+    timer.start()
+    return 202, None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -223,25 +250,9 @@ class PartnerSimulator(Simulator):
             tries = self._tries[lookup_id] = self._tries.get(lookup_id, 0) + 1
         answer = {"lookup_id": lookup_id,
                   "account_count": self.accounts.get((request["phone"], self.company), 0)}
-        if self.mode == "down":
-            return 503, {"error": "down"}
-        if self.mode == "slow":  # past the caller's read timeout, then an answer nobody reads
-            time.sleep(http.TIMEOUT.read_timeout + 1)  # type: ignore[operator]
-            return 200, answer
-        if self.mode == "reject":
-            return 400, {"error": "unsupported request"}
-        if self.mode == "silent":
-            return 202, None
-        if self.mode == "flaky" and tries <= self.failures_per_lookup:
-            return 503, {"error": "overloaded"}
-        if self.mode == "immediate":
-            return 200, answer
-        if self.mode == "error":  # answers at once that it could not look the number up
-            return 200, {"lookup_id": lookup_id, "error": "lookup backend unavailable"}
-        timer = threading.Timer(self.delay_seconds, self._call_back, (request["callback_url"], answer))
-        timer.daemon = True
-        timer.start()
-        return 202, None
+        return answer_per_mode(self.mode, tries, self.failures_per_lookup, answer,
+                               {"lookup_id": lookup_id, "error": "lookup backend unavailable"},
+                               self._call_back, request["callback_url"], answer, delay=self.delay_seconds)
 
     def _dispute(self, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
         """SPEC §8: in callback/immediate modes the accounts are unbound (`no_account` when there are none)."""
@@ -256,25 +267,9 @@ class PartnerSimulator(Simulator):
             tries = self._tries[f"dispute:{dispute_id}"] = self._tries.get(f"dispute:{dispute_id}", 0) + 1
         count = self.accounts.get((request["phone"], self.company), 0)
         answer = {"dispute_id": dispute_id, "outcome": "unbound" if count else "no_account", "accounts": count}
-        if self.mode == "down":
-            return 503, {"error": "down"}
-        if self.mode == "slow":
-            time.sleep(http.TIMEOUT.read_timeout + 1)  # type: ignore[operator]
-            return 200, answer
-        if self.mode == "reject":
-            return 400, {"error": "unsupported request"}
-        if self.mode == "silent":
-            return 202, None
-        if self.mode == "flaky" and tries <= self.failures_per_lookup:
-            return 503, {"error": "overloaded"}
-        if self.mode == "immediate":
-            return 200, answer
-        if self.mode == "error":  # it cannot take the dispute: answered at once
-            return 200, {"dispute_id": dispute_id, "outcome": "rejected", "accounts": 0}
-        timer = threading.Timer(self.delay_seconds, self._call_back, (request["callback_url"], answer))
-        timer.daemon = True
-        timer.start()
-        return 202, None
+        return answer_per_mode(self.mode, tries, self.failures_per_lookup, answer,
+                               {"dispute_id": dispute_id, "outcome": "rejected", "accounts": 0},
+                               self._call_back, request["callback_url"], answer, delay=self.delay_seconds)
 
     def get(self, path: str) -> tuple[int, Any]:
         if path.rstrip("/") != "/stats":
@@ -344,25 +339,9 @@ class OperatorSimulator(Simulator):
             self.requests.append({"operator": operator, "lookup_id": lookup_id})
             tries = self._tries[operator, lookup_id] = self._tries.get((operator, lookup_id), 0) + 1
         answer = {"lookup_id": lookup_id, "card_count": self.cards.get((id_number.upper(), operator), 0)}
-        if mode == "down":
-            return 503, {"error": "down"}
-        if mode == "slow":  # past the caller's read timeout, then an answer nobody reads
-            time.sleep(http.TIMEOUT.read_timeout + 1)  # type: ignore[operator]
-            return 200, answer
-        if mode == "reject":
-            return 400, {"error": "unsupported request"}
-        if mode == "silent":
-            return 202, None
-        if mode == "flaky" and tries <= self.failures_per_lookup:
-            return 503, {"error": "overloaded"}
-        if mode == "immediate":
-            return 200, answer
-        if mode == "error":
-            return 200, {"lookup_id": lookup_id, "error": "lookup backend unavailable"}
-        timer = threading.Timer(delay, self._call_back, (operator, callback_url, answer))
-        timer.daemon = True
-        timer.start()
-        return 202, None
+        return answer_per_mode(mode, tries, self.failures_per_lookup, answer,
+                               {"lookup_id": lookup_id, "error": "lookup backend unavailable"},
+                               self._call_back, operator, callback_url, answer, delay=delay)
 
     def get(self, path: str) -> tuple[int, Any]:
         operator = self._operator(path, "stats")

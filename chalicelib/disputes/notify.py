@@ -29,33 +29,15 @@ class DisputeNotifier:
     def __init__(self, vault: Vault, sender: sms.SmsSender, persistence: Any | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._vault = vault
-        self._sender = sender
         self._clock = clock
-        self.idempotency = None
-        self._send_once: Callable[..., Any] = self.deliver
-        if persistence is not None:
-            from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
-
-            self.idempotency = IdempotencyConfig(event_key_jmespath="[dispute_id, kind]",
-                                                 expires_after_seconds=30 * 86400)
-            self._send_once = idempotent_function(self.deliver, data_keyword_argument="delivery",
-                                                  persistence_store=persistence, config=self.idempotency)
-
-    def deliver(self, delivery: dict[str, Any]) -> dict[str, Any]:
-        try:
-            message_id = self._sender.send(delivery["phone"], delivery["message"])
-        except sms.SmsRejected:
-            raise
-        except Exception:
-            telemetry.count("SmsFailed")
-            raise  # transient: the step is retried by the workflow
-        telemetry.count("SmsSent")
-        return {"message_id": message_id}
+        # one SMS per dispute and kind (submitted, outcome)
+        self._once = sms.ExactlyOnce(sender, persistence, "[dispute_id, kind]", 30 * 86400)
+        self.idempotency = self._once.idempotency
 
     def send(self, dispute_id: str, kind: str, phone: str, message: str) -> bool:
         """Send once; False when SNS refused it for good (the dispute goes on regardless)."""
         try:
-            self._send_once(delivery={"dispute_id": dispute_id, "kind": kind, "phone": phone, "message": message})
+            self._once.send(delivery={"dispute_id": dispute_id, "kind": kind, "phone": phone, "message": message})
         except sms.SmsRejected as exc:
             telemetry.count("SmsRejected")
             logger.error("dispute SMS refused for good", extra={"dispute_id": dispute_id, "kind": kind,

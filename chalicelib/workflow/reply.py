@@ -29,30 +29,9 @@ class ReplySender:
                  clock: Callable[[], float] = time.time, hasher: Hasher | None = None) -> None:
         self._vault = vault
         self._hasher = hasher
-        self._sender = sender
         self._clock = clock
-        self.idempotency = None
-        self._send_once: Callable[..., Any] = self.deliver
-        if persistence is not None:
-            # Powertools Idempotency keyed by query id: a retried step finds the
-            # completed record and does not publish a second SMS.
-            from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
-
-            self.idempotency = IdempotencyConfig(event_key_jmespath="query_id",
-                                                 expires_after_seconds=7 * 86400)
-            self._send_once = idempotent_function(self.deliver, data_keyword_argument="delivery",
-                                                  persistence_store=persistence, config=self.idempotency)
-
-    def deliver(self, delivery: dict[str, Any]) -> dict[str, Any]:
-        try:
-            message_id = self._sender.send(delivery["phone"], delivery["message"])
-        except sms.SmsRejected:
-            raise  # permanent: counted by run()
-        except Exception:
-            telemetry.count("SmsFailed")
-            raise  # transient: the step is retried by the workflow
-        telemetry.count("SmsSent")
-        return {"message_id": message_id}
+        self._once = sms.ExactlyOnce(sender, persistence, "query_id", 7 * 86400)  # one reply per query
+        self.idempotency = self._once.idempotency
 
     def run(self, state: ReplyInput) -> dict[str, Any]:
         query_id = state["query_id"]
@@ -67,7 +46,7 @@ class ReplySender:
             phone = self._vault.open(query_id, record.data_key, {"phone": record.phone_sealed})["phone"]
             message = self.compose(phone, kind_of(record.kind), outcome, record.asked or set(), results)
             try:
-                self._send_once(delivery={"query_id": query_id, "phone": phone, "message": message})
+                self._once.send(delivery={"query_id": query_id, "phone": phone, "message": message})
             except sms.SmsRejected as exc:
                 telemetry.count("SmsRejected")
                 logger.error("reply SMS refused for good", extra={"query_id": query_id, "reason": exc.code})
