@@ -39,6 +39,10 @@ def unshared_port() -> int:
     raise RuntimeError("no free port in 20000-29999")
 
 
+# The shell's environment, before the tests set theirs: what `make run` sees on a newcomer's machine.
+# (Partner and operator modes are each test's choice, never the shell's.)
+NEWCOMER_ENV = {k: v for k, v in os.environ.items()
+                if not k.startswith(("AWS_", "MOTO")) and k not in ("PARTNER_MODES", "OPERATOR_MODES")}
 WORKDIR = tempfile.mkdtemp(prefix="yztc-tests-")
 API_PORT = unshared_port()
 

@@ -1,13 +1,15 @@
 """Small helpers shared by the tests: reading codes from the outbox, driving the API."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
 
-from tests.conftest import post_json, wait_for
+from tests.conftest import NEWCOMER_ENV, _free_port, post_json, wait_for
 
 SUBSCRIBER = ("13812345678", "12345X")  # local/fixtures/subscribers.csv, active, cmcc
 
@@ -71,3 +73,41 @@ def history(stack: Any, query_id: str) -> list[dict[str, Any]]:
 
 def replies_to(stack: Any, phone: str) -> list[str]:
     return [m["message"] for m in stack.read_outbox() if m["phone"] == phone and "验证码" not in m["message"]]
+
+
+@contextlib.contextmanager
+def make_run(workdir: Any, **env: str) -> Iterator[dict[str, Any]]:
+    """`python -m local.run` as `make run` starts it, on free ports, with the shell's environment plus `env`;
+    yields once the API serves, and stops it (SIGTERM, then kill) afterwards."""
+    import os
+    import subprocess
+    import sys
+
+    import requests
+
+    api_port, moto_port = _free_port(), _free_port()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    full_env = {**NEWCOMER_ENV, "API_PORT": str(api_port), "MOTO_PORT": str(moto_port), "SIMULATOR_PORTS": "any",
+                "LOCAL_WORKDIR": str(workdir), **env}
+    with open(os.path.join(str(workdir), "run.log"), "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "local.run"], cwd=root, env=full_env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{api_port}"
+
+        def up() -> bool:
+            assert process.poll() is None, open(os.path.join(str(workdir), "run.log")).read()
+            try:
+                return requests.get(f"{base}/v1/companies", timeout=2).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        try:
+            wait_for(up, 60, "the local stack to serve")
+            yield {"base": base, "moto": f"http://127.0.0.1:{moto_port}", "workdir": workdir, "process": process}
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()

@@ -15,7 +15,7 @@ import pytest
 from chalicelib import signing
 from local.stack import StackOptions
 from tests.conftest import BASE_OPTIONS, post_json, wait_for
-from tests.helpers import COMPANIES, error_code, latest_code, request_code, submit, wait_finished
+from tests.helpers import COMPANIES, error_code, latest_code, make_run, request_code, submit, wait_finished
 from tests.privacy import assert_clean
 
 PHONE, ID6 = "13812345678", "12345X"  # fixture accounts: 腾讯2, 支付宝1, 抖音1, 京东1, others 0
@@ -607,43 +607,10 @@ def test_page_wrong_code_for_a_dispute_shows_next_to_the_code(stack, api, page):
 # -- `make run`: the whole loop over HTTP, visible in the outbox and the local SMS page ---------------
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
-    import os
-    import subprocess
-    import sys
-
-    import requests
-
-    from tests.conftest import _free_port
-
-    api_port, moto_port = _free_port(), _free_port()
-    workdir = tmp_path_factory.mktemp("local-disputes")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO"))}
-    for name in [k for k in env if k.endswith(("_TABLE", "_ARN", "_URL", "_FILE", "_NAME"))] + ["KMS_KEY_ID"]:
-        env.pop(name, None)
-    env.update(API_PORT=str(api_port), MOTO_PORT=str(moto_port), SIMULATOR_PORTS="any", LOCAL_WORKDIR=str(workdir),
-               QUERY_DEADLINE_SECONDS="8", CODE_RESEND_SECONDS="0",
-               PARTNER_MODES=",".join(f"{c}=immediate" for c in COMPANIES if c != "tencent") + ",tencent=callback")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    log = open(workdir / "run.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "local.run"], cwd=root, env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{api_port}"
-
-    def up() -> bool:
-        assert process.poll() is None, (workdir / "run.log").read_text()
-        try:
-            return requests.get(f"{base}/v1/companies", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_for(up, 60, "the local stack to serve")
-    yield {"base": base, "moto": f"http://127.0.0.1:{moto_port}", "workdir": workdir}
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+    with make_run(tmp_path_factory.mktemp("local-disputes"), QUERY_DEADLINE_SECONDS="8", CODE_RESEND_SECONDS="0",
+                  PARTNER_MODES=",".join(f"{c}=immediate" for c in COMPANIES if c != "tencent")
+                  + ",tencent=callback") as running:
+        yield running
 
 
 def test_make_run_shows_query_reply_dispute_submitted_and_outcome_sms(local_run):

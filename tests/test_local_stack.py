@@ -4,47 +4,22 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import boto3
 import pytest
 import requests
 
-from tests.conftest import _free_port, wait_for
+from tests.conftest import wait_for
+from tests.helpers import make_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
-    api_port, moto_port = _free_port(), _free_port()
-    workdir = tmp_path_factory.mktemp("local")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO"))}
-    env.update(API_PORT=str(api_port), MOTO_PORT=str(moto_port), SIMULATOR_PORTS="any",
-               LOCAL_WORKDIR=str(workdir), QUERY_DEADLINE_SECONDS="8",
-               PARTNER_MODES="meituan=silent,douyin=callback")
-    for name in ("CODES_TABLE", "THROTTLE_TABLE", "QUERIES_TABLE", "LOOKUPS_TABLE", "IDEMPOTENCY_TABLE",
-                 "COMPANY_REGISTRY_FILE", "CARRIER_REGISTRY_FILE", "PUBLIC_API_URL", "KMS_KEY_ID",
-                 "PEPPER_SECRET_NAME", "START_QUEUE_NAME", "STATE_MACHINE_ARN", "START_QUEUE_URL"):
-        env.pop(name, None)
-    log = open(workdir / "run.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "local.run"], cwd=ROOT, env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{api_port}"
-
-    def up() -> bool:
-        assert process.poll() is None, (workdir / "run.log").read_text()
-        try:
-            return requests.get(f"{base}/v1/companies", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_for(up, 60, "the local stack to serve")
-    yield {"base": base, "moto": f"http://127.0.0.1:{moto_port}", "workdir": workdir, "process": process}
-    if process.poll() is None:
-        process.kill()
-    log.close()
+    with make_run(tmp_path_factory.mktemp("local"), QUERY_DEADLINE_SECONDS="8",
+                  PARTNER_MODES="meituan=silent,douyin=callback") as running:
+        yield running
 
 
 def outbox(workdir) -> list[dict]:

@@ -10,13 +10,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests
 from openapi_spec_validator import validate
 
 import app as app_module
 from chalicelib import errors
 from chalicelib.api.responses import STATUS_BY_ERROR
-from tests.conftest import _free_port, wait_for
+from tests.helpers import make_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPENAPI_FILE = os.path.join(ROOT, "chalicelib", "api", "openapi.json")
@@ -90,33 +89,8 @@ def test_every_error_response_documents_the_spec_shape(description):
 # -- Schemathesis against the local stack (`python -m local.run`, as `make run` starts it) ----------
 @pytest.fixture(scope="module")
 def local_stack(tmp_path_factory) -> Iterator[str]:
-    api_port, moto_port = _free_port(), _free_port()
-    workdir = tmp_path_factory.mktemp("schemathesis")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "MOTO")) and not k.endswith(("_TABLE", "_REGISTRY_FILE"))}
-    for name in ("PUBLIC_API_URL", "KMS_KEY_ID", "PEPPER_SECRET_NAME", "START_QUEUE_NAME", "STATE_MACHINE_ARN",
-                 "START_QUEUE_URL", "PARTNER_MODES"):
-        env.pop(name, None)
-    env.update(API_PORT=str(api_port), MOTO_PORT=str(moto_port), SIMULATOR_PORTS="any", LOCAL_WORKDIR=str(workdir),
-               QUERY_DEADLINE_SECONDS="8")
-    with open(workdir / "run.log", "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "local.run"], cwd=ROOT, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{api_port}"
-
-        def up() -> bool:
-            assert process.poll() is None, (workdir / "run.log").read_text()
-            try:
-                return requests.get(f"{base}/v1/openapi.json", timeout=2).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        try:
-            wait_for(up, 60, "the local stack to serve")
-            yield base
-        finally:
-            process.terminate()
-            process.wait(timeout=20)
+    with make_run(tmp_path_factory.mktemp("schemathesis"), QUERY_DEADLINE_SECONDS="8") as running:
+        yield running["base"]
 
 
 def test_schemathesis_finds_no_server_error_and_no_departure_from_the_description(local_stack, tmp_path):
