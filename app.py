@@ -27,6 +27,7 @@ from chalicelib.disputes.desk import DisputeClient, DisputeDesk
 from chalicelib.disputes.intake import DisputeIntake
 from chalicelib.disputes.intake import status_of as dispute_status_of
 from chalicelib.disputes.notify import DisputeNotifier
+from chalicelib.engine.deadlines import Deadlines
 from chalicelib.partners.circuit import Circuits
 from chalicelib.partners.delivery import Delivery
 from chalicelib.partners.kinds import ACCOUNTS, CARDS, LookupKind, kind_of
@@ -44,6 +45,8 @@ logger = Logger(service="yizhengtongcha")
 
 START_QUEUE_NAME = os.environ.get("START_QUEUE_NAME", "yztc-query-starts")
 RETRY_QUEUE_NAME = os.environ.get("RETRY_QUEUE_NAME", "yztc-lookup-retries")
+REPLY_QUEUE_NAME = os.environ.get("REPLY_QUEUE_NAME", "yztc-replies")
+REPLY_DLQ_NAME = os.environ.get("REPLY_DLQ_NAME", "yztc-replies-dead")
 BODY_TYPES = ["application/json", "text/plain", "application/x-www-form-urlencoded"]
 _QUERY_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -70,10 +73,15 @@ def intake() -> QueryIntake:
 
 
 @functools.cache
+def deadlines() -> Deadlines:
+    return Deadlines()
+
+
+@functools.cache
 def lookups() -> LookupDesk:
     config = settings()
     return LookupDesk(hasher(), vault(), Circuits(config.circuit_failure_threshold, config.circuit_probe_seconds),
-                      PartnerClient(config))
+                      PartnerClient(config), deadlines())
 
 
 @functools.cache
@@ -95,7 +103,7 @@ def dispute_notifier() -> DisputeNotifier:
 @functools.cache
 def disputes() -> DisputeDesk:
     config = settings()
-    return DisputeDesk(vault(), lookups().circuits, DisputeClient(config), dispute_notifier())
+    return DisputeDesk(vault(), lookups().circuits, DisputeClient(config), dispute_notifier(), deadlines())
 
 
 @functools.cache
@@ -105,7 +113,7 @@ def dispute_intake() -> DisputeIntake:
 
 @functools.cache
 def carrier_check() -> CarrierCheck:
-    return CarrierCheck(vault())
+    return CarrierCheck(vault(), deadlines())
 
 
 @functools.cache
@@ -342,58 +350,80 @@ def verify_carrier(event: contracts.ExecutionInput, context: Any) -> contracts.C
 
 @app.lambda_function(name=contracts.ASK_COMPANIES.name)
 def ask_companies(event: contracts.FanOutInput, context: Any) -> None:
-    lookups().ask_all(event["query_id"], int(event["deadline_at"]), event["task_token"], kind_of(event.get("kind")))
-
-
-@app.lambda_function(name=contracts.SEND_REPLY.name)
-def send_reply(event: contracts.ReplyInput, context: Any) -> dict[str, Any]:
-    sender = reply_sender()
-    if sender.idempotency is not None and context is not None:
-        sender.idempotency.register_lambda_context(context)  # in-progress expiry = this invocation
-    return sender.run(event)
+    lookups().ask_all(event["query_id"], int(event["deadline_at"]), kind_of(event.get("kind")))
 
 
 # -- the dispute workflow (stepfunctions/dispute.asl.json) ---------------------------
 @app.lambda_function(name=contracts.FORWARD_DISPUTE.name)
-def forward_dispute(event: contracts.ForwardInput, context: Any) -> None:
+def forward_dispute(event: contracts.DisputeInput, context: Any) -> None:
     notifier = dispute_notifier()
     if notifier.idempotency is not None and context is not None:
         notifier.idempotency.register_lambda_context(context)
-    disputes().forward(event["dispute_id"], event["task_token"])
+    disputes().forward(event["dispute_id"])
 
 
-@app.lambda_function(name=contracts.NOTIFY_DISPUTE.name)
-def notify_dispute(event: contracts.NotifyInput, context: Any) -> dict[str, Any]:
-    notifier = dispute_notifier()
-    if notifier.idempotency is not None and context is not None:
-        notifier.idempotency.register_lambda_context(context)
-    return notifier.run(event)
+# -- the one reply route and the deadlines (chalicelib/engine/deadlines.py) -----------
+@app.on_sqs_message(queue=REPLY_QUEUE_NAME, batch_size=10, name=contracts.SEND_REPLIES.name)
+def send_replies(event: Any) -> None:
+    """Each query's one reply SMS, each dispute's one outcome SMS; a failed one comes back (then its DLQ)."""
+    context = getattr(event, "context", None)
+    for idempotency in (reply_sender().idempotency, dispute_notifier().idempotency):
+        if idempotency is not None and context is not None:
+            idempotency.register_lambda_context(context)  # in-progress expiry = this invocation
+    failed = 0
+    for message in _messages(event, contracts.ReplyType):
+        try:
+            if message["type"] == contracts.ReplyType.QUERY:
+                reply_sender().run(message["id"])
+            else:
+                dispute_notifier().run(message["id"])
+        except Exception:
+            failed += 1
+            logger.exception("reply failed, will be retried", extra={"type": message["type"], "id": message["id"]})
+    if failed:
+        # The whole batch comes back after the visibility timeout; the ones sent are skipped (idempotent).
+        raise RuntimeError(f"{failed} reply(ies) failed")
+
+
+@app.on_sqs_message(queue=REPLY_DLQ_NAME, batch_size=10, name=contracts.REPLIES_FAILED.name)
+def replies_failed(event: Any) -> None:
+    """A reply every retry failed to send: its record still ends in a terminal status (and the DLQ alarm fires)."""
+    for message in _messages(event, contracts.ReplyType):
+        telemetry.count("ReplyDeadLettered", kind=message["type"])
+        if message["type"] == contracts.ReplyType.QUERY:
+            reply_sender().fail(message["id"])
+        else:
+            dispute_notifier().run(message["id"], send=False)
+
+
+def _messages(event: Any, types: Any) -> list[contracts.QueueMessage]:
+    parsed = [(record.body, contracts.parse_message(record.body, types)) for record in event]
+    for _body, message in parsed:
+        if message is None:
+            logger.warning("malformed queue message skipped")
+    return [message for _body, message in parsed if message is not None]
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES), name=contracts.START_DEADLINES.name)
+def start_deadlines(event: Any) -> None:
+    deadlines().start_ahead()
+
+
+@app.lambda_function(name=contracts.DEADLINE_STEP.name)
+def deadline_step(event: contracts.DeadlineInput, context: Any) -> contracts.DeadlineStep:
+    return deadlines().step(event)
 
 
 # -- partner delivery (chalicelib/partners/delivery.py) ----------------------------
 @app.on_sqs_message(queue=RETRY_QUEUE_NAME, batch_size=10, name=contracts.RETRY_LOOKUPS.name)
 def retry_lookups(event: Any) -> None:
-    targets = [target for record in event if (target := _retry_target(record.body))]
-    lookup_ids = [target[1] for target in targets if target[0] == "lookup_id"]
+    messages = _messages(event, contracts.TaskType)  # a malformed one is skipped: its task waits in the backlog
+    lookup_ids = [m["id"] for m in messages if m["type"] == contracts.TaskType.LOOKUP]
     if lookup_ids:
         delivery().retry(lookup_ids)
-    dispute_ids = [target[1] for target in targets if target[0] == "dispute_id"]
-    if dispute_ids:  # disputes ride the same queue (chalicelib/disputes/desk.py)
+    dispute_ids = [m["id"] for m in messages if m["type"] == contracts.TaskType.DISPUTE]
+    if dispute_ids:
         disputes().retry(dispute_ids)
-
-
-def _retry_target(body: str) -> tuple[str, str] | None:
-    """The lookup or dispute a nudge names; a malformed message is skipped (its item waits in the backlog)."""
-    try:
-        message = json.loads(body)
-        key = next(k for k in ("lookup_id", "dispute_id") if k in message)
-        target = message[key]
-    except (ValueError, AttributeError, TypeError, StopIteration):
-        target = None
-    if not isinstance(target, str):
-        logger.warning("malformed retry message skipped")
-        return None
-    return key, target
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES), name=contracts.DELIVER_BACKLOG.name)

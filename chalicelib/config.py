@@ -50,6 +50,12 @@ class Settings:
     dispute_deadline_seconds: int = 1296000
     dispute_daily_limit: int = 3
     dispute_record_days: int = 30
+    reply_queue_url: str = ""
+    deadline_state_machine_arn: str = ""
+    deadline_slot_seconds: int = 60
+    deadline_lead_slots: int = 10
+    deadline_budget_seconds: int = 240
+    reply_reclaim_seconds: int = 300
 
 
 def _int(name: str, default: int) -> int:
@@ -113,4 +119,14 @@ def settings() -> Settings:
         dispute_daily_limit=_int("DISPUTE_DAILY_LIMIT", 3),
         # How long GET /v1/disputes/{id} keeps answering after the deadline.
         dispute_record_days=_int("DISPUTE_RECORD_DAYS", 30),
+        # SPEC §2: one reply route (an SQS queue), and deadlines kept by one Step Functions execution
+        # per kind and slot (a minute deployed), started DEADLINE_LEAD_SLOTS slots ahead.
+        reply_queue_url=os.environ.get("REPLY_QUEUE_URL", ""),
+        deadline_state_machine_arn=os.environ.get("DEADLINE_STATE_MACHINE_ARN", ""),
+        deadline_slot_seconds=max(1, _int("DEADLINE_SLOT_SECONDS", 60)),
+        deadline_lead_slots=_int("DEADLINE_LEAD_SLOTS", 10),
+        # How long one DeadlineStep invocation sweeps before the execution loops (its Lambda timeout: 300 s).
+        deadline_budget_seconds=_int("DEADLINE_BUDGET_SECONDS", 240),
+        # A claimed completion whose reply is not committed by then is claimed and enqueued again.
+        reply_reclaim_seconds=_int("REPLY_RECLAIM_SECONDS", 300),
     )

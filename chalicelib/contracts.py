@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 
 class QueryStatus(StrEnum):
@@ -49,22 +49,20 @@ class ExecutionInput(TypedDict):
 
 
 class CarrierResult(TypedDict):
-    """VerifyCarrier's output; AskCompanies waits at most timeout_seconds (to the deadline)."""
+    """VerifyCarrier's output: AskCompanies runs only on a match; any other outcome has asked for its reply."""
 
     query_id: str
     kind: str  # partners/kinds.py: accounts or cards — who AskCompanies asks
     deadline_at: int
     outcome: str  # CarrierOutcome
-    timeout_seconds: int
 
 
 class FanOutInput(TypedDict):
-    """The payload of the one waitForTaskToken task that asks every company."""
+    """AskCompanies' input: a plain task (no token). It asks every partner and ends the execution."""
 
     query_id: str
     kind: str
     deadline_at: int
-    task_token: str
 
 
 class LookupResult(TypedDict):
@@ -80,21 +78,65 @@ class LookupResult(TypedDict):
     apps: NotRequired[dict[str, int]]
 
 
-class FanOutOutput(TypedDict):
-    """What the released task token carries: every asked company's settled lookup."""
+# -- queue messages (one typed shape per queue; app.py dispatches on `type`) -------------------
+class ReplyType(StrEnum):
+    """What the reply queue carries: a query's one reply SMS, or a dispute's one outcome SMS."""
 
-    results: list[LookupResult]
+    QUERY = "query"
+    DISPUTE = "dispute"
 
 
-class ReplyInput(TypedDict):
-    """SendReply's input: the state as AskCompanies left it (or VerifyCarrier, when no company was asked).
+class TaskType(StrEnum):
+    """What the retry queue carries: a partner task whose backoff ran out."""
 
-    fan_out is absent at the deadline: the step then reports what had settled by then.
+    LOOKUP = "lookup"
+    DISPUTE = "dispute"
+
+
+class QueueMessage(TypedDict):
+    """Every message of the reply and retry queues: a type and an id, no personal data."""
+
+    type: str  # ReplyType on the reply queue, TaskType on the retry queue
+    id: str
+
+
+def parse_message(body: str, types: type[StrEnum]) -> QueueMessage | None:
+    """A queue message as sent by this service; None for anything else (skipped and logged by the caller).
+
+    Messages queued by the version before typed messages ({"lookup_id": …} / {"dispute_id": …})
+    are still read, so a deployment does not strand what is in flight.
     """
+    import json
 
-    query_id: str
-    outcome: str  # CarrierOutcome
-    fan_out: NotRequired[FanOutOutput]
+    try:
+        message: Any = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(message, dict):
+        return None
+    if "type" not in message:  # the shape before typed messages
+        for key, kind in (("lookup_id", "lookup"), ("dispute_id", "dispute"), ("query_id", "query")):
+            if key in message:
+                message = {"type": kind, "id": message[key]}
+                break
+    kind, item_id = message.get("type"), message.get("id")
+    if kind not in {t.value for t in types} or not isinstance(item_id, str) or not 0 < len(item_id) <= 64:
+        return None
+    return QueueMessage(type=str(kind), id=item_id)
+
+
+class DeadlineInput(TypedDict):
+    """A deadline execution (stepfunctions/deadline.asl.json): one per kind and slot (a minute, deployed)."""
+
+    kind: str  # ReplyType: which records' deadlines it keeps
+    slot: int  # epoch seconds: it waits until then, then replies to everything due by then
+
+
+class DeadlineStep(DeadlineInput):
+    """DeadlineStep's output: wait `wait_seconds` more, or sweep again while `more` is due."""
+
+    wait_seconds: int
+    more: bool
 
 
 # -- the dispute workflow (SPEC §8, stepfunctions/dispute.asl.json) ------------------------
@@ -118,35 +160,17 @@ class DisputeOutcome(StrEnum):
 
 
 class DisputeInput(TypedDict):
-    """StartExecution input, named by the dispute id; the Forward task waits at most timeout_seconds."""
+    """StartExecution input, named by the dispute id: Forward sends it and the execution ends."""
 
     dispute_id: str
     deadline_at: int  # epoch seconds: submitted_at + DISPUTE_DEADLINE_SECONDS
-    timeout_seconds: int
-
-
-class ForwardInput(TypedDict):
-    """The payload of the one waitForTaskToken task that forwards the dispute to its company."""
-
-    dispute_id: str
-    deadline_at: int
-    task_token: str
 
 
 class DisputeAnswer(TypedDict):
-    """What the released task token carries: the partner's outcome (a registry string) and a bounded count."""
+    """A partner's answer to a dispute: an outcome (a registry string) and a bounded count."""
 
     outcome: str  # DisputeOutcome, never EXPIRED
     accounts: int
-
-
-class NotifyInput(TypedDict):
-    """NotifyDispute's input: the execution input, plus the answer unless the deadline came first."""
-
-    dispute_id: str
-    deadline_at: int
-    timeout_seconds: int
-    answer: NotRequired[DisputeAnswer]
 
 
 # -- Lambda functions -------------------------------------------------------------------
@@ -166,16 +190,21 @@ class Function:
 API_HANDLER = "APIHandler"  # Chalice's one function for every route
 VERIFY_CARRIER = Function("verify_carrier", "VerifyCarrierArn")
 ASK_COMPANIES = Function("ask_companies", "AskCompaniesArn")
-SEND_REPLY = Function("send_reply", "SendReplyArn")
 START_QUERIES = Function("start_queries")
 RETRY_LOOKUPS = Function("retry_lookups")
 DELIVER_BACKLOG = Function("deliver_backlog")
 FORWARD_DISPUTE = Function("forward_dispute", "ForwardDisputeArn")
-NOTIFY_DISPUTE = Function("notify_dispute", "NotifyDisputeArn")
+# The one reply route (query replies and dispute outcomes), its dead letters, and the deadline machinery.
+SEND_REPLIES = Function("send_replies")
+REPLIES_FAILED = Function("replies_failed")
+START_DEADLINES = Function("start_deadlines")
+DEADLINE_STEP = Function("deadline_step", "DeadlineStepArn")
 
-WORKFLOW_FUNCTIONS: tuple[Function, ...] = (VERIFY_CARRIER, ASK_COMPANIES, SEND_REPLY)
-DISPUTE_WORKFLOW_FUNCTIONS: tuple[Function, ...] = (FORWARD_DISPUTE, NOTIFY_DISPUTE)
+WORKFLOW_FUNCTIONS: tuple[Function, ...] = (VERIFY_CARRIER, ASK_COMPANIES)
+DISPUTE_WORKFLOW_FUNCTIONS: tuple[Function, ...] = (FORWARD_DISPUTE,)
+DEADLINE_WORKFLOW_FUNCTIONS: tuple[Function, ...] = (DEADLINE_STEP,)
 FUNCTIONS: tuple[Function, ...] = (START_QUERIES, *WORKFLOW_FUNCTIONS, RETRY_LOOKUPS, DELIVER_BACKLOG,
-                                   *DISPUTE_WORKFLOW_FUNCTIONS)
-# The workflow's other placeholders: tables it writes directly (MarkFailed), by their environment variable.
-WORKFLOW_TABLES: dict[str, str] = {"QueriesTable": "QUERIES_TABLE"}
+                                   *DISPUTE_WORKFLOW_FUNCTIONS, SEND_REPLIES, REPLIES_FAILED, START_DEADLINES,
+                                   *DEADLINE_WORKFLOW_FUNCTIONS)
+# The query workflow's other placeholders: the reply queue it writes directly (a carrier that never answered).
+WORKFLOW_QUEUES: dict[str, str] = {"ReplyQueueUrl": "REPLY_QUEUE_URL"}

@@ -21,7 +21,8 @@ from pynamodb.exceptions import TransactWriteError
 from chalicelib import clients, errors
 from chalicelib.codes import CodeCheck, CodeService
 from chalicelib.config import Settings, settings
-from chalicelib.contracts import ExecutionInput, QueryStatus
+from chalicelib.contracts import ExecutionInput, QueryStatus, ReplyType
+from chalicelib.engine.deadlines import Deadlines
 from chalicelib.partners.kinds import ACCOUNTS, CARDS, LookupKind, kind_of
 from chalicelib.privacy import Hasher, Vault
 from chalicelib.storage.models import QueryRecord, at, transaction
@@ -90,11 +91,14 @@ class QueryIntake:
         cfg = self._config
         now = check.now
         sealed = self._vault.seal(query_id, personal)  # one KMS request for every field
+        deadline_at = now + cfg.query_deadline_seconds
         record = QueryRecord(
             query_id,
+            # In the deadline index from the start: even a query whose execution never runs is answered.
+            **Deadlines(cfg).entry(ReplyType.QUERY, query_id, deadline_at),
             status=QueryStatus.ACCEPTED,
             created_at=now,
-            deadline_at=now + cfg.query_deadline_seconds,
+            deadline_at=deadline_at,
             data_key=sealed.data_key,
             phone_sealed=sealed.fields["phone"],
             id_sealed=sealed.fields.get("id_last6") or sealed.fields["id_number"],

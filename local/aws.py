@@ -13,6 +13,9 @@ import boto3
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASL_FILE = os.path.join(ROOT, "stepfunctions", "query.asl.json")
 DISPUTE_ASL_FILE = os.path.join(ROOT, "stepfunctions", "dispute.asl.json")
+DEADLINE_ASL_FILE = os.path.join(ROOT, "stepfunctions", "deadline.asl.json")
+# A reply that fails this many times goes to the dead-letter queue (infra/generate.py uses the same).
+REPLY_MAX_RECEIVES = 5
 ACCOUNT = "123456789012"
 
 
@@ -34,6 +37,8 @@ def base_environment(prefix: str = "yztc") -> dict[str, str]:
         "PEPPER_SECRET_NAME": f"{prefix}/pepper",
         "START_QUEUE_NAME": f"{prefix}-query-starts",
         "RETRY_QUEUE_NAME": f"{prefix}-lookup-retries",
+        "REPLY_QUEUE_NAME": f"{prefix}-replies",
+        "REPLY_DLQ_NAME": f"{prefix}-replies-dead",
         "POWERTOOLS_SERVICE_NAME": "yizhengtongcha",
         "POWERTOOLS_METRICS_NAMESPACE": "YiZhengTongCha",
     }
@@ -47,12 +52,18 @@ def substitute(definition: str, substitutions: dict[str, str]) -> str:
 
 def with_local_functions(definition: str) -> str:
     """The ASL with its placeholders pointing at the in-process functions (local/lambdas.py) and tables."""
-    from chalicelib.contracts import DISPUTE_WORKFLOW_FUNCTIONS, WORKFLOW_FUNCTIONS, WORKFLOW_TABLES
+    from chalicelib.contracts import (
+        DEADLINE_WORKFLOW_FUNCTIONS,
+        DISPUTE_WORKFLOW_FUNCTIONS,
+        WORKFLOW_FUNCTIONS,
+        WORKFLOW_QUEUES,
+    )
 
     return substitute(definition, {
         **{fn.placeholder: f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:{fn.name}"
-           for fn in (*WORKFLOW_FUNCTIONS, *DISPUTE_WORKFLOW_FUNCTIONS) if fn.placeholder},
-        **{placeholder: os.environ[var] for placeholder, var in WORKFLOW_TABLES.items()}})
+           for fn in (*WORKFLOW_FUNCTIONS, *DISPUTE_WORKFLOW_FUNCTIONS, *DEADLINE_WORKFLOW_FUNCTIONS)
+           if fn.placeholder},
+        **{placeholder: os.environ[var] for placeholder, var in WORKFLOW_QUEUES.items() if var in os.environ}})
 
 
 def state_machine_definition(path: str = ASL_FILE) -> str:
@@ -66,6 +77,28 @@ def create_dispute_machine(role_arn: str) -> str:
         name="yztc-dispute", definition=state_machine_definition(DISPUTE_ASL_FILE), roleArn=role_arn,
         type="STANDARD")
     return str(machine["stateMachineArn"])
+
+
+def create_deadline_machine(role_arn: str) -> str:
+    """The deadline workflow (stepfunctions/deadline.asl.json)."""
+    machine = boto3.client("stepfunctions").create_state_machine(
+        name="yztc-deadline", definition=state_machine_definition(DEADLINE_ASL_FILE), roleArn=role_arn,
+        type="STANDARD")
+    return str(machine["stateMachineArn"])
+
+
+def create_reply_queues(env: dict[str, str]) -> dict[str, str]:
+    """The reply queue and its dead-letter queue (what infra/generate.py deploys), URLs set in os.environ
+    before the query workflow is created: its definition names the reply queue."""
+    sqs = boto3.client("sqs")
+    dlq_url = sqs.create_queue(QueueName=env["REPLY_DLQ_NAME"], Attributes={"VisibilityTimeout": "5"})["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    url = sqs.create_queue(QueueName=env["REPLY_QUEUE_NAME"], Attributes={
+        "VisibilityTimeout": "2", "RedrivePolicy": json.dumps(
+            {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(REPLY_MAX_RECEIVES)})})["QueueUrl"]
+    added = {"REPLY_QUEUE_URL": url, "REPLY_DLQ_URL": dlq_url}
+    os.environ.update(added)
+    return added
 
 
 @dataclass
@@ -119,6 +152,7 @@ def create(env: dict[str, str], secret_names: list[str]) -> Resources:
     sqs = boto3.client("sqs")
     queue_url = sqs.create_queue(QueueName=env["START_QUEUE_NAME"], Attributes={"VisibilityTimeout": "5"})["QueueUrl"]
     retry_url = sqs.create_queue(QueueName=env["RETRY_QUEUE_NAME"], Attributes={"VisibilityTimeout": "5"})["QueueUrl"]
+    replies = create_reply_queues(env)
     iam = boto3.client("iam")
     role_arn = iam.create_role(
         RoleName="yztc-states", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
@@ -126,7 +160,8 @@ def create(env: dict[str, str], secret_names: list[str]) -> Resources:
     machine = boto3.client("stepfunctions").create_state_machine(
         name="yztc-query", definition=state_machine_definition(), roleArn=role_arn, type="STANDARD")
     added = {"STATE_MACHINE_ARN": machine["stateMachineArn"], "START_QUEUE_URL": queue_url,
-             "RETRY_QUEUE_URL": retry_url, "DISPUTE_STATE_MACHINE_ARN": create_dispute_machine(role_arn)}
+             "RETRY_QUEUE_URL": retry_url, "DISPUTE_STATE_MACHINE_ARN": create_dispute_machine(role_arn),
+             "DEADLINE_STATE_MACHINE_ARN": create_deadline_machine(role_arn), **replies}
     return Resources(env=added, secrets=values)
 
 

@@ -86,10 +86,10 @@ def logical_id(name: str) -> str:
 
 def install(app_module: Any) -> Dispatcher:
     """Workflow steps are app.py's functions of the same name (chalicelib/contracts.py)."""
-    from chalicelib.contracts import DISPUTE_WORKFLOW_FUNCTIONS, WORKFLOW_FUNCTIONS
+    from chalicelib.contracts import DEADLINE_WORKFLOW_FUNCTIONS, DISPUTE_WORKFLOW_FUNCTIONS, WORKFLOW_FUNCTIONS
 
-    dispatcher = Dispatcher({fn.name: getattr(app_module, fn.name)
-                             for fn in (*WORKFLOW_FUNCTIONS, *DISPUTE_WORKFLOW_FUNCTIONS)})
+    steps = (*WORKFLOW_FUNCTIONS, *DISPUTE_WORKFLOW_FUNCTIONS, *DEADLINE_WORKFLOW_FUNCTIONS)
+    dispatcher = Dispatcher({fn.name: getattr(app_module, fn.name) for fn in steps})
 
     def invoke(self: LambdaSimpleBackend, function_name: str, qualifier: str | None, body: Any,
                headers: Any, response_headers: Any) -> bytes:

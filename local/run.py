@@ -42,6 +42,8 @@ def main() -> int:
         operator_port=int(os.environ.get("OPERATOR_PORT", "8200")),
         operator_modes=os.environ.get("OPERATOR_MODES", ""),
         print_sms=True,
+        # Deadlines kept in 5-second slots instead of minutes, so the deadline path runs in seconds.
+        deadline_slot_seconds=int(os.environ.get("DEADLINE_SLOT_SECONDS", "5")),
         aws_endpoint=f"http://127.0.0.1:{MOTO_PORT}",
     )
     if os.environ.get("SIMULATOR_PORTS") == "any":

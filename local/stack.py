@@ -31,6 +31,12 @@ class StackOptions:
     pump: bool = True  # poll the start queue, as Lambda's SQS event source does
     retries: bool = True  # poll the lookup retry queue, likewise
     schedule_seconds: int = 60  # run the partner delivery job this often, as its EventBridge rule; 0: never
+    replies: bool = True  # poll the reply queue and its dead-letter queue, as their Lambda event sources do
+    # The deadline granularity (DEADLINE_SLOT_SECONDS: 60 deployed) and the deadline executions' starter,
+    # run every slot on a timer (moto fires no EventBridge schedule); False: tests start them themselves.
+    deadline_slot_seconds: int = 1
+    deadline_lead_slots: int = 3
+    deadlines: bool = True
     print_sms: bool = False
     aws_endpoint: str | None = None  # None: moto in-process (mock_aws is active)
     provision: str = "direct"  # or "cloudformation": deploy infra/'s template into moto
@@ -49,6 +55,10 @@ def configure_environment(options: StackOptions) -> dict[str, str]:
     env.update({
         "QUERY_DEADLINE_SECONDS": str(options.deadline_seconds),
         "DISPUTE_DEADLINE_SECONDS": str(options.dispute_deadline_seconds),
+        "DEADLINE_SLOT_SECONDS": str(options.deadline_slot_seconds),
+        "DEADLINE_LEAD_SLOTS": str(options.deadline_lead_slots),
+        # A claimed reply not committed within this long is claimed again (300 s deployed).
+        "REPLY_RECLAIM_SECONDS": str(max(5, 6 * options.deadline_slot_seconds)),
         "PUBLIC_API_URL": f"http://127.0.0.1:{options.api_port}",
         "COMPANY_REGISTRY_FILE": os.path.join(options.workdir, "companies.json"),
         "CARRIER_REGISTRY_FILE": os.path.join(options.workdir, "carriers.json"),
@@ -174,8 +184,13 @@ class LocalStack:
             self._spawn(lambda: self._pump_forever(self.pump_once, "start_queries"))
         if opts.retries:
             self._spawn(lambda: self._pump_forever(self.pump_retries, "retry_lookups"))
+        if opts.replies:
+            self._spawn(lambda: self._pump_forever(self.pump_replies, "send_replies"))
+            self._spawn(lambda: self._pump_forever(self.pump_dead_replies, "replies_failed"))
         if opts.schedule_seconds:
             self._spawn(self._schedule_forever)
+        if opts.deadlines:
+            self._spawn(self._deadlines_forever)
         return self
 
     @staticmethod
@@ -217,6 +232,35 @@ class LocalStack:
 
         return pump_queue(self.app_module, clients.client("sqs"), self.env["RETRY_QUEUE_URL"],
                           function="retry_lookups", wait_seconds=wait_seconds)
+
+    def pump_replies(self, wait_seconds: int = 0) -> int:
+        from chalicelib import clients
+        from local.lambdas import pump_queue
+
+        return pump_queue(self.app_module, clients.client("sqs"), self.env["REPLY_QUEUE_URL"],
+                          function="send_replies", wait_seconds=wait_seconds)
+
+    def pump_dead_replies(self, wait_seconds: int = 0) -> int:
+        from chalicelib import clients
+        from local.lambdas import pump_queue
+
+        return pump_queue(self.app_module, clients.client("sqs"), self.env["REPLY_DLQ_URL"],
+                          function="replies_failed", wait_seconds=wait_seconds)
+
+    def start_deadlines_once(self) -> list[str]:
+        """One run of the deadline starter (its EventBridge schedule deployed)."""
+        from local.lambdas import acting_as
+
+        with acting_as("StartDeadlines"):
+            return list(self.app_module.deadlines().start_ahead())
+
+    def _deadlines_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.start_deadlines_once()
+            except Exception as exc:  # the next run tries again, as the real schedule would
+                print(f"[local] start_deadlines failed: {type(exc).__name__}", flush=True)
+            self._stop.wait(self.options.deadline_slot_seconds)
 
     def deliver_once(self, now: float | None = None) -> dict[str, int]:
         """One run of the per-minute delivery job; `now` lets a test stand a few minutes later."""

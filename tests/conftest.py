@@ -70,7 +70,7 @@ def reset_caches() -> None:
     for cached in (settings, registry.companies, registry.carriers, app_module.hasher, app_module.vault,
                    app_module.code_service, app_module.intake, app_module.lookups, app_module.delivery,
                    app_module.carrier_check, app_module.reply_sender, app_module.dispute_notifier,
-                   app_module.disputes, app_module.dispute_intake):
+                   app_module.disputes, app_module.dispute_intake, app_module.deadlines):
         cached.cache_clear()
     registry.operators.cache_clear()
     clients.reset()
@@ -96,8 +96,8 @@ def stack(stack_options: StackOptions, monkeypatch: pytest.MonkeyPatch) -> Itera
         try:
             yield local
         finally:
+            local.stop()  # its timers first: no deadline execution starts after this
             _stop_executions()
-            local.stop()
             reset_caches()
 
 

@@ -53,6 +53,8 @@ def execution_arn(stack: Any, query_id: str) -> str:
 
 
 def wait_finished(stack: Any, query_id: str, timeout: float = 60) -> dict[str, Any]:
+    """The query's execution has ended and its one reply is committed (it ends before partners answer:
+    the reply comes from the reply queue, sent by the last answer or the deadline)."""
     sfn = boto3.client("stepfunctions")
     arn = execution_arn(stack, query_id)
 
@@ -63,7 +65,23 @@ def wait_finished(stack: Any, query_id: str, timeout: float = 60) -> dict[str, A
             return None
         return described if described["status"] != "RUNNING" else None
 
-    return wait_for(finished, timeout, f"execution {query_id} to finish")  # type: ignore[no-any-return]
+    execution = wait_for(finished, timeout, f"execution {query_id} to finish")
+    wait_closed(stack, query_id, timeout)
+    return execution  # type: ignore[no-any-return]
+
+
+def wait_closed(stack: Any, query_id: str, timeout: float = 60) -> dict[str, Any]:
+    """The query's reply is committed: a terminal status, out of the deadline index."""
+    table = boto3.resource("dynamodb").Table(stack.env["QUERIES_TABLE"])
+
+    def closed() -> dict[str, Any] | None:
+        item = table.get_item(Key={"query_id": query_id}, ConsistentRead=True).get("Item")
+        if item is None:
+            return {"query_id": None}  # not a query (a dispute id): nothing to wait for
+        done = item.get("status") in ("replied", "failed") and "deadline_slot" not in item
+        return item if done else None
+
+    return wait_for(closed, timeout, f"query {query_id} to be replied")  # type: ignore[no-any-return]
 
 
 def history(stack: Any, query_id: str) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
-"""Forwarding a dispute to its company, settling the answer, releasing the one task token.
+"""Forwarding a dispute to its company, settling the answer, claiming its one outcome SMS.
 
-The dispute workflow's Forward task hands us a task token. We send the `submitted` SMS (once),
-then forward the dispute — through the same per-partner delivery as lookups (SPEC §4, §8):
+The dispute workflow's Forward task sends the `submitted` SMS (once), then forwards the dispute —
+through the same per-partner delivery as lookups (SPEC §4, §8):
 - the partner's circuit (partners/circuit.py) is checked first; an open circuit parks the dispute;
 - every reply updates the circuit as lookups do (a transient failure counts, anything else resets);
 - a transient failure parks the dispute (state unsent, due after `backoff()`) and, while the circuit
@@ -9,7 +9,8 @@ then forward the dispute — through the same per-partner delivery as lookups (S
 - the per-minute delivery job replays parked disputes of partners whose circuit is closed
   (`replay`, hooked into partners/delivery.py); disputes are never used as probes.
 The answer (in the 200, or by callback) is stored once — an exact duplicate changes nothing,
-a different one is a Conflict — and whoever stores it releases the token, exactly once.
+a different one is a Conflict — and whoever stores it claims the dispute's completion and enqueues
+its outcome SMS (engine/deadlines.py); with no answer, the deadline execution of its slot does.
 """
 from __future__ import annotations
 
@@ -21,24 +22,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from botocore.exceptions import ClientError
 from pynamodb.exceptions import UpdateError
 
 from chalicelib import clients, errors, http, registry, telemetry
 from chalicelib.config import Settings, settings
-from chalicelib.contracts import DisputeOutcome, DisputeStatus, LookupState
+from chalicelib.contracts import DisputeOutcome, DisputeStatus, LookupState, QueueMessage, ReplyType, TaskType
 from chalicelib.disputes.notify import DisputeNotifier
 from chalicelib.disputes.protocol import DISPUTE_ID, DisputeReply, dispute_id_of, parse_dispute_answer
+from chalicelib.engine.deadlines import Deadlines
 from chalicelib.partners.circuit import Circuits, CircuitState
 from chalicelib.partners.lookups import MAX_BACKOFF_SECONDS, Outcome, backoff, rejected
 from chalicelib.partners.protocol import Refused
 from chalicelib.privacy import Vault, partner_secret
 from chalicelib.registry import Company
-from chalicelib.storage.models import Dispute
+from chalicelib.storage.models import Dispute, condition_failed
 
 logger = Logger(child=True)
 
-_TOKEN_GONE = {"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"}
 _OPEN = (LookupState.PENDING, LookupState.UNSENT)  # not answered, not closed at the deadline
 REPLAY_PAGE = 100
 
@@ -84,29 +84,21 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
-def _condition_failed(exc: Exception) -> bool:
-    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
-
-
 class DisputeDesk:
     def __init__(self, vault: Vault, circuits: Circuits, client: DisputeClient, notifier: DisputeNotifier,
-                 sfn_client: Any | None = None, sqs_client: Any | None = None, config: Settings | None = None,
+                 deadlines: Deadlines, sqs_client: Any | None = None, config: Settings | None = None,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], Any] = time.sleep,
                  secret_for: Callable[[str], str] = partner_secret) -> None:
         self._vault = vault
         self.circuits = circuits
         self.client = client
         self.notifier = notifier
-        self._sfn = sfn_client
+        self._deadlines = deadlines
         self._sqs = sqs_client
         self._config = config or settings()
         self._clock = clock
         self._sleep = sleep
         self._secret_for = secret_for
-
-    @property
-    def sfn(self) -> Any:
-        return self._sfn or clients.client("stepfunctions")
 
     @property
     def sqs(self) -> Any:
@@ -118,16 +110,14 @@ class DisputeDesk:
         return self._vault.open(dispute.dispute_id, dispute.data_key, {"phone": dispute.phone_sealed})["phone"]
 
     # -- ForwardDispute (the waitForTaskToken task) ------------------------------------------
-    def forward(self, dispute_id: str, task_token: str) -> None:
+    def forward(self, dispute_id: str) -> None:
         now = int(self._clock())
-        dispute = Dispute(dispute_id)
-        # One write stores the token and returns the record. A retried step brings a new token.
-        dispute.update(actions=[Dispute.task_token.set(task_token)], condition=Dispute.dispute_id.exists())
+        dispute = Dispute.get(dispute_id, consistent_read=True)
         phone = self._phone(dispute)
         if phone is not None:
             self.notifier.acknowledge(dispute, phone)
         if dispute.state == LookupState.SETTLED:
-            self._release(dispute)  # answered before this (retried) step: hand the answer over
+            self._complete(dispute)  # answered before this (retried) step
             return
         if dispute.state != LookupState.PENDING or phone is None:
             return  # in the backlog: the retry queue and the delivery job own it
@@ -162,7 +152,7 @@ class DisputeDesk:
                                     Dispute.requested_at.set(now)],
                            condition=Dispute.state.is_in(*_OPEN))
         except UpdateError as exc:
-            if not _condition_failed(exc):
+            if not condition_failed(exc):
                 raise  # else: its callback came first
 
     def _park(self, dispute: Dispute, now: int, circuit_open: bool) -> None:
@@ -174,13 +164,13 @@ class DisputeDesk:
                                     Dispute.backlog_partner.set(dispute.company), Dispute.due_at.set(due)],
                            condition=Dispute.state.is_in(*_OPEN))
         except UpdateError as exc:
-            if _condition_failed(exc):
+            if condition_failed(exc):
                 return
             raise
         telemetry.count("DisputeDeferred", company=dispute.company)
         if not circuit_open and due < int(dispute.deadline_at):
             self.sqs.send_message(QueueUrl=self._config.retry_queue_url,
-                                  MessageBody=_json({"dispute_id": dispute.dispute_id}),
+                                  MessageBody=_json(QueueMessage(type=TaskType.DISPUTE.value, id=dispute.dispute_id)),
                                   DelaySeconds=min(backoff(attempts), MAX_BACKOFF_SECONDS))
 
     def retry(self, dispute_ids: Iterable[str]) -> None:
@@ -241,8 +231,8 @@ class DisputeDesk:
 
     # -- settling -------------------------------------------------------------------------
     def settle(self, dispute: Dispute, reply: DisputeReply, digest: str) -> None:
-        """Store the answer once and release the token. A duplicate changes nothing; a different one,
-        or one after the deadline closed the dispute, is a Conflict."""
+        """Store the answer once and claim the outcome SMS. A duplicate changes nothing; a different one
+        is a Conflict; one after the deadline closed the dispute is acknowledged and changes nothing (SPEC §4)."""
         try:
             dispute.update(actions=[Dispute.state.set(LookupState.SETTLED), Dispute.outcome.set(reply.outcome.value),
                                     Dispute.accounts.set(reply.accounts), Dispute.answer_digest.set(digest),
@@ -252,36 +242,20 @@ class DisputeDesk:
                            condition=Dispute.state.is_in(*_OPEN))
             telemetry.count("DisputeAnswered", company=dispute.company)
         except UpdateError as exc:
-            if not _condition_failed(exc):
+            if not condition_failed(exc):
                 raise
             dispute.refresh(consistent_read=True)
+            if dispute.state == LookupState.EXPIRED:
+                telemetry.count("LateAnswer", company=dispute.company)
+                return  # closed at its deadline: the citizen has had the expired SMS
             if dispute.answer_digest != digest:
-                raise errors.Conflict("该核查申请已有不同的答复，或已结束。") from exc
-        self._release(dispute)
+                raise errors.Conflict("该核查申请已有不同的答复。") from exc
+        self._complete(dispute)
 
-    def _release(self, dispute: Dispute) -> None:
-        token = dispute.task_token
-        if not token or dispute.state != LookupState.SETTLED or not dispute.outcome:
-            return
-        digest = hashlib.sha256(token.encode()).hexdigest()[:32]
-        if dispute.released == digest:
-            return
-        try:
-            dispute.update(actions=[Dispute.released.set(digest)],
-                           condition=(Dispute.task_token == token)
-                           & (Dispute.released.does_not_exist() | (Dispute.released != digest)))
-        except UpdateError as exc:
-            if _condition_failed(exc):
-                return  # released by a concurrent settle, or a newer token took over
-            raise
-        output = {"outcome": dispute.outcome, "accounts": int(dispute.accounts or 0)}
-        try:
-            self.sfn.send_task_success(taskToken=token, output=_json(output))
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] in _TOKEN_GONE:
-                return  # the deadline came first: NotifyDispute takes the stored answer
-            dispute.update(actions=[Dispute.released.remove()], condition=Dispute.released == digest)
-            raise
+    def _complete(self, dispute: Dispute) -> None:
+        """Claim the outcome SMS (once; NotifyDispute sends it from the reply queue)."""
+        if dispute.state == LookupState.SETTLED and dispute.outcome and dispute.completion_claimed_at is None:
+            self._deadlines.claim(ReplyType.DISPUTE, dispute)
 
     # -- callbacks (POST /v1/partners/{company}/disputes) --------------------------------------
     def record_callback(self, company: Company, body: Any) -> None:

@@ -26,8 +26,9 @@ from pynamodb.exceptions import DeleteError, TransactWriteError, UpdateError
 from chalicelib import clients, errors, registry
 from chalicelib.codes import CodeService
 from chalicelib.config import Settings, settings
-from chalicelib.contracts import DisputeInput, DisputeStatus, LookupState
+from chalicelib.contracts import DisputeInput, DisputeStatus, LookupState, ReplyType
 from chalicelib.disputes.protocol import DISPUTE_ID, new_dispute_id
+from chalicelib.engine.deadlines import Deadlines
 from chalicelib.privacy import Vault
 from chalicelib.storage.models import Dispute, ReportedAccounts, Throttle, at, transaction
 from chalicelib.throttle import Counter, Lock, china_day_window, first_refused
@@ -75,7 +76,8 @@ class DisputeIntake:
         daily = Counter(f"dispute-day#{check.phone_key}#{day}", cfg.dispute_daily_limit, day_end)
         sealed = self._vault.seal(dispute_id, {"phone": phone})  # one KMS request
         deadline_at = now + cfg.dispute_deadline_seconds
-        record = Dispute(dispute_id, company=company.id, status=DisputeStatus.SUBMITTED, created_at=now,
+        record = Dispute(dispute_id, **Deadlines(cfg).entry(ReplyType.DISPUTE, dispute_id, deadline_at),
+                         company=company.id, status=DisputeStatus.SUBMITTED, created_at=now,
                          deadline_at=deadline_at, data_key=sealed.data_key, phone_sealed=sealed.fields["phone"],
                          lock_key=lock.key, state=LookupState.PENDING, attempts=0,
                          ttl=at(deadline_at + cfg.dispute_record_days * 86400))
@@ -102,7 +104,7 @@ class DisputeIntake:
                     raise errors.ServiceBusy("系统繁忙，请稍后再试。", retry_after=1) from exc
                 time.sleep(random.uniform(0, 0.025 * 2 ** attempt))  # full jitter: contenders spread out
         try:
-            self.start(dispute_id, deadline_at, cfg.dispute_deadline_seconds)
+            self.start(dispute_id, deadline_at)
         except ClientError as exc:
             logger.warning("dispute execution not started", extra={"dispute_id": dispute_id,
                                                                     "reason": exc.response["Error"]["Code"]})
@@ -126,9 +128,8 @@ class DisputeIntake:
             return False
         return int(reported.replied_at) > now - REPORTED_DAYS * 86400  # TTL deletes lazily
 
-    def start(self, dispute_id: str, deadline_at: int, timeout_seconds: int) -> None:
-        execution: DisputeInput = {"dispute_id": dispute_id, "deadline_at": int(deadline_at),
-                                   "timeout_seconds": int(timeout_seconds)}
+    def start(self, dispute_id: str, deadline_at: int) -> None:
+        execution: DisputeInput = {"dispute_id": dispute_id, "deadline_at": int(deadline_at)}
         sfn = self._sfn or clients.client("stepfunctions")
         try:
             sfn.start_execution(stateMachineArn=self._config.dispute_state_machine_arn, name=dispute_id,

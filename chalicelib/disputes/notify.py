@@ -2,8 +2,10 @@
 
 Each goes out exactly once even when its step is retried: Powertools Idempotency keyed by
 (dispute id, kind). A permanent SNS refusal is counted and logged, never retried.
-NotifyDispute also closes the dispute: status resolved/expired, the open-dispute lock released,
-the sealed phone deleted (nothing is sent to the number afterwards).
+The outcome SMS is sent from the reply queue (engine/deadlines.py: claimed by the partner's answer,
+or by the deadline execution of the dispute's slot). Sending it also closes the dispute: status
+resolved/expired, out of the deadline index, the open-dispute lock released, the sealed phone
+deleted (nothing is sent to the number afterwards).
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from aws_lambda_powertools import Logger
 from pynamodb.exceptions import DeleteError, UpdateError
 
 from chalicelib import registry, sms, telemetry
-from chalicelib.contracts import DisputeOutcome, DisputeStatus, LookupState, NotifyInput
+from chalicelib.contracts import DisputeOutcome, DisputeStatus, LookupState
+from chalicelib.engine.deadlines import finished_actions
 from chalicelib.privacy import Vault
 from chalicelib.storage.models import Dispute, Throttle
 
@@ -50,18 +53,21 @@ class DisputeNotifier:
         name = company.name if company else dispute.company
         self.send(dispute.dispute_id, SUBMITTED, phone, sms.dispute_submitted_text(name, dispute.dispute_id))
 
-    # -- NotifyDispute ---------------------------------------------------------------------
-    def run(self, state: NotifyInput) -> dict[str, Any]:
-        dispute_id = state["dispute_id"]
-        dispute = Dispute.get(dispute_id, consistent_read=True)
-        answer = state.get("answer")
-        if answer is not None:
-            outcome, accounts = DisputeOutcome(answer["outcome"]), int(answer["accounts"])
-        else:
-            outcome, accounts = self._close_at_deadline(dispute)
+    # -- the outcome SMS (the reply queue) ----------------------------------------------------
+    def run(self, dispute_id: str, send: bool = True) -> dict[str, Any]:
+        """Send the outcome SMS (its answer, or expired) and close the dispute; `send=False` closes it
+        without an SMS (the reply queue's dead letters: it could not be sent)."""
+        try:
+            dispute = Dispute.get(dispute_id, consistent_read=True)
+        except Dispute.DoesNotExist:
+            logger.warning("outcome for an unknown dispute skipped", extra={"dispute_id": dispute_id})
+            return {"dispute_id": dispute_id, "status": None}
+        if dispute.deadline_slot is None and dispute.status in (DisputeStatus.RESOLVED, DisputeStatus.EXPIRED):
+            return {"dispute_id": dispute_id, "status": dispute.status}  # a duplicate message: closed already
+        outcome, accounts = self._close_at_deadline(dispute)
         status = DisputeStatus.EXPIRED if outcome == DisputeOutcome.EXPIRED else DisputeStatus.RESOLVED
         sent = False
-        if dispute.phone_sealed is not None and dispute.data_key is not None:  # None: closed by an earlier try
+        if send and dispute.phone_sealed is not None and dispute.data_key is not None:  # None: closed by an earlier try
             company = registry.company(dispute.company)
             name, hotline = (company.name, company.hotline) if company else (dispute.company, "")
             phone = self._vault.open(dispute_id, dispute.data_key, {"phone": dispute.phone_sealed})["phone"]
@@ -69,7 +75,7 @@ class DisputeNotifier:
             sent = self.send(dispute_id, OUTCOME, phone, message)
         dispute.update(actions=[Dispute.status.set(status), Dispute.outcome.set(outcome.value),
                                 Dispute.updated_at.set(int(self._clock())),
-                                Dispute.data_key.remove(), Dispute.phone_sealed.remove()])
+                                Dispute.data_key.remove(), Dispute.phone_sealed.remove(), *finished_actions(Dispute)])
         try:  # the open-dispute lock: the citizen may dispute this company again
             Throttle(dispute.lock_key).delete(condition=Throttle.holder == dispute_id)
         except DeleteError:
@@ -82,7 +88,7 @@ class DisputeNotifier:
 
     @staticmethod
     def _close_at_deadline(dispute: Dispute) -> tuple[DisputeOutcome, int]:
-        """No answer came with the token: take one that settled meanwhile, or close it as expired."""
+        """Its answer if it settled; else it is closed unanswered (expired): its deadline came."""
         if dispute.state != LookupState.SETTLED:
             try:
                 dispute.update(actions=[Dispute.state.set(LookupState.EXPIRED), Dispute.backlog_partner.remove(),

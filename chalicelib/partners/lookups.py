@@ -1,16 +1,17 @@
-"""The lookups of one query: ask every company, settle their answers, release the one token.
+"""The lookups of one query: ask every company, settle their answers, claim the reply.
 
-The workflow's AskCompanies task hands us one task token for the whole query. We ask every
-company at once (bounded pool, one record write and one decrypt for all of them); each lookup
-settles when it is answered, answered with an error, or refused for good (4xx). Whoever
-settles the last one — the fan-out itself, a callback, or the delivery job replaying a
-backlog — releases the token, exactly once: a conditional write on the query record decides.
+The workflow's AskCompanies task asks every partner at once (bounded pool, one record write and
+one decrypt for all of them) and ends: the execution does not wait for anyone. Each lookup
+settles when it is answered, answered with an error, or refused for good (4xx). Whoever settles
+the last one — the fan-out itself, a callback, the retry queue or the delivery job — claims the
+query's completion (engine/deadlines.py: one conditional write) and enqueues its one reply; if
+some never answer, the deadline execution of the query's slot does it instead.
 
 A transient failure (5xx, 429, timeout, connection error) is never retried here: the lookup
 goes to its partner's backlog and the delivery mechanism (partners/delivery.py) owns it.
 
 The lookup id a partner sees is an HMAC of (query id, company): opaque, and the same on every
-attempt. The task token never leaves the service.
+attempt.
 """
 from __future__ import annotations
 
@@ -24,23 +25,21 @@ from enum import Enum
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from botocore.exceptions import ClientError
 from pynamodb.exceptions import PutError, UpdateError
 
 from chalicelib import clients, errors, http, signing, telemetry
 from chalicelib.config import Settings, settings
-from chalicelib.contracts import FanOutOutput, LookupResult, LookupState
+from chalicelib.contracts import LookupResult, LookupState, QueueMessage, ReplyType, TaskType
+from chalicelib.engine.deadlines import Deadlines
 from chalicelib.partners.circuit import Circuits, CircuitState
 from chalicelib.partners.kinds import ACCOUNTS, LookupKind, kind_of
 from chalicelib.partners.protocol import LOOKUP_ID, Answer, Refused, lookup_id_of, parse_answer
 from chalicelib.privacy import Hasher, Vault, partner_secret
 from chalicelib.registry import Company
-from chalicelib.storage.models import Lookup, QueryRecord, at
+from chalicelib.storage.models import Lookup, QueryRecord, at, condition_failed
 
 logger = Logger(child=True)
 
-# SendTask* answers these when the task is gone (timed out, execution stopped, retried with a new token).
-_TOKEN_GONE = {"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"}
 FIRST_BACKOFF_SECONDS = 2
 MAX_BACKOFF_SECONDS = 900  # also SQS's longest message delay
 FAN_OUT_THREADS = 16
@@ -111,22 +110,18 @@ def _json(value: Any) -> str:
 
 class LookupDesk:
     def __init__(self, hasher: Hasher, vault: Vault, circuits: Circuits, client: PartnerClient,
-                 sfn_client: Any | None = None, sqs_client: Any | None = None, config: Settings | None = None,
+                 deadlines: Deadlines | None = None, sqs_client: Any | None = None, config: Settings | None = None,
                  clock: Callable[[], float] = time.time,
                  secret_for: Callable[[str], str] = partner_secret) -> None:
         self._hasher = hasher
         self._vault = vault
         self.circuits = circuits
         self.client = client
-        self._sfn = sfn_client
+        self.deadlines = deadlines or Deadlines(config, sqs_client=sqs_client, clock=clock)
         self._sqs = sqs_client
         self._config = config or settings()
         self._clock = clock
         self._secret_for = secret_for
-
-    @property
-    def sfn(self) -> Any:
-        return self._sfn or clients.client("stepfunctions")
 
     @property
     def sqs(self) -> Any:
@@ -136,17 +131,23 @@ class LookupDesk:
         return self._hasher.digest("lookup", query_id, company)[:32]
 
     # -- the fan-out (AskCompanies) -----------------------------------------------------
-    def ask_all(self, query_id: str, deadline_at: int, task_token: str, kind: LookupKind = ACCOUNTS) -> None:
-        """Ask every partner of this kind once; release the token at once if every lookup settled here."""
+    def ask_all(self, query_id: str, deadline_at: int, kind: LookupKind = ACCOUNTS) -> None:
+        """Ask every partner of this kind once; claim the reply at once if every lookup settled here."""
         now = int(self._clock())
         record = QueryRecord(query_id)
-        # One write stores the token and returns the record: no read before it. A retried step
-        # brings a new token; the partners asked stay those of the first attempt.
-        record.update(actions=[QueryRecord.task_token.set(task_token),
-                               QueryRecord.asked.set(QueryRecord.asked | {p.id for p in kind.partners()}),
-                               QueryRecord.results.set(QueryRecord.results | {}),
-                               QueryRecord.app_counts.set(QueryRecord.app_counts | {})],
-                      condition=QueryRecord.query_id.exists())
+        # One write records who is asked and returns the record: no read before it. A retried step
+        # asks the partners of the first attempt. A query already answered (its deadline came while
+        # the carrier check was retried) asks nobody.
+        try:
+            record.update(actions=[QueryRecord.asked.set(QueryRecord.asked | {p.id for p in kind.partners()}),
+                                   QueryRecord.results.set(QueryRecord.results | {}),
+                                   QueryRecord.app_counts.set(QueryRecord.app_counts | {})],
+                          condition=QueryRecord.deadline_slot.exists())
+        except UpdateError as exc:
+            if condition_failed(exc):
+                logger.info("query closed before its fan-out", extra={"query_id": query_id})
+                return
+            raise
         partners = [p for p in kind.partners() if p.id in (record.asked or set())]
         fields = self._open(record, kind)
         states = self.circuits.states(p.id for p in partners)
@@ -179,7 +180,7 @@ class LookupDesk:
         try:
             lookup.save(condition=Lookup.lookup_id.does_not_exist())
         except PutError as exc:
-            if not _condition_failed(exc):
+            if not condition_failed(exc):
                 raise
             lookup = Lookup.get(lookup.lookup_id, consistent_read=True)  # a retried step: as it stands
         return lookup
@@ -214,13 +215,13 @@ class LookupDesk:
                                    Lookup.backlog_partner.set(lookup.company), Lookup.due_at.set(due)],
                           condition=Lookup.state != LookupState.SETTLED)
         except UpdateError as exc:
-            if _condition_failed(exc):
+            if condition_failed(exc):
                 return  # its answer arrived meanwhile (a partner may answer a request it failed)
             raise
         telemetry.count("LookupDeferred", company=lookup.company)
         if not circuit_open and due < int(lookup.deadline_at):
             self.sqs.send_message(QueueUrl=self._config.retry_queue_url,
-                                  MessageBody=_json({"lookup_id": lookup.lookup_id}),
+                                  MessageBody=_json(QueueMessage(type=TaskType.LOOKUP.value, id=lookup.lookup_id)),
                                   DelaySeconds=min(backoff(attempts), MAX_BACKOFF_SECONDS))
 
     # -- settling --------------------------------------------------------------------------
@@ -252,7 +253,7 @@ class LookupDesk:
                               condition=Lookup.state != LookupState.SETTLED)
                 return lookup
             except UpdateError as exc:
-                if not _condition_failed(exc):
+                if not condition_failed(exc):
                     raise
         return Lookup.get(lookup.lookup_id, consistent_read=True)
 
@@ -262,47 +263,25 @@ class LookupDesk:
         return result
 
     def record_results(self, query_id: str, results: list[LookupResult], record: QueryRecord | None = None) -> None:
-        """Put settled results on the query record; release the token if every asked company settled."""
+        """Put settled results on the query record; claim its reply if every asked partner settled."""
         if results:
             record = QueryRecord(query_id)
             record.update(actions=[action for r in results for action in _result_actions(r)],
                           condition=QueryRecord.query_id.exists())
         if record is not None:
-            self._release_if_complete(record)
+            self._complete_if_all_settled(record)
 
-    def _release_if_complete(self, record: QueryRecord) -> None:
-        token = record.task_token
-        settled = stored_results(record)
+    def _complete_if_all_settled(self, record: QueryRecord) -> None:
         asked = record.asked or set()
-        if not token or not asked or not asked <= settled.keys():
+        if not asked or record.deadline_slot is None or record.completion_claimed_at is not None:
+            return  # not asked yet, replied already, or its reply claimed
+        if not asked <= stored_results(record).keys():
             return
-        digest = hashlib.sha256(token.encode()).hexdigest()[:32]
-        if record.released == digest:
-            return
-        kind = kind_of(record.kind)
         # Phone cards: the name and ID number have served their purpose once every operator answered.
-        forget = [QueryRecord.id_sealed.remove(), QueryRecord.name_sealed.remove()] if kind is not ACCOUNTS else []
-        try:
-            record.update(actions=[QueryRecord.released.set(digest), *forget],
-                          condition=(QueryRecord.task_token == token)
-                          & (QueryRecord.released.does_not_exist() | (QueryRecord.released != digest)))
-        except UpdateError as exc:
-            if _condition_failed(exc):
-                return  # released by a concurrent settle, or a newer token took over
-            raise
-        order = [p.id for p in kind.partners()]
-        output: FanOutOutput = {"results": sorted((settled[c] for c in asked),
-                                                  key=lambda r: order.index(r["company"])
-                                                  if r["company"] in order else len(order))}
-        try:
-            self.sfn.send_task_success(taskToken=token, output=_json(output))
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] in _TOKEN_GONE:
-                return  # the deadline came first: SendReply reports what had settled
-            # Give the release back: the partner's retry of its callback (or the step's retry) releases it.
-            record.update(actions=[QueryRecord.released.remove()], condition=QueryRecord.released == digest)
-            raise
-        logger.info("lookups complete", extra={"query_id": record.query_id, "companies": len(asked)})
+        forget = ([QueryRecord.id_sealed.remove(), QueryRecord.name_sealed.remove()]
+                  if kind_of(record.kind) is not ACCOUNTS else [])
+        if self.deadlines.claim(ReplyType.QUERY, record, forget):
+            logger.info("lookups complete", extra={"query_id": record.query_id, "partners": len(asked)})
 
     # -- callbacks (POST /v1/partners/{company}/results) ---------------------------------
     def verify_callback(self, kind: LookupKind, company_id: str, headers: dict[str, str], raw_body: bytes) -> Company:
@@ -371,8 +350,3 @@ def stored_results(record: QueryRecord) -> dict[str, LookupResult]:
         if company in apps:
             settled[company]["apps"] = {app: int(n) for app, n in json.loads(apps[company]).items()}
     return settled
-
-
-def _condition_failed(exc: Exception) -> bool:
-    cause = getattr(exc, "cause_response_code", None)
-    return cause == "ConditionalCheckFailedException"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from typing import Any
 
 from pynamodb.attributes import (
     BooleanAttribute,
@@ -19,7 +20,7 @@ from pynamodb.attributes import (
     UnicodeSetAttribute,
 )
 from pynamodb.connection import Connection
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.models import Model
 from pynamodb.transactions import TransactWrite
 
@@ -57,8 +58,24 @@ class Throttle(Model):
     ttl = TTLAttribute()
 
 
+class DeadlineIndex(GlobalSecondaryIndex[Any]):
+    """Open records by their deadline slot: what the deadline executions (engine/deadlines.py) reply to.
+
+    Sparse: a record carries its keys from acceptance until its one reply or outcome SMS is committed.
+    The hash key is one of a few shards per kind ('query#7'), so "everything due by now" is one range
+    query per shard and no partition is hot, whatever the rate.
+    """
+
+    class Meta:
+        index_name = "deadline"
+        projection = KeysOnlyProjection()
+
+    deadline_shard = UnicodeAttribute(hash_key=True)
+    deadline_slot = NumberAttribute(range_key=True)
+
+
 class QueryRecord(Model):
-    """One accepted query, and the one task token its workflow waits on while partners answer.
+    """One accepted query: its sealed personal data, its partners' settled answers, its deadline.
 
     Personal data is sealed under a per-query data key (chalicelib/privacy.py): the phone until
     the record expires, the ID digits only until the carrier check.
@@ -79,13 +96,15 @@ class QueryRecord(Model):
     lock_key = UnicodeAttribute()
     outcome = UnicodeAttribute(null=True)  # contracts.CarrierOutcome
     updated_at = NumberAttribute(null=True)
-    # The fan-out: the partners asked, the token that waits for all of them, each settled lookup
-    # (partners/lookups.py: a number each, kept small), and which token was released (a digest of it).
+    # The fan-out: the partners asked and each settled lookup (partners/lookups.py: a number each, kept small).
     asked = UnicodeSetAttribute(null=True)
-    task_token = UnicodeAttribute(null=True)
     results = MapAttribute(null=True)  # type: ignore[var-annotated]  # partner -> count, -1: no answer
     app_counts = MapAttribute(null=True)  # type: ignore[var-annotated]  # company -> its per-app breakdown (JSON)
-    released = UnicodeAttribute(null=True)
+    # Completion (engine/deadlines.py): in the deadline index until replied; who claimed the reply, when.
+    deadline_shard = UnicodeAttribute(null=True)
+    deadline_slot = NumberAttribute(null=True)
+    completion_claimed_at = NumberAttribute(null=True)
+    deadline = DeadlineIndex()
     ttl = TTLAttribute()
 
     def sealed(self, *fields: str) -> dict[str, str | None]:
@@ -95,8 +114,8 @@ class QueryRecord(Model):
         return {field: stored[field] for field in fields}
 
 
-class BacklogIndex(GlobalSecondaryIndex["Lookup"]):
-    """A partner's unsent lookups, oldest due first. Sparse: only UNSENT lookups carry its keys."""
+class BacklogIndex(GlobalSecondaryIndex[Any]):
+    """A partner's unsent tasks (lookups, disputes), oldest due first. Sparse: only UNSENT tasks carry its keys."""
 
     class Meta:
         index_name = "backlog"
@@ -136,7 +155,10 @@ class PartnerCircuit(Model):
         table_name = settings().circuits_table
 
     partner = UnicodeAttribute(hash_key=True)
-    failures = NumberAttribute(default=0)  # consecutive transient failures
+    failures = NumberAttribute(default=0)  # transient failures since the partner last answered
+    # The first of those failures: the circuit judges the partner's health over time (SPEC §4), not one
+    # request's luck, so it opens only after the partner has answered nothing for a while.
+    failing_since = NumberAttribute(null=True)
     is_open = BooleanAttribute(default=False)
     opened_at = NumberAttribute(null=True)
     next_probe_at = NumberAttribute(null=True)
@@ -169,19 +191,8 @@ class ReportedAccounts(Model):
     ttl = TTLAttribute()
 
 
-class DisputeBacklogIndex(GlobalSecondaryIndex["Dispute"]):
-    """A partner's unsent disputes, oldest due first. Sparse: only UNSENT disputes carry its keys."""
-
-    class Meta:
-        index_name = "backlog"
-        projection = AllProjection()
-
-    backlog_partner = UnicodeAttribute(hash_key=True)
-    due_at = NumberAttribute(range_key=True)
-
-
 class Dispute(Model):
-    """One dispute (SPEC §8): its company, status, delivery state, the one task token it waits on, the answer.
+    """One dispute (SPEC §8): its company, status, delivery state, the answer, its deadline.
 
     The phone is sealed under the dispute's own data key (encryption context: the dispute id) and
     deleted once the outcome SMS is sent.
@@ -203,14 +214,16 @@ class Dispute(Model):
     requested_at = NumberAttribute(null=True)
     backlog_partner = UnicodeAttribute(null=True)
     due_at = NumberAttribute(null=True)
-    task_token = UnicodeAttribute(null=True)
-    released = UnicodeAttribute(null=True)
     outcome = UnicodeAttribute(null=True)  # contracts.DisputeOutcome
     accounts = NumberAttribute(null=True)
     answer_digest = UnicodeAttribute(null=True)
     answered_at = NumberAttribute(null=True)
     updated_at = NumberAttribute(null=True)
-    backlog = DisputeBacklogIndex()
+    backlog = BacklogIndex()
+    deadline_shard = UnicodeAttribute(null=True)  # as QueryRecord's: until the outcome SMS is committed
+    deadline_slot = NumberAttribute(null=True)
+    completion_claimed_at = NumberAttribute(null=True)
+    deadline = DeadlineIndex()
     ttl = TTLAttribute()
 
 
@@ -251,6 +264,11 @@ def _connection() -> Connection:
 def transaction() -> TransactWrite:
     """A TransactWrite on the shared connection: all-or-nothing across tables."""
     return TransactWrite(connection=_connection())
+
+
+def condition_failed(exc: Exception) -> bool:
+    """A PynamoDB write refused by its condition (not any other error)."""
+    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
 
 
 def at(epoch: float) -> dt.datetime:

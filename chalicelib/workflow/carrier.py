@@ -1,4 +1,8 @@
-"""VerifyCarrier: is the number active and registered to these ID digits (SPEC §4)?"""
+"""VerifyCarrier: is the number active and registered to these ID digits (SPEC §4)?
+
+On a match the workflow goes on to AskCompanies; any other outcome is the query's end: this step
+claims its completion and enqueues the failure reply (engine/deadlines.py), and the execution ends.
+"""
 from __future__ import annotations
 
 import time
@@ -8,7 +12,8 @@ from aws_lambda_powertools import Logger
 from pynamodb.expressions.update import Action
 
 from chalicelib import errors, http, registry
-from chalicelib.contracts import CarrierOutcome, CarrierResult, QueryStatus
+from chalicelib.contracts import CarrierOutcome, CarrierResult, QueryStatus, ReplyType
+from chalicelib.engine.deadlines import Deadlines
 from chalicelib.partners.kinds import ACCOUNTS, kind_of
 from chalicelib.privacy import Vault, partner_secret
 from chalicelib.storage.models import QueryRecord
@@ -17,9 +22,10 @@ logger = Logger(child=True)
 
 
 class CarrierCheck:
-    def __init__(self, vault: Vault, clock: Callable[[], float] = time.time,
+    def __init__(self, vault: Vault, deadlines: Deadlines, clock: Callable[[], float] = time.time,
                  secret_for: Callable[[str], str] = partner_secret) -> None:
         self._vault = vault
+        self._deadlines = deadlines
         self._clock = clock
         self._secret_for = secret_for
 
@@ -27,6 +33,9 @@ class CarrierCheck:
         now = int(self._clock())
         record = QueryRecord.get(query_id, consistent_read=True)
         kind = kind_of(record.kind)
+        if record.deadline_slot is None:  # answered already (its deadline came while this step was retried)
+            return {"query_id": query_id, "kind": kind.kind.value,
+                    "deadline_at": int(deadline_at), "outcome": CarrierOutcome(record.outcome or "unknown").value}
         if record.outcome is None:
             if record.status == QueryStatus.ACCEPTED:
                 record.update(actions=[QueryRecord.status.set(QueryStatus.VERIFYING),
@@ -43,9 +52,10 @@ class CarrierCheck:
         outcome = CarrierOutcome(record.outcome)
         logger.info("carrier check done", extra={"query_id": query_id, "kind": kind.kind.value,
                                                  "outcome": outcome.value})
-        # AskCompanies waits exactly until the query's deadline, however long this step took.
+        if outcome != CarrierOutcome.MATCH:
+            self._deadlines.claim(ReplyType.QUERY, record)  # the failure reply (none for a cancelled number)
         return {"query_id": query_id, "kind": kind.kind.value, "deadline_at": int(deadline_at),
-                "outcome": outcome.value, "timeout_seconds": max(1, int(deadline_at) - int(self._clock()))}
+                "outcome": outcome.value}
 
     def _ask_carrier(self, record: QueryRecord) -> CarrierOutcome:
         if record.id_sealed is None:

@@ -1,6 +1,9 @@
-"""SendReply: the one reply SMS per query (SPEC §5), and the query's terminal status.
+"""The one reply SMS per query (SPEC §5), and the query's terminal status.
 
-Exactly one SMS even when the step is retried (Powertools Idempotency keyed by query id).
+Run by the reply queue's consumer for every way a query ends (a carrier failure, its last partner
+answer, its deadline: engine/deadlines.py). It reports what had settled by then: `暂未返回` for
+every partner that had not. Exactly one SMS even when a message is delivered twice or its handling
+retried (Powertools Idempotency keyed by query id).
 A permanent SNS refusal (invalid message, opted-out number…) ends the query `failed` at once,
 with a metric and an alarm, instead of ten retries that cannot succeed.
 """
@@ -11,14 +14,16 @@ from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.update import Action
 
 from chalicelib import registry, sms, telemetry
-from chalicelib.contracts import CarrierOutcome, LookupResult, QueryStatus, ReplyInput
+from chalicelib.contracts import CarrierOutcome, LookupResult, QueryStatus
+from chalicelib.engine.deadlines import finished_actions
 from chalicelib.partners.kinds import ACCOUNTS, CARDS, LookupKind, kind_of
 from chalicelib.partners.lookups import stored_results
 from chalicelib.privacy import Hasher, Vault
-from chalicelib.storage.models import QueryRecord, ReportedAccounts, at
+from chalicelib.storage.models import QueryRecord, ReportedAccounts, at, condition_failed
 
 logger = Logger(child=True)
 REPORTED_DAYS = 7  # SPEC §8: a dispute needs a reply with accounts at that company in the last 7 days
@@ -33,14 +38,18 @@ class ReplySender:
         self._once = sms.ExactlyOnce(sender, persistence, "query_id", 7 * 86400)  # one reply per query
         self.idempotency = self._once.idempotency
 
-    def run(self, state: ReplyInput) -> dict[str, Any]:
-        query_id = state["query_id"]
-        outcome = CarrierOutcome(state.get("outcome", CarrierOutcome.UNKNOWN))
-        record = QueryRecord.get(query_id, consistent_read=True)
+    def run(self, query_id: str) -> dict[str, Any]:
+        try:
+            record = QueryRecord.get(query_id, consistent_read=True)
+        except QueryRecord.DoesNotExist:
+            logger.warning("reply for an unknown query skipped", extra={"query_id": query_id})
+            return {"query_id": query_id, "status": None}
+        if record.deadline_slot is None and record.status in (QueryStatus.REPLIED, QueryStatus.FAILED):
+            return {"query_id": query_id, "status": record.status}  # a duplicate message: replied already
+        # No carrier answer by the deadline (the check never finished): the "unavailable" text.
+        outcome = CarrierOutcome(record.outcome or CarrierOutcome.UNKNOWN)
         status = QueryStatus.REPLIED if outcome == CarrierOutcome.MATCH else QueryStatus.FAILED
-        # At the deadline the token carried nothing: report what had settled by then.
-        fan_out = state.get("fan_out")
-        results = fan_out["results"] if fan_out else list(stored_results(record).values())
+        results = list(stored_results(record).values())
         message = None
         if outcome != CarrierOutcome.CANCELLED:  # a cancelled number cannot receive an SMS
             phone = self._vault.open(query_id, record.data_key, {"phone": record.phone_sealed})["phone"]
@@ -54,14 +63,32 @@ class ReplySender:
             if message is not None and outcome == CarrierOutcome.MATCH and kind_of(record.kind) is ACCOUNTS:
                 self.remember_reported(phone, results)
         actions: list[Action] = [QueryRecord.status.set(status), QueryRecord.outcome.set(outcome),
-                                 QueryRecord.updated_at.set(int(self._clock()))]
-        if record.id_sealed is not None:  # the deadline, or no carrier answer: discard ID and name now
+                                 QueryRecord.updated_at.set(int(self._clock())), *finished_actions(QueryRecord)]
+        if record.id_sealed is not None or record.name_sealed is not None:  # the deadline: discard ID and name now
             actions += [QueryRecord.id_sealed.remove(), QueryRecord.name_sealed.remove()]
         record.update(actions=actions)
         telemetry.count("QueryReplied" if status == QueryStatus.REPLIED else "QueryFailed")
+        if record.created_at:
+            telemetry.latency("ReplyLatency", 1000 * (self._clock() - int(record.created_at)),
+                              kind=kind_of(record.kind).kind.value)
         logger.info("query closed", extra={"query_id": query_id, "status": status.value, "outcome": outcome.value,
                                            "sms_sent": message is not None})
         return {"query_id": query_id, "status": status.value}
+
+    def fail(self, query_id: str) -> None:
+        """Its reply could not be sent (the reply queue's dead letters): a terminal status all the same."""
+        try:
+            QueryRecord(query_id).update(
+                actions=[QueryRecord.status.set(QueryStatus.FAILED), QueryRecord.updated_at.set(int(self._clock())),
+                         QueryRecord.id_sealed.remove(), QueryRecord.name_sealed.remove(),
+                         *finished_actions(QueryRecord)],
+                condition=QueryRecord.deadline_slot.exists())
+        except UpdateError as exc:
+            if not condition_failed(exc):
+                raise
+            return  # replied after all
+        telemetry.count("QueryFailed")
+        logger.error("reply given up: query marked failed", extra={"query_id": query_id})
 
     def remember_reported(self, phone: str, results: list[LookupResult]) -> None:
         """What a dispute needs (SPEC §8 nothing_to_dispute): per company, that this reply reported
