@@ -48,6 +48,8 @@ package: $(STAMP) $(CHECKOV_STAMP)
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} \
 	START_QUEUE_NAME=$$($(PY) -c 'import infra.generate as g; print(g.stage_env("$(STAGE)")["START_QUEUE_NAME"])') \
 	RETRY_QUEUE_NAME=$$($(PY) -c 'import infra.generate as g; print(g.stage_env("$(STAGE)")["RETRY_QUEUE_NAME"])') \
+	REPLY_QUEUE_NAME=$$($(PY) -c 'import infra.generate as g; print(g.stage_env("$(STAGE)")["REPLY_QUEUE_NAME"])') \
+	REPLY_DLQ_NAME=$$($(PY) -c 'import infra.generate as g; print(g.stage_env("$(STAGE)")["REPLY_DLQ_NAME"])') \
 		$(VENV)/bin/chalice package --stage $(STAGE) \
 		--merge-template build/$(STAGE)/merge-template.json build/$(STAGE)/package
 	$(VENV)/bin/cfn-lint build/$(STAGE)/package/sam.json

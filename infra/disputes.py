@@ -23,7 +23,7 @@ from infra.generate import NAMESPACE, ROOT, get_att, logical, metric, ref, regis
 
 ASL_FILE = os.path.join(ROOT, "stepfunctions", "dispute.asl.json")
 TABLE_VARS = ("DISPUTES_TABLE", "REPORTED_TABLE")
-NEW_FUNCTIONS = tuple(fn.logical_id for fn in DISPUTE_WORKFLOW_FUNCTIONS)  # ForwardDispute, NotifyDispute
+NEW_FUNCTIONS = tuple(fn.logical_id for fn in DISPUTE_WORKFLOW_FUNCTIONS)  # ForwardDispute
 MACHINE = "DisputeStateMachine"
 
 _TABLE_READ_WRITE = ["dynamodb:GetItem", "dynamodb:UpdateItem"]
@@ -151,7 +151,7 @@ def _partner_delivery(machine: Any) -> list[dict[str, Any]]:
          "Resource": [ref(logical(c["secret_name"]) + "Secret") for c in registry("companies")]},
         _SECRETS_KEY,
         {"Sid": "RetryQueue", "Effect": "Allow", "Action": ["sqs:SendMessage"], "Resource": get_att("RetryQueue")},
-        {"Sid": "DisputeWorkflow", "Effect": "Allow", "Action": ["states:SendTaskSuccess"], "Resource": machine},
+        {"Sid": "ReplyQueue", "Effect": "Allow", "Action": ["sqs:SendMessage"], "Resource": get_att("ReplyQueue")},
     ]
 
 
@@ -167,28 +167,24 @@ def access(machine: Any) -> dict[str, list[dict[str, Any]]]:
             _table("DISPUTES_TABLE", ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
                                       "dynamodb:DeleteItem"]),
             _table("REPORTED_TABLE", ["dynamodb:GetItem"]),
-            {"Sid": "DisputeWorkflow", "Effect": "Allow", "Action": ["states:StartExecution", "states:SendTaskSuccess"],
-             "Resource": machine},
+            {"Sid": "DisputeWorkflow", "Effect": "Allow", "Action": ["states:StartExecution"], "Resource": machine},
         ],
-        "SendReply": [  # which companies a reply listed accounts at, keyed by the phone's HMAC (the pepper)
+        "SendReplies": [  # a dispute's outcome SMS; which companies a reply listed accounts at (the pepper)
+            _table("DISPUTES_TABLE", _TABLE_READ_WRITE),
+            _table("THROTTLE_TABLE", ["dynamodb:DeleteItem"]),  # the open-dispute lock
+            _table("IDEMPOTENCY_TABLE", _IDEMPOTENCY),
             _table("REPORTED_TABLE", ["dynamodb:BatchWriteItem", "dynamodb:PutItem", "dynamodb:DeleteItem"]),
             {"Sid": "Pepper", "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"],
              "Resource": [ref("PepperSecret")]},
             _SECRETS_KEY,
+            {"Sid": "PersonalDataKey", "Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": get_att("DataKey")},
+            _SMS,
         ],
         "ForwardDispute": [
-            # UpdateItem returns the record (no GetItem); a lost race to a callback is a retried step.
-            _table("DISPUTES_TABLE", ["dynamodb:UpdateItem"]),
+            _table("DISPUTES_TABLE", _TABLE_READ_WRITE),
             _table("IDEMPOTENCY_TABLE", _IDEMPOTENCY),
             _SMS,
             *_partner_delivery(machine),
-        ],
-        "NotifyDispute": [
-            _table("DISPUTES_TABLE", _TABLE_READ_WRITE),
-            _table("THROTTLE_TABLE", ["dynamodb:DeleteItem"]),  # the open-dispute lock
-            _table("IDEMPOTENCY_TABLE", _IDEMPOTENCY),
-            {"Sid": "PersonalDataKey", "Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": get_att("DataKey")},
-            _SMS,
         ],
         "RetryLookups": [_table("DISPUTES_TABLE", ["dynamodb:BatchGetItem", *_TABLE_READ_WRITE]),
                          *_partner_delivery(machine)],

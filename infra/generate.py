@@ -4,7 +4,7 @@ Everything is derived from the sources the code itself uses, so nothing can drif
 - tables from the PynamoDB models (chalicelib/storage/models.py: TABLE_VARS, each model's schema),
 - names and function settings from the stage in .chalice/config.json,
 - the state machine from stepfunctions/query.asl.json, its placeholders wired by DefinitionSubstitutions
-  from chalicelib/contracts.py (WORKFLOW_FUNCTIONS, WORKFLOW_TABLES), its role from what it calls,
+  from chalicelib/contracts.py (WORKFLOW_FUNCTIONS, WORKFLOW_QUEUES), its role from what it calls,
 - secrets, alarms and dashboard widgets from the company and carrier registries,
 - IAM: one role per Lambda function with exactly the actions listed in FUNCTION_ACCESS.
 `chalice package --merge-template` deep-merges the result onto Chalice's SAM template.
@@ -32,6 +32,8 @@ TABLE_VARS = models.TABLE_VARS  # model -> its table's environment variable: the
 # "queues": queue logical id -> SQS actions. A Lambda SQS event source polls with its function's
 # role: ReceiveMessage, DeleteMessage and GetQueueAttributes are the poller's, not the code's.
 _POLLER = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"]
+_SEND_REPLY = {"ReplyQueue": ["sqs:SendMessage"]}  # whoever settles a last answer claims and enqueues the reply
+_IDEMPOTENCY = ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"]
 FUNCTION_ACCESS: dict[str, dict[str, Any]] = {
     contracts.API_HANDLER: {
         "tables": {
@@ -47,8 +49,7 @@ FUNCTION_ACCESS: dict[str, dict[str, Any]] = {
         "kms": ["kms:GenerateDataKey"],
         "secrets": ["pepper", "partners"],
         "sns_publish": True,
-        "queues": {"StartQueue": ["sqs:SendMessage"]},
-        "states": ["states:SendTaskSuccess"],
+        "queues": {"StartQueue": ["sqs:SendMessage"], **_SEND_REPLY},
     },
     contracts.START_QUERIES.logical_id: {
         "queues": {"StartQueue": _POLLER},
@@ -58,6 +59,7 @@ FUNCTION_ACCESS: dict[str, dict[str, Any]] = {
         "tables": {"QUERIES_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"]},
         "kms": ["kms:Decrypt"],
         "secrets": ["carriers"],
+        "queues": _SEND_REPLY,  # a carrier outcome other than a match ends the query
     },
     contracts.ASK_COMPANIES.logical_id: {
         "tables": {
@@ -67,41 +69,51 @@ FUNCTION_ACCESS: dict[str, dict[str, Any]] = {
         },
         "kms": ["kms:Decrypt"],
         "secrets": ["pepper", "partners"],
-        "queues": {"RetryQueue": ["sqs:SendMessage"]},
-        "states": ["states:SendTaskSuccess"],
+        "queues": {"RetryQueue": ["sqs:SendMessage"], **_SEND_REPLY},
     },
-    contracts.SEND_REPLY.logical_id: {
+    contracts.SEND_REPLIES.logical_id: {
         "tables": {
             "QUERIES_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
             # Powertools reads a conflicting record back from the failed conditional put
             # (ReturnValuesOnConditionCheckFailure): no GetItem.
-            "IDEMPOTENCY_TABLE": ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
+            "IDEMPOTENCY_TABLE": _IDEMPOTENCY,
             "REPORTED_TABLE": ["dynamodb:BatchWriteItem"],  # which companies this reply listed accounts at
+            "DISPUTES_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"],  # a dispute's outcome SMS
+            "THROTTLE_TABLE": ["dynamodb:DeleteItem"],  # the open-dispute lock
         },
         "kms": ["kms:Decrypt"],
         "secrets": ["pepper"],  # the phone's keyed hash, for the REPORTED_TABLE item
         "sns_publish": True,
+        "queues": {"ReplyQueue": _POLLER},
+    },
+    contracts.REPLIES_FAILED.logical_id: {
+        "tables": {
+            "QUERIES_TABLE": ["dynamodb:UpdateItem"],
+            "DISPUTES_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
+            "THROTTLE_TABLE": ["dynamodb:DeleteItem"],
+        },
+        "queues": {"ReplyDeadLetterQueue": _POLLER},
+    },
+    contracts.START_DEADLINES.logical_id: {
+        "states": ["states:StartExecution"],
+        "machine": "DeadlineStateMachine",
+    },
+    contracts.DEADLINE_STEP.logical_id: {
+        "tables": {"QUERIES_TABLE": ["dynamodb:UpdateItem"], "DISPUTES_TABLE": ["dynamodb:UpdateItem"]},
+        "indexes": {"QUERIES_TABLE": {"deadline": ["dynamodb:Query"]},
+                    "DISPUTES_TABLE": {"deadline": ["dynamodb:Query"]}},
+        "queues": _SEND_REPLY,
     },
     contracts.FORWARD_DISPUTE.logical_id: {
         "tables": {
-            "DISPUTES_TABLE": ["dynamodb:UpdateItem"],  # returns the record; a lost race is a retried step
+            "DISPUTES_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
             "CIRCUITS_TABLE": ["dynamodb:BatchGetItem", "dynamodb:UpdateItem"],
-            "IDEMPOTENCY_TABLE": ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
+            "IDEMPOTENCY_TABLE": _IDEMPOTENCY,
         },
         "kms": ["kms:Decrypt"],
         "secrets": ["partners"],
         "sns_publish": True,
-        "queues": {"RetryQueue": ["sqs:SendMessage"]},
-        # states:SendTaskSuccess on the dispute workflow: infra/disputes.py
-    },
-    contracts.NOTIFY_DISPUTE.logical_id: {
-        "tables": {
-            "DISPUTES_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
-            "THROTTLE_TABLE": ["dynamodb:DeleteItem"],  # the open-dispute lock
-            "IDEMPOTENCY_TABLE": ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
-        },
-        "kms": ["kms:Decrypt"],
-        "sns_publish": True,
+        "queues": {"RetryQueue": ["sqs:SendMessage"], **_SEND_REPLY},
     },
     contracts.RETRY_LOOKUPS.logical_id: {
         "tables": {
@@ -112,8 +124,7 @@ FUNCTION_ACCESS: dict[str, dict[str, Any]] = {
         },
         "kms": ["kms:Decrypt"],
         "secrets": ["partners"],
-        "queues": {"RetryQueue": [*_POLLER, "sqs:SendMessage"]},
-        "states": ["states:SendTaskSuccess"],
+        "queues": {"RetryQueue": [*_POLLER, "sqs:SendMessage"], **_SEND_REPLY},
     },
     contracts.DELIVER_BACKLOG.logical_id: {
         "tables": {
@@ -126,13 +137,13 @@ FUNCTION_ACCESS: dict[str, dict[str, Any]] = {
                     "DISPUTES_TABLE": {"backlog": ["dynamodb:Query"]}},
         "kms": ["kms:Decrypt"],
         "secrets": ["partners"],
-        "queues": {"RetryQueue": ["sqs:SendMessage"]},
-        "states": ["states:SendTaskSuccess"],
+        "queues": {"RetryQueue": ["sqs:SendMessage"], **_SEND_REPLY},
     },
 }
 # The workflow's placeholders: Lambda steps (-> the function's ARN) and tables it writes itself (-> the name).
 WORKFLOW_FUNCTIONS = {fn.placeholder: fn.logical_id for fn in contracts.WORKFLOW_FUNCTIONS if fn.placeholder}
-WORKFLOW_TABLES = contracts.WORKFLOW_TABLES
+WORKFLOW_QUEUES = {"ReplyQueueUrl": "ReplyQueue"}  # contracts.WORKFLOW_QUEUES' placeholders -> the queue resource
+DEADLINE_ASL_FILE = os.path.join(ROOT, "stepfunctions", "deadline.asl.json")
 
 
 def sub(text: str) -> dict[str, str]:
@@ -312,7 +323,7 @@ def role(function: str, access: dict[str, Any]) -> dict[str, Any]:
                            "Condition": {"StringEquals": {"kms:ViaService": sub("sqs.${AWS::Region}.amazonaws.com")}}})
     if access.get("states"):
         statements.append({"Sid": "Workflow", "Effect": "Allow", "Action": access["states"],
-                           "Resource": ref("QueryStateMachine")})
+                           "Resource": ref(access.get("machine", "QueryStateMachine"))})
     return {"Type": "AWS::IAM::Role", "Properties": {
         "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]},
@@ -332,29 +343,19 @@ def _states(definition: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def workflow_table_access(definition: dict[str, Any]) -> dict[str, list[str]]:
-    """Table placeholder -> the DynamoDB actions the workflow's own integrations call
-    (`arn:aws:states:::dynamodb:updateItem` on `${QueriesTable}` -> dynamodb:UpdateItem)."""
-    access: dict[str, set[str]] = {}
-    for state in _states(definition):
-        resource = state.get("Resource", "")
-        if state.get("Type") != "Task" or not resource.startswith("arn:aws:states:::dynamodb:"):
-            continue
-        operation = resource.removeprefix("arn:aws:states:::dynamodb:")
-        table = state.get("Parameters", {}).get("TableName", "")
-        placeholder = table[2:-1] if table.startswith("${") and table.endswith("}") else None
-        if placeholder not in WORKFLOW_TABLES:
-            raise ValueError(f"the workflow writes {table!r}: name it by a contracts.WORKFLOW_TABLES placeholder")
-        access.setdefault(placeholder, set()).add("dynamodb:" + operation[0].upper() + operation[1:])
-    return {placeholder: sorted(actions) for placeholder, actions in access.items()}
-
-
 def state_machine(env: dict[str, str], stage: str) -> dict[str, Any]:
     with open(ASL_FILE, encoding="utf-8") as fh:
         definition = json.load(fh)
-    tables = [{"Sid": logical(placeholder), "Effect": "Allow", "Action": actions,
-               "Resource": get_att(table_logical(WORKFLOW_TABLES[placeholder]))}
-              for placeholder, actions in workflow_table_access(definition).items()]
+    if set(contracts.WORKFLOW_QUEUES) != set(WORKFLOW_QUEUES) or any(
+            "arn:aws:states:::sqs:sendMessage" != st["Resource"] for st in _states(definition)
+            if st.get("Type") == "Task" and st["Resource"].startswith("arn:aws:states:::")):
+        raise ValueError("the workflow's own integrations: only sqs:sendMessage to contracts.WORKFLOW_QUEUES")
+    queues = [{"Sid": "ReplyQueue", "Effect": "Allow", "Action": ["sqs:SendMessage"],
+               "Resource": [get_att(queue) for queue in WORKFLOW_QUEUES.values()]},
+              # The queues are encrypted with the data key: SQS uses it on the sender's behalf.
+              {"Sid": "QueueKey", "Effect": "Allow", "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
+               "Resource": get_att("DataKey"),
+               "Condition": {"StringEquals": {"kms:ViaService": sub("sqs.${AWS::Region}.amazonaws.com")}}}]
     return {
         "StateMachineLogGroup": {"Type": "AWS::Logs::LogGroup", "Properties": {
             "LogGroupName": f"/aws/vendedlogs/states/yztc-{stage}-query", "RetentionInDays": 90}},
@@ -364,8 +365,8 @@ def state_machine(env: dict[str, str], stage: str) -> dict[str, Any]:
             "Policies": [{"PolicyName": "least-privilege", "PolicyDocument": {"Version": "2012-10-17", "Statement": [
                 {"Sid": "InvokeSteps", "Effect": "Allow", "Action": ["lambda:InvokeFunction"],
                  "Resource": [get_att(fn) for fn in WORKFLOW_FUNCTIONS.values()]},
-                # MarkFailed: the workflow's own write, when the reply step gave up.
-                *tables,
+                # CarrierNotAnswered: the workflow's own send to the reply queue.
+                *queues,
                 # Log delivery and X-Ray APIs have no resource-level permissions.
                 {"Sid": "Logging", "Effect": "Allow", "Resource": "*", "Action": [
                     "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery",
@@ -381,7 +382,7 @@ def state_machine(env: dict[str, str], stage: str) -> dict[str, Any]:
             "DefinitionString": json.dumps(definition, ensure_ascii=False, indent=1),
             "DefinitionSubstitutions": {
                 **{placeholder: get_att(fn) for placeholder, fn in WORKFLOW_FUNCTIONS.items()},
-                **{placeholder: ref(table_logical(var)) for placeholder, var in WORKFLOW_TABLES.items()}},
+                **{placeholder: ref(queue) for placeholder, queue in WORKFLOW_QUEUES.items()}},
             "RoleArn": get_att("StateMachineRole"),
             # ERROR level and no execution data: the history holds no personal data, but logs
             # are read by more people than the console, so they carry none at all.
@@ -389,6 +390,62 @@ def state_machine(env: dict[str, str], stage: str) -> dict[str, Any]:
                 {"CloudWatchLogsLogGroup": {"LogGroupArn": get_att("StateMachineLogGroup")}}]},
             "TracingConfiguration": {"Enabled": True},
         }},
+    }
+
+
+def deadline_machine(env: dict[str, str], stage: str) -> dict[str, Any]:
+    """stepfunctions/deadline.asl.json: one execution per kind and slot (SPEC §2), started by StartDeadlines."""
+    with open(DEADLINE_ASL_FILE, encoding="utf-8") as fh:
+        definition = json.load(fh)
+    steps = {fn.placeholder: fn.logical_id for fn in contracts.DEADLINE_WORKFLOW_FUNCTIONS if fn.placeholder}
+    return {
+        "DeadlineStateMachineLogGroup": {"Type": "AWS::Logs::LogGroup", "Properties": {
+            "LogGroupName": f"/aws/vendedlogs/states/yztc-{stage}-deadline", "RetentionInDays": 90},
+            "Metadata": {"checkov": {"skip": [{"id": "CKV_AWS_158", "comment": (
+                "ERROR level without execution data: no personal data; CloudWatch encrypts at rest")}]}}},
+        "DeadlineStateMachineRole": {"Type": "AWS::IAM::Role", "Properties": {
+            "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Principal": {"Service": "states.amazonaws.com"}, "Action": "sts:AssumeRole"}]},
+            "Policies": [{"PolicyName": "least-privilege", "PolicyDocument": {"Version": "2012-10-17", "Statement": [
+                {"Sid": "InvokeSteps", "Effect": "Allow", "Action": ["lambda:InvokeFunction"],
+                 "Resource": [get_att(fn) for fn in steps.values()]},
+                {"Sid": "Logging", "Effect": "Allow", "Resource": "*", "Action": [
+                    "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery",
+                    "logs:DeleteLogDelivery", "logs:ListLogDeliveries", "logs:PutResourcePolicy",
+                    "logs:DescribeResourcePolicies", "logs:DescribeLogGroups"]},
+                {"Sid": "Tracing", "Effect": "Allow", "Resource": "*", "Action": [
+                    "xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules",
+                    "xray:GetSamplingTargets"]},
+            ]}}]}},
+        "DeadlineStateMachine": {"Type": "AWS::StepFunctions::StateMachine", "Properties": {
+            "StateMachineName": env.get("DEADLINE_STATE_MACHINE_NAME", f"yztc-{stage}-deadline"),
+            "StateMachineType": "STANDARD",
+            "DefinitionString": json.dumps(definition, ensure_ascii=False, indent=1),
+            "DefinitionSubstitutions": {placeholder: get_att(fn) for placeholder, fn in steps.items()},
+            "RoleArn": get_att("DeadlineStateMachineRole"),
+            "LoggingConfiguration": {"Level": "ERROR", "IncludeExecutionData": False, "Destinations": [
+                {"CloudWatchLogsLogGroup": {"LogGroupArn": get_att("DeadlineStateMachineLogGroup")}}]},
+            "TracingConfiguration": {"Enabled": True},
+        }},
+    }
+
+
+def reply_queue_resources(env: dict[str, str], stage: str) -> dict[str, Any]:
+    """The one reply route (engine/deadlines.py): a reply failing REPLY_MAX_RECEIVES times lands in the
+    dead-letter queue, whose consumer marks the query failed (and the alarm fires)."""
+    from local.aws import REPLY_MAX_RECEIVES
+
+    timeout = int(function_config(stage, contracts.SEND_REPLIES.name).lambda_timeout)
+    return {
+        "ReplyDeadLetterQueue": {"Type": "AWS::SQS::Queue", "Properties": {
+            "QueueName": env["REPLY_DLQ_NAME"], "MessageRetentionPeriod": 1209600,
+            "VisibilityTimeout": 6 * timeout,
+            "KmsMasterKeyId": ref("DataKey"), "KmsDataKeyReusePeriodSeconds": 3600}},
+        "ReplyQueue": {"Type": "AWS::SQS::Queue", "Properties": {
+            "QueueName": env["REPLY_QUEUE_NAME"], "MessageRetentionPeriod": 1209600,
+            "VisibilityTimeout": 6 * timeout, "KmsMasterKeyId": ref("DataKey"), "KmsDataKeyReusePeriodSeconds": 3600,
+            "RedrivePolicy": {"deadLetterTargetArn": get_att("ReplyDeadLetterQueue"),
+                              "maxReceiveCount": REPLY_MAX_RECEIVES}}},
     }
 
 
@@ -514,6 +571,24 @@ def alarms(env: dict[str, str]) -> dict[str, Any]:
                                                      {"Name": "FunctionName", "Value": ref("DeliverBacklog")}]},
                                                  "Period": 300, "Stat": "Sum"}}
                                                for key, name in (("runs", "Invocations"), ("errors", "Errors")))]),
+        # SPEC §2: every reply is due by its deadline; a deadline slot swept late means replies after it.
+        "DeadlineLateAlarm": alarm("A deadline minute ran late (over 2 minutes after its slot): replies due then "
+                                   "are late. Check the DeadlineStateMachine's executions and StartDeadlines.",
+                                   120000, "GreaterThanThreshold", Namespace=NAMESPACE, MetricName="DeadlineLag",
+                                   Statistic="Maximum", Period=300,
+                                   Dimensions=[*service_dim, {"Name": "kind", "Value": "query"}]),
+        "DeadlineExecutionsFailedAlarm": alarm("A deadline execution failed: the minute's replies were not all "
+                                               "enqueued (the next minute catches up; find why).", 1,
+                                               "GreaterThanOrEqualToThreshold", Namespace="AWS/States",
+                                               MetricName="ExecutionsFailed", Statistic="Sum", Period=300,
+                                               Dimensions=[{"Name": "StateMachineArn",
+                                                            "Value": ref("DeadlineStateMachine")}]),
+        "ReplyDeadLetterAlarm": alarm("A reply or dispute outcome SMS failed every try: its record is marked failed "
+                                      "and that citizen got no SMS.", 1, "GreaterThanOrEqualToThreshold",
+                                      Namespace="AWS/SQS", MetricName="ApproximateNumberOfMessagesVisible",
+                                      Statistic="Maximum", Period=300,
+                                      Dimensions=[{"Name": "QueueName",
+                                                   "Value": get_att("ReplyDeadLetterQueue", "QueueName")}]),
     }
     for company in registry("companies"):
         dims = [*service_dim, {"Name": "company", "Value": company["id"]}]
@@ -560,13 +635,16 @@ def template(stage: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     deployed = {contracts.API_HANDLER, *(fn.logical_id for fn in contracts.FUNCTIONS)}
     if set(FUNCTION_ACCESS) != deployed:
         raise ValueError(f"FUNCTION_ACCESS must list every function: {sorted(set(FUNCTION_ACCESS) ^ deployed)}")
-    functions = {}
+    functions: dict[str, Any] = {}
     for function in FUNCTION_ACCESS:
         functions[function] = {"Properties": {
             "Role": get_att(f"{function}Role"),
             "Environment": {"Variables": {
                 "STATE_MACHINE_ARN": ref("QueryStateMachine"), "START_QUEUE_URL": ref("StartQueue"),
-                "RETRY_QUEUE_URL": ref("RetryQueue")}}}}
+                "RETRY_QUEUE_URL": ref("RetryQueue"), "REPLY_QUEUE_URL": ref("ReplyQueue")}}}}
+    # Only the starter names the deadline machine (its step must not refer to the machine that invokes it).
+    functions[contracts.START_DEADLINES.logical_id]["Properties"]["Environment"]["Variables"][
+        "DEADLINE_STATE_MACHINE_ARN"] = ref("DeadlineStateMachine")
     # Chalice names the queues from START_QUEUE_NAME and RETRY_QUEUE_NAME at package time (make
     # package sets them from the stage config); the env references order the event sources after them.
     partner_paths = [sub("execute-api:/*/POST/v1/partners/*"), sub("execute-api:/*/POST/v1/operators/*")]
@@ -594,7 +672,9 @@ def template(stage: str, env: dict[str, str] | None = None) -> dict[str, Any]:
             # A refused start comes back every 3 minutes for 3 days before it needs an operator.
             "RedrivePolicy": {"deadLetterTargetArn": get_att("StartDeadLetterQueue"), "maxReceiveCount": 1440}}},
         **retry_queue_resources(env, stage),
+        **reply_queue_resources(env, stage),
         **state_machine(env, stage),
+        **deadline_machine(env, stage),
         "OperatorTopic": {"Type": "AWS::SNS::Topic", "Properties": {
             "TopicName": f"yztc-{stage}-operators", "KmsMasterKeyId": "alias/aws/sns"}},
         "Dashboard": dashboard(env, stage),

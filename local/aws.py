@@ -211,7 +211,8 @@ def deploy_with_cloudformation(env: dict[str, str], secret_names: list[str]) -> 
     sfn_models.stepfunctions_backends = _ExecutingBackends()  # type: ignore[assignment]
     try:
         return _deploy(env, secret_names, generate.template(
-            "local", {**env, "STATE_MACHINE_NAME": "yztc-query", "SMS_SENDER_ID": "10699000"}))
+            "local", {**env, "STATE_MACHINE_NAME": "yztc-query", "DEADLINE_STATE_MACHINE_NAME": "yztc-deadline",
+                      "SMS_SENDER_ID": "10699000"}))
     finally:
         sfn_models.stepfunctions_backends = original_backends
 
@@ -219,6 +220,9 @@ def deploy_with_cloudformation(env: dict[str, str], secret_names: list[str]) -> 
 def _deploy(env: dict[str, str], secret_names: list[str], template: dict[str, Any]) -> Resources:
     resources = {name: resource for name, resource in template["Resources"].items()
                  if resource.get("Type") in CFN_DEPLOYABLE}
+    # moto ignores DefinitionSubstitutions: the reply queue's URL (moto reads the name off its end) goes
+    # into the query workflow's definition before the stack creates the queue.
+    os.environ["REPLY_QUEUE_URL"] = f"https://sqs.us-east-1.amazonaws.com/{ACCOUNT}/{env['REPLY_QUEUE_NAME']}"
     for resource in resources.values():  # the query workflow, and the dispute workflow (infra/disputes.py)
         if resource["Type"] == "AWS::StepFunctions::StateMachine":
             machine = resource["Properties"]
@@ -227,7 +231,10 @@ def _deploy(env: dict[str, str], secret_names: list[str], template: dict[str, An
             machine["RoleArn"] = f"arn:aws:iam::{ACCOUNT}:role/yztc-states"  # roles name SAM functions
     outputs_wanted = {"StateMachineArn": {"Value": {"Ref": "QueryStateMachine"}},
                       "StartQueueUrl": {"Value": {"Ref": "StartQueue"}},
-                      "RetryQueueUrl": {"Value": {"Ref": "RetryQueue"}}}
+                      "RetryQueueUrl": {"Value": {"Ref": "RetryQueue"}},
+                      "ReplyQueueUrl": {"Value": {"Ref": "ReplyQueue"}},
+                      "ReplyDeadLetterQueueUrl": {"Value": {"Ref": "ReplyDeadLetterQueue"}},
+                      "DeadlineStateMachineArn": {"Value": {"Ref": "DeadlineStateMachine"}}}
     if "DisputeStateMachine" in resources:
         outputs_wanted["DisputeStateMachineArn"] = {"Value": {"Ref": "DisputeStateMachine"}}
     cfn = boto3.client("cloudformation")
@@ -241,6 +248,9 @@ def _deploy(env: dict[str, str], secret_names: list[str], template: dict[str, An
     return Resources(env={"STATE_MACHINE_ARN": outputs["StateMachineArn"],
                           "START_QUEUE_URL": outputs["StartQueueUrl"],
                           "RETRY_QUEUE_URL": outputs["RetryQueueUrl"],
+                          "REPLY_QUEUE_URL": outputs["ReplyQueueUrl"],
+                          "REPLY_DLQ_URL": outputs["ReplyDeadLetterQueueUrl"],
+                          "DEADLINE_STATE_MACHINE_ARN": outputs["DeadlineStateMachineArn"],
                           "DISPUTE_STATE_MACHINE_ARN": dispute_machine}, secrets=values)
 
 

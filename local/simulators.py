@@ -21,7 +21,7 @@ from chalicelib import http, signing
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 # callback, immediate, flaky, silent: SPEC §7. reject: 400. error: answers {"error"} at once.
 # down: 503 to everything. slow: answers only after our HTTP read timeout (chalicelib/http.py).
-MODES = ("callback", "immediate", "flaky", "silent", "reject", "error", "down", "slow")
+MODES = ("callback", "immediate", "flaky", "silent", "reject", "error", "down", "slow", "late")
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,8 @@ def answer_per_mode(mode: str, tries: int, failures_per_request: int, answer: di
         return 200, answer
     if mode == "error":  # answers at once that it cannot do it
         return 200, error_answer
+    if mode == "late":  # calls back long after the query's execution ended (LATE_SECONDS, default 20)
+        delay = float(os.environ.get("LATE_SECONDS", "20"))
     timer = threading.Timer(delay, call_back, args)
     timer.daemon = True
     timer.start()

@@ -72,8 +72,8 @@ def test_silent_partner_is_reported_as_no_answer_at_the_deadline(stack, api):
     query_id = response.json_body["query_id"]
     assert stack.pump_once() == 1
     sfn = boto3.client("stepfunctions")
-    from tests.helpers import execution_arn, wait_closed
     from tests.conftest import wait_for
+    from tests.helpers import execution_arn, wait_closed
 
     ended = wait_for(lambda: (d := sfn.describe_execution(executionArn=execution_arn(stack, query_id)))["status"]
                      != "RUNNING" and d, 20, "the execution to end")
@@ -141,12 +141,14 @@ def test_reply_redelivered_after_the_sms_went_out_sends_no_second_sms(stack, api
     assert len(replies_to(stack, "13812345678")) == 1
     table = boto3.resource("dynamodb").Table(stack.env["QUERIES_TABLE"])
     # Undo the commit (the crash), then deliver the message twice more (SQS delivers at least once).
-    table.update_item(Key={"query_id": query_id}, UpdateExpression="SET #s = :s, deadline_slot = :d, deadline_shard = :h",
+    table.update_item(Key={"query_id": query_id},
+                      UpdateExpression="SET #s = :s, deadline_slot = :d, deadline_shard = :h",
                       ExpressionAttributeNames={"#s": "status"},
                       ExpressionAttributeValues={":s": "looking_up", ":d": 0, ":h": "query#0"})
     sqs = boto3.client("sqs")
     for _ in range(2):
-        sqs.send_message(QueueUrl=stack.env["REPLY_QUEUE_URL"], MessageBody=json.dumps({"type": "query", "id": query_id}))
+        sqs.send_message(QueueUrl=stack.env["REPLY_QUEUE_URL"],
+                         MessageBody=json.dumps({"type": "query", "id": query_id}))
     from tests.helpers import wait_closed
 
     wait_closed(stack, query_id)

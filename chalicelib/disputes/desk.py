@@ -127,7 +127,7 @@ class DisputeDesk:
             return
         state = self.circuits.states([company.id])[company.id]
         if state.is_open:
-            self._park(dispute, now, circuit_open=True)  # no request while the circuit is open
+            self._park(dispute, now, tried=False, circuit_open=True)  # no request while the circuit is open
             return
         self.dispatch(dispute, company, phone, state, now)
 
@@ -136,7 +136,7 @@ class DisputeDesk:
         sent = self.client.send(company, dispute.dispute_id, phone)
         if sent.outcome is Outcome.TRANSIENT:
             opened = self.circuits.failed(company.id, now)
-            self._park(dispute, now, circuit_open=opened)
+            self._park(dispute, now, tried=True, circuit_open=opened)
             return
         self.circuits.succeeded(state, now)
         telemetry.count("DisputeForwarded", company=company.id)
@@ -155,10 +155,11 @@ class DisputeDesk:
             if not condition_failed(exc):
                 raise  # else: its callback came first
 
-    def _park(self, dispute: Dispute, now: int, circuit_open: bool) -> None:
-        """Into the partner's dispute backlog; nudged back by SQS while the circuit is closed."""
-        attempts = int(dispute.attempts or 0) + (0 if circuit_open else 1)
-        due = now if circuit_open else now + backoff(attempts)
+    def _park(self, dispute: Dispute, now: int, tried: bool, circuit_open: bool) -> None:
+        """Into the partner's dispute backlog; nudged back by SQS while the circuit is closed. Tried, it
+        backs off on its own (a failed probe goes to the back: probes rotate)."""
+        attempts = int(dispute.attempts or 0) + (1 if tried else 0)
+        due = now + backoff(attempts) if tried else now
         try:
             dispute.update(actions=[Dispute.state.set(LookupState.UNSENT), Dispute.attempts.set(attempts),
                                     Dispute.backlog_partner.set(dispute.company), Dispute.due_at.set(due)],
@@ -205,6 +206,15 @@ class DisputeDesk:
             if state.is_open:
                 break  # failing again: the lookups' probe decides when it is back
         return sent
+
+    def probe(self, company: Company, state: CircuitState, now: int) -> bool:
+        """Delivery's hook while the circuit is open and no lookup waits: the oldest due dispute is the probe."""
+        for dispute in Dispute.backlog.query(company.id, Dispute.due_at <= now, limit=REPLAY_PAGE):
+            if dispute.state != LookupState.UNSENT or self._expire_if_late(dispute, now):
+                continue
+            self._send_parked(dispute, state, now)
+            return True
+        return False
 
     def _send_parked(self, dispute: Dispute, state: CircuitState, now: int) -> None:
         company = registry.company(dispute.company)

@@ -39,12 +39,12 @@ REPLAY_PAGE = 100
 
 
 class Backlog(Protocol):
-    """Other work parked per partner (disputes): replayed once a minute while the partner's circuit is closed.
-
-    Never used as a probe: the lookups' backlog probes an open circuit, these follow once it closed.
-    """
+    """Other work parked per partner (disputes): replayed once a minute while the partner's circuit is closed,
+    and the probe of an open circuit when no lookup is waiting (any kind of task may be the probe)."""
 
     def replay(self, company: Company, state: CircuitState, now: int) -> int: ...
+
+    def probe(self, company: Company, state: CircuitState, now: int) -> bool: ...
 
 
 class Delivery:
@@ -100,11 +100,15 @@ class Delivery:
             if not state.probe_due(now):
                 return 0
             probe = self._backlog(company.id, now, limit=1)
-            if not probe or not self._desk.circuits.claim_probe(state, now):
+            others = [b for b in self._backlogs] if not probe else []
+            if (not probe and not others) or not self._desk.circuits.claim_probe(state, now):
                 return 0
             telemetry.count("CircuitProbe", partner=company.id)
             probed_at = self._clock()
-            self._send(now, [(probe[0], state)])
+            if probe:
+                self._send(now, [(probe[0], state)])
+            elif not any(backlog.probe(company, state, now) for backlog in others):
+                return 0  # nothing due after all: the slot is spent, the next minute tries again
             if self._desk.circuits.states([company.id])[company.id].is_open:
                 return 1  # still down: next probe in a minute
             # Answered: the circuit is closed; the whole backlog goes, whatever its backoff said,

@@ -159,7 +159,7 @@ class LookupDesk:
             if lookup.state != LookupState.PENDING:
                 return None  # in the backlog (or expired): the delivery mechanism's
             if states[partner.id].is_open:
-                self._park(lookup, now, circuit_open=True)  # no request while the circuit is open
+                self._park(lookup, now, tried=False, circuit_open=True)  # no request while the circuit is open
                 return None
             return self.dispatch(lookup, partner, fields, states[partner.id], now)
 
@@ -192,7 +192,7 @@ class LookupDesk:
         sent = self.client.send(kind_of(lookup.kind), company, lookup.lookup_id, fields)
         if sent.outcome is Outcome.TRANSIENT:
             opened = self.circuits.failed(company.id, now)
-            self._park(lookup, now, circuit_open=opened)
+            self._park(lookup, now, tried=True, circuit_open=opened)
             return None
         self.circuits.succeeded(state, now)
         if sent.outcome is Outcome.ANSWERED and sent.answer is not None:
@@ -205,11 +205,13 @@ class LookupDesk:
                           condition=Lookup.state == LookupState.UNSENT)
         return None
 
-    def _park(self, lookup: Lookup, now: int, circuit_open: bool) -> None:
+    def _park(self, lookup: Lookup, now: int, tried: bool, circuit_open: bool) -> None:
         """Into the partner's backlog. While the circuit is closed an SQS nudge brings it back after
-        its backoff; while open, only the delivery job's probe and replay do (no per-query work)."""
-        attempts = int(lookup.attempts or 0) + (0 if circuit_open else 1)
-        due = now if circuit_open else now + backoff(attempts)
+        its backoff; while open, only the delivery job's probe and replay do (no per-query work).
+        A lookup that was tried backs off on its own, so a failed probe moves to the back of the
+        backlog and the next probe is a different lookup (probes rotate)."""
+        attempts = int(lookup.attempts or 0) + (1 if tried else 0)
+        due = now + backoff(attempts) if tried else now
         try:
             lookup.update(actions=[Lookup.state.set(LookupState.UNSENT), Lookup.attempts.set(attempts),
                                    Lookup.backlog_partner.set(lookup.company), Lookup.due_at.set(due)],
