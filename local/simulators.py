@@ -106,8 +106,8 @@ def answer_per_mode(mode: str, tries: int, failures_per_request: int, answer: di
     in callback mode `call_back(*args)` runs after `delay` seconds and the request gets a 202."""
     if mode == "down":
         return 503, {"error": "down"}
-    if mode == "slow":  # past the caller's read timeout, then an answer nobody reads
-        time.sleep(http.TIMEOUT.read_timeout + 1)  # type: ignore[operator]
+    if mode == "slow":  # past the caller's overall time limit, then an answer nobody reads
+        time.sleep(http.OVERALL_SECONDS + 1)
         return 200, answer
     if mode == "reject":
         return 400, {"error": "unsupported request"}

@@ -78,7 +78,7 @@ def test_state_machine_substitutions_cover_every_placeholder(packaged):
     from chalicelib import contracts
 
     machines = resources(packaged, "AWS::StepFunctions::StateMachine")
-    assert set(machines) == {"QueryStateMachine", "DisputeStateMachine"}  # the dispute one: test_disputes.py
+    assert set(machines) == {"QueryStateMachine", "DisputeStateMachine", "DeadlineStateMachine"}
     properties = machines["QueryStateMachine"]["Properties"]
     with open(generate.ASL_FILE, encoding="utf-8") as fh:
         assert json.loads(properties["DefinitionString"]) == json.load(fh)  # the tested file, as is
@@ -89,20 +89,29 @@ def test_state_machine_substitutions_cover_every_placeholder(packaged):
         assert substitutions[fn.placeholder] == {"Fn::GetAtt": [fn.logical_id, "Arn"]}
         assert packaged["Resources"][fn.logical_id]["Type"] == "AWS::Serverless::Function"
     env = generate.stage_env(STAGE)
-    for placeholder, var in contracts.WORKFLOW_TABLES.items():
-        table = packaged["Resources"][substitutions[placeholder]["Ref"]]
-        assert table["Type"] == "AWS::DynamoDB::Table" and table["Properties"]["TableName"] == env[var]
+    for placeholder, var in contracts.WORKFLOW_QUEUES.items():
+        queue = packaged["Resources"][substitutions[placeholder]["Ref"]]
+        assert queue["Type"] == "AWS::SQS::Queue"
+        assert queue["Properties"]["QueueName"] == env[var.replace("_URL", "_NAME")]
     assert properties["LoggingConfiguration"]["Level"] == "ERROR"
     assert properties["LoggingConfiguration"]["IncludeExecutionData"] is False
     assert properties["TracingConfiguration"] == {"Enabled": True}
-    # The role: invoke the workflow's functions; write the queries table (MarkFailed), nothing else.
+    # The role: invoke the workflow's functions; send to the reply queue (CarrierNotAnswered), nothing else.
     statements = [s for policy in packaged["Resources"][properties["RoleArn"]["Fn::GetAtt"][0]]["Properties"]
                   ["Policies"] for s in policy["PolicyDocument"]["Statement"]]
     allowed = {(action, json.dumps(resource)) for s in statements if s["Resource"] != "*" for action in s["Action"]
                for resource in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])}
     assert allowed == {*(("lambda:InvokeFunction", json.dumps({"Fn::GetAtt": [fn.logical_id, "Arn"]}))
                          for fn in contracts.WORKFLOW_FUNCTIONS),
-                       ("dynamodb:UpdateItem", json.dumps({"Fn::GetAtt": ["QueriesTable", "Arn"]}))}
+                       ("sqs:SendMessage", json.dumps({"Fn::GetAtt": ["ReplyQueue", "Arn"]})),
+                       ("kms:GenerateDataKey", json.dumps({"Fn::GetAtt": ["DataKey", "Arn"]})),
+                       ("kms:Decrypt", json.dumps({"Fn::GetAtt": ["DataKey", "Arn"]}))}
+    # The deadline machine: its one step, and the schedule that starts it (SPEC §2).
+    deadline = machines["DeadlineStateMachine"]["Properties"]
+    with open(generate.DEADLINE_ASL_FILE, encoding="utf-8") as fh:
+        assert json.loads(deadline["DefinitionString"]) == json.load(fh)
+    assert deadline["DefinitionSubstitutions"] == {fn.placeholder: {"Fn::GetAtt": [fn.logical_id, "Arn"]}
+                                                   for fn in contracts.DEADLINE_WORKFLOW_FUNCTIONS}
 
 
 def _role_statements(packaged, function):

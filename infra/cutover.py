@@ -1,0 +1,71 @@
+"""Drain the task-token version's executions when this version deploys (README: Deploying, cut-over).
+
+Executions started before issue 14 wait on a task token nothing releases any more, and their last steps
+(SendReply, NotifyDispute) are gone. For each RUNNING execution of the query and dispute state machines:
+put its record into the deadline index (so the deadline executions answer it at its deadline), claim its
+reply at once if every partner already answered, then stop the execution.
+
+    python -m infra.cutover --stage prod [--dry-run]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", required=True)
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args(argv)
+    from infra.generate import stage_env
+
+    os.environ.update({k: v for k, v in stage_env(args.stage).items() if k not in os.environ})
+    import boto3
+
+    from chalicelib.contracts import ReplyType
+    from chalicelib.engine.deadlines import Deadlines
+    from chalicelib.partners.lookups import stored_results
+    from chalicelib.storage.models import Dispute, QueryRecord
+
+    sfn = boto3.client("stepfunctions")
+    account = boto3.client("sts").get_caller_identity()["Account"]
+    region = sfn.meta.region_name
+    deadlines = Deadlines()
+    drained = 0
+    machines = ((ReplyType.QUERY, "STATE_MACHINE_NAME"), (ReplyType.DISPUTE, "DISPUTE_STATE_MACHINE_NAME"))
+    for kind, variable in machines:
+        machine = f"arn:aws:states:{region}:{account}:stateMachine:{os.environ[variable]}"
+        for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=machine, statusFilter="RUNNING"):
+            for execution in page["executions"]:
+                model: Any = QueryRecord if kind is ReplyType.QUERY else Dispute
+                try:
+                    record = model.get(execution["name"], consistent_read=True)
+                except model.DoesNotExist:
+                    continue
+                if args.dry_run:
+                    print(f"would drain {execution['name']}")
+                    continue
+                closed = record.status in ("replied", "failed", "resolved", "expired")
+                if record.deadline_slot is None and not closed:
+                    entry = deadlines.entry(kind, execution["name"], int(record.deadline_at))
+                    index: Any = model
+                    record.update(actions=[index.deadline_shard.set(entry["deadline_shard"]),
+                                           index.deadline_slot.set(entry["deadline_slot"])])
+                if isinstance(record, QueryRecord):
+                    asked = set(record.asked or ())
+                    complete = bool(asked) and asked <= stored_results(record).keys()
+                else:
+                    complete = record.state == "settled"
+                if complete:
+                    deadlines.claim(kind, record)
+                sfn.stop_execution(executionArn=execution["executionArn"], cause="cut-over to short executions")
+                drained += 1
+    print(f"drained {drained} execution(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
