@@ -104,8 +104,8 @@ def settings() -> Settings:
         operator_registry_file=os.environ.get(
             "OPERATOR_REGISTRY_FILE", os.path.join(here, "data", "operators.json")),
         secret_max_age_seconds=_int("SECRET_MAX_AGE_SECONDS", 300),
-        # SPEC §4: the circuit opens after at most 5 consecutive transient failures,
-        # then a partner gets at most one probe a minute.
+        # SPEC §4: the circuit opens when a partner answered nothing for 30 s while at least 5 transient
+        # failures came in; then a partner gets at most one probe a minute.
         circuit_failure_threshold=min(5, _int("CIRCUIT_FAILURE_THRESHOLD", 5)),
         circuit_probe_seconds=max(60, _int("CIRCUIT_PROBE_SECONDS", 60)),
         # How long one run of the per-minute delivery job may replay a backlog (its Lambda timeout is 60 s).

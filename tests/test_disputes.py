@@ -79,7 +79,8 @@ def dispute_arn(stack, dispute_id) -> str:
     return stack.env["DISPUTE_STATE_MACHINE_ARN"].replace(":stateMachine:", ":execution:") + ":" + dispute_id
 
 
-def wait_dispute_finished(stack, dispute_id, timeout=60):
+def wait_execution_ended(stack, dispute_id, timeout=60):
+    """The dispute's execution ended (Forward only: it does not wait for the partner's answer)."""
     sfn = boto3.client("stepfunctions")
 
     def finished():
@@ -89,7 +90,30 @@ def wait_dispute_finished(stack, dispute_id, timeout=60):
             return None
         return described if described["status"] != "RUNNING" else None
 
-    return wait_for(finished, timeout, f"dispute {dispute_id} to finish")
+    return wait_for(finished, timeout, f"dispute {dispute_id}'s execution to end")
+
+
+def wait_dispute_closed(stack, dispute_id, timeout=60):
+    """The outcome SMS is committed (app.send_replies): resolved or expired, out of the deadline index."""
+    from chalicelib.storage.models import Dispute
+
+    def closed():
+        item = Dispute.get(dispute_id, consistent_read=True)
+        return item if item.status in ("resolved", "expired") and item.deadline_slot is None else None
+
+    return wait_for(closed, timeout, f"dispute {dispute_id}'s outcome SMS")
+
+
+def wait_dispute_finished(stack, dispute_id, timeout=60):
+    """Its execution ended and its one outcome SMS is committed (sent from the reply queue, later)."""
+    execution = wait_execution_ended(stack, dispute_id, timeout)
+    wait_dispute_closed(stack, dispute_id, timeout)
+    return execution
+
+
+def entered_states(stack, dispute_id) -> list[str]:
+    return [e.get("stateEnteredEventDetails", {}).get("name") for e in dispute_history(stack, dispute_id)
+            if e["type"].endswith("StateEntered")]
 
 
 def dispute_history(stack, dispute_id):
@@ -143,9 +167,9 @@ def test_whole_loop_with_a_callback_partner_and_an_immediate_one(stack, api):
         shown = status(api, dispute_id)
         assert shown["status"] == "resolved" and shown["company"] == company
         assert set(shown) == {"dispute_id", "company", "status", "created_at"}  # never the outcome
-    # Two states per dispute: Forward (one token), Notify.
-    entered = [e for e in dispute_history(stack, tencent) if e["type"].endswith("StateEntered")]
-    assert len(entered) == 2
+    # One state per dispute: Forward; the outcome SMS came from the reply queue, after the execution ended.
+    for dispute_id in (tencent, alipay):
+        assert entered_states(stack, dispute_id) == ["Forward"]
 
 
 def test_accepted_answer_and_status_before_the_outcome(stack, api):
@@ -193,20 +217,32 @@ def test_partner_refusing_the_dispute_gets_the_rejected_sms(stack, api):
 # -- a partner that never answers ------------------------------------------------------------
 @pytest.mark.parametrize("stack_options", [options(dispute_deadline_seconds=6)])
 def test_partner_that_never_answers_gets_the_expired_sms_at_the_deadline(stack, api):
+    """GIVEN tencent never answers, THEN the dispute's execution ends in seconds (Forward only) while the
+    dispute waits `forwarded`; at the deadline the deadline executions send the expired SMS, once."""
+    from chalicelib.storage.models import Dispute
+
     replied_query(api, stack)
     from_now_on(stack, "tencent", "silent")
     dispute_id = accepted(dispute(api, stack, "tencent"))
-    wait_for(lambda: status(api, dispute_id)["status"] == "forwarded", 10, "forwarded")
-    execution = wait_dispute_finished(stack, dispute_id, timeout=30)
+    execution = wait_execution_ended(stack, dispute_id, timeout=10)
     assert execution["status"] == "SUCCEEDED"
+    assert entered_states(stack, dispute_id) == ["Forward"]
+    assert status(api, dispute_id)["status"] == "forwarded"  # still waiting for tencent
+    assert sms_about(stack, dispute_id) == [submitted_text("tencent", dispute_id)]
+    deadline_at = int(Dispute.get(dispute_id, consistent_read=True).deadline_at)
+    assert execution["stopDate"].timestamp() < deadline_at  # nothing waits on the partner
+    wait_dispute_closed(stack, dispute_id, timeout=30)
+    assert time.time() >= deadline_at - 1  # at the deadline (its 1 s slot, rounded down), not before
     assert sms_about(stack, dispute_id) == [
         submitted_text("tencent", dispute_id),
         f"【一证通查】腾讯未在15天内答复您的核查申请（编号{dispute_id}），请致电0755-83765566。"]
     assert status(api, dispute_id)["status"] == "expired"
-    assert len([e for e in dispute_history(stack, dispute_id) if e["type"] == "TaskTimedOut"]) == 1
-    # Closed: a late answer is refused, and the citizen may dispute the company again.
+    assert "deadline_step" in stack.dispatcher.calls  # the deadline machinery claimed it, not the execution
+    assert not [e for e in dispute_history(stack, dispute_id) if e["type"] == "TaskTimedOut"]
+    # Closed: a late answer is acknowledged (SPEC §4) and changes nothing; the citizen may dispute again.
     late = call_back(api, stack, "tencent", {"dispute_id": dispute_id, "outcome": "unbound", "accounts": 2})
-    assert late.status_code == 409
+    assert late.status_code == 200 and late.json_body == {"status": "recorded"}
+    assert status(api, dispute_id)["status"] == "expired"
     assert len(sms_about(stack, dispute_id)) == 2
     again = accepted(dispute(api, stack, "tencent"))
     assert again != dispute_id
@@ -394,13 +430,43 @@ def test_invalid_dispute_requests_are_400(stack, api, body, code):
 
 
 # -- exactly once, and no personal data ---------------------------------------------------------
-def test_notify_step_retried_after_sns_succeeded_sends_no_second_sms(stack, api):
-    stack.dispatcher.lose_results["notify_dispute"] = 1
+def test_notify_step_retried_after_sns_succeeded_sends_no_second_sms(stack, api, monkeypatch):
+    """GIVEN send_replies dies after SNS accepted the outcome SMS and before the dispute was closed, WHEN
+    the reply message comes back (SQS, after its visibility timeout), THEN no second SMS goes out; nor when
+    the message is delivered once more after the dispute closed (SQS delivers at least once)."""
+    from chalicelib.disputes import notify
+    from chalicelib.storage.models import Dispute
+
+    real = notify.finished_actions
+    crashes = {"left": 1, "commits": 0}
+
+    def crash_once(model):
+        if model is Dispute:
+            crashes["commits"] += 1
+            if crashes["left"]:
+                crashes["left"] -= 1
+                raise RuntimeError("send_replies died after SNS accepted the SMS (injected)")
+        return real(model)
+
+    monkeypatch.setattr(notify, "finished_actions", crash_once)
     replied_query(api, stack)
     dispute_id = accepted(dispute(api, stack, "tencent"))
     assert wait_dispute_finished(stack, dispute_id)["status"] == "SUCCEEDED"
-    assert stack.dispatcher.calls.count("notify_dispute") == 2
+    assert crashes == {"left": 0, "commits": 2}  # the message came back and was handled again
     assert len(sms_about(stack, dispute_id)) == 2  # submitted + one outcome
+    assert status(api, dispute_id)["status"] == "resolved"
+    sqs = boto3.client("sqs")
+    sqs.send_message(QueueUrl=stack.env["REPLY_QUEUE_URL"], MessageBody=json.dumps({"type": "dispute",
+                                                                                    "id": dispute_id}))
+
+    def reply_queue_drained():
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=stack.env["REPLY_QUEUE_URL"],
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return all(int(v) == 0 for v in attributes.values())
+
+    wait_for(reply_queue_drained, 20, "the redelivered reply message handled")
+    assert len(sms_about(stack, dispute_id)) == 2
     assert status(api, dispute_id)["status"] == "resolved"
 
 
@@ -442,15 +508,22 @@ def test_no_phone_number_in_clear_in_tables_executions_logs(stack, api, capfd, c
 
 
 # -- delivery through the partner's circuit breaker (SPEC §4, §8) ----------------------------------
+def open_circuit(stack, company) -> int:
+    """Open `company`'s circuit as SPEC §4 does: 5 transient failures while it answered nothing for 30 s."""
+    circuits = stack.app_module.lookups().circuits
+    now = int(time.time())
+    for at in (now - 30, now - 23, now - 15, now - 8, now):
+        circuits.failed(company, at)
+    assert circuits.states([company])[company].is_open
+    return now
+
+
 def test_open_circuit_parks_the_dispute_until_a_lookup_probe_closes_it(stack, api):
     """GIVEN jd's circuit is open, WHEN a dispute for jd is submitted, THEN nothing is sent to jd;
     WHEN the delivery job's probe (a parked lookup) is answered, THEN the same run replays the dispute."""
     replied_query(api, stack)
     circuits = stack.app_module.lookups().circuits
-    now = int(time.time())
-    for _ in range(5):
-        circuits.failed("jd", now)
-    assert circuits.states(["jd"])["jd"].is_open
+    open_circuit(stack, "jd")
     dispute_id = accepted(dispute(api, stack, "jd"))
     wait_for(lambda: len(sms_about(stack, dispute_id)) == 1, 10, "the submitted SMS")
     assert stack.partners["jd"].disputes == []
@@ -466,6 +539,25 @@ def test_open_circuit_parks_the_dispute_until_a_lookup_probe_closes_it(stack, ap
     assert sms_about(stack, dispute_id)[-1] == \
         f"【一证通查】京东已处理您的核查申请（编号{dispute_id}）：已解除1个账号与您手机号的绑定。"
     assert wait_finished(stack, other)["status"] == "SUCCEEDED"
+
+
+def test_open_circuit_with_no_lookup_waiting_the_parked_dispute_is_the_probe(stack, api):
+    """GIVEN jd's circuit is open and no lookup waits for jd, WHEN the delivery job's probe is due, THEN the
+    parked dispute is the probe: answered, it closes the circuit and the citizen gets the outcome SMS."""
+    replied_query(api, stack)
+    circuits = stack.app_module.lookups().circuits
+    now = open_circuit(stack, "jd")
+    dispute_id = accepted(dispute(api, stack, "jd"))
+    wait_for(lambda: len(sms_about(stack, dispute_id)) == 1, 10, "the submitted SMS")
+    assert stack.partners["jd"].disputes == []
+    assert stack.deliver_once(now=now + 30)["jd"] == 0  # the probe is not due yet: nothing is sent
+    assert stack.partners["jd"].disputes == []
+    assert stack.deliver_once(now=time.time() + 61)["jd"] == 1  # a minute later: the dispute is the probe
+    assert [d["dispute_id"] for d in stack.partners["jd"].disputes] == [dispute_id]
+    assert not circuits.states(["jd"])["jd"].is_open
+    assert wait_dispute_finished(stack, dispute_id)["status"] == "SUCCEEDED"
+    assert sms_about(stack, dispute_id)[-1] == \
+        f"【一证通查】京东已处理您的核查申请（编号{dispute_id}）：已解除1个账号与您手机号的绑定。"
 
 
 def test_partner_down_parks_the_dispute_and_the_retry_queue_brings_it_back(stack, api):
@@ -670,6 +762,7 @@ def _stub_of_what_generate_provides(companies) -> dict:
                                                     "Principal": root}]}}},
         "OperatorTopic": {"Type": "AWS::SNS::Topic", "Properties": {}},
         "RetryQueue": {"Type": "AWS::SQS::Queue", "Properties": {}},
+        "ReplyQueue": {"Type": "AWS::SQS::Queue", "Properties": {}},
         "PepperSecret": {"Type": "AWS::SecretsManager::Secret", "Properties": {}},
         "CircuitsTable": table("c"), "IdempotencyTable": table("i"), "ThrottleTable": table("t"),
         "Dashboard": {"Type": "AWS::CloudWatch::Dashboard", "Properties": {
@@ -677,7 +770,7 @@ def _stub_of_what_generate_provides(companies) -> dict:
         **{f"YztcPartners{c.capitalize()}Secret": {"Type": "AWS::SecretsManager::Secret", "Properties": {}}
            for c in companies},
     }
-    for function in ("APIHandler", "SendReply", "RetryLookups", "DeliverBacklog"):
+    for function in ("APIHandler", "SendReplies", "RetryLookups", "DeliverBacklog"):
         resources[f"{function}Role"] = role()
         resources[function] = {"Properties": {"Role": {"Fn::GetAtt": [f"{function}Role", "Arn"]}}}
     return {"AWSTemplateFormatVersion": "2010-09-09", "Resources": resources}
@@ -705,16 +798,23 @@ def test_infra_adds_the_dispute_workflow_tables_roles_dashboard_row_and_alarms_a
     assert resources["DisputesTable"]["Properties"]["GlobalSecondaryIndexes"][0]["IndexName"] == "backlog"
     machine = resources["DisputeStateMachine"]["Properties"]
     placeholders = set(re.findall(r"\$\{(\w+)\}", machine["DefinitionString"]))
-    assert placeholders == set(machine["DefinitionSubstitutions"]) == {"ForwardDisputeArn", "NotifyDisputeArn"}
+    assert placeholders == set(machine["DefinitionSubstitutions"]) == {"ForwardDisputeArn"}  # one state
+    assert list(json.loads(machine["DefinitionString"])["States"]) == ["Forward", "ForwardFailed"]
     with open(disputes.ASL_FILE, encoding="utf-8") as fh:
         assert json.loads(machine["DefinitionString"]) == json.load(fh)  # the tested ASL is the deployed one
     assert machine["LoggingConfiguration"]["IncludeExecutionData"] is False
     assert resources["APIHandler"]["Properties"]["Environment"]["Variables"]["DISPUTE_STATE_MACHINE_ARN"] == \
         {"Ref": "DisputeStateMachine"}
+    # Integrated: generate.py's FUNCTION_ACCESS grants the dispute code (the SMS from SendReplies, Forward's
+    # delivery); infra/disputes.py adds only what it cannot say: the API starting the dispute workflow.
     policies = {role: [p["PolicyName"] for p in resources[role]["Properties"]["Policies"]]
-                for role in ("SendReplyRole", "ForwardDisputeRole")}
-    assert policies == ({"SendReplyRole": ["least-privilege"], "ForwardDisputeRole": ["least-privilege", "disputes"]}
-                        if integrated else {"SendReplyRole": ["disputes"], "ForwardDisputeRole": ["least-privilege"]})
+                for role in ("APIHandlerRole", "SendRepliesRole", "ForwardDisputeRole")}
+    assert policies == ({"APIHandlerRole": ["least-privilege", "disputes"], "SendRepliesRole": ["least-privilege"],
+                         "ForwardDisputeRole": ["least-privilege"]} if integrated else
+                        {"APIHandlerRole": ["disputes"], "SendRepliesRole": ["disputes"],
+                         "ForwardDisputeRole": ["least-privilege"]})
+    assert not [s for p in resources["ForwardDisputeRole"]["Properties"]["Policies"]
+                for s in p["PolicyDocument"]["Statement"] if any(a.startswith("states:") for a in s["Action"])]
     for statement in (s for r in resources.values() if r.get("Type") in ("AWS::IAM::Role", "AWS::IAM::Policy")
                       for p in r["Properties"].get("Policies", [r["Properties"]]) if "PolicyDocument" in p
                       for s in p["PolicyDocument"]["Statement"]):
@@ -728,7 +828,7 @@ def test_infra_adds_the_dispute_workflow_tables_roles_dashboard_row_and_alarms_a
                    for a in resources.values() if a.get("Type") == "AWS::CloudWatch::Alarm")
     if integrated:
         return
-    for function in ("APIHandler", "SendReply", "RetryLookups", "DeliverBacklog", "ForwardDispute", "NotifyDispute"):
+    for function in ("APIHandler", "SendReplies", "RetryLookups", "DeliverBacklog", "ForwardDispute"):
         resources[function].update(Type="AWS::Lambda::Function")
         resources[function]["Properties"].update(Runtime="python3.11", Handler="app.handler",
                                                  Code={"ZipFile": "def handler(e, c): pass"})
@@ -765,8 +865,9 @@ def test_openapi_fragment_describes_every_dispute_route_and_error():
 
 def drive_every_dispute_path(stack, api, queries: bool = True):
     """Every dispute path once, each request labelled with the function that makes it (tests/test_infra.py
-    records the AWS calls): answers in the 200 and by callback, a refused start (undone), a transient failure
-    and the retry queue, an open circuit and the minute job's replay, statuses. Works whatever the code
+    records the AWS calls): answers in the 200 and by callback, a refused start (undone), SNS failing once
+    for each SMS, a transient failure and the retry queue, an open circuit and the minute job's probe (the
+    parked dispute), the outcome SMS from the reply queue, statuses. Works whatever the code
     resend gap: it lets the 60 s pass (deletes the gap) before each fresh code, as time would.
     `queries=False`: the caller already had 13812345678 and 15012345678 replied (tencent, jd, douyin, alipay)."""
     from botocore.exceptions import ClientError
@@ -800,9 +901,10 @@ def drive_every_dispute_path(stack, api, queries: bool = True):
     finally:
         sfn.meta.events.unregister("before-call.sfn.StartExecution", refuse_once)
     assert refused.status_code == 503, refused.body
-    # SNS fails once for each step's SMS: the idempotency record is given back and the step retried.
+    # SNS fails once for each SMS of a dispute: the idempotency record is given back and the step (Forward)
+    # or the reply message (SendReplies, back after its visibility timeout) retried.
     sns = clients.client("sns")
-    sns_failures = {"ForwardDispute": 1, "NotifyDispute": 1}
+    sns_failures = {"ForwardDispute": 1, "SendReplies": 1}
 
     def refuse_sms_once(**_):
         function = getattr(CURRENT, "function", None)
@@ -812,96 +914,94 @@ def drive_every_dispute_path(stack, api, queries: bool = True):
 
     sns.meta.events.register("before-call.sns.Publish", refuse_sms_once)
     try:
-        tencent = accepted(submit_dispute("tencent"))  # answered in the 200: ForwardDispute releases the token
+        tencent = accepted(submit_dispute("tencent"))  # answered in the 200: ForwardDispute claims the outcome
         assert wait_dispute_finished(stack, tencent)["status"] == "SUCCEEDED"
     finally:
         sns.meta.events.unregister("before-call.sns.Publish", refuse_sms_once)
-    assert sns_failures == {"ForwardDispute": 0, "NotifyDispute": 0}
+    assert sns_failures == {"ForwardDispute": 0, "SendReplies": 0}
     from_now_on(stack, "jd", "callback")
-    jd = accepted(submit_dispute("jd"))  # answered by a signed callback over HTTP: the API releases it
+    jd = accepted(submit_dispute("jd"))  # answered by a signed callback over HTTP: the API claims the outcome
     from_now_on(stack, "douyin", "down")
     douyin = accepted(submit_dispute("douyin"))
     wait_for(lambda: Dispute.get(douyin).state == "unsent", 10, "douyin's dispute parked")
-    from_now_on(stack, "douyin", "immediate")  # the retry queue's nudge finds it up: RetryLookups releases it
+    from_now_on(stack, "douyin", "immediate")  # the retry queue's nudge finds it up: RetryLookups claims it
     wait_for(lambda: Dispute.get(douyin).state == "settled", 20, "douyin's dispute sent from the retry queue")
-    circuits = stack.app_module.lookups().circuits
-    for _ in range(5):
-        circuits.failed("alipay", int(time.time()))
+    open_circuit(stack, "alipay")  # SPEC §4: 5 failures while alipay answered nothing for 30 s
     alipay = accepted(submit_dispute("alipay", phone="15012345678"))  # parked behind the open circuit
     wait_for(lambda: Dispute.get(alipay).state == "unsent", 10, "alipay's dispute parked")
-    circuits.succeeded(circuits.states(["alipay"])["alipay"], int(time.time()))  # a lookup probe closed it
-    assert stack.deliver_once()["alipay"] == 1  # the minute job replays it: DeliverBacklog releases it
+    # A minute later the minute job probes alipay: with no lookup waiting, the parked dispute is the probe.
+    assert stack.deliver_once(now=time.time() + 61)["alipay"] >= 1
     for dispute_id in (tencent, jd, douyin, alipay):
         assert wait_dispute_finished(stack, dispute_id)["status"] == "SUCCEEDED"
         with acting_as("APIHandler"):
             assert status(api, dispute_id)["status"] == "resolved"
 
 
-def test_every_aws_action_the_dispute_code_calls_is_granted_by_infra(stack, api, monkeypatch):
-    """Drive every dispute path once (immediate, callback, transient failure and retry queue, open circuit and
-    the minute job's replay, status), recording each AWS call by function: what the dispute code calls must be
-    in infra/disputes.py's grants (for the new functions: all of it; for existing ones: the dispute tables)."""
-    from infra import disputes
-    from local import recording as recording_module
-    from local.lambdas import CURRENT
+def test_every_aws_action_the_dispute_code_calls_is_granted_by_infra(stack, api):
+    """Drive every dispute path once (immediate, callback, SNS failures, transient failure and retry queue, open
+    circuit and the minute job's probe, outcome SMS from the reply queue, status), recording each AWS call by
+    function: everything each function calls must be granted by its role in the deployed template
+    (infra/generate.py FUNCTION_ACCESS, plus infra/disputes.py's policies)."""
+    from chalicelib.storage.models import TABLE_VARS
+    from infra import disputes, generate
     from local.recording import recording
 
-    record = recording_module.CallRecorder.record
-
-    def record_batches_by_table(self, request):
-        """Batch requests name their tables inside RequestItems: count them per table too."""
-        record(self, request)
-        target = request.headers.get("X-Amz-Target") or b""
-        target = target.decode() if isinstance(target, bytes) else target
-        function = getattr(CURRENT, "function", None)
-        if function and target.endswith(("BatchGetItem", "BatchWriteItem")):
-            body = request.body.decode() if isinstance(request.body, bytes) else request.body
-            for table in json.loads(body)["RequestItems"]:
-                self.calls[(function, "dynamodb:" + target.split(".")[-1], table)] += 1
-
-    monkeypatch.setattr(recording_module.CallRecorder, "record", record_batches_by_table)
     env = stack.env
-    local_table = {"DisputesTable": env["DISPUTES_TABLE"], "ReportedTable": env["REPORTED_TABLE"],
-                   "CircuitsTable": env["CIRCUITS_TABLE"], "IdempotencyTable": env["IDEMPOTENCY_TABLE"],
-                   "ThrottleTable": env["THROTTLE_TABLE"]}
+    local_table = {disputes.table_logical(var): env[var] for var in TABLE_VARS.values()}
     with recording() as recorder:
         drive_every_dispute_path(stack, api)
     assert [d for d in stack.partners["douyin"].disputes]  # it was down, then answered
+    resources = generate.template("prod")["Resources"]
 
-    def granted(statements):
+    def table_of(target):
+        if isinstance(target, dict) and "Fn::GetAtt" in target:
+            return local_table.get(target["Fn::GetAtt"][0], "")
+        if isinstance(target, dict) and "Fn::Sub" in target and isinstance(target["Fn::Sub"], str):
+            index = re.fullmatch(r"\$\{(\w+)\.Arn\}/index/\w+", target["Fn::Sub"])
+            return local_table.get(index.group(1), "") if index else ""
+        return ""
+
+    def granted(role):
+        statements = [s for p in resources[role]["Properties"]["Policies"] for s in p["PolicyDocument"]["Statement"]]
+        statements += [s for r in resources.values() if r.get("Type") == "AWS::IAM::Policy"
+                       and {"Ref": role} in r["Properties"]["Roles"]
+                       for s in r["Properties"]["PolicyDocument"]["Statement"]]
         out = set()
         for statement in statements:
             if "kms:ViaService" in json.dumps(statement.get("Condition", {})):
-                continue
+                continue  # Secrets Manager and SQS use the key on the caller's behalf
             targets = statement.get("Resource", statement.get("NotResource"))
-            refs = [t["Fn::GetAtt"][0] for t in (targets if isinstance(targets, list) else [targets])
-                    if isinstance(t, dict) and "Fn::GetAtt" in t]
-            tables = [local_table[r] for r in refs if r in local_table]
             for action in statement["Action"]:
-                for table in tables or [""]:
-                    out.add((action, table))
+                for target in (targets if isinstance(targets, list) else [targets]):
+                    out.add((action, table_of(target)))
         return out
 
-    dispute_tables = {env["DISPUTES_TABLE"], env["REPORTED_TABLE"]}
-    for function, statements in disputes.access({"Fn::Sub": "machine"}).items():
-        allowed = granted(statements)
-        # Tables (and indexes) are checked by name; other resources (queue, secret) by action only.
-        called = {(action, target.split("/index/")[0] if target.split("/index/")[0] in local_table.values() else "")
+    tables = set(local_table.values())
+    functions = {f for f, _, _ in recorder.calls}
+    assert {"APIHandler", "ForwardDispute", "SendReplies", "RetryLookups", "DeliverBacklog"} <= functions
+    for function in functions:
+        allowed = granted(f"{function}Role")
+        # Tables (and indexes) are checked by name; other resources (queues, secrets) by action only.
+        called = {("sqs:" + action[4:].removesuffix("Batch") if action.startswith("sqs:") else action,
+                   target.split("/index/")[0] if target.split("/index/")[0] in tables else "")
                   for f, action, target in recorder.calls if f == function
                   and not action.startswith(("logs:", "xray:")) and action != "dynamodb:DescribeTable"}
-        if function not in disputes.NEW_FUNCTIONS:  # the rest of an existing function is generate.py's
-            called = {(a, t) for a, t in called if t in dispute_tables}
-        # A batch request is also recorded without a table (local/recording.py): its per-table entries decide.
+        # A batch request may also be recorded without a table: its per-table entries decide.
         missing = {(a, t) for a, t in called if (a, t) not in allowed
                    and not (t == "" and a in ("dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"))}
-        assert not missing, f"{function} calls what infra/disputes.py does not grant: {missing}"
+        assert not missing, f"{function} calls what its role does not grant: {missing}"
     calls = set(recorder.calls)
-    assert ("SendReply", "dynamodb:BatchWriteItem", env["REPORTED_TABLE"]) in calls
+    assert ("SendReplies", "dynamodb:BatchWriteItem", env["REPORTED_TABLE"]) in calls
+    assert ("SendReplies", "dynamodb:UpdateItem", env["DISPUTES_TABLE"]) in calls  # an outcome SMS committed
+    assert ("SendReplies", "dynamodb:DeleteItem", env["THROTTLE_TABLE"]) in calls  # its open-dispute lock
     assert ("RetryLookups", "dynamodb:BatchGetItem", env["DISPUTES_TABLE"]) in calls
     assert any(f == "DeliverBacklog" and a == "dynamodb:Query" and t.startswith(env["DISPUTES_TABLE"])
                for f, a, t in calls)  # the backlog index (recorded as table/index/backlog or as the table)
     forward = {a for f, a, _ in calls if f == "ForwardDispute"}
-    assert {"sns:Publish", "kms:Decrypt", "sqs:SendMessage", "states:SendTaskSuccess"} <= forward
+    assert {"sns:Publish", "kms:Decrypt"} <= forward
+    assert forward & {"sqs:SendMessage", "sqs:SendMessageBatch"}  # its answer in the 200 enqueued the outcome
+    assert not {a for a in forward if a.startswith("states:")}  # no task token: nothing waits on the partner
+    assert {a for f, a, _ in calls if f == "SendReplies"} >= {"sns:Publish", "kms:Decrypt"}
 
 
 def test_concurrent_identical_callbacks_record_once_and_send_one_outcome_sms(stack, api, waiting):
