@@ -8,15 +8,31 @@ from dataclasses import dataclass, field
 
 from bench.meter import API_HANDLER, Capacity, Meter
 from bench.patterns import CARDS, STATUS_CHECK, Measured
-from bench.prices import ASSUMPTIONS, PRICES, QUOTAS, lambda_memory_mb, production_deadline_seconds
-from chalicelib.contracts import DELIVER_BACKLOG, FUNCTIONS, RETRY_LOOKUPS, START_QUERIES
+from bench.prices import ASSUMPTIONS, PRICES, QUOTAS, chalice_config, lambda_memory_mb
+from chalicelib.contracts import (
+    DEADLINE_STEP,
+    DELIVER_BACKLOG,
+    FUNCTIONS,
+    REPLIES_FAILED,
+    RETRY_LOOKUPS,
+    SEND_REPLIES,
+    START_DEADLINES,
+    START_QUERIES,
+)
 
 PER_MILLION = 1_000_000
 # Chalice's function names by the logical ids the meter records (the API's is api_handler).
 CONFIG_NAMES = {API_HANDLER: "api_handler", **{fn.logical_id: fn.name for fn in FUNCTIONS}}
 PER_MINUTE = DELIVER_BACKLOG.logical_id  # work that is per minute, not per query
 NOT_PRICED = {STATUS_CHECK, PER_MINUTE}
-QUEUE_CONSUMERS = (START_QUERIES.logical_id, RETRY_LOOKUPS.logical_id)  # invoked by Lambda's SQS event source
+QUEUE_CONSUMERS = (START_QUERIES.logical_id, RETRY_LOOKUPS.logical_id, SEND_REPLIES.logical_id,
+                   REPLIES_FAILED.logical_id)  # invoked by Lambda's SQS event source
+# The deadline machinery: per slot, not per query. Its work during a pattern is shared among the pattern's
+# queries (measured share, priced); capacity takes its deployed rate off each quota instead.
+DEADLINE_FUNCTIONS = {START_DEADLINES.logical_id, DEADLINE_STEP.logical_id}
+DEADLINE_KINDS = 2  # query, dispute
+DEADLINE_TRANSITIONS_PER_EXECUTION = 6  # DeadlineStep, DueYet, WaitForSlot; at its slot DeadlineStep, DueYet, Done
+STEP_FUNCTIONS_QUOTAS = ("StartExecution", "state transitions", "open executions")
 
 
 @dataclass
@@ -30,7 +46,6 @@ class Usage:
     requests: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # "service:Operation" -> n
     rru: float = 0.0
     wru: float = 0.0
-    wru_worst_token: float = 0.0
     reads: float = 0.0  # DynamoDB read requests
     writes: float = 0.0  # DynamoDB write requests
     consumer_batches: float = 0.0  # SQS batches handed to a function (event source requests)
@@ -91,10 +106,16 @@ def usage(meter: Meter, functions: set[str], divide_by: float, transitions: floa
         if function in functions:
             result.requests[request] += count / divide_by
     result.rru, result.wru = capacity.rru / divide_by, capacity.wru / divide_by
-    result.wru_worst_token = capacity.wru_worst_token / divide_by
     result.reads, result.writes = capacity.reads / divide_by, capacity.writes / divide_by
     result.consumer_batches = sum(result.invocations.get(f, 0.0) for f in QUEUE_CONSUMERS)
     return result
+
+
+def production_lead_slots(stage: str = "prod") -> int:
+    """DEADLINE_LEAD_SLOTS as deployed (.chalice/config.json)."""
+    config = chalice_config()
+    stage_env = config.get("stages", {}).get(stage, {}).get("environment_variables", {})
+    return int(stage_env.get("DEADLINE_LEAD_SLOTS", config["environment_variables"]["DEADLINE_LEAD_SLOTS"]))
 
 
 @dataclass
@@ -102,8 +123,11 @@ class Economics:
     measured: Measured
     per_query: Usage
     per_minute: Usage
-    mean_execution_seconds: float  # as it would be deployed (down/silent: the full deadline)
+    own_transitions: float  # the query's own execution
+    deadline_share: float  # deadline executions' StateEntered events during the pattern ÷ its queries
+    mean_execution_seconds: float  # measured lifetime of the query executions (Little's law)
     capacity: dict[str, float]  # quota -> sustainable queries/s
+    fixed: dict[str, float]  # quota -> what the deadline machinery takes of it, deployed, whatever the traffic
 
     @property
     def cost_per_million(self) -> dict[str, float]:
@@ -118,25 +142,85 @@ class Economics:
         return sum(self.cost_per_million.values())
 
     @property
+    def transitions(self) -> float:
+        """Per query: its own execution's plus its share of the deadline executions'."""
+        return self.own_transitions + self.deadline_share
+
+    @property
     def sustainable_qps(self) -> float:
         return min(self.capacity.values())
+
+    @property
+    def binding(self) -> str:
+        return min(self.capacity, key=lambda k: self.capacity[k])
+
+    @property
+    def step_functions_qps(self) -> float:
+        return min(self.capacity[k] for k in STEP_FUNCTIONS_QUOTAS)
+
+    def raise_for(self, quota: str, target_qps: float) -> float:
+        """The quota value needed to sustain `target_qps` (what the deadline machinery takes included)."""
+        value = QUOTA_VALUES[quota]
+        used_per_query = (value - self.fixed.get(quota, 0.0)) / self.capacity[quota]
+        return target_qps * used_per_query + self.fixed.get(quota, 0.0)
+
+
+# quota name -> its default (bench/prices.py)
+QUOTA_VALUES: dict[str, float] = {
+    "StartExecution": QUOTAS["start_execution_refill_per_second"],
+    "state transitions": QUOTAS["state_transitions_refill_per_second"],
+    "open executions": QUOTAS["open_executions"],
+    "API Gateway requests": QUOTAS["api_gateway_requests_per_second"],
+    "Lambda concurrency": QUOTAS["lambda_concurrent_executions"],
+    "DynamoDB WRU, busiest table": QUOTAS["dynamodb_table_write_units_per_second"],
+    "DynamoDB RRU, busiest table": QUOTAS["dynamodb_table_read_units_per_second"],
+    "SNS SMS": QUOTAS["sns_sms_per_second"],
+}
+
+
+def _busiest_table(meter: Meter, n: float) -> tuple[float, float]:
+    """(WRU, RRU) per query of the table that takes the most of each (priced functions only)."""
+    wru: dict[str, float] = defaultdict(float)
+    rru: dict[str, float] = defaultdict(float)
+    for (function, table, _), units in meter.tables.items():
+        if function not in NOT_PRICED:
+            wru[table] += units.wru / n
+            rru[table] += units.rru / n
+    return max(wru.values(), default=0.0), max(rru.values(), default=0.0)
 
 
 def economics(measured: Measured) -> Economics:
     meter = measured.meter
     functions = {f for (f, _) in meter.requests} | set(meter.durations) | {f for (f, _) in meter.api}
     n = max(1, measured.queries)
-    transitions = statistics.mean(measured.transitions) if measured.transitions else 0.0
-    per_query = usage(meter, functions - NOT_PRICED, n, transitions, measured.pattern.kind)
+    own = statistics.mean(measured.transitions) if measured.transitions else 0.0
+    share = measured.deadline_transitions / n
+    kind = measured.pattern.kind
+    per_query = usage(meter, functions - NOT_PRICED, n, own + share, kind)
     per_minute = usage(meter, {PER_MINUTE}, max(1, measured.delivery_runs))
-    if measured.pattern.failing_mode in ("down", "silent"):
-        execution_seconds = float(production_deadline_seconds())  # every query waits for the deadline
-    else:
-        execution_seconds = statistics.mean(measured.execution_seconds)
-    starts = per_query.requests.get("states:StartExecution", 1.0) or 1.0
-    capacity = {
-        "StartExecution": QUOTAS["start_execution_refill_per_second"] / starts,
-        "state transitions": QUOTAS["state_transitions_refill_per_second"] / max(transitions, 1e-9),
-        "open executions": QUOTAS["open_executions"] / execution_seconds,  # Little's law
+    lifetime = statistics.mean(measured.execution_seconds) if measured.execution_seconds else 0.0
+    # Per query, the query's own use; the deadline machinery's deployed rate is taken off each quota once.
+    own_starts = meter.requests.get((START_QUERIES.logical_id, "states:StartExecution"), 0) / n or 1.0
+    lead = production_lead_slots()
+    fixed = {  # deployed: each minute the starter asks for 2 kinds × (lead + 1) slots (refused ones assumed to
+        # take a token too); per kind one execution starts (3 states to its Wait) and one ends (3 more)
+        "StartExecution": DEADLINE_KINDS * (lead + 1) / 60,
+        "state transitions": DEADLINE_KINDS * DEADLINE_TRANSITIONS_PER_EXECUTION / 60,
+        "open executions": float(DEADLINE_KINDS * (lead + 1)),
     }
-    return Economics(measured, per_query, per_minute, execution_seconds, capacity)
+    concurrency_seconds = sum(count * billed_ms(function, kind) / 1000
+                              for function, count in per_query.invocations.items()
+                              if function not in DEADLINE_FUNCTIONS)
+    wru, rru = _busiest_table(meter, n)
+    capacity = {
+        "StartExecution": (QUOTA_VALUES["StartExecution"] - fixed["StartExecution"]) / own_starts,
+        "state transitions": (QUOTA_VALUES["state transitions"] - fixed["state transitions"]) / max(own, 1e-9),
+        # Little's law on the measured lifetimes: open executions = start rate × lifetime
+        "open executions": (QUOTA_VALUES["open executions"] - fixed["open executions"]) / max(lifetime, 1e-9),
+        "API Gateway requests": QUOTA_VALUES["API Gateway requests"] / max(per_query.api_requests, 1e-9),
+        "Lambda concurrency": QUOTA_VALUES["Lambda concurrency"] / max(concurrency_seconds, 1e-9),
+        "DynamoDB WRU, busiest table": QUOTA_VALUES["DynamoDB WRU, busiest table"] / max(wru, 1e-9),
+        "DynamoDB RRU, busiest table": QUOTA_VALUES["DynamoDB RRU, busiest table"] / max(rru, 1e-9),
+        "SNS SMS": QUOTA_VALUES["SNS SMS"] / float(ASSUMPTIONS["sms_per_query"]),
+    }
+    return Economics(measured, per_query, per_minute, own, share, lifetime, capacity, fixed)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from bench.prices import ASSUMPTIONS, INDEX_ENTRY_OVERHEAD_BYTES, READ_UNIT_BYTES, WRITE_UNIT_BYTES
+from bench.prices import INDEX_ENTRY_OVERHEAD_BYTES, READ_UNIT_BYTES, WRITE_UNIT_BYTES
 from local.lambdas import CURRENT, acting_as
 
 API_HANDLER = "APIHandler"
@@ -53,14 +53,12 @@ def label() -> str | None:
 class Capacity:
     rru: float = 0.0
     wru: float = 0.0
-    wru_worst_token: float = 0.0  # the same writes with an AWS-sized task token on the query record
     reads: float = 0  # requests (a per-query mean once divided)
     writes: float = 0
 
     def add(self, other: Capacity) -> None:
         self.rru += other.rru
         self.wru += other.wru
-        self.wru_worst_token += other.wru_worst_token
         self.reads += other.reads
         self.writes += other.writes
 
@@ -150,14 +148,10 @@ def _attribute_size(value: dict[str, Any]) -> int:
     raise ValueError(kind)
 
 
-def item_size(item: dict[str, Any] | None, worst_case_token: bool = False) -> int:
+def item_size(item: dict[str, Any] | None) -> int:
     if not item:
         return 0
-    size = sum(len(name.encode()) + _attribute_size(value) for name, value in item.items())
-    token = item.get("task_token", {}).get("S")
-    if worst_case_token and token:
-        size += max(0, int(ASSUMPTIONS["worst_case_task_token_chars"]) - len(token))
-    return size
+    return sum(len(name.encode()) + _attribute_size(value) for name, value in item.items())
 
 
 def _read_units(size: int, consistent: bool) -> float:
@@ -236,13 +230,8 @@ def _write_capacity(targets: list[tuple[str, dict[str, Any], int]], before: list
     units = Capacity(writes=1)
     for (table, _, multiplier), old, new in zip(targets, before, after, strict=True):
         index_writes = _index_writes(table, old, new)
-        for worst in (False, True):
-            size = max(item_size(old, worst), item_size(new, worst))
-            total = multiplier * _write_units(size) + index_writes * _write_units(size + INDEX_ENTRY_OVERHEAD_BYTES)
-            if worst:
-                units.wru_worst_token += total
-            else:
-                units.wru += total
+        size = max(item_size(old), item_size(new))
+        units.wru += multiplier * _write_units(size) + index_writes * _write_units(size + INDEX_ENTRY_OVERHEAD_BYTES)
     return units
 
 

@@ -1,16 +1,22 @@
 """Run the fixture subscribers' queries through the whole local stack under one partner pattern.
 
-One fresh stack (moto in-process, executing stepfunctions/query.asl.json) per pattern. The
-company list is the registry's; partners answer as in local/fixtures/partners.csv (immediate
-or, otherwise, by callback after 1 s), and one partner (the registry's last) may misbehave.
+One fresh stack (moto in-process, executing stepfunctions/query.asl.json and deadline.asl.json) per
+pattern. The company list is the registry's; partners answer as in local/fixtures/partners.csv
+(immediate or, otherwise, by callback after 1 s), and one partner (the registry's last) may misbehave.
 The card pattern (SPEC §9) asks every operator of the operator registry through the one operator
 simulator, each answering as local/fixtures/operators.csv says (flaky ones included).
-Queues are pumped here, as Lambda's SQS event source would, so every batch is counted; the
-delivery job runs only when this module runs it, with a `now` standing minutes later.
+The start and retry queues are pumped here, as Lambda's SQS event source would, so every batch is
+counted; the stack pumps the reply queue (its consumers are metered here too). The deadline starter
+runs here once a deadline slot, as its EventBridge schedule does; slots are a minute, as deployed.
+The delivery job runs only when this module runs it, with a `now` standing minutes later.
+A query counts once its reply is committed (status replied/failed, out of the deadline index), not
+when its execution ends: executions end in seconds, before partners answer.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 import os
 import statistics
 import threading
@@ -27,6 +33,8 @@ ACCOUNTS = "accounts"  # internet accounts: POST /v1/queries, the companies (SPE
 CARDS = "cards"  # phone cards: POST /v1/card-queries, the operators (SPEC §9)
 STATUS_CHECK = "StatusCheck"  # the citizen may look at GET /v1/queries/{id}: measured, not priced
 CALLBACK_DELAY_SECONDS = 1.0
+DEADLINE_SLOT_SECONDS = 60  # as deployed: the deadline executions' share per query is then what it would be
+DEADLINE_LEAD_SLOTS = 1  # deployed 10: the lead changes what is open, not the transitions per minute
 MOTO_CONFIG: Any = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
 
 
@@ -35,6 +43,7 @@ class Pattern:
     key: str
     title: str
     failing_mode: str | None = None  # the mode of the registry's last company, if it misbehaves
+    all_immediate: bool = False  # every company answers in its 200 (the latency reference)
     deadline_seconds: int = 60
     in_flight: int = 1  # queries allowed in flight at once (0: all of them)
     probe_minutes: int = 0  # delivery-job runs, one simulated minute apart, while queries wait
@@ -57,8 +66,12 @@ class Measured:
     groups: Counter[str] = field(default_factory=Counter)  # cards: operators by registry group
     queries: int = 0
     meter: Meter = field(default_factory=Meter)
-    transitions: list[int] = field(default_factory=list)
-    execution_seconds: list[float] = field(default_factory=list)
+    transitions: list[int] = field(default_factory=list)  # each query's own execution: StateEntered events
+    execution_seconds: list[float] = field(default_factory=list)  # each query execution's startDate -> stopDate
+    reply_seconds: list[float] = field(default_factory=list)  # submission answered -> reply committed
+    deadline_transitions: int = 0  # StateEntered events of the deadline executions during the pattern
+    deadline_executions: int = 0  # deadline executions that entered a state during the pattern
+    window_seconds: float = 0.0  # the pattern: first submission to last reply committed
     delivery_runs: int = 0  # DeliverBacklog invocations measured (each one simulated minute)
     failing_requests: int = 0  # requests the failing partner received in the whole run
     initial_requests: int = 0  # ... before the circuit opened (down)
@@ -128,7 +141,11 @@ class Run:
         self.api: Any = None
         self.meter: Meter = Meter()
         self.sfn: Any = None
+        self.queries_table: Any = None
         self._stop = threading.Event()
+        self._first_start = threading.Event()  # the deadline starter's first run is done
+        self.submitted: dict[str, float] = {}  # query id -> perf_counter when its submission was answered
+        self.replied: dict[str, float] = {}  # query id -> perf_counter when send_replies committed its reply
 
     # -- assembling ------------------------------------------------------------------------
     @contextmanager
@@ -140,28 +157,38 @@ class Run:
 
         options = StackOptions(workdir=self.workdir, api_port=free_port(),
                                deadline_seconds=self.pattern.deadline_seconds, pump=False, retries=False,
-                               schedule_seconds=0)
+                               schedule_seconds=0, deadline_slot_seconds=DEADLINE_SLOT_SECONDS,
+                               deadline_lead_slots=DEADLINE_LEAD_SLOTS, deadlines=False)
         with mock_aws(config=MOTO_CONFIG):
             reset_caches()
             self.stack = LocalStack(options)
             originals: dict[str, Any] = {}
             pump = threading.Thread(target=self._pump_retries, daemon=True)
+            starter = threading.Thread(target=self._start_deadlines, daemon=True)
             try:
                 import boto3
 
                 app_module = self.stack.start().app_module
-                originals = {name: getattr(app_module, name) for name in ("start_queries", "retry_lookups")}
+                originals = {name: getattr(app_module, name)
+                             for name in ("start_queries", "retry_lookups", "send_replies", "replies_failed")}
 
                 self.sfn = boto3.client("stepfunctions")
+                self.queries_table = boto3.resource("dynamodb").Table(self.stack.env["QUERIES_TABLE"])
                 with metering() as self.meter, Client(app_module.app,
                                                       project_dir=_client_project(self.workdir)) as self.api:
                     self._instrument(originals)
                     pump.start()
+                    starter.start()
+                    # The first run starts the current and next slots' executions at once (a fresh stack's
+                    # burst, not the per-minute steady state): let them reach their Wait before measuring.
+                    self._first_start.wait(timeout=60)
+                    time.sleep(2)
                     yield self
             finally:
                 self._stop.set()
-                if pump.is_alive():
-                    pump.join(timeout=5)
+                for thread in (pump, starter):
+                    if thread.is_alive():
+                        thread.join(timeout=5)
                 for name, handler in originals.items():
                     setattr(self.stack.app_module, name, handler)
                 self._stop_executions()
@@ -169,15 +196,45 @@ class Run:
                 reset_caches()
 
     def _instrument(self, originals: dict[str, Any]) -> None:
-        from chalicelib.contracts import RETRY_LOOKUPS, START_QUERIES
+        from chalicelib.contracts import REPLIES_FAILED, RETRY_LOOKUPS, SEND_REPLIES, START_QUERIES
         from local.lambdas import logical_id
 
-        for function in (START_QUERIES, RETRY_LOOKUPS):
+        for function in (START_QUERIES, RETRY_LOOKUPS, REPLIES_FAILED):
             setattr(self.stack.app_module, function.name, self.meter.timed(function.logical_id,
                                                                            originals[function.name]))
+        setattr(self.stack.app_module, SEND_REPLIES.name,
+                self.meter.timed(SEND_REPLIES.logical_id, self._noting_replies(originals[SEND_REPLIES.name])))
         dispatcher = self.stack.dispatcher
         for name, handler in list(dispatcher.handlers.items()):
             dispatcher.handlers[name] = self.meter.timed(logical_id(name), handler)
+
+    def _noting_replies(self, handler: Callable[..., Any]) -> Callable[..., Any]:
+        """send_replies, noting when each query's reply was committed (the end of the batch that sent it)."""
+
+        def run(event: dict[str, Any], *args: Any) -> Any:
+            result = handler(event, *args)
+            done = time.perf_counter()
+            for record in event.get("Records", []):
+                try:
+                    message = json.loads(record["body"])
+                except ValueError:
+                    continue
+                if isinstance(message, dict) and message.get("type") == "query":
+                    self.replied.setdefault(str(message.get("id")), done)
+            return result
+
+        return run
+
+    def _start_deadlines(self) -> None:
+        """The deadline starter's schedule (EventBridge deployed: moto fires none), once a slot, metered."""
+        start = self.meter.timed("StartDeadlines", self.stack.start_deadlines_once)
+        while not self._stop.is_set():
+            try:
+                start()
+            except Exception as exc:  # the next run tries again, as the real schedule would
+                print(f"[bench] start_deadlines failed: {type(exc).__name__}: {exc}", flush=True)
+            self._first_start.set()
+            self._stop.wait(DEADLINE_SLOT_SECONDS)
 
     def _pump_retries(self) -> None:
         """Lambda's SQS event source for the lookup retry queue (the stack's own poller is off)."""
@@ -233,8 +290,10 @@ class Run:
             timings["submit"].append(time.perf_counter() - started)
         if response.status_code != 202:
             raise RuntimeError(f"query refused: {response.status_code} {response.body!r}")
+        query_id = str(json.loads(response.body)["query_id"])
+        self.submitted[query_id] = time.perf_counter()
         wait_for(lambda: self.stack.pump_once(), 10, "the start queue's message")
-        return str(json.loads(response.body)["query_id"])
+        return query_id
 
     def execution_arn(self, query_id: str) -> str:
         return str(self.stack.env["STATE_MACHINE_ARN"].replace(":stateMachine:", ":execution:") + ":" + query_id)
@@ -249,6 +308,31 @@ class Run:
     def wait_finished(self, query_id: str, timeout: float) -> dict[str, Any]:
         described: dict[str, Any] = wait_for(lambda: self.finished(query_id), timeout, f"execution {query_id}")
         return described
+
+    def closed(self, query_id: str) -> bool:
+        """Its one reply is committed: a terminal status and out of the deadline index (tests' wait_closed)."""
+        item = self.queries_table.get_item(Key={"query_id": query_id}, ConsistentRead=True).get("Item")
+        return item is not None and item.get("status") in ("replied", "failed") and "deadline_slot" not in item
+
+    def wait_closed(self, query_id: str) -> None:
+        """The reply committed (at the latest one slot after the deadline), then the execution ended."""
+        timeout = self.pattern.deadline_seconds + 2 * DEADLINE_SLOT_SECONDS + 30
+        wait_for(lambda: self.closed(query_id), timeout, f"the reply to {query_id}")
+        self.wait_finished(query_id, timeout=60)
+
+    def deadline_activity(self, since: dt.datetime, until: dt.datetime) -> tuple[int, int]:
+        """(StateEntered events, executions with any) of the deadline state machine between the two instants."""
+        arn = self.stack.env["DEADLINE_STATE_MACHINE_ARN"]
+        events = executions = 0
+        for page in self.sfn.get_paginator("list_executions").paginate(stateMachineArn=arn):
+            for execution in page["executions"]:
+                history = self.sfn.get_execution_history(executionArn=execution["executionArn"],
+                                                         maxResults=1000)["events"]
+                entered = sum(1 for e in history
+                              if e["type"].endswith("StateEntered") and since <= e["timestamp"] <= until)
+                events += entered
+                executions += int(entered > 0)
+        return events, executions
 
     def status(self, query_id: str, timings: dict[str, list[float]]) -> None:
         with acting_as(STATUS_CHECK):
@@ -298,7 +382,8 @@ def _partners(pattern: Pattern, stack: Any) -> tuple[list[str], str | None, dict
     fixture = simulators.load_partner_modes()
     for company in companies:  # all answering: the fixture's immediate ones at once, the rest by callback
         partner = stack.partners[company]
-        partner.mode = "immediate" if fixture.get(company, ("callback", 1.0))[0] == "immediate" else "callback"
+        immediate = pattern.all_immediate or fixture.get(company, ("callback", 1.0))[0] == "immediate"
+        partner.mode = "immediate" if immediate else "callback"
         partner.delay_seconds = CALLBACK_DELAY_SECONDS
     failing = companies[-1] if pattern.failing_mode else None
     if failing:
@@ -320,11 +405,16 @@ def measure(pattern: Pattern, workdir: str, subscribers: list[dict[str, str]], l
         if pattern.kind == CARDS:
             result.groups = Counter(o.group for o in registry.operators())
         before = _warm_up(run) if pattern.warm_up else Counter()
+        run.meter.clear()  # the pattern only: not the stack's start (nor the first deadline starter run)
+        since = dt.datetime.now(dt.UTC)
+        started = time.perf_counter()
         if pattern.probe_minutes:
             _run_with_probes(run, result)
         else:
             _run_in_flight(run, result)
         result.meter = run.meter.snapshot()
+        result.window_seconds = time.perf_counter() - started
+        result.deadline_transitions, result.deadline_executions = run.deadline_activity(since, dt.datetime.now(dt.UTC))
         simulators = [*stack.partners.values(), stack.operators]
         result.failing_requests = len(stack.partners[failing].requests) if failing else 0
         refused = Counter(status for s in simulators for calls in _callbacks(s) for status in calls if status != 200)
@@ -332,7 +422,7 @@ def measure(pattern: Pattern, workdir: str, subscribers: list[dict[str, str]], l
             result.notes.append(f"callbacks the API did not answer 200: {dict(refused)}")
         replies = [m["message"] for m in stack.read_outbox() if "验证码" not in m["message"]][before["replies"]:]
         result.replies = len(replies)
-        if failing:
+        if failing:  # silent, down: 暂未返回 in every reply; flaky, late: answered in every reply
             name = next(c.name for c in registry.companies() if c.id == failing)
             result.unanswered_reported = sum(f"{name}暂未返回" in m for m in replies)
         elif pattern.kind == CARDS:
@@ -348,7 +438,7 @@ def measure(pattern: Pattern, workdir: str, subscribers: list[dict[str, str]], l
 def _warm_up(run: Run) -> Counter[str]:
     """The first subscriber's query, then the meter cleared: what was sent and replied until then."""
     query_id = run.submit(run.subscribers.pop(0), {"code": [], "submit": [], "status": []})
-    run.wait_finished(query_id, timeout=run.pattern.deadline_seconds + 60)
+    run.wait_closed(query_id)
     wait_for(run.retry_queue_idle, 30, "the retry queue to drain")
     run.meter.clear()
     stack = run.stack
@@ -366,8 +456,11 @@ def _callbacks(simulator: Any) -> list[list[int]]:
 
 def _collect(run: Run, result: Measured, query_ids: list[str]) -> None:
     for query_id in query_ids:
-        described = run.wait_finished(query_id, timeout=run.pattern.deadline_seconds + 60)
+        run.wait_closed(query_id)
+        described = run.wait_finished(query_id, timeout=60)
         result.execution_seconds.append((described["stopDate"] - described["startDate"]).total_seconds())
+        if query_id in run.replied:
+            result.reply_seconds.append(run.replied[query_id] - run.submitted[query_id])
         events = run.sfn.get_execution_history(executionArn=run.execution_arn(query_id), maxResults=1000)["events"]
         result.transitions.append(sum(1 for e in events if e["type"].endswith("StateEntered")))
     result.queries = len(query_ids)
@@ -386,13 +479,13 @@ def _run_in_flight(run: Run, result: Measured) -> None:
     query_ids: list[str] = []
     for subscriber in run.subscribers:
         while run.pattern.in_flight and len(waiting) >= run.pattern.in_flight:
-            run.wait_finished(waiting[0], timeout=run.pattern.deadline_seconds + 60)
+            run.wait_closed(waiting[0])
             run.status(waiting.pop(0), result.timings)
         query_id = run.submit(subscriber, result.timings)
         waiting.append(query_id)
         query_ids.append(query_id)
     for query_id in waiting:
-        run.wait_finished(query_id, timeout=run.pattern.deadline_seconds + 60)
+        run.wait_closed(query_id)
         run.status(query_id, result.timings)
     _collect(run, result, query_ids)
     wait_for(run.retry_queue_idle, 30, "the retry queue to drain")
@@ -417,6 +510,10 @@ def _run_with_probes(run: Run, result: Measured) -> None:
             last.update(count=len(partner.requests), changed=time.monotonic())
         return time.monotonic() - last["changed"] >= 1 and run.retry_queue_idle()
 
+    # The circuit opens once the partner answered nothing for 30 s while 5 transient failures came in.
+    opened_by = time.monotonic() + 60
+    while time.monotonic() < opened_by and not _circuit_is_open(stack, result.failing):
+        time.sleep(0.5)
     wait_for(quiet, 30, "the failing partner's traffic to settle")
     result.initial_requests = len(partner.requests)
     result.circuit_open = _circuit_is_open(stack, result.failing)
@@ -432,6 +529,12 @@ def _run_with_probes(run: Run, result: Measured) -> None:
     if result.probes < result.delivery_runs:
         result.notes.append(f"{result.delivery_runs - result.probes} runs sent no probe")
     _collect(run, result, query_ids)
+
+
+def percentile(values: list[float], share: float) -> float:
+    """The nearest-rank percentile (0 < share <= 1) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(len(ordered) * share) - 1))] if ordered else 0.0
 
 
 def summarise_latency(timings: dict[str, list[float]]) -> dict[str, float]:

@@ -43,11 +43,23 @@ PRICES: dict[str, Price] = {
     "CloudWatch Logs": Price(0.50, 1, "GB ingested"),  # shown for information, not in the totals
 }
 
-# Step Functions quotas per account and region (large regions; /work/shared/FIELD-NOTES.md).
+# Default quotas per account and region on a query's path (large regions; /work/shared/FIELD-NOTES.md).
+# All adjustable by request unless said otherwise.
 QUOTAS: dict[str, float] = {
+    # https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html (Standard workflows)
     "start_execution_refill_per_second": 300,
     "state_transitions_refill_per_second": 1_500,
     "open_executions": 1_000_000,
+    # https://docs.aws.amazon.com/apigateway/latest/developerguide/limits.html (account throttle, per region)
+    "api_gateway_requests_per_second": 10_000,
+    # https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html (concurrent executions, per region)
+    "lambda_concurrent_executions": 1_000,
+    # https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/ServiceQuotas.html (on-demand, per table)
+    "dynamodb_table_write_units_per_second": 40_000,
+    "dynamodb_table_read_units_per_second": 40_000,
+    # https://docs.aws.amazon.com/general/latest/gr/sns.html (SMS: transactional messages per second, per
+    # account; raised by a support case, and bounded in practice by the origination identity's throughput)
+    "sns_sms_per_second": 20,
 }
 
 # Assumptions where the local stack cannot measure what AWS would do.
@@ -58,9 +70,8 @@ ASSUMPTIONS: dict[str, Any] = {
     # Lambda's SQS event source: one ReceiveMessage and one DeleteMessageBatch per batch it hands
     # a function (its idle long polls are a fixed cost per queue, left out).
     "sqs_requests_per_consumer_batch": 2,
-    # AWS task tokens are opaque strings of up to 2,048 characters; moto's are 36. The query record
-    # stores the token: the WRU sensitivity line prices its writes with a token this long.
-    "worst_case_task_token_chars": 2_048,
+    # SMS per query (a code and the reply): what the SNS quota above is divided by.
+    "sms_per_query": 2,
     # Billed Lambda duration per invocation on AWS (warm container, ~10 ms per in-region AWS request,
     # ~100-200 ms per carrier or partner round trip). Durations on moto in-process are printed next to
     # these for comparison, but not priced: on two shared cores they move with the machine's load.
@@ -69,9 +80,12 @@ ASSUMPTIONS: dict[str, Any] = {
         "StartQueries": 30,     # one StartExecution per message
         "VerifyCarrier": 150,   # the carrier's round trip and 3-4 AWS requests
         "AskCompanies": 250,    # every partner at once (the slowest 200/202) and ~6 sequential AWS requests
-        "SendReply": 80,        # 4-6 AWS requests, SNS included
+        "SendReplies": 80,      # a reply-queue batch: 4-6 AWS requests per reply, SNS included
+        "RepliesFailed": 30,    # a dead letter: one conditional write
         "RetryLookups": 200,    # a partner's round trip and 4-5 AWS requests
         "DeliverBacklog": 150,  # the backlog index reads; a probe's round trip while a circuit is open
+        "StartDeadlines": 40,   # 2 kinds × (lead + 1) StartExecution, almost all refused by name
+        "DeadlineStep": 60,     # 16 range queries of the deadline index (empty, mostly) + the claims due
     },
     # The same for a phone-card query (SPEC §9) where it differs: AskCompanies asks 132 operators with 16
     # threads, 9 rounds of (a Lookup PutItem ~10 ms + the operator's round trip ~150-200 ms) + its own

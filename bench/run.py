@@ -1,16 +1,20 @@
-"""`make bench`: the economics of a query (issues 8 and 11), measured on the local stack.
+"""`make bench`: the economics and capacity of a query (issues 8, 11 and 14), measured on the local stack.
 
-Three partner patterns for internet-account queries, each on a fresh stack (moto in-process executing
-stepfunctions/query.asl.json, the app's functions in-process, the carrier and partner simulators over
-HTTP), each with every active fixture subscriber querying once: all partners answering; the registry's
+Six partner patterns for internet-account queries, each on a fresh stack (moto in-process executing
+stepfunctions/query.asl.json and deadline.asl.json, the app's functions in-process, the carrier and
+partner simulators over HTTP), each with every active fixture subscriber querying once: all partners
+answering as the fixture says; every partner answering at once (the latency reference); the registry's
 last partner flaky (503 twice per lookup); the same partner down (503 to everything) for the whole
-deadline. Then phone-card queries (SPEC §9) on a fresh stack: CARD_QUERIES subscribers with distinct ID
-numbers ask the 132 operators of the operator registry, each answering as local/fixtures/operators.csv
-says (two of them flaky), after one warm-up card query that is not measured. For each: state
-transitions, Lambda invocations, AWS requests by service, DynamoDB request units, what the failing
-partner received, the cost per million queries excluding SMS (prices: bench/prices.py), and the
-queries/s one account-region sustains under the Step Functions quotas; then the targets of issues 8
-and 11, PASS or FAIL (exit status 1 if any fails). The app's own log lines go to a file, not to the report.
+deadline; silent (202, never calls back: the deadline replies); late (calls back after LATE_SECONDS,
+long after the query's execution ended). Then phone-card queries (SPEC §9) on a fresh stack:
+CARD_QUERIES subscribers with distinct ID numbers ask the 132 operators of the operator registry,
+each answering as local/fixtures/operators.csv says (two of them flaky), after one warm-up card query
+that is not measured. For each: state transitions, Lambda invocations, AWS requests by service,
+DynamoDB request units, what the failing partner received, the cost per million queries excluding
+SMS (prices: bench/prices.py), reply latencies, execution lifetimes, and the queries/s one
+account-region sustains under each quota on the path (the binding one named); then the targets of
+issues 8, 11 and 14, PASS or FAIL (exit status 1 if any fails). The app's own log lines go to a file,
+not to the report.
 """
 from __future__ import annotations
 
@@ -24,7 +28,9 @@ from bench.prices import ROOT
 
 WORKDIR = tempfile.mkdtemp(prefix="yztc-bench-")
 PROBE_MINUTES = 30  # simulated minutes of the delivery job while the down partner's lookups wait
-DOWN_DEADLINE_SECONDS = 25  # long enough for the minutes above, short enough to wait for
+DOWN_DEADLINE_SECONDS = 75  # the circuit opens after 30 s without an answer; then the minutes above
+SILENT_DEADLINE_SECONDS = 30  # the deadline execution of the query's minute replies (within a minute of it)
+LATE_SECONDS = 3  # the late partner's callback delay (local/simulators.py reads LATE_SECONDS)
 CARD_QUERIES = 5  # 132 operators on moto in-process: ~10 s a card query on two shared cores
 CARD_DEADLINE_SECONDS = 120  # never the reason a card query ends: it ends when every operator answered
 
@@ -46,6 +52,7 @@ def main() -> int:
     configure_environment(StackOptions(workdir=WORKDIR))  # before chalicelib is imported
     os.environ.pop("AWS_ENDPOINT_URL", None)
     os.environ.pop("PARTNER_MODES", None)
+    os.environ["LATE_SECONDS"] = str(LATE_SECONDS)
 
     from bench.economics import economics
     from bench.patterns import CARDS, Pattern, measure
@@ -53,11 +60,14 @@ def main() -> int:
 
     patterns = [
         Pattern("answering", "all answering", in_flight=2),
+        Pattern("immediate", "all at once", all_immediate=True, in_flight=1),
         # At most two queries in flight: with three lookups overlapping, a partner failing two requests in
         # three reaches 5 consecutive failures and its circuit opens; it is then "down", not "flaky".
         Pattern("flaky", "one flaky", failing_mode="flaky", in_flight=2),
         Pattern("down", "one down", failing_mode="down", deadline_seconds=DOWN_DEADLINE_SECONDS, in_flight=0,
                 probe_minutes=PROBE_MINUTES),
+        Pattern("silent", "one silent", failing_mode="silent", deadline_seconds=SILENT_DEADLINE_SECONDS, in_flight=0),
+        Pattern("late", "one late", failing_mode="late", in_flight=0),
         # One query in flight: the flaky operators' 503s never reach 5 in a row, so their circuits stay closed.
         Pattern("cards", "cards, all answer", kind=CARDS, deadline_seconds=CARD_DEADLINE_SECONDS, in_flight=1,
                 max_queries=CARD_QUERIES, warm_up=True),
