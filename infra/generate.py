@@ -95,7 +95,7 @@ FUNCTION_ACCESS: dict[str, dict[str, Any]] = {
         "queues": {"ReplyDeadLetterQueue": _POLLER},
     },
     contracts.START_DEADLINES.logical_id: {
-        "states": ["states:StartExecution"],
+        "states": ["states:ListExecutions", "states:StartExecution"],
         "machine": "DeadlineStateMachine",
     },
     contracts.DEADLINE_STEP.logical_id: {

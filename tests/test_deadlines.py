@@ -192,3 +192,22 @@ def test_flaky_partners_answer_every_one_of_ten_concurrent_queries_well_before_t
 
     states = Circuits(5, 60).states(["jd", "douyin"])
     assert not states["jd"].is_open and not states["douyin"].is_open
+
+
+@pytest.mark.parametrize("stack_options", [options(deadlines=False, replies=False, deadline_slot_seconds=60,
+                                                   deadline_lead_slots=3)])
+def test_the_starter_starts_each_slot_once_and_only_the_missing_ones(stack: Any) -> None:
+    """GIVEN no deadline execution runs, WHEN the starter runs, THEN it starts the current slot and the
+    next three per kind, each waiting until its slot; run again, it starts nothing (the StartExecution
+    quota is the queries')."""
+    from chalicelib.engine.deadlines import Deadlines
+
+    now = time.time()
+    first = Deadlines().start_ahead(now)
+    assert len(first) == 2 * 4 and len(set(first)) == 8
+    assert Deadlines().start_ahead(now + 1) == []
+    sfn = boto3.client("stepfunctions")
+    (execution,) = [e for e in sfn.list_executions(stateMachineArn=stack.env["DEADLINE_STATE_MACHINE_ARN"])[
+        "executions"] if e["name"] == sorted(first)[-1]]
+    started = json.loads(sfn.describe_execution(executionArn=execution["executionArn"])["input"])
+    assert started["kind"] == "query" and 120 < started["wait_seconds"] <= 240  # the third slot ahead

@@ -175,19 +175,28 @@ class Deadlines:
 
     # -- the starter (a scheduled function: EventBridge rules cannot name executions) ----------
     def start_ahead(self, now: float | None = None) -> list[str]:
-        """Start the deadline executions of the current slot and the next `deadline_lead_slots`, per kind;
-        one already started is left as it is (named, so a repeated start is harmless)."""
+        """Start the deadline executions of the next `deadline_lead_slots` slots per kind that are not running yet
+        (one ListExecutions, then about one StartExecution per kind and run: the StartExecution quota
+        is the queries'). The current slot too when none runs at all (a fresh deployment, a starter outage);
+        a slot whose execution never ran is caught up by the next one anyway."""
         sfn = self._sfn or clients.client("stepfunctions")
-        first = slot_of(self._clock() if now is None else now, self.slot_seconds)
+        at = self._clock() if now is None else now
+        first = slot_of(at, self.slot_seconds)
+        machine = self._config.deadline_state_machine_arn
         started = []
+        running = {execution["name"] for page in sfn.get_paginator("list_executions").paginate(
+            stateMachineArn=machine, statusFilter="RUNNING") for execution in page["executions"]}
         for kind in ReplyType:
-            for i in range(self._config.deadline_lead_slots + 1):
+            idle = not any(name.startswith(f"deadline-{kind.value}-") for name in running)
+            for i in range(0 if idle else 1, self._config.deadline_lead_slots + 1):
                 slot = first + i * self.slot_seconds
                 name = execution_name(kind, slot, self.slot_seconds)
-                execution: DeadlineInput = {"kind": kind.value, "slot": slot}
+                if name in running:
+                    continue
+                execution: DeadlineStep = {"kind": kind.value, "slot": slot,
+                                           "wait_seconds": max(0, math.ceil(slot - at)), "more": False}
                 try:
-                    sfn.start_execution(stateMachineArn=self._config.deadline_state_machine_arn, name=name,
-                                        input=json.dumps(execution))
+                    sfn.start_execution(stateMachineArn=machine, name=name, input=json.dumps(execution))
                 except ClientError as exc:
                     if exc.response["Error"]["Code"] != "ExecutionAlreadyExists":
                         raise
