@@ -647,7 +647,9 @@ def template(stage: str, env: dict[str, str] | None = None) -> dict[str, Any]:
         "DEADLINE_STATE_MACHINE_ARN"] = ref("DeadlineStateMachine")
     # Chalice names the queues from START_QUEUE_NAME and RETRY_QUEUE_NAME at package time (make
     # package sets them from the stage config); the env references order the event sources after them.
-    partner_paths = [sub("execute-api:/*/POST/v1/partners/*"), sub("execute-api:/*/POST/v1/operators/*")]
+    from chalicelib.partners.kinds import PARTNER_ROUTE_PREFIXES
+
+    partner_paths = [sub(f"execute-api:/*/POST{prefix}*") for prefix in PARTNER_ROUTE_PREFIXES]
     resources: dict[str, Any] = {
         **functions,
         **{f"{function}Role": role(function, access) for function, access in FUNCTION_ACCESS.items()},
@@ -815,10 +817,14 @@ def _managed(name: str, priority: int, overrides: tuple[str, ...] = ()) -> dict[
 
 def web_acl(stage: str) -> dict[str, Any]:
     from chalicelib import errors
+    from chalicelib.partners.kinds import PARTNER_ROUTE_PREFIXES
 
-    partner_routes = {"ByteMatchStatement": {
-        "FieldToMatch": {"UriPath": {}}, "PositionalConstraint": "CONTAINS", "SearchString": "/v1/partners/",
-        "TextTransformations": [{"Priority": 0, "Type": "LOWERCASE"}]}}
+    matches = [{"ByteMatchStatement": {
+        "FieldToMatch": {"UriPath": {}}, "PositionalConstraint": "CONTAINS", "SearchString": prefix,
+        "TextTransformations": [{"Priority": 0, "Type": "LOWERCASE"}]}} for prefix in PARTNER_ROUTE_PREFIXES]
+    # Every partner-facing route (companies' and operators' callbacks): 132 operators answering from few
+    # addresses must not count against the per-IP rate rule.
+    partner_routes = matches[0] if len(matches) == 1 else {"OrStatement": {"Statements": matches}}
     too_many = errors.TooManyRequests("请求过于频繁，请稍后再试。")
     return {
         "WebAcl": {"Type": "AWS::WAFv2::WebACL", "Properties": {

@@ -182,7 +182,10 @@ def test_api_is_throttled_and_callbacks_only_from_partner_networks(packaged):
     assert settings["ThrottlingRateLimit"] == {"Ref": "ApiRateLimit"}
     policy = api["DefinitionBody"]["x-amazon-apigateway-policy"]["Statement"]
     deny = next(s for s in policy if s["Effect"] == "Deny")
-    assert "v1/partners" in json.dumps(deny["Resource"])
+    from chalicelib.partners.kinds import PARTNER_ROUTE_PREFIXES
+
+    for prefix in PARTNER_ROUTE_PREFIXES:  # companies' and operators' callbacks: partner networks only
+        assert f"POST{prefix}*" in json.dumps(deny["Resource"])
     assert deny["Condition"]["NotIpAddress"]["aws:SourceIp"] == {"Ref": "PartnerCidrs"}
 
 
@@ -579,6 +582,19 @@ def test_a_waf_web_acl_with_managed_rules_and_a_per_ip_rate_limit_guards_the_api
     assert rate["Action"]["Block"]["CustomResponse"]["ResponseCode"] == 429
     body = json.loads(properties["CustomResponseBodies"]["TooManyRequests"]["Content"])
     assert body["error"]["code"] == "too_many_requests"
+    # Every route a partner or an operator calls is exempt from the per-IP rule, and only those.
+    import app as app_module
+    from chalicelib.partners.kinds import PARTNER_ROUTE_PREFIXES
+
+    exempt = json.dumps(rate["Statement"]["RateBasedStatement"]["ScopeDownStatement"])
+    callback_routes = [path for path, methods in app_module.app.routes.items()
+                       if "POST" in methods and path.startswith(PARTNER_ROUTE_PREFIXES)]
+    assert {"/v1/partners/{company}/results", "/v1/operators/{operator}/results"} <= set(callback_routes)
+    for prefix in PARTNER_ROUTE_PREFIXES:
+        assert f'"SearchString": "{prefix}"' in exempt
+    citizen_posts = [path for path, methods in app_module.app.routes.items()
+                     if "POST" in methods and not path.startswith(PARTNER_ROUTE_PREFIXES)]
+    assert citizen_posts and not any(path.startswith(p) for path in citizen_posts for p in PARTNER_ROUTE_PREFIXES)
     (association,) = resources(packaged, "AWS::WAFv2::WebACLAssociation").values()
     assert association["Properties"]["WebACLArn"] == {"Fn::GetAtt": ["WebAcl", "Arn"]}
     assert "${RestAPI}/stages/api" in association["Properties"]["ResourceArn"]["Fn::Sub"]

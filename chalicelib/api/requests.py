@@ -14,11 +14,12 @@ import re
 from typing import Any
 
 from chalicelib import errors
+from chalicelib.partners import kinds
 
 CITIZEN_BODY_LIMIT = 16 * 1024
 # Partners and operators send per-app breakdowns and batches: a larger, still bounded, body.
 PARTNER_BODY_LIMIT = 64 * 1024
-PARTNER_ROUTE_PREFIXES = ("/v1/partners/", "/v1/operators/")
+PARTNER_ROUTE_PREFIXES = kinds.PARTNER_ROUTE_PREFIXES
 # Our bodies are at most three levels deep (callback -> apps -> count); 32 leaves room for growth.
 MAX_JSON_DEPTH = 32
 # Opaque ids partners echo back (lookup ids): DynamoDB refuses empty keys, and ours are short.

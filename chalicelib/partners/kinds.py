@@ -37,6 +37,9 @@ ACCOUNTS = LookupKind(Kind.ACCOUNTS, registry.companies, "/lookups", "partners",
 CARDS = LookupKind(Kind.CARDS, registry.operators, "/card-lookups", "operators", "card_count",
                    ("id_number", "name"), False)
 KINDS: dict[str, LookupKind] = {k.kind.value: k for k in (ACCOUNTS, CARDS)}
+# Every route a partner or an operator calls (results, disputes…): the larger body limit, the WAF's
+# exemption from the per-IP rate rule and the resource policy's partner networks all come from here.
+PARTNER_ROUTE_PREFIXES: tuple[str, ...] = tuple(dict.fromkeys(f"/v1/{k.callback_route}/" for k in KINDS.values()))
 
 
 def kind_of(value: str | None) -> LookupKind:
