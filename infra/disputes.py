@@ -5,7 +5,7 @@ builds, so the query side's template stays its own. Derived, like generate.py, f
 - the tables from the PynamoDB models (Dispute with its sparse `backlog` index, ReportedAccounts),
   on-demand, TTL, point-in-time recovery, encrypted with the service's key;
 - the second state machine from stepfunctions/dispute.asl.json, its placeholders from chalicelib/contracts.py;
-- least privilege: a role for each new function (ForwardDispute, NotifyDispute) and, for the functions
+- least privilege: a role for each new function (ForwardDispute) and, for the functions
   that already exist, one more inline policy on their role with exactly what the dispute code calls;
 - a dashboard row (disputes submitted / resolved / expired per company), an alarm per company on expired
   disputes and one on failed dispute executions, from the company registry.
@@ -143,7 +143,7 @@ _SECRETS_KEY = {"Sid": "SecretsKey", "Effect": "Allow", "Action": ["kms:Decrypt"
 
 
 def _partner_delivery(machine: Any) -> list[dict[str, Any]]:
-    """What sending a dispute to a partner needs: its circuit, the phone, its secret, the retry queue, the token."""
+    """What sending a dispute to a partner needs: its circuit, the phone, its secret, the retry and reply queues."""
     return [
         _table("CIRCUITS_TABLE", ["dynamodb:BatchGetItem", "dynamodb:UpdateItem"]),
         {"Sid": "PersonalDataKey", "Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": get_att("DataKey")},

@@ -7,7 +7,8 @@ through the same per-partner delivery as lookups (SPEC §4, §8):
 - a transient failure parks the dispute (state unsent, due after `backoff()`) and, while the circuit
   is closed, nudges it back through the lookups' SQS retry queue ({"dispute_id"});
 - the per-minute delivery job replays parked disputes of partners whose circuit is closed
-  (`replay`, hooked into partners/delivery.py); disputes are never used as probes.
+  (`replay`, hooked into partners/delivery.py); a parked dispute is the probe of an open circuit
+  when no lookup waits (`probe`).
 The answer (in the 200, or by callback) is stored once — an exact duplicate changes nothing,
 a different one is a Conflict — and whoever stores it claims the dispute's completion and enqueues
 its outcome SMS (engine/deadlines.py); with no answer, the deadline execution of its slot does.
@@ -18,20 +19,20 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from pynamodb.exceptions import UpdateError
 
-from chalicelib import clients, errors, http, registry, telemetry
+from chalicelib import clients, errors, registry, telemetry
 from chalicelib.config import Settings, settings
-from chalicelib.contracts import DisputeOutcome, DisputeStatus, LookupState, QueueMessage, ReplyType, TaskType
+from chalicelib.contracts import DisputeOutcome, DisputeStatus, LookupState, ReplyType, TaskType
 from chalicelib.disputes.notify import DisputeNotifier
 from chalicelib.disputes.protocol import DISPUTE_ID, DisputeReply, dispute_id_of, parse_dispute_answer
+from chalicelib.engine import tasks
 from chalicelib.engine.deadlines import Deadlines
+from chalicelib.engine.tasks import Outcome, Sent, rejected
 from chalicelib.partners.circuit import Circuits, CircuitState
-from chalicelib.partners.lookups import MAX_BACKOFF_SECONDS, Outcome, backoff, rejected
 from chalicelib.partners.protocol import Refused
 from chalicelib.privacy import Vault, partner_secret
 from chalicelib.registry import Company
@@ -43,12 +44,6 @@ _OPEN = (LookupState.PENDING, LookupState.UNSENT)  # not answered, not closed at
 REPLAY_PAGE = 100
 
 
-@dataclass(frozen=True)
-class DisputeSent:
-    outcome: Outcome
-    reply: DisputeReply | None = None
-
-
 class DisputeClient:
     """One signed dispute request to a partner (SPEC §8), its reply classified as for lookups."""
 
@@ -57,27 +52,13 @@ class DisputeClient:
         self._config = config or settings()
         self._secret_for = secret_for
 
-    def send(self, company: Company, dispute_id: str, phone: str) -> DisputeSent:
+    def send(self, company: Company, dispute_id: str, phone: str) -> Sent[DisputeReply]:
         payload = {"dispute_id": dispute_id, "phone": phone,
                    "callback_url": f"{self._config.public_api_url}/v1/partners/{company.id}/disputes"}
-        try:
-            reply = http.post_signed(f"{company.base_url}/disputes", payload, self._secret_for(company.secret_name))
-        except http.Unreachable:
-            return DisputeSent(Outcome.TRANSIENT)
-        if reply.status >= 500 or reply.status == 429:
-            return DisputeSent(Outcome.TRANSIENT)
-        if reply.status == 202:
-            return DisputeSent(Outcome.WAITING)
-        if reply.status == 200:
-            try:
-                answer = parse_dispute_answer(reply.body, self._config.partner_max_account_count)
-            except Refused as exc:
-                rejected(company.id, exc.reason)
-                return DisputeSent(Outcome.REFUSED)
-            if answer.dispute_id == dispute_id:
-                return DisputeSent(Outcome.ANSWERED, answer)
-            rejected(company.id, "wrong_dispute_id")
-        return DisputeSent(Outcome.REFUSED)
+        return tasks.send(company, f"{company.base_url}/disputes", payload, self._secret_for(company.secret_name),
+                          dispute_id,
+                          lambda body: parse_dispute_answer(body, self._config.partner_max_account_count),
+                          lambda answer: answer.dispute_id)
 
 
 def _json(value: Any) -> str:
@@ -109,7 +90,7 @@ class DisputeDesk:
             return None  # closed: nothing is sent any more
         return self._vault.open(dispute.dispute_id, dispute.data_key, {"phone": dispute.phone_sealed})["phone"]
 
-    # -- ForwardDispute (the waitForTaskToken task) ------------------------------------------
+    # -- ForwardDispute (the dispute execution's one step) ------------------------------------------
     def forward(self, dispute_id: str) -> None:
         now = int(self._clock())
         dispute = Dispute.get(dispute_id, consistent_read=True)
@@ -140,8 +121,8 @@ class DisputeDesk:
             return
         self.circuits.succeeded(state, now)
         telemetry.count("DisputeForwarded", company=company.id)
-        if sent.outcome is Outcome.ANSWERED and sent.reply is not None:
-            self.settle(dispute, sent.reply, hashlib.sha256(sent.reply.canonical().encode()).hexdigest())
+        if sent.outcome is Outcome.ANSWERED and sent.answer is not None:
+            self.settle(dispute, sent.answer, hashlib.sha256(sent.answer.canonical().encode()).hexdigest())
             return
         if sent.outcome is Outcome.REFUSED:  # a 4xx, or a 200 we cannot use: the company did not take it
             self.settle(dispute, DisputeReply(dispute.dispute_id, DisputeOutcome.REJECTED), "refused")
@@ -156,23 +137,9 @@ class DisputeDesk:
                 raise  # else: its callback came first
 
     def _park(self, dispute: Dispute, now: int, tried: bool, circuit_open: bool) -> None:
-        """Into the partner's dispute backlog; nudged back by SQS while the circuit is closed. Tried, it
-        backs off on its own (a failed probe goes to the back: probes rotate)."""
-        attempts = int(dispute.attempts or 0) + (1 if tried else 0)
-        due = now + backoff(attempts) if tried else now
-        try:
-            dispute.update(actions=[Dispute.state.set(LookupState.UNSENT), Dispute.attempts.set(attempts),
-                                    Dispute.backlog_partner.set(dispute.company), Dispute.due_at.set(due)],
-                           condition=Dispute.state.is_in(*_OPEN))
-        except UpdateError as exc:
-            if condition_failed(exc):
-                return
-            raise
-        telemetry.count("DisputeDeferred", company=dispute.company)
-        if not circuit_open and due < int(dispute.deadline_at):
-            self.sqs.send_message(QueueUrl=self._config.retry_queue_url,
-                                  MessageBody=_json(QueueMessage(type=TaskType.DISPUTE.value, id=dispute.dispute_id)),
-                                  DelaySeconds=min(backoff(attempts), MAX_BACKOFF_SECONDS))
+        """Into the partner's backlog (engine/tasks.py), as a lookup is."""
+        tasks.park(dispute, TaskType.DISPUTE, dispute.dispute_id, now, tried, circuit_open,
+                   Dispute.state.is_in(*_OPEN), self.sqs, self._config.retry_queue_url, "DisputeDeferred")
 
     def retry(self, dispute_ids: Iterable[str]) -> None:
         """The SQS nudge: send the parked disputes whose partner's circuit is closed."""
@@ -224,20 +191,14 @@ class DisputeDesk:
             return
         self.dispatch(dispute, company, phone, state, now)
 
-    def _expire_if_late(self, dispute: Dispute, now: int) -> bool:
-        if now < int(dispute.deadline_at):
-            return False
-        self._expire(dispute)
-        return True
+    @staticmethod
+    def _expire_if_late(dispute: Dispute, now: int) -> bool:
+        return tasks.expire_if_late(dispute, now)
 
     @staticmethod
     def _expire(dispute: Dispute) -> None:
-        """Out of the backlog unsent; NotifyDispute sends the expired SMS at the deadline."""
-        try:
-            dispute.update(actions=[Dispute.state.set(LookupState.EXPIRED), Dispute.backlog_partner.remove(),
-                                    Dispute.due_at.remove()], condition=Dispute.state == LookupState.UNSENT)
-        except UpdateError:
-            return
+        """Out of the backlog unsent; the deadline execution sends the expired SMS."""
+        tasks.expire(dispute)
 
     # -- settling -------------------------------------------------------------------------
     def settle(self, dispute: Dispute, reply: DisputeReply, digest: str) -> None:
@@ -263,7 +224,7 @@ class DisputeDesk:
         self._complete(dispute)
 
     def _complete(self, dispute: Dispute) -> None:
-        """Claim the outcome SMS (once; NotifyDispute sends it from the reply queue)."""
+        """Claim the outcome SMS (once; send_replies sends it from the reply queue)."""
         if dispute.state == LookupState.SETTLED and dispute.outcome and dispute.completion_claimed_at is None:
             self._deadlines.claim(ReplyType.DISPUTE, dispute)
 

@@ -37,7 +37,7 @@ from chalicelib.workflow.reply import REPORTED_DAYS
 logger = Logger(child=True)
 
 _CONFLICT_RETRIES = 3
-LOCK_MARGIN_SECONDS = 3600  # the lock outlives the deadline a little: NotifyDispute releases it
+LOCK_MARGIN_SECONDS = 3600  # the lock outlives the deadline a little: the outcome SMS releases it
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger
-from pynamodb.exceptions import UpdateError
 
 from chalicelib import telemetry
 from chalicelib.config import Settings, settings
 from chalicelib.contracts import LookupResult, LookupState
+from chalicelib.engine import tasks
 from chalicelib.partners.circuit import CircuitState
 from chalicelib.partners.kinds import KINDS, kind_of
 from chalicelib.partners.lookups import LookupDesk
@@ -161,15 +161,11 @@ class Delivery:
 
     @staticmethod
     def _expire(lookup: Lookup) -> None:
-        try:
-            lookup.update(actions=[Lookup.state.set(LookupState.EXPIRED), Lookup.backlog_partner.remove(),
-                                   Lookup.due_at.remove()], condition=Lookup.state == LookupState.UNSENT)
-        except UpdateError:
-            return  # settled or expired by someone else meanwhile
-        telemetry.count("LookupExpired", company=lookup.company)
+        if tasks.expire(lookup):
+            telemetry.count("LookupExpired", company=lookup.company)
 
     def _send(self, now: int, lookups: list[tuple[Lookup, CircuitState]]) -> None:
-        """Send these lookups concurrently; record what settled on their queries (releasing tokens)."""
+        """Send these lookups concurrently; record what settled on their queries (claiming their replies)."""
         if not lookups:
             return
         payloads = self._desk.payloads(lookup.query_id for lookup, _ in lookups)

@@ -1,7 +1,7 @@
 """What is looked up, and from whom: one engine, two kinds of lookup (SPEC §4, §9).
 
 Internet accounts ask the companies about a phone number; phone cards ask the telecom
-operators about an ID number and name. Everything else — the fan-out, the one token, the
+operators about an ID number and name. Everything else — the fan-out, the reply claim, the
 backlog, the circuit breakers, paced replay, 暂未返回 at the deadline — is shared code.
 """
 from __future__ import annotations

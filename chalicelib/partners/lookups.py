@@ -20,17 +20,17 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from pynamodb.exceptions import PutError, UpdateError
 
-from chalicelib import clients, errors, http, signing, telemetry
+from chalicelib import clients, errors, signing, telemetry
 from chalicelib.config import Settings, settings
-from chalicelib.contracts import LookupResult, LookupState, QueueMessage, ReplyType, TaskType
+from chalicelib.contracts import LookupResult, LookupState, ReplyType, TaskType
+from chalicelib.engine import tasks
 from chalicelib.engine.deadlines import Deadlines
+from chalicelib.engine.tasks import Outcome, Sent, rejected
 from chalicelib.partners.circuit import Circuits, CircuitState
 from chalicelib.partners.kinds import ACCOUNTS, LookupKind, kind_of
 from chalicelib.partners.protocol import LOOKUP_ID, Answer, Refused, lookup_id_of, parse_answer
@@ -40,27 +40,7 @@ from chalicelib.storage.models import Lookup, QueryRecord, at, condition_failed
 
 logger = Logger(child=True)
 
-FIRST_BACKOFF_SECONDS = 2
-MAX_BACKOFF_SECONDS = 900  # also SQS's longest message delay
 FAN_OUT_THREADS = 16
-
-
-def backoff(attempts: int) -> int:
-    """Seconds before the next try after `attempts` transient failures: 2, 4, 8, … capped at 15 min."""
-    return int(min(FIRST_BACKOFF_SECONDS * 2 ** max(0, attempts - 1), MAX_BACKOFF_SECONDS))
-
-
-class Outcome(Enum):
-    ANSWERED = "answered"    # 200 with a valid answer (a count or an error)
-    WAITING = "waiting"      # 202: it calls back
-    REFUSED = "refused"      # any other status, or a 200 we cannot use: permanent, no answer
-    TRANSIENT = "transient"  # 5xx, 429, timeout, connection error: the backlog's
-
-
-@dataclass(frozen=True)
-class Sent:
-    outcome: Outcome
-    answer: Answer | None = None
 
 
 class PartnerClient:
@@ -71,37 +51,16 @@ class PartnerClient:
         self._config = config or settings()
         self._secret_for = secret_for
 
-    def send(self, kind: LookupKind, company: Company, lookup_id: str, fields: dict[str, str]) -> Sent:
+    def send(self, kind: LookupKind, company: Company, lookup_id: str, fields: dict[str, str]) -> Sent[Answer]:
         """`fields`: the personal data this kind of lookup sends (the phone; or ID number and name)."""
         telemetry.count("LookupRequested", company=company.id)
         payload = {"lookup_id": lookup_id, **fields,
                    "callback_url": f"{self._config.public_api_url}/v1/{kind.callback_route}/{company.id}/results"}
-        try:
-            reply = http.post_signed(f"{company.base_url}{kind.request_path}", payload,
-                                     self._secret_for(company.secret_name))
-        except http.Unreachable:
-            return Sent(Outcome.TRANSIENT)
-        if reply.status >= 500 or reply.status == 429:
-            return Sent(Outcome.TRANSIENT)
-        if reply.status == 202:
-            return Sent(Outcome.WAITING)
-        if reply.status == 200:
-            try:
-                answer = parse_answer(reply.body, company, self._config.partner_max_account_count,
-                                      kind.count_field, kind.breakdowns)
-            except Refused as exc:
-                rejected(company.id, exc.reason)
-                return Sent(Outcome.REFUSED)
-            if answer.lookup_id == lookup_id:
-                return Sent(Outcome.ANSWERED, answer)
-            rejected(company.id, "wrong_lookup_id")
-        return Sent(Outcome.REFUSED)
-
-
-def rejected(company: str, reason: str) -> None:
-    """Operators hear of every answer we refuse; the log holds our reason, never partner text."""
-    telemetry.count("PartnerAnswerRejected", company=company)
-    logger.warning("partner answer rejected", extra={"company": company, "reason": reason})
+        return tasks.send(company, f"{company.base_url}{kind.request_path}", payload,
+                          self._secret_for(company.secret_name), lookup_id,
+                          lambda body: parse_answer(body, company, self._config.partner_max_account_count,
+                                                    kind.count_field, kind.breakdowns),
+                          lambda answer: answer.lookup_id)
 
 
 def _json(value: Any) -> str:
@@ -206,25 +165,10 @@ class LookupDesk:
         return None
 
     def _park(self, lookup: Lookup, now: int, tried: bool, circuit_open: bool) -> None:
-        """Into the partner's backlog. While the circuit is closed an SQS nudge brings it back after
-        its backoff; while open, only the delivery job's probe and replay do (no per-query work).
-        A lookup that was tried backs off on its own, so a failed probe moves to the back of the
-        backlog and the next probe is a different lookup (probes rotate)."""
-        attempts = int(lookup.attempts or 0) + (1 if tried else 0)
-        due = now + backoff(attempts) if tried else now
-        try:
-            lookup.update(actions=[Lookup.state.set(LookupState.UNSENT), Lookup.attempts.set(attempts),
-                                   Lookup.backlog_partner.set(lookup.company), Lookup.due_at.set(due)],
-                          condition=Lookup.state != LookupState.SETTLED)
-        except UpdateError as exc:
-            if condition_failed(exc):
-                return  # its answer arrived meanwhile (a partner may answer a request it failed)
-            raise
-        telemetry.count("LookupDeferred", company=lookup.company)
-        if not circuit_open and due < int(lookup.deadline_at):
-            self.sqs.send_message(QueueUrl=self._config.retry_queue_url,
-                                  MessageBody=_json(QueueMessage(type=TaskType.LOOKUP.value, id=lookup.lookup_id)),
-                                  DelaySeconds=min(backoff(attempts), MAX_BACKOFF_SECONDS))
+        """Into the partner's backlog (engine/tasks.py): nudged back while the circuit is closed; while open,
+        only the delivery job's probe and replay send it (no per-query work)."""
+        tasks.park(lookup, TaskType.LOOKUP, lookup.lookup_id, now, tried, circuit_open,
+                   Lookup.state != LookupState.SETTLED, self.sqs, self._config.retry_queue_url, "LookupDeferred")
 
     # -- settling --------------------------------------------------------------------------
     def settle(self, lookup: Lookup, answer: Answer) -> LookupResult:
