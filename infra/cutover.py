@@ -26,18 +26,28 @@ def main(argv: list[str]) -> int:
     import boto3
 
     from chalicelib.contracts import ReplyType
-    from chalicelib.engine.deadlines import Deadlines
-    from chalicelib.partners.lookups import stored_results
-    from chalicelib.storage.models import Dispute, QueryRecord
 
     sfn = boto3.client("stepfunctions")
     account = boto3.client("sts").get_caller_identity()["Account"]
     region = sfn.meta.region_name
+    machines = {kind: f"arn:aws:states:{region}:{account}:stateMachine:{os.environ[variable]}"
+                for kind, variable in ((ReplyType.QUERY, "STATE_MACHINE_NAME"),
+                                       (ReplyType.DISPUTE, "DISPUTE_STATE_MACHINE_NAME"))}
+    drained = drain(sfn, machines, dry_run=args.dry_run)
+    print(f"drained {drained} execution(s)")
+    return 0
+
+
+def drain(sfn: Any, machines: dict[Any, str], dry_run: bool = False) -> int:
+    """Drain every RUNNING execution of these machines (kind -> ARN); how many were drained."""
+    from chalicelib.contracts import ReplyType
+    from chalicelib.engine.deadlines import Deadlines
+    from chalicelib.partners.lookups import stored_results
+    from chalicelib.storage.models import Dispute, QueryRecord
+
     deadlines = Deadlines()
     drained = 0
-    machines = ((ReplyType.QUERY, "STATE_MACHINE_NAME"), (ReplyType.DISPUTE, "DISPUTE_STATE_MACHINE_NAME"))
-    for kind, variable in machines:
-        machine = f"arn:aws:states:{region}:{account}:stateMachine:{os.environ[variable]}"
+    for kind, machine in machines.items():
         for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=machine, statusFilter="RUNNING"):
             for execution in page["executions"]:
                 model: Any = QueryRecord if kind is ReplyType.QUERY else Dispute
@@ -45,26 +55,24 @@ def main(argv: list[str]) -> int:
                     record = model.get(execution["name"], consistent_read=True)
                 except model.DoesNotExist:
                     continue
-                if args.dry_run:
+                if dry_run:
                     print(f"would drain {execution['name']}")
                     continue
                 closed = record.status in ("replied", "failed", "resolved", "expired")
                 if record.deadline_slot is None and not closed:
                     entry = deadlines.entry(kind, execution["name"], int(record.deadline_at))
-                    index: Any = model
-                    record.update(actions=[index.deadline_shard.set(entry["deadline_shard"]),
-                                           index.deadline_slot.set(entry["deadline_slot"])])
+                    record.update(actions=[model.deadline_shard.set(entry["deadline_shard"]),
+                                           model.deadline_slot.set(entry["deadline_slot"])])
                 if isinstance(record, QueryRecord):
                     asked = set(record.asked or ())
                     complete = bool(asked) and asked <= stored_results(record).keys()
                 else:
                     complete = record.state == "settled"
-                if complete:
-                    deadlines.claim(kind, record)
+                if complete and not closed:
+                    deadlines.claim(kind, record)  # every answer is in: the reply now, not at the deadline
                 sfn.stop_execution(executionArn=execution["executionArn"], cause="cut-over to short executions")
                 drained += 1
-    print(f"drained {drained} execution(s)")
-    return 0
+    return drained
 
 
 if __name__ == "__main__":

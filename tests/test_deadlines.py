@@ -211,3 +211,32 @@ def test_the_starter_starts_each_slot_once_and_only_the_missing_ones(stack: Any)
         "executions"] if e["name"] == sorted(first)[-1]]
     started = json.loads(sfn.describe_execution(executionArn=execution["executionArn"])["input"])
     assert started["kind"] == "query" and 120 < started["wait_seconds"] <= 240  # the third slot ahead
+
+
+@pytest.mark.parametrize("stack_options", [options(deadlines=False, replies=False)])
+def test_cut_over_drains_task_token_executions_into_the_deadline_index(stack: Any) -> None:
+    """GIVEN executions of the previous version still waiting on a task token (one query with every answer
+    in, one still waiting for a partner), WHEN infra/cutover.py drains them, THEN both executions are
+    stopped, both records are in the deadline index, and the complete one's reply is enqueued now."""
+    from chalicelib.contracts import QueryStatus, ReplyType
+    from chalicelib.storage.models import QueryRecord, at
+    from infra.cutover import drain
+
+    sfn = boto3.client("stepfunctions")
+    old = sfn.create_state_machine(name="yztc-query-previous", roleArn="arn:aws:iam::123456789012:role/x",
+                                   definition=json.dumps({"StartAt": "Token", "States": {
+                                       "Token": {"Type": "Wait", "Seconds": 600, "End": True}}}))["stateMachineArn"]
+    now = int(time.time())
+    complete, waiting = "00000000-0000-4000-8000-00000000c001", "00000000-0000-4000-8000-00000000c002"
+    for query_id, results in ((complete, {"tencent": 1, "jd": -1}), (waiting, {"tencent": 1})):
+        QueryRecord(query_id, status=QueryStatus.LOOKING_UP, created_at=now, deadline_at=now + 3600,
+                    data_key="x", phone_sealed="x", lock_key="x", asked={"tencent", "jd"}, results=results,
+                    ttl=at(now + 86400)).save()
+        sfn.start_execution(stateMachineArn=old, name=query_id, input="{}")
+    wait_for(lambda: len(sfn.list_executions(stateMachineArn=old, statusFilter="RUNNING")["executions"]) == 2,
+             10, "the old executions running")
+    assert drain(sfn, {ReplyType.QUERY: old}) == 2
+    assert sfn.list_executions(stateMachineArn=old, statusFilter="RUNNING")["executions"] == []
+    for query_id in (complete, waiting):
+        assert QueryRecord.get(query_id).deadline_slot is not None
+    assert [m["id"] for m in reply_messages(stack)] == [complete]
