@@ -204,23 +204,15 @@ class DisputeDesk:
     def settle(self, dispute: Dispute, reply: DisputeReply, digest: str) -> None:
         """Store the answer once and claim the outcome SMS. A duplicate changes nothing; a different one
         is a Conflict; one after the deadline closed the dispute is acknowledged and changes nothing (SPEC §4)."""
-        try:
-            dispute.update(actions=[Dispute.state.set(LookupState.SETTLED), Dispute.outcome.set(reply.outcome.value),
-                                    Dispute.accounts.set(reply.accounts), Dispute.answer_digest.set(digest),
-                                    Dispute.answered_at.set(int(self._clock())),
-                                    Dispute.status.set(DisputeStatus.FORWARDED),
-                                    Dispute.backlog_partner.remove(), Dispute.due_at.remove()],
-                           condition=Dispute.state.is_in(*_OPEN))
+        if tasks.settle(dispute, digest, int(self._clock()),
+                        [Dispute.outcome.set(reply.outcome.value), Dispute.accounts.set(reply.accounts),
+                         Dispute.status.set(DisputeStatus.FORWARDED)], Dispute.state.is_in(*_OPEN)):
             telemetry.count("DisputeAnswered", company=dispute.company)
-        except UpdateError as exc:
-            if not condition_failed(exc):
-                raise
-            dispute.refresh(consistent_read=True)
-            if dispute.state == LookupState.EXPIRED:
-                telemetry.count("LateAnswer", company=dispute.company)
-                return  # closed at its deadline: the citizen has had the expired SMS
-            if dispute.answer_digest != digest:
-                raise errors.Conflict("该核查申请已有不同的答复。") from exc
+        elif dispute.state == LookupState.EXPIRED:
+            telemetry.count("LateAnswer", company=dispute.company)
+            return  # closed at its deadline: the citizen has had the expired SMS
+        elif dispute.answer_digest != digest:
+            raise errors.Conflict("该核查申请已有不同的答复。")
         self._complete(dispute)
 
     def _complete(self, dispute: Dispute) -> None:

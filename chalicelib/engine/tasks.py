@@ -8,6 +8,8 @@
   sparse `backlog` index both task tables carry) and, while the circuit is closed, nudges it back
   through the retry queue after its backoff. A task that was tried backs off on its own, so a failed
   probe moves to the back and the next probe is another task (probes rotate).
+- `settle`: the answer stored once; a second one is read back for the caller to tell a duplicate from
+  a conflict.
 - `expire`: out of the backlog unsent once its deadline passed (its reply says so).
 """
 from __future__ import annotations
@@ -102,6 +104,23 @@ def park(task: Any, task_type: TaskType, task_id: str, now: int, tried: bool, ci
         sqs.send_message(QueueUrl=retry_queue_url,
                          MessageBody=json.dumps(QueueMessage(type=task_type.value, id=task_id)),
                          DelaySeconds=min(backoff(attempts), MAX_BACKOFF_SECONDS))
+
+
+def settle(task: Any, digest: str, now: int, actions: list[Any], still_open: Any) -> bool:
+    """Store a task's answer once (the settle-once rule every kind shares): True when this call stored it;
+    False when it was settled (or closed) before, and `task` is then read back as it stands, for the
+    caller to tell an exact duplicate (same `answer_digest`) from a conflict."""
+    model: Any = type(task)
+    try:
+        task.update(actions=[model.state.set(LookupState.SETTLED), model.answer_digest.set(digest),
+                             model.answered_at.set(now), model.backlog_partner.remove(), model.due_at.remove(),
+                             *actions], condition=still_open)
+    except UpdateError as exc:
+        if not condition_failed(exc):
+            raise
+        task.refresh(consistent_read=True)
+        return False
+    return True
 
 
 def expire(task: Any) -> bool:

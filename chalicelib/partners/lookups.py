@@ -175,33 +175,28 @@ class LookupDesk:
         """Store the answer once. An exact duplicate changes nothing; a different one is a Conflict."""
         result = answer.result(lookup.company)
         digest = hashlib.sha256(answer.canonical().encode()).hexdigest()
-        stored = self._settle(lookup, result, digest)
-        if stored.answer_digest != digest:
+        first = self._settle(lookup, result, digest)
+        if lookup.answer_digest != digest:
             raise errors.Conflict()
-        if not answer.is_error and stored is lookup:
+        if not answer.is_error and first:
             telemetry.count("LookupAnswered", company=lookup.company)
             if lookup.requested_at:
                 telemetry.latency("LookupLatency", 1000 * (self._clock() - lookup.requested_at),
                                   company=lookup.company)
-        return self._stored_result(stored)
+        return self._stored_result(lookup)
 
     def _settle_unanswered(self, lookup: Lookup, reason: str) -> LookupResult:
         telemetry.count("LookupRefused", company=lookup.company)
-        return self._stored_result(self._settle(lookup, {"company": lookup.company, "answered": False}, reason))
+        self._settle(lookup, {"company": lookup.company, "answered": False}, reason)
+        return self._stored_result(lookup)
 
-    def _settle(self, lookup: Lookup, result: LookupResult, digest: str) -> Lookup:
-        """The lookup as settled: by us (`lookup` itself), or by whoever came first (read back)."""
-        if lookup.state != LookupState.SETTLED:
-            try:
-                lookup.update(actions=[Lookup.state.set(LookupState.SETTLED), Lookup.result.set(_json(result)),
-                                       Lookup.answer_digest.set(digest), Lookup.answered_at.set(int(self._clock())),
-                                       Lookup.backlog_partner.remove(), Lookup.due_at.remove()],
-                              condition=Lookup.state != LookupState.SETTLED)
-                return lookup
-            except UpdateError as exc:
-                if not condition_failed(exc):
-                    raise
-        return Lookup.get(lookup.lookup_id, consistent_read=True)
+    def _settle(self, lookup: Lookup, result: LookupResult, digest: str) -> bool:
+        """Settle once (engine/tasks.py); `lookup` is then as stored. True when this call settled it.
+        An expired lookup still takes its answer: the query's reply may not have gone yet (SPEC §4)."""
+        if lookup.state == LookupState.SETTLED:
+            return False
+        return tasks.settle(lookup, digest, int(self._clock()), [Lookup.result.set(_json(result))],
+                            Lookup.state != LookupState.SETTLED)
 
     @staticmethod
     def _stored_result(lookup: Lookup) -> LookupResult:
