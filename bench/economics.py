@@ -27,11 +27,15 @@ PER_MINUTE = DELIVER_BACKLOG.logical_id  # work that is per minute, not per quer
 NOT_PRICED = {STATUS_CHECK, PER_MINUTE}
 QUEUE_CONSUMERS = (START_QUERIES.logical_id, RETRY_LOOKUPS.logical_id, SEND_REPLIES.logical_id,
                    REPLIES_FAILED.logical_id)  # invoked by Lambda's SQS event source
-# The deadline machinery: per slot, not per query. Its work during a pattern is shared among the pattern's
-# queries (measured share, priced); capacity takes its deployed rate off each quota instead.
+# The deadline machinery: per kind and slot (a minute deployed), not per query. Its executions' transitions are
+# a fixed cost per minute, spread over the reference rate's queries like the delivery job's (priced); capacity
+# takes their deployed rate off each quota once. Its functions' work during a pattern (which includes the
+# claims of the queries due) is shared among the pattern's queries as measured.
 DEADLINE_FUNCTIONS = {START_DEADLINES.logical_id, DEADLINE_STEP.logical_id}
 DEADLINE_KINDS = 2  # query, dispute
-DEADLINE_TRANSITIONS_PER_EXECUTION = 6  # DeadlineStep, DueYet, WaitForSlot; at its slot DeadlineStep, DueYet, Done
+DEADLINE_EXECUTIONS_PER_KIND_PER_MINUTE = 1  # one slot a minute deployed
+# The starter lists the running executions first and starts only the slots not running: one a kind a minute.
+DEADLINE_STARTS_PER_KIND_PER_MINUTE = 1
 STEP_FUNCTIONS_QUOTAS = ("StartExecution", "state transitions", "open executions")
 
 
@@ -118,13 +122,46 @@ def production_lead_slots(stage: str = "prod") -> int:
     return int(stage_env.get("DEADLINE_LEAD_SLOTS", config["environment_variables"]["DEADLINE_LEAD_SLOTS"]))
 
 
+@dataclass(frozen=True)
+class DeadlineFigures:
+    """The deadline executions of the whole run, measured from their histories (those that ran to their end)."""
+
+    executions: int
+    transitions_per_execution: float  # mean StateEntered events of a whole deadline execution
+    steps_per_execution: float  # mean DeadlineStep invocations of one
+    starts_per_run: float  # StartExecution requests per run of the deadline starter (after its first)
+
+    @property
+    def transitions_per_minute(self) -> float:
+        """As deployed: 2 kinds × one execution a minute × its transitions."""
+        return DEADLINE_KINDS * DEADLINE_EXECUTIONS_PER_KIND_PER_MINUTE * self.transitions_per_execution
+
+    @property
+    def share_per_query(self) -> float:
+        """The per-minute transitions spread over the reference rate's queries (the delivery job's convention)."""
+        return self.transitions_per_minute / (60 * float(ASSUMPTIONS["reference_queries_per_second"]))
+
+
+def deadline_execution_figures(measured: list[Measured]) -> DeadlineFigures:
+    transitions = [t for m in measured for t in m.deadline_execution_transitions]
+    steps = [s for m in measured for s in m.deadline_execution_steps]
+    runs = sum(m.meter.invocations(START_DEADLINES.logical_id) for m in measured)
+    starts = sum(m.deadline_starts for m in measured)
+    if not transitions:
+        raise RuntimeError("no deadline execution ran to its end in the whole run: nothing to measure")
+    return DeadlineFigures(len(transitions), statistics.mean(transitions), statistics.mean(steps),
+                           starts / runs if runs else 0.0)
+
+
 @dataclass
 class Economics:
     measured: Measured
     per_query: Usage
     per_minute: Usage
     own_transitions: float  # the query's own execution
-    deadline_share: float  # deadline executions' StateEntered events during the pattern ÷ its queries
+    deadline_share: float  # the deadline executions' transitions per minute (deployed) ÷ the reference rate's queries
+    local_deadline_share: float  # for comparison: their StateEntered events during the pattern ÷ its queries
+    deadline: DeadlineFigures
     mean_execution_seconds: float  # measured lifetime of the query executions (Little's law)
     capacity: dict[str, float]  # quota -> sustainable queries/s
     fixed: dict[str, float]  # quota -> what the deadline machinery takes of it, deployed, whatever the traffic
@@ -189,12 +226,12 @@ def _busiest_table(meter: Meter, n: float) -> tuple[float, float]:
     return max(wru.values(), default=0.0), max(rru.values(), default=0.0)
 
 
-def economics(measured: Measured) -> Economics:
+def economics(measured: Measured, deadline: DeadlineFigures) -> Economics:
     meter = measured.meter
     functions = {f for (f, _) in meter.requests} | set(meter.durations) | {f for (f, _) in meter.api}
     n = max(1, measured.queries)
     own = statistics.mean(measured.transitions) if measured.transitions else 0.0
-    share = measured.deadline_transitions / n
+    share = deadline.share_per_query
     kind = measured.pattern.kind
     per_query = usage(meter, functions - NOT_PRICED, n, own + share, kind)
     per_minute = usage(meter, {PER_MINUTE}, max(1, measured.delivery_runs))
@@ -202,10 +239,10 @@ def economics(measured: Measured) -> Economics:
     # Per query, the query's own use; the deadline machinery's deployed rate is taken off each quota once.
     own_starts = meter.requests.get((START_QUERIES.logical_id, "states:StartExecution"), 0) / n or 1.0
     lead = production_lead_slots()
-    fixed = {  # deployed: each minute the starter asks for 2 kinds × (lead + 1) slots (refused ones assumed to
-        # take a token too); per kind one execution starts (3 states to its Wait) and one ends (3 more)
-        "StartExecution": DEADLINE_KINDS * (lead + 1) / 60,
-        "state transitions": DEADLINE_KINDS * DEADLINE_TRANSITIONS_PER_EXECUTION / 60,
+    fixed = {  # deployed: each minute the starter starts one slot per kind (the others run already), and per kind
+        # one execution runs through its states (as measured); lead + 1 slots per kind are open at once
+        "StartExecution": DEADLINE_KINDS * DEADLINE_STARTS_PER_KIND_PER_MINUTE / 60,
+        "state transitions": deadline.transitions_per_minute / 60,
         "open executions": float(DEADLINE_KINDS * (lead + 1)),
     }
     concurrency_seconds = sum(count * billed_ms(function, kind) / 1000
@@ -223,4 +260,5 @@ def economics(measured: Measured) -> Economics:
         "DynamoDB RRU, busiest table": QUOTA_VALUES["DynamoDB RRU, busiest table"] / max(rru, 1e-9),
         "SNS SMS": QUOTA_VALUES["SNS SMS"] / float(ASSUMPTIONS["sms_per_query"]),
     }
-    return Economics(measured, per_query, per_minute, own, share, lifetime, capacity, fixed)
+    return Economics(measured, per_query, per_minute, own, share, measured.deadline_transitions / n, deadline,
+                     lifetime, capacity, fixed)

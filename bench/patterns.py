@@ -7,7 +7,8 @@ The card pattern (SPEC §9) asks every operator of the operator registry through
 simulator, each answering as local/fixtures/operators.csv says (flaky ones included).
 The start and retry queues are pumped here, as Lambda's SQS event source would, so every batch is
 counted; the stack pumps the reply queue (its consumers are metered here too). The deadline starter
-runs here once a deadline slot, as its EventBridge schedule does; slots are a minute, as deployed.
+runs here once a deadline slot, as its EventBridge schedule does; slots are a minute, as deployed (the down
+and silent patterns, which wait for their deadlines, on shorter slots: see Pattern.slot_seconds).
 The delivery job runs only when this module runs it, with a `now` standing minutes later.
 A query counts once its reply is committed (status replied/failed, out of the deadline index), not
 when its execution ends: executions end in seconds, before partners answer.
@@ -33,7 +34,10 @@ ACCOUNTS = "accounts"  # internet accounts: POST /v1/queries, the companies (SPE
 CARDS = "cards"  # phone cards: POST /v1/card-queries, the operators (SPEC §9)
 STATUS_CHECK = "StatusCheck"  # the citizen may look at GET /v1/queries/{id}: measured, not priced
 CALLBACK_DELAY_SECONDS = 1.0
-DEADLINE_SLOT_SECONDS = 60  # as deployed: the deadline executions' share per query is then what it would be
+DEADLINE_SLOT_SECONDS = 60  # as deployed
+# A deadline is rounded DOWN to its slot, so a query's reply may come up to one slot before its deadline: every
+# pattern's deadline is at least this many slots, so that the rounding cannot cut in before partners answer.
+DEADLINE_MIN_SLOTS = 3
 DEADLINE_LEAD_SLOTS = 1  # deployed 10: the lead changes what is open, not the transitions per minute
 MOTO_CONFIG: Any = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
 
@@ -44,7 +48,10 @@ class Pattern:
     title: str
     failing_mode: str | None = None  # the mode of the registry's last company, if it misbehaves
     all_immediate: bool = False  # every company answers in its 200 (the latency reference)
-    deadline_seconds: int = 60
+    deadline_seconds: int = DEADLINE_MIN_SLOTS * DEADLINE_SLOT_SECONDS
+    # The deadline slot (DEADLINE_SLOT_SECONDS). Shorter than deployed only where the pattern waits for its
+    # deadlines (down, silent), to keep the wait short; a deadline execution's transitions do not depend on it.
+    slot_seconds: int = DEADLINE_SLOT_SECONDS
     in_flight: int = 1  # queries allowed in flight at once (0: all of them)
     probe_minutes: int = 0  # delivery-job runs, one simulated minute apart, while queries wait
     kind: str = ACCOUNTS
@@ -71,6 +78,10 @@ class Measured:
     reply_seconds: list[float] = field(default_factory=list)  # submission answered -> reply committed
     deadline_transitions: int = 0  # StateEntered events of the deadline executions during the pattern
     deadline_executions: int = 0  # deadline executions that entered a state during the pattern
+    # Every deadline execution of the pattern's stack that ran to its end (SUCCEEDED): its whole history
+    deadline_execution_transitions: list[int] = field(default_factory=list)  # StateEntered events each
+    deadline_execution_steps: list[int] = field(default_factory=list)  # DeadlineStep invocations each
+    deadline_starts: int = 0  # StartExecution requests of the deadline starter's runs during the pattern
     window_seconds: float = 0.0  # the pattern: first submission to last reply committed
     delivery_runs: int = 0  # DeliverBacklog invocations measured (each one simulated minute)
     failing_requests: int = 0  # requests the failing partner received in the whole run
@@ -157,7 +168,7 @@ class Run:
 
         options = StackOptions(workdir=self.workdir, api_port=free_port(),
                                deadline_seconds=self.pattern.deadline_seconds, pump=False, retries=False,
-                               schedule_seconds=0, deadline_slot_seconds=DEADLINE_SLOT_SECONDS,
+                               schedule_seconds=0, deadline_slot_seconds=self.pattern.slot_seconds,
                                deadline_lead_slots=DEADLINE_LEAD_SLOTS, deadlines=False)
         with mock_aws(config=MOTO_CONFIG):
             reset_caches()
@@ -234,7 +245,7 @@ class Run:
             except Exception as exc:  # the next run tries again, as the real schedule would
                 print(f"[bench] start_deadlines failed: {type(exc).__name__}: {exc}", flush=True)
             self._first_start.set()
-            self._stop.wait(DEADLINE_SLOT_SECONDS)
+            self._stop.wait(self.pattern.slot_seconds)
 
     def _pump_retries(self) -> None:
         """Lambda's SQS event source for the lookup retry queue (the stack's own poller is off)."""
@@ -316,7 +327,7 @@ class Run:
 
     def wait_closed(self, query_id: str) -> None:
         """The reply committed (at the latest one slot after the deadline), then the execution ended."""
-        timeout = self.pattern.deadline_seconds + 2 * DEADLINE_SLOT_SECONDS + 30
+        timeout = self.pattern.deadline_seconds + 2 * self.pattern.slot_seconds + 30
         wait_for(lambda: self.closed(query_id), timeout, f"the reply to {query_id}")
         self.wait_finished(query_id, timeout=60)
 
@@ -333,6 +344,22 @@ class Run:
                 events += entered
                 executions += int(entered > 0)
         return events, executions
+
+    def deadline_histories(self) -> tuple[list[int], list[int]]:
+        """(StateEntered events, DeadlineStep entries) of every deadline execution that ran to its end."""
+        arn = self.stack.env["DEADLINE_STATE_MACHINE_ARN"]
+        transitions: list[int] = []
+        steps: list[int] = []
+        for page in self.sfn.get_paginator("list_executions").paginate(stateMachineArn=arn,
+                                                                       statusFilter="SUCCEEDED"):
+            for execution in page["executions"]:
+                history = self.sfn.get_execution_history(executionArn=execution["executionArn"],
+                                                         maxResults=1000)["events"]
+                entered = [e for e in history if e["type"].endswith("StateEntered")]
+                transitions.append(len(entered))
+                steps.append(sum(1 for e in entered if e.get("stateEnteredEventDetails", {}).get("name")
+                                 == "DeadlineStep"))
+        return transitions, steps
 
     def status(self, query_id: str, timings: dict[str, list[float]]) -> None:
         with acting_as(STATUS_CHECK):
@@ -415,6 +442,8 @@ def measure(pattern: Pattern, workdir: str, subscribers: list[dict[str, str]], l
         result.meter = run.meter.snapshot()
         result.window_seconds = time.perf_counter() - started
         result.deadline_transitions, result.deadline_executions = run.deadline_activity(since, dt.datetime.now(dt.UTC))
+        result.deadline_execution_transitions, result.deadline_execution_steps = run.deadline_histories()
+        result.deadline_starts = result.meter.requests.get(("StartDeadlines", "states:StartExecution"), 0)
         simulators = [*stack.partners.values(), stack.operators]
         result.failing_requests = len(stack.partners[failing].requests) if failing else 0
         refused = Counter(status for s in simulators for calls in _callbacks(s) for status in calls if status != 200)
@@ -499,7 +528,10 @@ def _run_with_probes(run: Run, result: Measured) -> None:
     assert result.failing is not None
     stack = run.stack
     partner = stack.partners[result.failing]
-    first_deadline = time.monotonic() + run.pattern.deadline_seconds  # the first query's, at the latest
+    # The first query's deadline as the deadline execution sees it: rounded down to its slot.
+    now = time.time()
+    slot = math.floor((now + run.pattern.deadline_seconds) / run.pattern.slot_seconds) * run.pattern.slot_seconds
+    first_deadline = time.monotonic() + (slot - now)
     query_ids = [run.submit(subscriber, result.timings) for subscriber in run.subscribers]
     # Every company asked, the first failures' retries back while the circuit opened: then a quiet second.
     wait_for(lambda: run.meter.invocations("AskCompanies") >= len(query_ids), 30, "every fan-out")

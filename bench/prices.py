@@ -46,9 +46,11 @@ PRICES: dict[str, Price] = {
 # Default quotas per account and region on a query's path (large regions; /work/shared/FIELD-NOTES.md).
 # All adjustable by request unless said otherwise.
 QUOTAS: dict[str, float] = {
-    # https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html (Standard workflows)
+    # https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html (Standard workflows; us-east-1,
+    # us-west-2, eu-west-1: StartExecution bucket 1,300, refill 300/s; state transitions bucket 5,000, refill
+    # 5,000/s; other regions 150/s and 800/s)
     "start_execution_refill_per_second": 300,
-    "state_transitions_refill_per_second": 1_500,
+    "state_transitions_refill_per_second": 5_000,
     "open_executions": 1_000_000,
     # https://docs.aws.amazon.com/apigateway/latest/developerguide/limits.html (account throttle, per region)
     "api_gateway_requests_per_second": 10_000,
@@ -61,6 +63,9 @@ QUOTAS: dict[str, float] = {
     # account; raised by a support case, and bounded in practice by the origination identity's throughput)
     "sns_sms_per_second": 20,
 }
+
+# The Step Functions quotas above (us-east-1, the region of the prices), cited in the report.
+STEP_FUNCTIONS_QUOTAS_URL = "https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html"
 
 # Assumptions where the local stack cannot measure what AWS would do.
 ASSUMPTIONS: dict[str, Any] = {
@@ -84,7 +89,7 @@ ASSUMPTIONS: dict[str, Any] = {
         "RepliesFailed": 30,    # a dead letter: one conditional write
         "RetryLookups": 200,    # a partner's round trip and 4-5 AWS requests
         "DeliverBacklog": 150,  # the backlog index reads; a probe's round trip while a circuit is open
-        "StartDeadlines": 40,   # 2 kinds × (lead + 1) StartExecution, almost all refused by name
+        "StartDeadlines": 40,   # one ListExecutions, then the slots not running: ~1 StartExecution per kind
         "DeadlineStep": 60,     # 16 range queries of the deadline index (empty, mostly) + the claims due
     },
     # The same for a phone-card query (SPEC §9) where it differs: AskCompanies asks 132 operators with 16
