@@ -404,7 +404,11 @@ def test_every_aws_action_the_code_calls_is_granted_to_its_function_and_nothing_
     finally:
         SQSBackend.send_message = original
 
-    # Every company answers in its 200: the fan-out itself releases the token.
+    # The carrier says the ID digits do not match: VerifyCarrier claims the failure reply itself.
+    mismatch = _accepted(api, stack, "13312345678", "010101")
+    assert wait_finished(stack, mismatch)["status"] == "SUCCEEDED"
+
+    # Every company answers in its 200: the fan-out itself claims the reply.
     _set_modes(stack, "immediate")
     assert wait_finished(stack, _accepted(api, stack, "19912345678", "121212"))["status"] == "SUCCEEDED"
 
