@@ -236,7 +236,9 @@ def test_cut_over_drains_task_token_executions_into_the_deadline_index(stack: An
     wait_for(lambda: len(sfn.list_executions(stateMachineArn=old, statusFilter="RUNNING")["executions"]) == 2,
              10, "the old executions running")
     assert drain(sfn, {ReplyType.QUERY: old}) == 2
-    assert sfn.list_executions(stateMachineArn=old, statusFilter="RUNNING")["executions"] == []
+    # moto stops an execution on its own thread: wait for both to report ABORTED.
+    wait_for(lambda: {e["status"] for e in sfn.list_executions(stateMachineArn=old)["executions"]} == {"ABORTED"},
+             10, "the old executions stopped")
     for query_id in (complete, waiting):
         assert QueryRecord.get(query_id).deadline_slot is not None
     assert [m["id"] for m in reply_messages(stack)] == [complete]

@@ -464,6 +464,44 @@ def test_every_aws_action_the_code_calls_is_granted_to_its_function_and_nothing_
 
     drive_every_dispute_path(stack, api, queries=False)
 
+    # The deadline path: a query whose partner never answers, and a dispute whose company never does,
+    # answered by the deadline step once their deadlines passed (the step as its execution runs it).
+    _set_modes(stack, "immediate", tencent="silent")
+    stranded = _accepted(api, stack, "18012345678", "080808")
+    wait_for(lambda: _settled(stack, stranded) >= set(stack.partners) - {"tencent"}, 30, "all but tencent settled")
+    from chalicelib.contracts import DisputeStatus, LookupState, ReplyType
+    from chalicelib.engine.deadlines import Deadlines
+    from chalicelib.storage.models import Dispute, at
+    from local.lambdas import FakeContext
+
+    now = int(time.time())  # a dispute forwarded and never answered, as intake and Forward leave it
+    Dispute("SILENTDISPUTE0001", company="alibaba", status=DisputeStatus.FORWARDED, created_at=now,
+            deadline_at=now + 60, lock_key="dispute#x#alibaba", state=LookupState.PENDING, attempts=0,
+            ttl=at(now + 86400), **Deadlines().entry(ReplyType.DISPUTE, "SILENTDISPUTE0001", now + 60)).save()
+
+    with time_machine.travel(time.time() + 16 * 86400, tick=True), acting_as("DeadlineStep"):
+        for kind in ("query", "dispute"):
+            stack.app_module.deadline_step({"kind": kind, "slot": int(time.time()) - 60}, FakeContext("deadline_step"))
+    wait_finished(stack, stranded)
+
+    # Dead letters: a reply and a dispute outcome that failed every try end in a terminal status all the same.
+    from chalicelib.contracts import QueryStatus
+    from chalicelib.storage.models import QueryRecord
+
+    now = int(time.time())
+    QueryRecord("00000000-0000-4000-8000-00000000dead", status=QueryStatus.LOOKING_UP, created_at=now,
+                deadline_at=now + 600, data_key="x", phone_sealed="x", lock_key="x", ttl=at(now + 86400),
+                **Deadlines().entry(ReplyType.QUERY, "00000000-0000-4000-8000-00000000dead", now + 600)).save()
+    Dispute("DEADLETTERDISPUTE", company="alibaba", status=DisputeStatus.FORWARDED, created_at=now,
+            deadline_at=now + 600, lock_key="dispute#y#alibaba", state=LookupState.PENDING, attempts=0,
+            ttl=at(now + 86400), **Deadlines().entry(ReplyType.DISPUTE, "DEADLETTERDISPUTE", now + 600)).save()
+    sqs = clients.client("sqs")
+    for kind, item_id in (("query", "00000000-0000-4000-8000-00000000dead"), ("dispute", "DEADLETTERDISPUTE")):
+        sqs.send_message(QueueUrl=stack.env["REPLY_DLQ_URL"], MessageBody=json.dumps({"type": kind, "id": item_id}))
+    wait_for(lambda: QueryRecord.get("00000000-0000-4000-8000-00000000dead").status == QueryStatus.FAILED, 20,
+             "the dead-lettered query marked failed")
+    wait_for(lambda: Dispute.get("DEADLETTERDISPUTE").deadline_slot is None, 20, "the dead-lettered dispute closed")
+
     _assert_called_is_granted(packaged, stack, recorder, models)
 
 
@@ -506,13 +544,15 @@ def _granted(packaged, statements, secret_kind):
 def _assert_called_is_granted(packaged, stack, recorder, models):
     env = generate.stage_env(STAGE)
     names = {stack.env[var]: env[var] for var in [*models.TABLE_VARS.values(), "START_QUEUE_NAME",
-                                                  "RETRY_QUEUE_NAME"]}
+                                                  "RETRY_QUEUE_NAME", "REPLY_QUEUE_NAME", "REPLY_DLQ_NAME"]}
     secret_kind = {stack.env["PEPPER_SECRET_NAME"]: "pepper", env["PEPPER_SECRET_NAME"]: "pepper",
                    **{c["secret_name"]: "partners" for c in generate.registry("companies")},
                    **{o["secret_name"]: "partners" for o in generate.registry("operators")},
                    **{c["secret_name"]: "carriers" for c in generate.registry("carriers")}}
 
     def deployed(action, resource):
+        if action.startswith("sqs:") and action.endswith("Batch"):  # IAM authorises a batch as its single action
+            action = action.removesuffix("Batch")
         if action == "secretsmanager:GetSecretValue":
             return action, "secret:" + secret_kind[resource]
         table, _, index = resource.partition("/index/")
