@@ -378,8 +378,13 @@ def send_replies(event: Any) -> None:
             else:
                 dispute_notifier().run(message["id"])
         except Exception:
-            failed += 1
-            logger.exception("reply failed, will be retried", extra={"type": message["type"], "id": message["id"]})
+            logger.exception("reply failed, handed back to the deadline machinery",
+                             extra={"type": message["type"], "id": message["id"]})
+            try:  # tried again in `reply_reclaim_seconds`, not counted against this message's receives
+                deadlines().rearm(contracts.ReplyType(message["type"]), message["id"])
+            except Exception:
+                failed += 1
+                logger.exception("reply not re-armed either: the message comes back")
     if failed:
         # The whole batch comes back after the visibility timeout; the ones sent are skipped (idempotent).
         raise RuntimeError(f"{failed} reply(ies) failed")

@@ -68,9 +68,10 @@ def drain(sfn: Any, machines: dict[Any, str], dry_run: bool = False) -> int:
                     complete = bool(asked) and asked <= stored_results(record).keys()
                 else:
                     complete = record.state == "settled"
+                # Stopped first: its old reply step can no longer run while the new route claims the reply.
+                sfn.stop_execution(executionArn=execution["executionArn"], cause="cut-over to short executions")
                 if complete and not closed:
                     deadlines.claim(kind, record)  # every answer is in: the reply now, not at the deadline
-                sfn.stop_execution(executionArn=execution["executionArn"], cause="cut-over to short executions")
                 drained += 1
     return drained
 

@@ -179,3 +179,14 @@ def test_callback_responses_carry_no_personal_data(stack, api, waiting):
     ):
         assert_clean(response.body.decode(), "callback response", phone=PHONE, id_last6=ID6, code="000000")
         assert "Traceback" not in response.body.decode()
+
+
+def test_a_callback_after_the_query_record_expired_is_acknowledged(stack, api, waiting):
+    """GIVEN a query record gone by its TTL while a lookup item lives on, WHEN its partner calls back
+    (late, signed, valid), THEN 200 recorded and nothing else (SPEC §4), never a 500."""
+    import boto3
+
+    query_id, lookups = waiting
+    boto3.client("dynamodb").delete_item(TableName=stack.env["QUERIES_TABLE"], Key={"query_id": {"S": query_id}})
+    response = call_back(api, stack, "tencent", {"lookup_id": lookups["tencent"], "account_count": 2})
+    assert response.status_code == 200 and response.json_body == {"status": "recorded"}

@@ -242,3 +242,31 @@ def test_cut_over_drains_task_token_executions_into_the_deadline_index(stack: An
     for query_id in (complete, waiting):
         assert QueryRecord.get(query_id).deadline_slot is not None
     assert [m["id"] for m in reply_messages(stack)] == [complete]
+
+
+@pytest.mark.parametrize("stack_options", [options(partner_modes="jd=immediate")])
+def test_a_reply_the_sms_channel_throttles_is_sent_later_not_dead_lettered(stack: Any, api: Any) -> None:
+    """GIVEN SNS throttles the reply SMS for its first 3 tries, WHEN the query completes, THEN the query
+    stays open (its claim handed back to the deadline machinery), and its one reply goes out once the
+    channel takes it: nothing in the dead-letter queue, no `failed`."""
+    from botocore.exceptions import ClientError
+
+    from chalicelib import clients
+
+    refusals = {"left": 3}
+
+    def throttle(**kwargs: Any) -> None:
+        if "验证码" not in kwargs["params"]["Message"] and refusals["left"] > 0:
+            refusals["left"] -= 1
+            raise ClientError({"Error": {"Code": "Throttling", "Message": "rate exceeded"}}, "Publish")
+
+    clients.client("sns").meta.events.register("before-parameter-build.sns.Publish", throttle)
+    query_id = accepted(api, stack, "13812345678", "12345X")
+    assert stack.pump_once() == 1
+    record = wait_closed(stack, query_id, timeout=90)
+    assert refusals["left"] == 0 and record["status"] == "replied"
+    assert len(replies_to(stack, "13812345678")) == 1
+    sqs = boto3.client("sqs")
+    attributes = sqs.get_queue_attributes(QueueUrl=stack.env["REPLY_DLQ_URL"],
+                                          AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+    assert attributes["ApproximateNumberOfMessages"] == "0"

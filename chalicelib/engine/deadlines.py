@@ -110,6 +110,25 @@ class Deadlines:
         self.enqueue(kind, [COMPLETABLE[kind].id_of(item)])
         return True
 
+    def rearm(self, kind: ReplyType, item_id: str) -> bool:
+        """Its reply could not be sent now (SNS throttling, a dependency down): keep the claim and hand it to
+        the deadline execution of `now + reclaim`, which enqueues it again, instead of burning the queue's
+        retries into the dead-letter queue. False when the record is no longer open (replied meanwhile)."""
+        spec = COMPLETABLE[kind]
+        model: Any = spec.model
+        now = int(self._clock())
+        try:
+            model(item_id).update(
+                actions=[model.completion_claimed_at.set(now),
+                         model.deadline_slot.set(slot_of(now + self._config.reply_reclaim_seconds, self.slot_seconds))],
+                condition=model.deadline_slot.exists())
+        except UpdateError as exc:
+            if condition_failed(exc):
+                return False
+            raise
+        telemetry.count("ReplyDeferred", kind=kind.value)
+        return True
+
     def enqueue(self, kind: ReplyType, ids: list[str]) -> None:
         sqs = self._sqs or clients.client("sqs")
         for start in range(0, len(ids), SQS_BATCH):

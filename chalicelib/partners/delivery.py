@@ -131,7 +131,10 @@ class Delivery:
                 batch = page[start:start + rate]
                 self._send(int(slot_started), [(lookup, state) for lookup in batch])
                 sent += len(batch)
-                if self._desk.circuits.states([company.id])[company.id].is_open:
+                # The partner's state as it stands now, for the next batch: a success after failures
+                # must reset the circuit's clock, which only happens from a state that shows them.
+                state = self._desk.circuits.states([company.id])[company.id]
+                if state.is_open:
                     return sent  # failing again: stop, the next probe decides
                 if self._clock() >= budget_end:
                     return sent
@@ -176,7 +179,11 @@ class Delivery:
             if company is None or lookup.query_id not in payloads:
                 self._expire(lookup)  # left the registry, or its query is gone: nothing to send
                 return None
-            return self._desk.dispatch(lookup, company, payloads[lookup.query_id], state, now)
+            try:
+                return self._desk.dispatch(lookup, company, payloads[lookup.query_id], state, now)
+            except Exception:  # one lookup's failure must not lose the others' answers (recorded below)
+                logger.exception("lookup send failed", extra={"company": lookup.company})
+                return None
 
         with ThreadPoolExecutor(max_workers=min(16, len(lookups))) as pool:
             results = list(pool.map(send, lookups))

@@ -155,13 +155,23 @@ class LookupDesk:
             return None
         self.circuits.succeeded(state, now)
         if sent.outcome is Outcome.ANSWERED and sent.answer is not None:
-            return self.settle(lookup, sent.answer)
+            try:
+                return self.settle(lookup, sent.answer)
+            except errors.Conflict:
+                # Its 200 differs from the callback it sent first: the first answer stands (SPEC §4).
+                rejected(company.id, "conflicting_answer")
+                return self._stored_result(lookup)
         if sent.outcome is Outcome.REFUSED:
             return self._settle_unanswered(lookup, "refused")
         if lookup.state == LookupState.UNSENT:  # sent at last: out of the backlog, waiting for its callback
-            lookup.update(actions=[Lookup.state.set(LookupState.PENDING), Lookup.backlog_partner.remove(),
-                                   Lookup.due_at.remove(), Lookup.requested_at.set(now)],
-                          condition=Lookup.state == LookupState.UNSENT)
+            try:
+                lookup.update(actions=[Lookup.state.set(LookupState.PENDING), Lookup.backlog_partner.remove(),
+                                       Lookup.due_at.remove(), Lookup.requested_at.set(now)],
+                              condition=Lookup.state == LookupState.UNSENT)
+            except UpdateError as exc:
+                if not condition_failed(exc):
+                    raise
+                # Its callback came before its 202: settled already, and recorded by that callback.
         return None
 
     def _park(self, lookup: Lookup, now: int, tried: bool, circuit_open: bool) -> None:
@@ -207,8 +217,13 @@ class LookupDesk:
         """Put settled results on the query record; claim its reply if every asked partner settled."""
         if results:
             record = QueryRecord(query_id)
-            record.update(actions=[action for r in results for action in _result_actions(r)],
-                          condition=QueryRecord.query_id.exists())
+            try:
+                record.update(actions=[action for r in results for action in _result_actions(r)],
+                              condition=QueryRecord.query_id.exists())
+            except UpdateError as exc:
+                if not condition_failed(exc):
+                    raise
+                return  # the query record expired (a very late answer): acknowledged, nothing to do (SPEC §4)
         if record is not None:
             self._complete_if_all_settled(record)
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 from aws_lambda_powertools import Logger
+from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.update import Action
 
 from chalicelib import errors, http, registry
@@ -16,7 +17,7 @@ from chalicelib.contracts import CarrierOutcome, CarrierResult, QueryStatus, Rep
 from chalicelib.engine.deadlines import Deadlines
 from chalicelib.partners.kinds import ACCOUNTS, kind_of
 from chalicelib.privacy import Vault, partner_secret
-from chalicelib.storage.models import QueryRecord
+from chalicelib.storage.models import QueryRecord, condition_failed
 
 logger = Logger(child=True)
 
@@ -48,7 +49,15 @@ class CarrierCheck:
                 # The ID digits have served their purpose: discard them now (SPEC §6). A phone-card
                 # query keeps name and ID number until its operators have answered (SPEC §9).
                 actions += [QueryRecord.id_sealed.remove(), QueryRecord.name_sealed.remove()]
-            record.update(actions=actions)
+            try:  # only while it is open: its deadline may have replied while the carrier was asked
+                record.update(actions=actions, condition=QueryRecord.deadline_slot.exists()
+                              & QueryRecord.completion_claimed_at.does_not_exist())
+            except UpdateError as exc:
+                if not condition_failed(exc):
+                    raise
+                record.refresh(consistent_read=True)
+                return {"query_id": query_id, "kind": kind.kind.value, "deadline_at": int(deadline_at),
+                        "outcome": CarrierOutcome(record.outcome or "unknown").value}
         outcome = CarrierOutcome(record.outcome)
         logger.info("carrier check done", extra={"query_id": query_id, "kind": kind.kind.value,
                                                  "outcome": outcome.value})
