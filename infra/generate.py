@@ -343,6 +343,23 @@ def _states(definition: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+def machine_role(statements: list[dict[str, Any]]) -> dict[str, Any]:
+    """A state machine's role: its own statements, plus log delivery and X-Ray (no resource-level permissions)."""
+    return {"Type": "AWS::IAM::Role", "Properties": {
+        "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "states.amazonaws.com"}, "Action": "sts:AssumeRole"}]},
+        "Policies": [{"PolicyName": "least-privilege", "PolicyDocument": {"Version": "2012-10-17", "Statement": [
+            *statements,
+            {"Sid": "Logging", "Effect": "Allow", "Resource": "*", "Action": [
+                "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery",
+                "logs:DeleteLogDelivery", "logs:ListLogDeliveries", "logs:PutResourcePolicy",
+                "logs:DescribeResourcePolicies", "logs:DescribeLogGroups"]},
+            {"Sid": "Tracing", "Effect": "Allow", "Resource": "*", "Action": [
+                "xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules",
+                "xray:GetSamplingTargets"]},
+        ]}}]}}
+
+
 def state_machine(env: dict[str, str], stage: str) -> dict[str, Any]:
     with open(ASL_FILE, encoding="utf-8") as fh:
         definition = json.load(fh)
@@ -350,7 +367,7 @@ def state_machine(env: dict[str, str], stage: str) -> dict[str, Any]:
             "arn:aws:states:::sqs:sendMessage" != st["Resource"] for st in _states(definition)
             if st.get("Type") == "Task" and st["Resource"].startswith("arn:aws:states:::")):
         raise ValueError("the workflow's own integrations: only sqs:sendMessage to contracts.WORKFLOW_QUEUES")
-    queues = [{"Sid": "ReplyQueue", "Effect": "Allow", "Action": ["sqs:SendMessage"],
+    queues: list[dict[str, Any]] = [{"Sid": "ReplyQueue", "Effect": "Allow", "Action": ["sqs:SendMessage"],
                "Resource": [get_att(queue) for queue in WORKFLOW_QUEUES.values()]},
               # The queues are encrypted with the data key: SQS uses it on the sender's behalf.
               {"Sid": "QueueKey", "Effect": "Allow", "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
@@ -359,23 +376,11 @@ def state_machine(env: dict[str, str], stage: str) -> dict[str, Any]:
     return {
         "StateMachineLogGroup": {"Type": "AWS::Logs::LogGroup", "Properties": {
             "LogGroupName": f"/aws/vendedlogs/states/yztc-{stage}-query", "RetentionInDays": 90}},
-        "StateMachineRole": {"Type": "AWS::IAM::Role", "Properties": {
-            "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [
-                {"Effect": "Allow", "Principal": {"Service": "states.amazonaws.com"}, "Action": "sts:AssumeRole"}]},
-            "Policies": [{"PolicyName": "least-privilege", "PolicyDocument": {"Version": "2012-10-17", "Statement": [
-                {"Sid": "InvokeSteps", "Effect": "Allow", "Action": ["lambda:InvokeFunction"],
-                 "Resource": [get_att(fn) for fn in WORKFLOW_FUNCTIONS.values()]},
-                # CarrierNotAnswered: the workflow's own send to the reply queue.
-                *queues,
-                # Log delivery and X-Ray APIs have no resource-level permissions.
-                {"Sid": "Logging", "Effect": "Allow", "Resource": "*", "Action": [
-                    "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery",
-                    "logs:DeleteLogDelivery", "logs:ListLogDeliveries", "logs:PutResourcePolicy",
-                    "logs:DescribeResourcePolicies", "logs:DescribeLogGroups"]},
-                {"Sid": "Tracing", "Effect": "Allow", "Resource": "*", "Action": [
-                    "xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules",
-                    "xray:GetSamplingTargets"]},
-            ]}}]}},
+        "StateMachineRole": machine_role([
+            {"Sid": "InvokeSteps", "Effect": "Allow", "Action": ["lambda:InvokeFunction"],
+             "Resource": [get_att(fn) for fn in WORKFLOW_FUNCTIONS.values()]},
+            # CarrierNotAnswered: the workflow's own send to the reply queue.
+            *queues]),
         "QueryStateMachine": {"Type": "AWS::StepFunctions::StateMachine", "Properties": {
             "StateMachineName": env["STATE_MACHINE_NAME"],
             "StateMachineType": "STANDARD",
@@ -403,20 +408,9 @@ def deadline_machine(env: dict[str, str], stage: str) -> dict[str, Any]:
             "LogGroupName": f"/aws/vendedlogs/states/yztc-{stage}-deadline", "RetentionInDays": 90},
             "Metadata": {"checkov": {"skip": [{"id": "CKV_AWS_158", "comment": (
                 "ERROR level without execution data: no personal data; CloudWatch encrypts at rest")}]}}},
-        "DeadlineStateMachineRole": {"Type": "AWS::IAM::Role", "Properties": {
-            "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [
-                {"Effect": "Allow", "Principal": {"Service": "states.amazonaws.com"}, "Action": "sts:AssumeRole"}]},
-            "Policies": [{"PolicyName": "least-privilege", "PolicyDocument": {"Version": "2012-10-17", "Statement": [
-                {"Sid": "InvokeSteps", "Effect": "Allow", "Action": ["lambda:InvokeFunction"],
-                 "Resource": [get_att(fn) for fn in steps.values()]},
-                {"Sid": "Logging", "Effect": "Allow", "Resource": "*", "Action": [
-                    "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery",
-                    "logs:DeleteLogDelivery", "logs:ListLogDeliveries", "logs:PutResourcePolicy",
-                    "logs:DescribeResourcePolicies", "logs:DescribeLogGroups"]},
-                {"Sid": "Tracing", "Effect": "Allow", "Resource": "*", "Action": [
-                    "xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules",
-                    "xray:GetSamplingTargets"]},
-            ]}}]}},
+        "DeadlineStateMachineRole": machine_role([
+            {"Sid": "InvokeSteps", "Effect": "Allow", "Action": ["lambda:InvokeFunction"],
+             "Resource": [get_att(fn) for fn in steps.values()]}]),
         "DeadlineStateMachine": {"Type": "AWS::StepFunctions::StateMachine", "Properties": {
             "StateMachineName": env.get("DEADLINE_STATE_MACHINE_NAME", f"yztc-{stage}-deadline"),
             "StateMachineType": "STANDARD",

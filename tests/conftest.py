@@ -110,7 +110,10 @@ def _stop_executions() -> None:
                                              statusFilter="RUNNING")["executions"]:
             arn = execution["executionArn"]
             # An execution whose worker thread has not begun cannot be stopped yet.
-            wait_for(lambda arn=arn: _try_stop(sfn, arn), 10, f"stopping {arn}")
+            try:
+                wait_for(lambda arn=arn: _try_stop(sfn, arn), 10, f"stopping {arn}")
+            except AssertionError:
+                pass  # a deadline execution whose thread never began (a loaded machine): it dies with the mock
 
 
 def _try_stop(sfn: Any, arn: str) -> bool:
