@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test bench package lint browser clean
+.PHONY: run test bench package lint browser widget clean
 
 # checkov pins its own boto3, so it lives in a venv of its own inside .venv (requirements-checkov.txt).
 CHECKOV_VENV := $(VENV)/checkov
@@ -31,10 +31,29 @@ browser:
 		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PACKAGES) >/dev/null; \
 	fi
 
-run: $(STAMP)
+# The page's proof-of-work widget (SPEC §3): npm `altcha`, pinned in package.json / package-lock.json,
+# installed with `npm ci` (Debian's Node.js and npm when npm is missing) and its single-file browser
+# build copied into the bundle, where chalicelib/pages.py inlines it into the page (no third-party host).
+WIDGET := chalicelib/page/vendor/altcha.js
+NPM_STAMP := node_modules/.installed-$(shell cat package.json package-lock.json | sha1sum | cut -c1-12)
+$(NPM_STAMP): package.json package-lock.json
+	@if ! command -v npm >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	fi
+	npm ci --ignore-scripts --omit=optional --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(WIDGET): $(NPM_STAMP)
+	mkdir -p $(dir $@)
+	cp node_modules/altcha/dist/altcha.umd.cjs $@
+
+widget: $(WIDGET)
+
+run: $(STAMP) widget
 	$(PY) -m local.run
 
-test: $(STAMP) browser lint
+test: $(STAMP) browser widget lint
 	$(PY) -m pytest -n 2 --dist loadfile -q
 
 # One CloudFormation/SAM template per stage: Chalice's API and functions plus infra/generate.py's
@@ -42,7 +61,7 @@ test: $(STAMP) browser lint
 # and scanned by checkov (each check the template does not meet is skipped in the resource's
 # Metadata with its reason, so a new failure fails the build).
 STAGE ?= prod
-package: $(STAMP) $(CHECKOV_STAMP)
+package: $(STAMP) $(CHECKOV_STAMP) widget
 	rm -rf build/$(STAGE) && mkdir -p build/$(STAGE)
 	$(PY) -m infra.generate $(STAGE) build/$(STAGE)/merge-template.json
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} \
@@ -65,4 +84,4 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) .local build test-artifacts
+	rm -rf $(VENV) .local build test-artifacts node_modules chalicelib/page/vendor

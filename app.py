@@ -182,12 +182,19 @@ def list_companies() -> dict[str, Any]:
     return {"companies": [c.public() for c in registry.companies()]}
 
 
+@app.route("/v1/challenges", methods=["GET"])
+@json_api
+def new_challenge() -> dict[str, Any]:
+    """SPEC §3: an ALTCHA v1 challenge, for a code request beyond the free ones."""
+    return code_service().challenge()
+
+
 @app.route("/v1/verification-codes", methods=["POST"], content_types=BODY_TYPES)
 @json_api
 def request_code() -> Response:
     body = parse_json_object(_raw_body())
     (phone,) = require_fields(body, "phone")
-    issued = code_service().issue(normalise_phone(phone), _client_ip())
+    issued = code_service().issue(normalise_phone(phone), _client_ip(), body.get("altcha"))
     telemetry.count("CodeSent")
     return json_response({"expires_in": issued.expires_in, "resend_after": issued.resend_after}, 202)
 
@@ -199,7 +206,7 @@ def submit_query() -> Response:
     phone, id_last6, code = require_fields(body, "phone", "id_last6", "code")
     phone, id_last6, code = normalise_phone(phone), normalise_id_last6(id_last6), check_code_format(code)
     intake().check_client(_client_ip())
-    return _accepted(intake().accept(phone, id_last6, code), "QueryAccepted")
+    return _accepted(intake().accept(phone, id_last6, code, _client_ip()), "QueryAccepted")
 
 
 def _accepted(accepted: Accepted, metric: str) -> Response:
@@ -244,7 +251,7 @@ def submit_card_query() -> Response:
     name, id_number = normalise_name(name), normalise_id_number(id_number, china_today())
     phone, code = normalise_phone(phone), check_code_format(code)
     intake().check_client(_client_ip())
-    return _accepted(intake().accept_cards(name, id_number, phone, code), "CardQueryAccepted")
+    return _accepted(intake().accept_cards(name, id_number, phone, code, _client_ip()), "CardQueryAccepted")
 
 
 @app.route("/v1/card-queries/{query_id}", methods=["GET"])
@@ -274,7 +281,7 @@ def submit_dispute() -> Response:
     if not isinstance(company, str) or registry.company(company) is None:
         raise errors.InvalidCompany()
     intake().check_client(_client_ip())
-    accepted = dispute_intake().accept(phone, code, company)
+    accepted = dispute_intake().accept(phone, code, company, _client_ip())
     logger.info("dispute accepted", extra={"dispute_id": accepted.dispute_id, "company": accepted.company})
     telemetry.count("DisputeSubmitted", company=accepted.company)
     return json_response({"dispute_id": accepted.dispute_id, "status": "submitted", "company": accepted.company,

@@ -56,6 +56,12 @@ class Settings:
     deadline_lead_slots: int = 10
     deadline_budget_seconds: int = 240
     reply_reclaim_seconds: int = 300
+    # SPEC §3 proof of work: codes beyond these need a solved ALTCHA challenge.
+    code_free_per_number: int = 2  # codes for one number in one (Beijing) day
+    code_free_per_client: int = 20  # code requests from one client in an hour
+    altcha_secret_name: str = "yztc/altcha"
+    altcha_max_number: int = 250_000  # 125,000 SHA-256 on average: about 1 s in a phone's browser
+    challenge_ttl_seconds: int = 300
 
 
 def _int(name: str, default: int) -> int:
@@ -129,4 +135,9 @@ def settings() -> Settings:
         deadline_budget_seconds=_int("DEADLINE_BUDGET_SECONDS", 240),
         # A claimed completion whose reply is not committed by then is claimed and enqueued again.
         reply_reclaim_seconds=_int("REPLY_RECLAIM_SECONDS", 300),
+        code_free_per_number=_int("CODE_FREE_PER_NUMBER", 2),
+        code_free_per_client=_int("CODE_FREE_PER_CLIENT", 20),
+        altcha_secret_name=os.environ.get("ALTCHA_SECRET_NAME", "yztc/altcha"),
+        altcha_max_number=_int("ALTCHA_MAX_NUMBER", 250_000),
+        challenge_ttl_seconds=_int("CHALLENGE_TTL_SECONDS", 300),
     )

@@ -50,6 +50,17 @@ class WrongCode(ServiceError):
     message = "验证码错误或已失效，请重新获取。"
 
 
+class ChallengeRequired(ServiceError):
+    """SPEC §3 proof of work: this code request needs a solved challenge; the answer carries a fresh one."""
+
+    code = "challenge_required"
+    message = "请先完成人机验证，再获取验证码。"
+
+    def __init__(self, challenge: dict[str, object], message: str | None = None) -> None:
+        super().__init__(message)
+        self.challenge = challenge
+
+
 class QueryLimit(ServiceError):
     code = "query_limit"
     message = "该号码24小时内已提交过查询，请稍后再试。"

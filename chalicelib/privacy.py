@@ -107,3 +107,8 @@ def _associated(query_id: str, field: str) -> bytes:
 
 def partner_secret(secret_name: str) -> str:
     return _secret(secret_name)
+
+
+def altcha_key() -> str:
+    """The HMAC key that signs proof-of-work challenges (SPEC §3), kept like the pepper."""
+    return _secret(settings().altcha_secret_name)

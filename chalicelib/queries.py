@@ -69,20 +69,20 @@ class QueryIntake:
 
         self._retry.run(write)
 
-    def accept(self, phone: str, id_last6: str, code: str) -> Accepted:
+    def accept(self, phone: str, id_last6: str, code: str, client_ip: str) -> Accepted:
         """An internet-account query: one per number per 24 h (SPEC §1.6)."""
-        check = self._codes.check(phone, code)
+        check = self._codes.check(phone, code, client_ip)
         query_id = str(uuid.uuid4())
         locks = [Lock(f"query#{check.phone_key}", self._config.query_interval_seconds, holder=query_id)]
         return self._accept(check, query_id, ACCOUNTS, {"phone": phone, "id_last6": id_last6}, locks)
 
-    def accept_cards(self, name: str, id_number: str, phone: str, code: str) -> Accepted:
-        """A phone-card query: one per ID number, and one per phone, per 24 h (SPEC §9)."""
-        check = self._codes.check(phone, code)
+    def accept_cards(self, name: str, id_number: str, phone: str, code: str, client_ip: str) -> Accepted:
+        """A phone-card query: one per phone per 24 h, and no limit keyed by the ID number (SPEC §9): the
+        answer depends only on the requesting phone, so nobody who merely knows an ID number (or holds a
+        card opened with it) can use up or date its owner's query."""
+        check = self._codes.check(phone, code, client_ip)
         query_id = str(uuid.uuid4())
-        interval = self._config.query_interval_seconds
-        locks = [Lock(f"card-query#id#{self._hasher.digest('id_number', id_number)}", interval, holder=query_id),
-                 Lock(f"card-query#phone#{check.phone_key}", interval, holder=query_id)]
+        locks = [Lock(f"card-query#phone#{check.phone_key}", self._config.query_interval_seconds, holder=query_id)]
         return self._accept(check, query_id, CARDS, {"phone": phone, "id_number": id_number, "name": name}, locks)
 
     def _accept(self, check: CodeCheck, query_id: str, kind: LookupKind, personal: dict[str, str],

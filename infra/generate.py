@@ -38,7 +38,9 @@ FUNCTION_ACCESS: dict[str, dict[str, Any]] = {
     contracts.API_HANDLER: {
         "tables": {
             "CODES_TABLE": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
-            "THROTTLE_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
+            # a code request reads its number's and its client's counters at once (proof of work needed?)
+            "THROTTLE_TABLE": ["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:UpdateItem",
+                               "dynamodb:DeleteItem"],
             "QUERIES_TABLE": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
                               "dynamodb:DeleteItem"],
             "LOOKUPS_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
@@ -47,7 +49,7 @@ FUNCTION_ACCESS: dict[str, dict[str, Any]] = {
             "REPORTED_TABLE": ["dynamodb:GetItem"],
         },
         "kms": ["kms:GenerateDataKey"],
-        "secrets": ["pepper", "partners"],
+        "secrets": ["pepper", "altcha", "partners"],
         "sns_publish": True,
         "queues": {"StartQueue": ["sqs:SendMessage"], **_SEND_REPLY},
     },
@@ -247,7 +249,8 @@ def retry_queue_resources(env: dict[str, str], stage: str) -> dict[str, Any]:
 
 
 def secret_resources(env: dict[str, str]) -> dict[str, Any]:
-    secrets = {"PepperSecret": (env["PEPPER_SECRET_NAME"], "HMAC pepper for phone-number keys")}
+    secrets = {"PepperSecret": (env["PEPPER_SECRET_NAME"], "HMAC pepper for phone-number keys"),
+               "AltchaSecret": (env["ALTCHA_SECRET_NAME"], "HMAC key signing proof-of-work challenges (SPEC §3)")}
     for kind in ("companies", "carriers", "operators"):
         for entry in registry(kind):
             secrets[logical(entry["secret_name"]) + "Secret"] = (
@@ -265,6 +268,8 @@ def secret_arns(kind: str) -> list[Any]:
     common name prefix (132 ARNs would not fit a role's inline-policy size limit)."""
     if kind == "pepper":
         return [ref("PepperSecret")]
+    if kind == "altcha":
+        return [ref("AltchaSecret")]
     if kind == "carriers":
         return [ref(logical(entry["secret_name"]) + "Secret") for entry in registry("carriers")]
     prefix = os.path.commonprefix([entry["secret_name"] for entry in registry("operators")])

@@ -35,6 +35,7 @@ def base_environment(prefix: str = "yztc") -> dict[str, str]:
         "REPORTED_TABLE": f"{prefix}-reported",
         "KMS_KEY_ID": f"alias/{prefix}",
         "PEPPER_SECRET_NAME": f"{prefix}/pepper",
+        "ALTCHA_SECRET_NAME": f"{prefix}/altcha",
         "START_QUEUE_NAME": f"{prefix}-query-starts",
         "RETRY_QUEUE_NAME": f"{prefix}-lookup-retries",
         "REPLY_QUEUE_NAME": f"{prefix}-replies",
@@ -148,7 +149,7 @@ def create(env: dict[str, str], secret_names: list[str]) -> Resources:
     kms = boto3.client("kms")
     key_id = kms.create_key(Description="yztc personal data")["KeyMetadata"]["KeyId"]
     kms.create_alias(AliasName=env["KMS_KEY_ID"], TargetKeyId=key_id)
-    values = fill_secrets([env["PEPPER_SECRET_NAME"], *secret_names])
+    values = fill_secrets([env["PEPPER_SECRET_NAME"], env["ALTCHA_SECRET_NAME"], *secret_names])
     sqs = boto3.client("sqs")
     queue_url = sqs.create_queue(QueueName=env["START_QUEUE_NAME"], Attributes={"VisibilityTimeout": "5"})["QueueUrl"]
     retry_url = sqs.create_queue(QueueName=env["RETRY_QUEUE_NAME"], Attributes={"VisibilityTimeout": "5"})["QueueUrl"]
@@ -243,7 +244,7 @@ def _deploy(env: dict[str, str], secret_names: list[str], template: dict[str, An
     if stack["StackStatus"] != "CREATE_COMPLETE":
         raise RuntimeError(f"stack {stack['StackStatus']}")
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
-    values = fill_secrets([env["PEPPER_SECRET_NAME"], *secret_names])
+    values = fill_secrets([env["PEPPER_SECRET_NAME"], env["ALTCHA_SECRET_NAME"], *secret_names])
     dispute_machine = outputs.get("DisputeStateMachineArn") or _dispute_resources_not_in_template()
     return Resources(env={"STATE_MACHINE_ARN": outputs["StateMachineArn"],
                           "START_QUEUE_URL": outputs["StartQueueUrl"],

@@ -5,7 +5,8 @@
 It also stands in for what API Gateway answers itself in production, in the SPEC error shape as
 infra/'s Gateway Responses make it there: an unknown path is 404 not_found (Chalice's local gateway
 says 403 "Missing Authentication Token", as API Gateway does before its Gateway Response), a body
-over the largest route limit is 413 before it is read, a malformed Content-Length is 400.
+over the largest route limit is 413 before it is read, a malformed Content-Length is 400. And it gives
+each request its client's socket address as `requestContext.identity.sourceIp`, as API Gateway does.
 """
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ class LocalRequestHandler(ChaliceRequestHandler):
             self.close_connection = True
             self._send_spec_error(errors.NotFound("没有这个地址。"))
             return
+        # The client's real socket address as the source IP, as API Gateway gives it (SPEC §7): Chalice's
+        # local gateway says 127.0.0.1 for everyone, and per-client rules need tests from 127.0.0.2.
+        self.local_gateway.event_converter.LOCAL_SOURCE_IP = str(self.client_address[0])
         try:
             with acting_as("APIHandler"):
                 super()._generic_handle()

@@ -48,6 +48,9 @@ class StackOptions:
     operator_modes: str = ""  # OPERATOR_MODES override, e.g. "cmcc-gd=down,mvno-jd=silent"
     operator_changes: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra_operators: list[dict[str, Any]] = field(default_factory=list)  # joining by data alone
+    # SPEC §3 proof-of-work thresholds (CODE_FREE_PER_NUMBER, CODE_FREE_PER_CLIENT); None: the deployed 2 and 20.
+    code_free_per_number: int | None = None
+    code_free_per_client: int | None = None
 
 
 def configure_environment(options: StackOptions) -> dict[str, str]:
@@ -65,6 +68,10 @@ def configure_environment(options: StackOptions) -> dict[str, str]:
         "OPERATOR_REGISTRY_FILE": os.path.join(options.workdir, "operators.json"),
         "POWERTOOLS_METRICS_NAMESPACE": "YiZhengTongCha",
     })
+    for name, value in (("CODE_FREE_PER_NUMBER", options.code_free_per_number),
+                        ("CODE_FREE_PER_CLIENT", options.code_free_per_client)):
+        if value is not None:
+            env[name] = str(value)
     if options.aws_endpoint:
         env["AWS_ENDPOINT_URL"] = options.aws_endpoint
     os.makedirs(options.workdir, exist_ok=True)

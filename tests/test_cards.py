@@ -3,12 +3,14 @@ asking every operator of the registry, with the operator simulator over real HTT
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 import os
 from typing import Any
 
 import boto3
 import pytest
+import time_machine
 
 from local.stack import ROOT, StackOptions
 from tests.conftest import BASE_OPTIONS, post_json
@@ -118,10 +120,65 @@ def test_mismatch_gets_the_failure_sms_cancelled_none_and_the_api_answers_alike(
     assert stack.operators.requests_to("cmcc-gd") == []  # no operator is asked
 
 
-def test_one_card_query_per_id_number_in_24_hours_even_from_another_phone(stack, api):
+def _second_phone(row: dict[str, str]) -> dict[str, str]:
+    return next(r for r in SUBSCRIBERS.values() if r["id_number"] == row["id_number"] and r is not row)
+
+
+def _stranger(*not_these: dict[str, str]) -> dict[str, str]:
+    """An active subscriber whose own ID number is not ZHANG's."""
+    return next(r for r in SUBSCRIBERS.values() if r["status"] == "active" and r["id_number"] != ZHANG["id_number"]
+                and all(r is not other for other in not_these))
+
+
+@pytest.mark.parametrize("strangers_phone", ["mismatching", "registered to the same ID"])
+def test_a_strangers_card_query_with_someones_id_number_leaves_their_own_query_accepted_and_answered(
+        stack, api, strangers_phone):
+    """SPEC §9: no limit keyed by the ID number alone. GIVEN someone who knows ZHANG's name and ID number
+    (from a phone of their own, or holding a card opened with that ID) has made a card query today, WHEN
+    ZHANG queries from his own phone, THEN it is accepted and answered as any day."""
+    phone = _stranger()["phone"] if strangers_phone == "mismatching" else _second_phone(ZHANG)["phone"]
+    response = submit_card(api, stack, card_body(ZHANG, phone=phone))
+    assert response.status_code == 202
+    assert stack.pump_once() == 1
+    wait_finished(stack, response.json_body["query_id"], timeout=150)
     run_card_query(api, stack, card_body(ZHANG))
-    other = next(r for r in SUBSCRIBERS.values() if r["id_number"] == ZHANG["id_number"] and r is not ZHANG)
-    response = submit_card(api, stack, card_body(other))
+    assert replies_to(stack, ZHANG["phone"]) == [SPEC_EXAMPLE]
+
+
+def test_card_query_answers_are_the_same_bytes_for_a_just_queried_a_fresh_and_a_mismatching_id_number(
+        stack, api):
+    """Nothing in the API's answer depends on someone else's lookup: no Retry-After, no other message."""
+    from chalicelib.cards.validation import check_character
+
+    run_card_query(api, stack, card_body(ZHANG))  # ZHANG's ID number was just queried
+    fresh = "11010520000101123" + check_character("11010520000101123")
+    mismatching = _stranger()["id_number"]
+    answers = []
+    strangers: list[dict[str, str]] = []
+    for id_number in (ZHANG["id_number"], fresh, mismatching):
+        stranger = _stranger(*strangers)
+        strangers.append(stranger)
+        response = submit_card(api, stack, card_body(ZHANG, phone=stranger["phone"], id_number=id_number))
+        assert response.status_code == 202, response.body
+        assert "Retry-After" not in response.headers
+        query_id = response.json_body["query_id"]
+        body = response.body if isinstance(response.body, bytes) else response.body.encode()
+        answers.append((response.status_code, body.replace(query_id.encode(), b"<id>"),
+                        sorted(response.headers.items())))
+    assert answers[0] == answers[1] == answers[2]
+
+
+def test_the_owners_card_query_from_a_second_phone_the_same_day_is_answered(stack, api):
+    run_card_query(api, stack, card_body(ZHANG))
+    second = _second_phone(ZHANG)
+    run_card_query(api, stack, card_body(ZHANG, phone=second["phone"]))
+    assert replies_to(stack, second["phone"]) == [SPEC_EXAMPLE]
+
+
+def test_a_second_card_query_from_the_same_phone_within_24_hours_is_refused(stack, api):
+    run_card_query(api, stack, card_body(ZHANG))
+    with time_machine.travel(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=61), tick=True):  # a new code
+        response = submit_card(api, stack, card_body(ZHANG))
     assert response.status_code == 429
     assert error_code(response) == "query_limit"
     assert int(response.headers["Retry-After"]) > 86000

@@ -20,6 +20,7 @@ import pytest
 from chalicelib.cards.validation import check_character
 from local.stack import StackOptions
 from tests.conftest import API_PORT, BASE_OPTIONS, wait_for
+from tests.test_page import keep_screenshot_at_360
 
 ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test-artifacts")
 BASE = f"http://127.0.0.1:{API_PORT}"
@@ -111,6 +112,8 @@ def test_each_form_has_its_fields_labels_keyboards_and_notes(stack, page):
     assert form.get_by_label("身份证号码").get_attribute("inputmode") is None  # X needs letters
     notes = page.locator("#panel-cards").inner_text()
     assert "24小时内只能查询一次" in notes and "10699000" in notes and "页面不显示电话卡数量" in notes
+    # SPEC §9: the limit is this phone's; nothing says an ID number is limited
+    assert "同一手机号码24小时内只能查询一次" in notes and "同一身份证" not in notes
     for number in ("10086", "10010", "10000"):
         assert page.get_by_role("link", name=number).get_attribute("href") == f"tel:{number}"
 
@@ -223,7 +226,7 @@ def test_accepted_query_shows_the_sms_message_and_sends_normalised_fields(stack,
     (400, {"error": {"code": "invalid_code_format", "message": "…"}}, {}, "#card-code-error", "请输入6位数字验证码"),
     (403, {"error": {"code": "wrong_code", "message": "…"}}, {}, "#card-code-error", "验证码错误或已失效"),
     (429, {"error": {"code": "query_limit", "message": "…"}}, {"Retry-After": "82800"}, "#card-form-error",
-     "该身份证号码或手机号码24小时内已查询过，请于23小时后再查询"),
+     "该手机号码24小时内已查询过，请于23小时后再查询"),
     (429, {"error": {"code": "too_many_requests", "message": "…"}}, {"Retry-After": "30"}, "#card-form-error",
      "操作过于频繁，请于30秒后再试"),
     (500, {"error": {"code": "internal_error", "message": "…"}}, {}, "#card-form-error", "服务暂时出现问题"),
@@ -250,6 +253,8 @@ def test_get_code_counts_down_in_the_card_form_with_the_real_server(stack, page)
     code = wait_for(lambda: [m for m in stack.read_outbox() if m["phone"] == "18612345678"], 10, "the code SMS")
     assert re.search(r"验证码为\d{6}", code[0]["message"])
     assert page.evaluate("document.activeElement.id") == "card-code"
+    # within the free codes no proof of work is asked, and no widget is shown
+    assert page.locator("altcha-widget").count() == 0 and page.locator("#card-pow").is_hidden()
 
 
 def test_get_code_with_a_wrong_phone_is_caught_before_any_request(stack, page):
@@ -267,13 +272,7 @@ def test_screenshot_of_the_card_tab_at_360px(stack, page):
                 "手机号码": "18612345678", "验证码": ""})
     page.get_by_role("button", name="查询").click()
     assert "校验位不符" in page.locator("#card-id_number-error").inner_text()
-    os.makedirs(ARTIFACTS, exist_ok=True)
-    path = os.path.join(ARTIFACTS, "card-query-page-360.png")
-    page.screenshot(path=path, full_page=True)
-    assert os.path.getsize(path) > 10_000
-    assert page.evaluate("document.documentElement.scrollWidth") <= 360  # no horizontal scrolling
-    origins = {urlparse(url).netloc for url in page.requests_seen if url.startswith("http")}
-    assert origins == {f"127.0.0.1:{API_PORT}"}
+    keep_screenshot_at_360(page, "card-query-page-360.png")
 
 
 @pytest.mark.parametrize("stack_options", [StackOptions(**{**BASE_OPTIONS.__dict__, "deadline_seconds": 120})])
@@ -293,3 +292,25 @@ def test_full_card_flow_against_the_real_service_ends_with_the_reply_sms(stack, 
     reply = wait_for(lambda: [m["message"] for m in stack.read_outbox() if "名下" in m["message"]], 100, "the reply")
     assert reply == ["【一证通查】您名下在网移动电话卡共3张：中国移动广东公司2张，中国联通北京分公司1张。"
                      "如有异议，请联系相关企业核实、关停或销户。"]
+
+
+@pytest.mark.parametrize("stack_options", [StackOptions(**{**BASE_OPTIONS.__dict__, "code_free_per_number": 0})])
+def test_a_428_on_the_card_tab_shows_the_widget_which_solves_and_the_code_arrives(stack, page):
+    """SPEC §3 proof of work from the first code on: the 428's challenge solved in the card form."""
+    statuses: list[int] = []
+    page.on("response", lambda r: statuses.append(r.status) if r.url.endswith("/v1/verification-codes") else None)
+    cards_tab(page)
+    assert page.locator("altcha-widget").count() == 0
+    page.get_by_label("手机号码").fill("18612345678")
+    button = page.locator("#card-get-code")
+    box = button.bounding_box()
+    button.click()
+    page.locator("#card-pow altcha-widget").wait_for(state="visible")
+    page.locator("#card-pow .altcha[data-state='verified']").wait_for(timeout=30_000)
+    page.wait_for_function("document.getElementById('card-get-code').textContent.endsWith('秒后重新获取')")
+    code = wait_for(lambda: [m for m in stack.read_outbox() if m["phone"] == "18612345678"], 10, "the code SMS")
+    assert re.search(r"验证码为\d{6}", code[0]["message"])
+    assert statuses == [428, 202]
+    assert button.bounding_box() == box  # the widget goes under the code row, the row does not move
+    assert page.locator("#card-code-error").inner_text() == "" and page.locator("#card-form-error").inner_text() == ""
+    keep_screenshot_at_360(page, "card-query-page-challenge-360.png")

@@ -348,6 +348,7 @@ def test_every_aws_action_the_code_calls_is_granted_to_its_function_and_nothing_
         response = submit(api, stack, phone, "12345X", latest_code(stack, phone))
         query_id = response.json_body["query_id"]
         api.http.get(f"/v1/queries/{query_id}")
+        assert api.http.get("/v1/challenges").status_code == 200  # signed with the altcha key
     with acting_as("APIHandler"), time_machine.travel(time.time() + 61, tick=True):
         assert submit(api, stack, phone, "12345X").status_code == 429  # a fresh code, a held limit
     # the reply step: SNS refuses once (the idempotency record is released), then the
@@ -546,6 +547,7 @@ def _assert_called_is_granted(packaged, stack, recorder, models):
     names = {stack.env[var]: env[var] for var in [*models.TABLE_VARS.values(), "START_QUEUE_NAME",
                                                   "RETRY_QUEUE_NAME", "REPLY_QUEUE_NAME", "REPLY_DLQ_NAME"]}
     secret_kind = {stack.env["PEPPER_SECRET_NAME"]: "pepper", env["PEPPER_SECRET_NAME"]: "pepper",
+                   stack.env["ALTCHA_SECRET_NAME"]: "altcha", env["ALTCHA_SECRET_NAME"]: "altcha",
                    **{c["secret_name"]: "partners" for c in generate.registry("companies")},
                    **{o["secret_name"]: "partners" for o in generate.registry("operators")},
                    **{c["secret_name"]: "carriers" for c in generate.registry("carriers")}}

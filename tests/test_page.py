@@ -2,6 +2,8 @@
 against the local stack over HTTP."""
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 from html.parser import HTMLParser
@@ -9,11 +11,15 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.conftest import API_PORT, wait_for
+from chalicelib import pages
+from local.stack import StackOptions
+from tests.conftest import API_PORT, BASE_OPTIONS, wait_for
 from tests.helpers import latest_code, request_code, submit
 
 ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test-artifacts")
 BASE = f"http://127.0.0.1:{API_PORT}"
+# SPEC §3 proof of work from the first code on (the deployed threshold is 2 codes per number a day).
+CHALLENGE_FIRST = StackOptions(**{**BASE_OPTIONS.__dict__, "code_free_per_number": 0})
 
 
 @pytest.fixture
@@ -36,6 +42,8 @@ def test_full_flow_code_from_outbox_then_confirmation_and_status(stack, page):
     code = wait_for(lambda: _code_or_none(stack, "13812345678"), 10, "the code SMS")
     # The local outbox panel shows the code too, as a person trying the service reads it.
     page.wait_for_function(f"document.getElementById('outbox').textContent.includes('{code}')")
+    # within the free codes the server asks for no proof of work, and the page shows no widget
+    assert page.locator("altcha-widget").count() == 0 and page.locator("#pow").is_hidden()
     page.get_by_label("身份证号码后六位").fill("12345x")
     page.get_by_label("验证码").fill(code)
     page.get_by_role("button", name="查询").click()
@@ -137,15 +145,19 @@ def test_company_list_has_eight_entries_with_working_tel_links(stack, page, api)
         assert link.get_attribute("href") == "tel:" + re.sub(r"[^\d+]", "", company["hotline"])
 
 
-def test_screenshot_at_360px_and_nothing_from_another_origin(stack, page):
+def keep_screenshot_at_360(page, name: str) -> None:
+    """A screenshot kept as a test artifact; the page fits 360 px and loaded nothing from another origin."""
     os.makedirs(ARTIFACTS, exist_ok=True)
-    path = os.path.join(ARTIFACTS, "query-page-360.png")
+    path = os.path.join(ARTIFACTS, name)
     page.screenshot(path=path, full_page=True)
     assert os.path.getsize(path) > 10_000
-    width = page.evaluate("document.documentElement.scrollWidth")
-    assert width <= 360  # no horizontal scrolling at 360 px
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360  # no horizontal scrolling
     origins = {urlparse(url).netloc for url in page.requests_seen if url.startswith("http")}
-    assert origins == {f"127.0.0.1:{API_PORT}"}
+    assert origins == {f"127.0.0.1:{API_PORT}"}  # the widget too loads nothing from anywhere else
+
+
+def test_screenshot_at_360px_and_nothing_from_another_origin(stack, page):
+    keep_screenshot_at_360(page, "query-page-360.png")
 
 
 def test_labels_are_tied_to_inputs_with_numeric_keyboards(stack, page):
@@ -180,3 +192,103 @@ def test_the_sms_outbox_page_is_not_part_of_the_deployed_app(stack, api):
     """Chalice's test client runs app.py as deployed: it has no /local route."""
     assert api.http.get("/local/sms").status_code in (403, 404)
     assert "/local/sms" not in [route for route in stack.app_module.app.routes]
+
+
+# -- SPEC §3 proof of work: the widget appears only when the server answers 428 ----------------------
+def _code_requests(page):
+    """Each POST /v1/verification-codes the page made: [status, body sent]."""
+    seen: list[list] = []
+    page.on("response", lambda response: seen.append([response.status, json.loads(response.request.post_data)])
+            if response.url.endswith("/v1/verification-codes") else None)
+    return seen
+
+
+def _solution(encoded):
+    solution = json.loads(base64.b64decode(encoded))
+    assert {"algorithm", "challenge", "number", "salt", "signature"} <= set(solution)
+    assert solution["algorithm"] == "SHA-256" and isinstance(solution["number"], int)
+    return solution
+
+
+@pytest.mark.parametrize("stack_options", [CHALLENGE_FIRST])
+def test_a_428_shows_the_widget_which_solves_and_the_code_arrives(stack, page):
+    sent = _code_requests(page)
+    assert page.locator("altcha-widget").count() == 0  # nothing before the server asks
+    page.get_by_label("手机号码").fill("13812345678")
+    page.get_by_role("button", name="获取验证码").click()
+    page.locator("#pow altcha-widget").wait_for(state="visible")
+    page.locator("#pow .altcha[data-state='verified']").wait_for(timeout=30_000)
+    page.wait_for_function("document.getElementById('get-code').textContent.endsWith('秒后重新获取')")
+    code = wait_for(lambda: _code_or_none(stack, "13812345678"), 10, "the code SMS")
+    # one request without a solution (428), then the same with the widget's ALTCHA v1 payload (202)
+    assert [status for status, _ in sent] == [428, 202]
+    assert sent[0][1] == {"phone": "13812345678"}
+    assert set(sent[1][1]) == {"phone", "altcha"} and sent[1][1]["phone"] == "13812345678"
+    _solution(sent[1][1]["altcha"])
+    assert page.locator("#code-error").inner_text() == "" and page.locator("#form-error").inner_text() == ""
+    assert "已通过安全验证" in page.locator("#pow").inner_text()
+    keep_screenshot_at_360(page, "query-page-challenge-360.png")
+    # and the code so obtained is a code like any other
+    page.get_by_label("身份证号码后六位").fill("12345X")
+    page.get_by_label("验证码").fill(code)
+    page.get_by_role("button", name="查询").click()
+    page.locator("#done").wait_for(state="visible")
+
+
+@pytest.mark.parametrize("stack_options", [CHALLENGE_FIRST])
+def test_a_second_428_is_solved_with_the_fresh_challenge_it_carries(stack, page):
+    """The first solution is answered 428 (as an expired or spent one is), with a real fresh challenge:
+    the widget solves that one, and the server accepts it."""
+    sent = _code_requests(page)
+    refused: list[str] = []
+
+    def once_more(route):
+        body = json.loads(route.request.post_data)
+        if "altcha" in body and not refused:
+            refused.append(body["altcha"])
+            fresh = route.fetch(url=BASE + "/v1/challenges", method="GET").json()
+            route.fulfill(status=428, content_type="application/json; charset=utf-8", body=json.dumps(
+                {"error": {"code": "challenge_required", "message": "请先完成人机验证，再获取验证码。"},
+                 "challenge": fresh}, ensure_ascii=False))
+        else:
+            route.continue_()
+
+    page.route("**/v1/verification-codes", once_more)
+    page.get_by_label("手机号码").fill("13812345678")
+    page.get_by_role("button", name="获取验证码").click()
+    page.wait_for_function("document.getElementById('get-code').textContent.endsWith('秒后重新获取')",
+                           timeout=45_000)
+    wait_for(lambda: _code_or_none(stack, "13812345678"), 10, "the code SMS")
+    assert [status for status, _ in sent] == [428, 428, 202]
+    first, second = _solution(sent[1][1]["altcha"]), _solution(sent[2][1]["altcha"])
+    assert first["challenge"] != second["challenge"]
+    assert page.locator("altcha-widget").count() == 1  # one widget, solving one challenge at a time
+
+
+@pytest.mark.parametrize("stack_options", [CHALLENGE_FIRST])
+def test_without_the_vendored_widget_a_428_is_explained_and_nothing_else_breaks(stack, page, monkeypatch):
+    """The app run without `make` (no chalicelib/page/vendor/altcha.js): the page still loads and works."""
+    monkeypatch.setattr(pages, "WIDGET_FILE", os.path.join(ARTIFACTS, "no-such-widget.js"))
+    pages.index_html.cache_clear()
+    try:
+        page.goto(BASE + "/")
+        page.wait_for_selector(".company")
+        assert page.evaluate("customElements.get('altcha-widget') === undefined")
+        page.get_by_label("手机号码").fill("13812345678")
+        page.get_by_role("button", name="获取验证码").click()
+        page.wait_for_function("document.getElementById('code-error').textContent.length > 0")
+        assert "安全验证未能完成，请刷新页面后重新获取验证码" in page.locator("#code-error").inner_text()
+        assert page.locator("#get-code").is_enabled() and page.locator("#pow").is_hidden()
+        assert stack.read_outbox() == []
+    finally:
+        pages.index_html.cache_clear()
+
+
+def test_the_widget_is_inlined_in_the_page_as_one_script_element():
+    html = pages.index_html()
+    if not os.path.exists(pages.WIDGET_FILE):
+        pytest.skip("the widget is not installed (make widget)")
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", html, flags=re.DOTALL | re.IGNORECASE)
+    assert [attrs for attrs, _ in scripts] == [' id="altcha-widget-script"', ""]
+    assert 'customElements.define("altcha-widget"' in scripts[0][1]
+    assert pages.WIDGET_PLACEHOLDER not in html

@@ -26,6 +26,7 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.NothingToDispute: 409,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
+    errors.ChallengeRequired: 428,
     errors.QueryLimit: 429,
     errors.TooManyRequests: 429,
     errors.DisputeLimit: 429,
@@ -49,7 +50,9 @@ def error_response(exc: errors.ServiceError, headers: dict[str, str] | None = No
     headers = dict(headers or {})
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, int(exc.retry_after)))
-    body = {"error": {"code": exc.code, "message": exc.message}}
+    body: dict[str, Any] = {"error": {"code": exc.code, "message": exc.message}}
+    if isinstance(exc, errors.ChallengeRequired):
+        body["challenge"] = exc.challenge  # SPEC §3: the 428 carries a fresh challenge
     return json_response(body, status, headers)
 
 

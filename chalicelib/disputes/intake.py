@@ -60,12 +60,12 @@ class DisputeIntake:
         self._config = config or settings()
         self._clock = clock
 
-    def accept(self, phone: str, code: str, company_id: str) -> AcceptedDispute:
+    def accept(self, phone: str, code: str, company_id: str, client_ip: str) -> AcceptedDispute:
         cfg = self._config
         company = registry.company(company_id)
         if company is None:
             raise errors.InvalidCompany()
-        check = self._codes.check(phone, code)
+        check = self._codes.check(phone, code, client_ip)
         now = check.now
         if not self._has_reported_accounts(check.phone_key, company.id, now):
             raise errors.NothingToDispute()

@@ -32,16 +32,16 @@ class _Meta:
 
 
 class VerificationCode(Model):
-    """The current code for a number; keyed by the number's HMAC."""
+    """A number's live codes (SPEC §3: up to 3), keyed by the number's HMAC."""
 
     class Meta(_Meta):
         table_name = settings().codes_table
 
     phone_key = UnicodeAttribute(hash_key=True)
-    code_hash = UnicodeAttribute()  # HMAC(pepper, phone_key, code)
-    expires_at = NumberAttribute()
-    attempts = NumberAttribute(default=0)
-    used = BooleanAttribute(default=False)
+    codes: MapAttribute[str, Any] = MapAttribute(default=dict)  # HMAC(pepper, phone_key, code) -> expires_at
+    issue_id = UnicodeAttribute(null=True)  # the latest code's random id: a client's wrong tries count per code sent
+    wrong = NumberAttribute(default=0)  # wrong tries against the live codes, from every client
+    version = NumberAttribute(default=0)  # bumped by every change of `codes`: an issue rewrites them only if unchanged
     ttl = TTLAttribute()
 
 

@@ -1,0 +1,201 @@
+"""Nobody can kill, replace or drain someone else's codes (SPEC §3), tried as a stranger would: over real
+HTTP to the local API, which gives each request its socket address as the source IP (SPEC §7), so a
+stranger speaks from 127.0.0.2 and the owner from 127.0.0.1."""
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import time_machine
+
+from local.altcha import solve
+from local.stack import StackOptions
+from tests.conftest import BASE_OPTIONS
+from tests.helpers import latest_code
+
+OWNER, STRANGER = "127.0.0.1", "127.0.0.2"
+PHONE, ID6 = "13900001111", "010203"
+START = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.UTC)  # 10:00 in Beijing
+
+
+@pytest.fixture
+def stack_options() -> StackOptions:
+    # The deployed proof-of-work thresholds (2 codes per number a day, 20 per client an hour).
+    return StackOptions(**{**BASE_OPTIONS.__dict__, "code_free_per_number": 2, "code_free_per_client": 20})
+
+
+class Answer:
+    def __init__(self, status: int, headers: dict[str, str], body: dict[str, Any]) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    @property
+    def error(self) -> str:
+        return str(self.body["error"]["code"])
+
+
+def post_from(stack: Any, source: str, path: str, body: dict[str, Any]) -> Answer:
+    conn = http.client.HTTPConnection("127.0.0.1", stack.options.api_port, timeout=30, source_address=(source, 0))
+    try:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return Answer(response.status, dict(response.getheaders()), json.loads(response.read()))
+    finally:
+        conn.close()
+
+
+def ask_code(stack: Any, source: str, phone: str = PHONE, **extra: Any) -> Answer:
+    return post_from(stack, source, "/v1/verification-codes", {"phone": phone, **extra})
+
+
+def query(stack: Any, source: str, code: str) -> Answer:
+    return post_from(stack, source, "/v1/queries", {"phone": PHONE, "id_last6": ID6, "code": code})
+
+
+def other(code: str, n: int = 1) -> str:
+    return f"{(int(code) + n) % 1_000_000:06d}"
+
+
+def owners_code(stack: Any) -> str:
+    assert ask_code(stack, OWNER).status == 202
+    return latest_code(stack, PHONE)
+
+
+def guess_wrong(stack: Any, source: str, code: str, times: int) -> None:
+    for n in range(1, times + 1):
+        answer = query(stack, source, other(code, n))
+        assert (answer.status, answer.error) == (403, "wrong_code")
+
+
+# -- wrong tries: per client, and in all ---------------------------------------------------------
+def test_five_wrong_tries_from_another_client_leave_the_owners_code_working(stack):
+    code = owners_code(stack)
+    guess_wrong(stack, STRANGER, code, 5)
+    assert query(stack, OWNER, code).status == 202
+
+
+def test_a_client_refused_after_five_wrong_tries_is_refused_even_the_right_code(stack):
+    code = owners_code(stack)
+    guess_wrong(stack, STRANGER, code, 5)
+    assert query(stack, STRANGER, code).error == "wrong_code"  # refused, and not counted again
+    assert query(stack, OWNER, code).status == 202
+
+
+def test_a_refused_client_may_try_again_once_a_new_code_is_sent(stack):
+    with time_machine.travel(START, tick=True) as traveller:
+        code = owners_code(stack)
+        guess_wrong(stack, OWNER, code, 5)
+        assert query(stack, OWNER, code).error == "wrong_code"
+        traveller.shift(61)
+        assert query(stack, OWNER, owners_code(stack)).status == 202
+
+
+@pytest.mark.parametrize("wrong_tries, then", [(19, 202), (20, 403)])
+def test_twenty_wrong_tries_from_anywhere_cancel_every_live_code_of_the_number(stack, wrong_tries, then):
+    code = owners_code(stack)
+    clients = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+    for n, client in enumerate(clients):
+        guess_wrong(stack, client, other(code, 10 * n), min(5, wrong_tries - 5 * n))
+    assert query(stack, OWNER, code).status == then
+
+
+def test_a_strangers_code_request_for_the_number_leaves_the_owners_earlier_code_valid(stack):
+    with time_machine.travel(START, tick=True) as traveller:
+        code = owners_code(stack)
+        traveller.shift(61)
+        assert ask_code(stack, STRANGER).status == 202
+        assert query(stack, OWNER, code).status == 202
+
+
+# -- proof of work before an SMS -------------------------------------------------------------------
+def use_the_free_codes(stack: Any, traveller: Any) -> None:
+    for _ in range(2):  # CODE_FREE_PER_NUMBER
+        assert ask_code(stack, OWNER).status == 202
+        traveller.shift(61)
+
+
+def challenge_of(answer: Answer) -> dict[str, Any]:
+    assert (answer.status, answer.error) == (428, "challenge_required"), answer.body
+    challenge = answer.body["challenge"]
+    assert set(challenge) == {"algorithm", "challenge", "maxnumber", "salt", "signature"}
+    return dict(challenge)
+
+
+def test_the_third_code_of_a_day_needs_a_solution_and_a_solution_is_accepted_once(stack):
+    with time_machine.travel(START, tick=True) as traveller:
+        use_the_free_codes(stack, traveller)
+        solution = solve(challenge_of(ask_code(stack, OWNER)))
+        assert ask_code(stack, OWNER, altcha=solution).status == 202
+        traveller.shift(61)
+        challenge_of(ask_code(stack, OWNER, altcha=solution))  # reused: a fresh challenge instead
+        assert ask_code(stack, OWNER, altcha=solve(challenge_of(ask_code(stack, OWNER)))).status == 202
+    assert len(stack.read_outbox()) == 4
+
+
+def test_a_solution_is_spent_only_by_a_request_that_sends_a_code(stack):
+    with time_machine.travel(START, tick=True) as traveller:
+        use_the_free_codes(stack, traveller)
+        challenge_of(ask_code(stack, OWNER))
+        traveller.shift(61)
+        solution = solve(challenge_of(ask_code(stack, OWNER)))  # still needed: a 428 sends nothing
+        assert ask_code(stack, OWNER, altcha=solution).status == 202
+        # Checks in SPEC §3's order: a valid solution, then the 60 s gap refuses; the solution is not spent.
+        solution = solve(challenge_of(ask_code(stack, OWNER)))
+        refused = ask_code(stack, OWNER, altcha=solution)
+        assert (refused.status, refused.error) == (429, "too_many_requests")
+        traveller.shift(61)
+        assert ask_code(stack, OWNER, altcha=solution).status == 202
+
+
+def test_beyond_twenty_code_requests_from_one_client_in_an_hour_a_challenge_is_needed(stack):
+    with time_machine.travel(START, tick=True):
+        for n in range(20):
+            assert ask_code(stack, "127.0.0.3", phone=f"1390000{n:04d}").status == 202
+        challenge_of(ask_code(stack, "127.0.0.3", phone="13900009999"))
+        assert ask_code(stack, "127.0.0.4", phone="13900009999").status == 202  # another client is free
+
+
+def test_an_expired_solution_gets_a_fresh_challenge(stack):
+    with time_machine.travel(START, tick=True) as traveller:
+        use_the_free_codes(stack, traveller)
+        solution = solve(challenge_of(ask_code(stack, OWNER)))
+        traveller.shift(301)
+        challenge_of(ask_code(stack, OWNER, altcha=solution))
+
+
+@pytest.mark.parametrize("altcha", [12, None, "", "garbage", {"number": 1}, ["a"], "QUFBQQ=="])
+def test_anything_but_a_solution_is_428_with_a_challenge_never_an_error(stack, altcha):
+    with time_machine.travel(START, tick=True) as traveller:
+        use_the_free_codes(stack, traveller)
+        challenge_of(ask_code(stack, OWNER, altcha=altcha))
+
+
+def test_get_challenges_answers_a_challenge_a_code_request_accepts(stack):
+    with time_machine.travel(START, tick=True) as traveller:
+        use_the_free_codes(stack, traveller)
+        conn = http.client.HTTPConnection("127.0.0.1", stack.options.api_port, timeout=30)
+        conn.request("GET", "/v1/challenges")
+        response = conn.getresponse()
+        challenge = json.loads(response.read())
+        assert response.status == 200
+        assert ask_code(stack, OWNER, altcha=solve(challenge)).status == 202
+
+
+# -- the SMS channel refuses only above its rate -----------------------------------------------------
+@pytest.mark.parametrize("stack_options", [StackOptions(**{**BASE_OPTIONS.__dict__})])
+def test_sixteen_concurrent_code_requests_at_80_percent_of_the_channel_rate_get_no_503(stack, monkeypatch):
+    from chalicelib.config import settings
+
+    monkeypatch.setenv("SMS_CODES_PER_SECOND", "20")  # 10 shards of 2: a random pick alone refused ~1 in 3
+    settings.cache_clear()
+    import app as app_module
+
+    app_module.code_service.cache_clear()
+    phones = [f"1370000{n:04d}" for n in range(16)]
+    with time_machine.travel(START, tick=False), ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda phone: ask_code(stack, OWNER, phone=phone), phones))
+    assert [a.status for a in answers] == [202] * 16
+    assert {m["phone"] for m in stack.read_outbox()} == set(phones)
