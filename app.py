@@ -23,13 +23,14 @@ from chalicelib.api.responses import conform, error_response, json_response
 from chalicelib.cards.validation import normalise_id_number, normalise_name
 from chalicelib.codes import CodeService
 from chalicelib.config import settings
-from chalicelib.disputes.desk import DisputeClient, DisputeDesk
+from chalicelib.disputes.desk import DisputeClient, DisputeDesk, DisputeTasks
 from chalicelib.disputes.intake import DisputeIntake
 from chalicelib.disputes.intake import status_of as dispute_status_of
 from chalicelib.disputes.notify import DisputeNotifier
 from chalicelib.engine.deadlines import Deadlines
+from chalicelib.engine.delivery import Delivery
 from chalicelib.partners.circuit import Circuits
-from chalicelib.partners.delivery import Delivery
+from chalicelib.partners.delivery import LookupTasks, partner_groups
 from chalicelib.partners.kinds import ACCOUNTS, CARDS, LookupKind, kind_of
 from chalicelib.partners.lookups import LookupDesk, PartnerClient
 from chalicelib.privacy import Hasher, Vault
@@ -86,7 +87,7 @@ def lookups() -> LookupDesk:
 
 @functools.cache
 def delivery() -> Delivery:
-    return Delivery(lookups(), backlogs=[disputes()])
+    return Delivery([LookupTasks(lookups()), DisputeTasks(disputes())], lookups().circuits, partner_groups)
 
 
 def _idempotency_store() -> Any:
@@ -426,16 +427,11 @@ def deadline_step(event: contracts.DeadlineInput, context: Any) -> contracts.Dea
     return deadlines().step(event)
 
 
-# -- partner delivery (chalicelib/partners/delivery.py) ----------------------------
+# -- partner delivery (chalicelib/engine/delivery.py) ------------------------------
 @app.on_sqs_message(queue=RETRY_QUEUE_NAME, batch_size=10, name=contracts.RETRY_LOOKUPS.name)
 def retry_lookups(event: Any) -> None:
-    messages = _messages(event, contracts.TaskType)  # a malformed one is skipped: its task waits in the backlog
-    lookup_ids = [m["id"] for m in messages if m["type"] == contracts.TaskType.LOOKUP]
-    if lookup_ids:
-        delivery().retry(lookup_ids)
-    dispute_ids = [m["id"] for m in messages if m["type"] == contracts.TaskType.DISPUTE]
-    if dispute_ids:
-        disputes().retry(dispute_ids)
+    # Lookups and disputes alike; a malformed message is skipped: its task waits in the backlog.
+    delivery().retry(_messages(event, contracts.TaskType))
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES), name=contracts.DELIVER_BACKLOG.name)

@@ -7,7 +7,11 @@ urllib3's timeouts apply to each socket operation, so a server that sends a byte
 headers or in the body) would hold a call for ever, and `response.data` buffers any body whole. So:
 - every receive after the request is sent waits at most until the call's one deadline (the pool's
   connections give http.client a byte source that sets the socket timeout to the time left first);
-- the TCP connect waits at most min(3 s, time left), the TLS handshake at most the time then left;
+- the connect phase ends by the deadline too: the host name is resolved on a helper thread the call stops
+  waiting for when the time is up (getaddrinfo has no timeout of its own, and a resolver retrying a dead
+  name server takes many seconds), and each of the host's addresses is tried for at most min(3 s, time
+  left) while time is left (urllib3 would give each address the whole connect timeout);
+- the TLS handshake waits at most the time then left;
 - the body is read in chunks and refused one byte past 64 KiB (or at once by its Content-Length).
 """
 from __future__ import annotations
@@ -15,10 +19,14 @@ from __future__ import annotations
 import functools
 import http.client
 import io
+import ipaddress
 import json
 import re
 import socket
+import sys
+import threading
 import time
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family
 
 from chalicelib import errors
 from chalicelib.api.requests import parse_json
@@ -105,13 +115,83 @@ class _DeadlineResponse(http.client.HTTPResponse):
             self.fp = io.BufferedReader(_DeadlineReader(self.fp.detach(), sock, deadline))
 
 
-def _rest_of_budget(sock: socket.socket) -> socket.socket:
+_AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[Any, ...]]
+
+
+def _resolve(host: str, port: int, deadline: float) -> Sequence[_AddrInfo]:
+    """getaddrinfo, given up on at the deadline (socket.timeout)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:  # a literal address: nothing to look up, no thread
+        return socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
+    done = threading.Event()
+    outcome: list[Sequence[_AddrInfo] | OSError] = []
+
+    def look_up() -> None:
+        try:
+            outcome.append(socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM))
+        except OSError as exc:
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    # A daemon: a lookup still running when the call gave up ends on its own and holds nothing.
+    threading.Thread(target=look_up, name="resolve", daemon=True).start()
+    if not done.wait(max(deadline - time.monotonic(), 0.0)):
+        raise TimeoutError(f"resolving {host} took longer than the time left")
+    found = outcome[0]
+    if isinstance(found, OSError):
+        raise found
+    return found
+
+
+def _connect(connection: HTTPConnection, deadline: float) -> socket.socket:
+    """urllib3's create_connection within the call's deadline: each address in turn, while time is left."""
+    host = connection._dns_host.strip("[]")
+    per_address = connection.timeout if isinstance(connection.timeout, int | float) else CONNECT_SECONDS
+    last: OSError = OSError(f"{host} has no address")
+    for family, kind, proto, _, address in _resolve(host, connection.port, deadline):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("overall time limit reached while connecting")
+        sock = socket.socket(family, kind, proto)
+        try:
+            for option in connection.socket_options or ():
+                sock.setsockopt(*option)
+            sock.settimeout(min(per_address, left))
+            if connection.source_address:
+                sock.bind(connection.source_address)
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        return sock
+    raise last
+
+
+def _new_socket(connection: HTTPConnection) -> socket.socket:
+    """The connection's socket, connected within the call's deadline, its timeout then the time left.
+
+    Errors as urllib3's own _new_conn raises them, so the pool treats them the same way."""
     deadline = _deadline.get()
-    if deadline is not None:
-        # CPython bounds a whole TLS handshake by the socket's timeout (not each receive): give it
-        # what is left of the call's budget, not a second connect timeout. A tiny positive floor:
-        # 0 would make the socket non-blocking rather than fail it.
-        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+    if deadline is None:  # not within post_signed: its default budget
+        deadline = time.monotonic() + OVERALL_SECONDS
+    try:
+        sock = _connect(connection, deadline)
+    except socket.gaierror as exc:
+        raise NameResolutionError(connection.host, connection, exc) from exc
+    except TimeoutError as exc:
+        raise ConnectTimeoutError(connection, f"Connection to {connection.host} timed out") from exc
+    except OSError as exc:
+        raise NewConnectionError(connection, f"Failed to establish a new connection: {exc}") from exc
+    sys.audit("http.client.connect", connection, connection.host, connection.port)
+    # CPython bounds a whole TLS handshake by the socket's timeout (not each receive): give it what is
+    # left of the call's budget, not a second connect timeout. A tiny positive floor: 0 would make the
+    # socket non-blocking rather than fail it.
+    sock.settimeout(max(deadline - time.monotonic(), 0.001))
     return sock
 
 
@@ -119,14 +199,14 @@ class _Connection(HTTPConnection):
     response_class = _DeadlineResponse
 
     def _new_conn(self) -> socket.socket:
-        return _rest_of_budget(super()._new_conn())
+        return _new_socket(self)
 
 
 class _TLSConnection(HTTPSConnection):
     response_class = _DeadlineResponse
 
     def _new_conn(self) -> socket.socket:
-        return _rest_of_budget(super()._new_conn())
+        return _new_socket(self)
 
 
 class _Pool(HTTPConnectionPool):

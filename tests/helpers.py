@@ -129,3 +129,16 @@ def make_run(workdir: Any, **env: str) -> Iterator[dict[str, Any]]:
                     process.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     process.kill()
+
+
+class FakeTime:
+    """A clock that moves only when the code under test waits (its `sleep`)."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)

@@ -19,7 +19,7 @@ from local.lambdas import acting_as
 from local.recording import recording
 from local.stack import ROOT, StackOptions
 from tests.conftest import BASE_OPTIONS, wait_for
-from tests.helpers import COMPANIES, history, replies_to, submit, wait_finished
+from tests.helpers import COMPANIES, FakeTime, history, replies_to, submit, wait_finished
 
 with open(os.path.join(ROOT, "local", "fixtures", "subscribers.csv"), encoding="utf-8") as _fh:
     ACTIVE = [(row["phone"], row["id_last6"]) for row in csv.DictReader(_fh) if row["status"] == "active"]
@@ -164,17 +164,6 @@ class RecordingClient:
         return self.inner.send(kind, company, lookup_id, fields)
 
 
-class FakeTime:
-    def __init__(self, start: float) -> None:
-        self.now = start
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(seconds, 0.0)
-
-
 # Every other partner answers by callback: a flaky one would open its own circuit under this load.
 @pytest.mark.parametrize("stack_options", [options(partner_modes=",".join(
     f"{c}={'down' if c == 'jd' else 'callback'}" for c in COMPANIES), deadline_seconds=600,
@@ -184,7 +173,8 @@ def test_circuit_opens_probes_once_a_minute_closes_and_replays_the_backlog_at_th
     failed, THEN its circuit is open and new queries send it nothing; the job probes at most once a
     minute; once a probe is answered the circuit closes and the backlog goes out at jd's
     max_requests_per_second, and every query gets its reply."""
-    from chalicelib.partners.delivery import Delivery
+    from chalicelib.engine.delivery import Delivery
+    from chalicelib.partners.delivery import LookupTasks, partner_groups
     from chalicelib.partners.lookups import LookupDesk
 
     jd = stack.partners["jd"]
@@ -215,7 +205,8 @@ def test_circuit_opens_probes_once_a_minute_closes_and_replays_the_backlog_at_th
     client = RecordingClient(app.lookups().client, fake.time)
     desk = LookupDesk(app.hasher(), app.vault(), app.lookups().circuits, client, clock=fake.time)  # type: ignore[arg-type]
     with acting_as("DeliverBacklog"):
-        sent = Delivery(desk, clock=fake.time, sleep=fake.sleep).deliver(now=fake.time())
+        sent = Delivery([LookupTasks(desk)], desk.circuits, partner_groups, clock=fake.time,
+                        sleep=fake.sleep).deliver(now=fake.time())
     assert not circuit("jd")["is_open"]
     assert sent["jd"] == len(first) + len(later)  # the probe, then the whole backlog
     # The fake clock moves only when the job waits: requests sent at one instant are one slot.

@@ -518,9 +518,10 @@ def open_circuit(stack, company) -> int:
     return now
 
 
-def test_open_circuit_parks_the_dispute_until_a_lookup_probe_closes_it(stack, api):
+def test_open_circuit_parks_the_dispute_until_a_probe_closes_it(stack, api):
     """GIVEN jd's circuit is open, WHEN a dispute for jd is submitted, THEN nothing is sent to jd;
-    WHEN the delivery job's probe (a parked lookup) is answered, THEN the same run replays the dispute."""
+    WHEN the delivery job's probe (the oldest due task of any kind) is answered, THEN the same run replays
+    the rest of jd's backlog, the dispute and a parked lookup alike."""
     replied_query(api, stack)
     circuits = stack.app_module.lookups().circuits
     open_circuit(stack, "jd")

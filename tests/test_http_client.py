@@ -13,6 +13,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 import pytest
 
@@ -291,3 +292,56 @@ def test_deadline_is_not_left_behind_for_other_calls() -> None:
     with Server(answering([b"{}"])) as server:
         http.post_signed(server.url, PAYLOAD, SECRET, deadline_seconds=1)
     assert http._deadline.get() is None
+
+
+# -- the connect phase: name resolution and every address of a host within the one deadline -------------
+class Backlogged:
+    """A listener whose accept queue is full (one connection waits in it, never accepted): the kernel
+    drops every further SYN, so a connect to it hangs until its timeout, as to an unroutable address."""
+
+    def __enter__(self) -> Backlogged:
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(0)
+        self.address = self._listener.getsockname()
+        self._filler = socket.create_connection(self.address, timeout=1)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self._filler.close()
+        self._listener.close()
+
+
+def resolving(monkeypatch: pytest.MonkeyPatch, name: str,
+              answer: Callable[[], list[tuple[Any, ...]]]) -> None:
+    """The system resolver, as seen by the client, answers `name` by `answer()` (other names as usual)."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        return answer() if host == name else real(host, port, *args, **kwargs)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_host_with_several_silent_addresses_ends_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each address may take the connect timeout, but the call as a whole no more than its deadline."""
+    with Backlogged() as silent:
+        entry = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", silent.address)
+        resolving(monkeypatch, "partner.test", lambda: [entry] * 4)
+        elapsed = timed_unreachable(f"http://partner.test:{silent.address[1]}/lookups", DEADLINE)
+    assert DEADLINE - 0.2 <= elapsed < DEADLINE + SLACK
+
+
+def test_slow_name_resolution_ends_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    released = threading.Event()
+
+    def stuck() -> list[tuple[Any, ...]]:
+        released.wait(30)  # a resolver retrying a dead name server; let go when the test ends
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    resolving(monkeypatch, "partner.test", stuck)
+    try:
+        elapsed = timed_unreachable("http://partner.test:8080/lookups", DEADLINE)
+    finally:
+        released.set()
+    assert DEADLINE - 0.2 <= elapsed < DEADLINE + SLACK

@@ -4,11 +4,11 @@ The dispute workflow's Forward task sends the `submitted` SMS (once), then forwa
 through the same per-partner delivery as lookups (SPEC §4, §8):
 - the partner's circuit (partners/circuit.py) is checked first; an open circuit parks the dispute;
 - every reply updates the circuit as lookups do (a transient failure counts, anything else resets);
-- a transient failure parks the dispute (state unsent, due after `backoff()`) and, while the circuit
-  is closed, nudges it back through the lookups' SQS retry queue ({"dispute_id"});
-- the per-minute delivery job replays parked disputes of partners whose circuit is closed
-  (`replay`, hooked into partners/delivery.py); a parked dispute is the probe of an open circuit
-  when no lookup waits (`probe`).
+- a transient failure parks the dispute (engine/tasks.py: state unsent, due after its backoff) and, while
+  the circuit is closed, nudges it back through the SQS retry queue ({"type": "dispute"});
+- from there a parked dispute is a task like any lookup of the per-partner delivery loop
+  (engine/delivery.py, through `DisputeTasks`): the retry nudge, the per-minute replay at the
+  partner's pace, the open circuit's probe (whichever task of any kind is due first), its expiry.
 The answer (in the 200, or by callback) is stored once — an exact duplicate changes nothing,
 a different one is a Conflict — and whoever stores it claims the dispute's completion and enqueues
 its outcome SMS (engine/deadlines.py); with no answer, the deadline execution of its slot does.
@@ -16,9 +16,8 @@ its outcome SMS (engine/deadlines.py); with no answer, the deadline execution of
 from __future__ import annotations
 
 import hashlib
-import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -31,6 +30,7 @@ from chalicelib.disputes.notify import DisputeNotifier
 from chalicelib.disputes.protocol import DISPUTE_ID, DisputeReply, dispute_id_of, parse_dispute_answer
 from chalicelib.engine import tasks
 from chalicelib.engine.deadlines import Deadlines
+from chalicelib.engine.delivery import TaskKind
 from chalicelib.engine.tasks import Outcome, Sent, rejected
 from chalicelib.partners.circuit import Circuits, CircuitState
 from chalicelib.partners.protocol import Refused
@@ -41,7 +41,6 @@ from chalicelib.storage.models import Dispute, condition_failed
 logger = Logger(child=True)
 
 _OPEN = (LookupState.PENDING, LookupState.UNSENT)  # not answered, not closed at the deadline
-REPLAY_PAGE = 100
 
 
 class DisputeClient:
@@ -61,15 +60,10 @@ class DisputeClient:
                           lambda answer: answer.dispute_id)
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-
-
 class DisputeDesk:
     def __init__(self, vault: Vault, circuits: Circuits, client: DisputeClient, notifier: DisputeNotifier,
                  deadlines: Deadlines, sqs_client: Any | None = None, config: Settings | None = None,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], Any] = time.sleep,
-                 secret_for: Callable[[str], str] = partner_secret) -> None:
+                 clock: Callable[[], float] = time.time, secret_for: Callable[[str], str] = partner_secret) -> None:
         self._vault = vault
         self.circuits = circuits
         self.client = client
@@ -78,7 +72,6 @@ class DisputeDesk:
         self._sqs = sqs_client
         self._config = config or settings()
         self._clock = clock
-        self._sleep = sleep
         self._secret_for = secret_for
 
     @property
@@ -141,64 +134,14 @@ class DisputeDesk:
         tasks.park(dispute, TaskType.DISPUTE, dispute.dispute_id, now, tried, circuit_open,
                    Dispute.state.is_in(*_OPEN), self.sqs, self._config.retry_queue_url, "DisputeDeferred")
 
-    def retry(self, dispute_ids: Iterable[str]) -> None:
-        """The SQS nudge: send the parked disputes whose partner's circuit is closed."""
-        now = int(self._clock())
-        due = [d for d in Dispute.batch_get(list(set(dispute_ids)), consistent_read=True)
-               if d.state == LookupState.UNSENT and not self._expire_if_late(d, now)]
-        if not due:
-            return
-        states = self.circuits.states({d.company for d in due})
-        for dispute in due:
-            state = states[dispute.company]
-            if not state.is_open:  # open: the delivery job replays it once a probe is answered
-                self._send_parked(dispute, state, now)
-
-    def replay(self, company: Company, state: CircuitState, now: int) -> int:
-        """Delivery's hook: this partner's circuit is closed; send its parked disputes that are due."""
-        if state.is_open:
-            return 0
-        rate = max(1, company.max_requests_per_second)
-        sent = 0
-        # At most two seconds' worth per partner and run: the job replays every partner within its budget;
-        # whatever is left goes next minute.
-        for dispute in Dispute.backlog.query(company.id, Dispute.due_at <= now, limit=min(REPLAY_PAGE, 2 * rate)):
-            if dispute.state != LookupState.UNSENT or self._expire_if_late(dispute, now):
-                continue
-            if sent and sent % rate == 0:
-                self._sleep(1)
-            self._send_parked(dispute, state, now)
-            sent += 1
-            state = self.circuits.states([company.id])[company.id]
-            if state.is_open:
-                break  # failing again: the lookups' probe decides when it is back
-        return sent
-
-    def probe(self, company: Company, state: CircuitState, now: int) -> bool:
-        """Delivery's hook while the circuit is open and no lookup waits: the oldest due dispute is the probe."""
-        for dispute in Dispute.backlog.query(company.id, Dispute.due_at <= now, limit=REPLAY_PAGE):
-            if dispute.state != LookupState.UNSENT or self._expire_if_late(dispute, now):
-                continue
-            self._send_parked(dispute, state, now)
-            return True
-        return False
-
-    def _send_parked(self, dispute: Dispute, state: CircuitState, now: int) -> None:
+    def send_parked(self, dispute: Dispute, state: CircuitState, now: int) -> None:
+        """A dispute from the backlog (the delivery loop's retry, replay or probe)."""
         company = registry.company(dispute.company)
         phone = self._phone(dispute)
         if company is None or phone is None:
-            self._expire(dispute)
+            tasks.expire(dispute)  # left the registry, or closed: the deadline execution sends the expired SMS
             return
         self.dispatch(dispute, company, phone, state, now)
-
-    @staticmethod
-    def _expire_if_late(dispute: Dispute, now: int) -> bool:
-        return tasks.expire_if_late(dispute, now)
-
-    @staticmethod
-    def _expire(dispute: Dispute) -> None:
-        """Out of the backlog unsent; the deadline execution sends the expired SMS."""
-        tasks.expire(dispute)
 
     # -- settling -------------------------------------------------------------------------
     def settle(self, dispute: Dispute, reply: DisputeReply, digest: str) -> None:
@@ -237,3 +180,20 @@ class DisputeDesk:
         if dispute.company != company.id:
             raise errors.NotFound("未知的核查申请编号。")
         self.settle(dispute, reply, hashlib.sha256(reply.canonical().encode()).hexdigest())
+
+
+class DisputeTasks(TaskKind):
+    """Disputes as tasks of the per-partner delivery loop (engine/delivery.py)."""
+
+    task_type = TaskType.DISPUTE
+    model = Dispute
+
+    def __init__(self, desk: DisputeDesk) -> None:
+        self._desk = desk
+
+    def send(self, now: int, batch: list[tuple[Dispute, CircuitState]]) -> None:
+        for dispute, state in batch:
+            try:
+                self._desk.send_parked(dispute, state, now)
+            except Exception:  # one dispute's failure must not stop the others (it stays in the backlog)
+                logger.exception("dispute send failed", extra={"company": dispute.company})

@@ -132,11 +132,3 @@ def expire(task: Any) -> bool:
     except UpdateError:
         return False  # settled or expired by someone else meanwhile
     return True
-
-
-def expire_if_late(task: Any, now: int) -> bool:
-    """True when its deadline passed (it is expired now, if it was still unsent)."""
-    if now < int(task.deadline_at):
-        return False
-    expire(task)
-    return True
