@@ -13,8 +13,10 @@ that is not measured. For each: state transitions, Lambda invocations, AWS reque
 DynamoDB request units, what the failing partner received, the cost per million queries excluding
 SMS (prices: bench/prices.py), reply latencies, execution lifetimes, and the queries/s one
 account-region sustains under each quota on the path (the binding one named); then the targets of
-issues 8, 11 and 14, PASS or FAIL (exit status 1 if any fails). The app's own log lines go to a file,
-not to the report.
+issues 8, 11 and 14, PASS or FAIL. Then the SMS-channel counter (issue 17 item 4, bench/sms_channel.py) on a
+fresh moto of its own: code requests at 50 %, 90 % and 110 % of its configured rate, the share refused at
+each, and its targets (exit status 1 if any target fails). The app's own log lines go to a file, not to the
+report.
 """
 from __future__ import annotations
 
@@ -62,6 +64,8 @@ def main() -> int:
     from bench.economics import deadline_execution_figures, economics
     from bench.patterns import CARDS, Pattern, measure
     from bench.report import Report
+    from bench.sms_channel import measure as measure_sms_channel
+    from bench.sms_channel import print_section as print_sms_channel
 
     patterns = [
         Pattern("answering", "all answering", in_flight=2),
@@ -86,10 +90,16 @@ def main() -> int:
         print(f"[bench] {pattern.title}: {measured[-1].queries} queries measured in "
               f"{time.monotonic() - started:.0f} s",
               file=report, flush=True)
+    started = time.monotonic()
+    channel = measure_sms_channel()  # its own mock_aws, after the patterns' stacks
+    print(f"[bench] SMS channel: {sum(len(load.sent) for load in channel.loads)} code requests measured in "
+          f"{time.monotonic() - started:.0f} s", file=report, flush=True)
     # The deadline executions are a fixed cost per kind and minute: measured once, from every pattern's.
     deadline = deadline_execution_figures(measured)
     results = [economics(m, deadline) for m in measured]
-    return 0 if Report(report, results).print(log_path) else 1
+    passed = Report(report, results).print(log_path)
+    sms_passed = print_sms_channel(report, channel)
+    return 0 if passed and sms_passed else 1
 
 
 if __name__ == "__main__":
