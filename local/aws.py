@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
+from chalicelib import clients
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASL_FILE = os.path.join(ROOT, "stepfunctions", "query.asl.json")
@@ -74,7 +74,7 @@ def state_machine_definition(path: str = ASL_FILE) -> str:
 
 def create_dispute_machine(role_arn: str) -> str:
     """The dispute workflow (stepfunctions/dispute.asl.json), substituted like the query one."""
-    machine = boto3.client("stepfunctions").create_state_machine(
+    machine = clients.client("stepfunctions").create_state_machine(
         name="yztc-dispute", definition=state_machine_definition(DISPUTE_ASL_FILE), roleArn=role_arn,
         type="STANDARD")
     return str(machine["stateMachineArn"])
@@ -82,7 +82,7 @@ def create_dispute_machine(role_arn: str) -> str:
 
 def create_deadline_machine(role_arn: str) -> str:
     """The deadline workflow (stepfunctions/deadline.asl.json)."""
-    machine = boto3.client("stepfunctions").create_state_machine(
+    machine = clients.client("stepfunctions").create_state_machine(
         name="yztc-deadline", definition=state_machine_definition(DEADLINE_ASL_FILE), roleArn=role_arn,
         type="STANDARD")
     return str(machine["stateMachineArn"])
@@ -91,7 +91,7 @@ def create_deadline_machine(role_arn: str) -> str:
 def create_reply_queues(env: dict[str, str]) -> dict[str, str]:
     """The reply queue and its dead-letter queue (what infra/generate.py deploys), URLs set in os.environ
     before the query workflow is created: its definition names the reply queue."""
-    sqs = boto3.client("sqs")
+    sqs = clients.client("sqs")
     dlq_url = sqs.create_queue(QueueName=env["REPLY_DLQ_NAME"], Attributes={"VisibilityTimeout": "5"})["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     url = sqs.create_queue(QueueName=env["REPLY_QUEUE_NAME"], Attributes={
@@ -146,19 +146,19 @@ def create(env: dict[str, str], secret_names: list[str]) -> Resources:
     from chalicelib.storage.models import create_all
 
     create_all()
-    kms = boto3.client("kms")
+    kms = clients.client("kms")
     key_id = kms.create_key(Description="yztc personal data")["KeyMetadata"]["KeyId"]
     kms.create_alias(AliasName=env["KMS_KEY_ID"], TargetKeyId=key_id)
     values = fill_secrets([env["PEPPER_SECRET_NAME"], env["ALTCHA_SECRET_NAME"], *secret_names])
-    sqs = boto3.client("sqs")
+    sqs = clients.client("sqs")
     queue_url = sqs.create_queue(QueueName=env["START_QUEUE_NAME"], Attributes={"VisibilityTimeout": "5"})["QueueUrl"]
     retry_url = sqs.create_queue(QueueName=env["RETRY_QUEUE_NAME"], Attributes={"VisibilityTimeout": "5"})["QueueUrl"]
     replies = create_reply_queues(env)
-    iam = boto3.client("iam")
+    iam = clients.client("iam")
     role_arn = iam.create_role(
         RoleName="yztc-states", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
     )["Role"]["Arn"]
-    machine = boto3.client("stepfunctions").create_state_machine(
+    machine = clients.client("stepfunctions").create_state_machine(
         name="yztc-query", definition=state_machine_definition(), roleArn=role_arn, type="STANDARD")
     added = {"STATE_MACHINE_ARN": machine["stateMachineArn"], "START_QUEUE_URL": queue_url,
              "RETRY_QUEUE_URL": retry_url, "DISPUTE_STATE_MACHINE_ARN": create_dispute_machine(role_arn),
@@ -168,7 +168,7 @@ def create(env: dict[str, str], secret_names: list[str]) -> Resources:
 
 def fill_secrets(names: list[str]) -> dict[str, str]:
     """A random value per secret, as an operator sets the pepper and exchanges partner secrets."""
-    sm = boto3.client("secretsmanager")
+    sm = clients.client("secretsmanager")
     values = {name: secrets.token_hex(32) for name in names}
     for name, value in values.items():
         sm.create_secret(Name=name, SecretString=value)
@@ -238,7 +238,7 @@ def _deploy(env: dict[str, str], secret_names: list[str], template: dict[str, An
                       "DeadlineStateMachineArn": {"Value": {"Ref": "DeadlineStateMachine"}}}
     if "DisputeStateMachine" in resources:
         outputs_wanted["DisputeStateMachineArn"] = {"Value": {"Ref": "DisputeStateMachine"}}
-    cfn = boto3.client("cloudformation")
+    cfn = clients.client("cloudformation")
     cfn.create_stack(StackName="yztc", TemplateBody=json.dumps({"Resources": resources, "Outputs": outputs_wanted}))
     stack = cfn.describe_stacks(StackName="yztc")["Stacks"][0]
     if stack["StackStatus"] != "CREATE_COMPLETE":

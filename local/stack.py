@@ -121,7 +121,7 @@ class LocalStack:
         self.api_server: Any = None
 
     def start(self) -> LocalStack:
-        from chalicelib import clients, registry
+        from chalicelib import registry
         from chalicelib.config import settings
         from local import lambdas, simulators
 
@@ -149,8 +149,10 @@ class LocalStack:
         os.environ.update(created.env)
         self.env.update(created.env)
         self.secrets = created.secrets
+        # Clients stay: they do not depend on anything set here, and building one costs ~50 ms (botocore's
+        # endpoint rules), which tests starting a stack each would pay ten times over.
         for cache in (settings.cache_clear, registry.companies.cache_clear, registry.carriers.cache_clear,
-                      registry.operators.cache_clear, clients.reset):
+                      registry.operators.cache_clear):
             cache()
 
         with open(bundled_carriers, encoding="utf-8") as fh:

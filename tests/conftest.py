@@ -67,7 +67,7 @@ def reset_caches() -> None:
     from aws_lambda_powertools.utilities import parameters
 
     import app as app_module
-    from chalicelib import clients, registry
+    from chalicelib import registry
     from chalicelib.config import settings
 
     parameters.clear_caches()
@@ -77,7 +77,7 @@ def reset_caches() -> None:
                    app_module.disputes, app_module.dispute_intake, app_module.deadlines):
         cached.cache_clear()
     registry.operators.cache_clear()
-    clients.reset()
+    # boto3 clients are kept: moto's stubber intercepts them under every test's mock_aws alike.
 
 
 @pytest.fixture

@@ -44,6 +44,7 @@ logger = Logger(child=True)
 SHARDS = 16  # partitions of the deadline index per kind: "due by now" is SHARDS range queries
 PAGE = 100
 SQS_BATCH = 10
+SWEEP_THREADS = 8  # shards swept at once (boto3 clients are thread-safe; PynamoDB's connection too)
 
 
 @dataclass(frozen=True)
@@ -152,27 +153,38 @@ class Deadlines:
 
     def sweep(self, kind: ReplyType, until: int, budget_end: float) -> bool:
         """Claim and enqueue every open record due by `until` (older missed slots included).
-        True when the budget ran out first: the execution loops for more (SweepAgain)."""
-        spec = COMPLETABLE[kind]
-        model: Any = spec.model
-        claimed = 0
-        for shard in range(SHARDS):
-            batch: list[str] = []
-            for item in model.deadline.query(f"{kind.value}#{shard}", model.deadline_slot <= until, page_size=PAGE):
-                if self._clock() >= budget_end:
-                    self.enqueue(kind, batch)
-                    return True
-                if self._take(model, item):
-                    batch.append(spec.id_of(item))
-                    claimed += 1
-                if len(batch) >= SQS_BATCH:
-                    self.enqueue(kind, batch)
-                    batch = []
-            self.enqueue(kind, batch)
+        True when the budget ran out first: the execution loops for more (SweepAgain).
+
+        The shards are swept side by side: each claim is one conditional write (a few ms), so one thread
+        would cap a slot at a few hundred replies a second, below the query rate a silent partner sends here."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=SWEEP_THREADS) as pool:
+            results = list(pool.map(lambda shard: self._sweep_shard(kind, shard, until, budget_end), range(SHARDS)))
+        claimed = sum(count for count, _ in results)
         if claimed:
             telemetry.count("DeadlineReplies", claimed, kind=kind.value)
             logger.info("deadline replies enqueued", extra={"kind": kind.value, "count": claimed, "until": until})
-        return False
+        return any(more for _, more in results)
+
+    def _sweep_shard(self, kind: ReplyType, shard: int, until: int, budget_end: float) -> tuple[int, bool]:
+        """(claimed, budget ran out) for one shard of the deadline index."""
+        spec = COMPLETABLE[kind]
+        model: Any = spec.model
+        claimed = 0
+        batch: list[str] = []
+        for item in model.deadline.query(f"{kind.value}#{shard}", model.deadline_slot <= until, page_size=PAGE):
+            if self._clock() >= budget_end:
+                self.enqueue(kind, batch)
+                return claimed, True
+            if self._take(model, item):
+                batch.append(spec.id_of(item))
+                claimed += 1
+            if len(batch) >= SQS_BATCH:
+                self.enqueue(kind, batch)
+                batch = []
+        self.enqueue(kind, batch)
+        return claimed, False
 
     def _take(self, model: Any, item: Any, extra: Iterable[Action] = ()) -> bool:
         """The conditional write of a claim: the record is open, and unclaimed or its claim is stale."""
