@@ -25,7 +25,7 @@ from pynamodb.exceptions import CancellationReason, TransactWriteError, VerboseC
 from chalicelib import errors
 from chalicelib.throttle import ConflictRetry
 from tests.conftest import API_PORT, post_json
-from tests.helpers import error_code, latest_code, request_code
+from tests.helpers import error_code, latest_code, request_code, submit, wait_finished
 
 START = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.UTC)
 
@@ -123,6 +123,36 @@ def test_a_query_cancelled_by_conflicts_is_retried_then_busy_never_a_500(stack, 
     if status == 503:
         assert error_code(response) == "service_busy"
         assert boto3.client("dynamodb").scan(TableName=stack.env["QUERIES_TABLE"])["Items"] == []
+
+
+@pytest.mark.parametrize("conflicting_tries, status", [(3, 202), (4, 503)])
+def test_a_dispute_cancelled_by_conflicts_is_retried_then_busy_never_a_500(stack, api, conflicts, monkeypatch,
+                                                                            conflicting_tries, status):
+    # GIVEN a reply that listed 腾讯 accounts (fixture: 13812345678 / 12345X has 2 there)
+    from chalicelib.config import settings
+
+    monkeypatch.setenv("CODE_RESEND_SECONDS", "0")  # the dispute's code right after the query's
+    settings.cache_clear()
+    import app as app_module
+
+    app_module.code_service.cache_clear()
+    app_module.dispute_intake.cache_clear()
+    phone = "13812345678"
+    query = submit(api, stack, phone, "12345X")
+    assert query.status_code == 202 and stack.pump_once() == 1
+    assert wait_finished(stack, query.json_body["query_id"])["status"] == "SUCCEEDED"
+    assert request_code(api, phone).status_code == 202
+    # WHEN the intake transaction (code, open-dispute lock, day count, record: 4 items) keeps conflicting
+    intakes = itertools.count()
+    conflicts(lambda n, items: items == 4 and next(intakes) < conflicting_tries)
+    response = post_json(api, "/v1/disputes", {"phone": phone, "code": latest_code(stack, phone), "company": "tencent"})
+    # THEN it is retried CONFLICT_RETRIES (3) times, then 503: never a 500, nothing half-written
+    assert response.status_code == status, response.body
+    disputes = boto3.client("dynamodb").scan(TableName=stack.env["DISPUTES_TABLE"])["Items"]
+    if status == 503:
+        assert error_code(response) == "service_busy" and disputes == []
+    else:
+        assert next(intakes) == conflicting_tries + 1 and len(disputes) == 1
 
 
 def test_concurrent_code_requests_under_conflicts_are_all_answered_202_429_or_503(stack, conflicts):

@@ -13,7 +13,6 @@ rather than queued; a repeated start is idempotent by name anyway.
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,12 +30,11 @@ from chalicelib.disputes.protocol import DISPUTE_ID, new_dispute_id
 from chalicelib.engine.deadlines import Deadlines
 from chalicelib.privacy import Vault
 from chalicelib.storage.models import Dispute, ReportedAccounts, Throttle, at, transaction
-from chalicelib.throttle import Counter, Lock, china_day_window, first_refused
+from chalicelib.throttle import ConflictRetry, Counter, Lock, china_day_window, first_refused
 from chalicelib.workflow.reply import REPORTED_DAYS
 
 logger = Logger(child=True)
 
-_CONFLICT_RETRIES = 3
 LOCK_MARGIN_SECONDS = 3600  # the lock outlives the deadline a little: the outcome SMS releases it
 
 
@@ -47,18 +45,16 @@ class AcceptedDispute:
     created_at: int
 
 
-def _conflicted(exc: TransactWriteError) -> bool:
-    return any(r is not None and r.code == "TransactionConflict" for r in exc.cancellation_reasons)
-
-
 class DisputeIntake:
     def __init__(self, codes: CodeService, vault: Vault, sfn_client: Any | None = None,
-                 config: Settings | None = None, clock: Callable[[], float] = time.time) -> None:
+                 config: Settings | None = None, clock: Callable[[], float] = time.time,
+                 retry: ConflictRetry | None = None) -> None:
         self._codes = codes
         self._vault = vault
         self._sfn = sfn_client
         self._config = config or settings()
         self._clock = clock
+        self._retry = retry or ConflictRetry(self._config.conflict_retries)
 
     def accept(self, phone: str, code: str, company_id: str, client_ip: str) -> AcceptedDispute:
         cfg = self._config
@@ -82,14 +78,14 @@ class DisputeIntake:
                          lock_key=lock.key, state=LookupState.PENDING, attempts=0,
                          ttl=at(deadline_at + cfg.dispute_record_days * 86400))
         guards: list[Any] = [check, lock, daily]
-        for attempt in range(_CONFLICT_RETRIES):
+
+        def write() -> None:
             try:
                 with transaction() as tx:
                     check.consume_in(tx)
                     lock.add_to(tx, now)
                     daily.add_to(tx, now)
                     tx.save(record, condition=Dispute.dispute_id.does_not_exist())
-                break
             except TransactWriteError as exc:
                 refused = first_refused(exc.cancellation_reasons, guards)
                 if refused is check:
@@ -98,11 +94,9 @@ class DisputeIntake:
                     raise errors.DisputeLimit(retry_after=lock.retry_after(now)) from exc
                 if refused is daily:
                     raise errors.DisputeLimit(retry_after=daily.retry_after(now)) from exc
-                if not _conflicted(exc):
-                    raise  # not a condition of ours: a 500 and an alarm
-                if attempt == _CONFLICT_RETRIES - 1:  # DynamoDB kept cancelling it for concurrent writes
-                    raise errors.ServiceBusy("系统繁忙，请稍后再试。", retry_after=1) from exc
-                time.sleep(random.uniform(0, 0.025 * 2 ** attempt))  # full jitter: contenders spread out
+                raise  # a conflict: ConflictRetry runs it again (CONFLICT_RETRIES); anything else is a 500
+
+        self._retry.run(write)
         try:
             self.start(dispute_id, deadline_at)
         except ClientError as exc:
