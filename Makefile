@@ -54,7 +54,7 @@ run: $(STAMP) widget
 	$(PY) -m local.run
 
 test: $(STAMP) browser widget lint
-	$(PY) -m pytest -n 2 --dist loadfile -q
+	$(PY) -m pytest -n 2 --dist worksteal -q
 
 # One CloudFormation/SAM template per stage: Chalice's API and functions plus infra/generate.py's
 # merge template (tables, key, secrets, workflow, roles, alarms, dashboard, WAF), linted by cfn-lint

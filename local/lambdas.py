@@ -96,7 +96,33 @@ def install(app_module: Any) -> Dispatcher:
         return dispatcher.invoke(function_name, body, response_headers)
 
     LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
+    _reuse_the_interpreters_lambda_client()
     return dispatcher
+
+
+def _reuse_the_interpreters_lambda_client() -> None:
+    """moto's Step Functions interpreter builds a new boto3 Lambda client for every Task it runs (6 ms of CPU
+    with botocore's caches warm, more when it reloads the service model from disk, which py-spy caught it doing
+    on an idle test stack running its once-a-second deadline executions). A client is thread-safe and these are
+    all alike (fake keys, no retries), so one per region and endpoint serves them all."""
+    from moto.core.models import botocore_stubber
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+    original = getattr(lambda_eval_utils.boto_client_for, "__wrapped__", lambda_eval_utils.boto_client_for)
+    clients: dict[tuple[str, str, bool], Any] = {}
+    lock = threading.Lock()
+
+    def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
+        if state_credentials is not None and getattr(state_credentials, "role_arn", None):
+            return original(region=region, service=service, state_credentials=state_credentials)
+        key = (region, service, bool(botocore_stubber.enabled))
+        with lock:
+            if key not in clients:
+                clients[key] = original(region=region, service=service, state_credentials=state_credentials)
+            return clients[key]
+
+    boto_client_for.__wrapped__ = original  # type: ignore[attr-defined]
+    lambda_eval_utils.boto_client_for = boto_client_for
 
 
 def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:

@@ -67,7 +67,7 @@ def reset_caches() -> None:
     from aws_lambda_powertools.utilities import parameters
 
     import app as app_module
-    from chalicelib import registry
+    from chalicelib import clients, registry
     from chalicelib.config import settings
 
     parameters.clear_caches()
@@ -77,7 +77,20 @@ def reset_caches() -> None:
                    app_module.disputes, app_module.dispute_intake, app_module.deadlines):
         cached.cache_clear()
     registry.operators.cache_clear()
-    # boto3 clients are kept: moto's stubber intercepts them under every test's mock_aws alike.
+    clients.reset()  # tests hook events on the clients (an SNS refusal…): each test starts with fresh ones
+
+
+# The test pyramid, read from the fixtures a test asks for (first match wins), so a new test is placed by
+# what it uses: `pytest -m unit` runs the pure rules in seconds, `-m "not e2e"` everything in-process.
+LAYERS = (("browser", "e2e"), ("local_run", "e2e"), ("local_stack", "e2e"), ("stack", "stack"),
+          ("packaged", "template"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        layer = next((layer for fixture, layer in LAYERS if fixture in fixtures), "unit")
+        item.add_marker(getattr(pytest.mark, layer))
 
 
 @pytest.fixture
