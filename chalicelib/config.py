@@ -9,6 +9,8 @@ import functools
 import os
 from dataclasses import dataclass
 
+from chalicelib.storage.tables import table_name
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -72,12 +74,12 @@ def _int(name: str, default: int) -> int:
 def settings() -> Settings:
     here = os.path.dirname(__file__)
     return Settings(
-        codes_table=os.environ.get("CODES_TABLE", "yztc-codes"),
-        throttle_table=os.environ.get("THROTTLE_TABLE", "yztc-throttle"),
-        queries_table=os.environ.get("QUERIES_TABLE", "yztc-queries"),
-        lookups_table=os.environ.get("LOOKUPS_TABLE", "yztc-lookups"),
-        circuits_table=os.environ.get("CIRCUITS_TABLE", "yztc-circuits"),
-        idempotency_table=os.environ.get("IDEMPOTENCY_TABLE", "yztc-idempotency"),
+        codes_table=table_name("CODES_TABLE"),
+        throttle_table=table_name("THROTTLE_TABLE"),
+        queries_table=table_name("QUERIES_TABLE"),
+        lookups_table=table_name("LOOKUPS_TABLE"),
+        circuits_table=table_name("CIRCUITS_TABLE"),
+        idempotency_table=table_name("IDEMPOTENCY_TABLE"),
         kms_key_id=os.environ.get("KMS_KEY_ID", "alias/yztc"),
         pepper_secret_name=os.environ.get("PEPPER_SECRET_NAME", "yztc/pepper"),
         state_machine_arn=os.environ.get("STATE_MACHINE_ARN", ""),
@@ -118,8 +120,8 @@ def settings() -> Settings:
         delivery_budget_seconds=_int("DELIVERY_BUDGET_SECONDS", 40),
         partner_max_account_count=_int("PARTNER_MAX_ACCOUNT_COUNT", 100_000),
         # SPEC §8: disputes, their 15-day answer deadline, at most 3 per number a day.
-        disputes_table=os.environ.get("DISPUTES_TABLE", "yztc-disputes"),
-        reported_table=os.environ.get("REPORTED_TABLE", "yztc-reported"),
+        disputes_table=table_name("DISPUTES_TABLE"),
+        reported_table=table_name("REPORTED_TABLE"),
         dispute_state_machine_arn=os.environ.get("DISPUTE_STATE_MACHINE_ARN", ""),
         dispute_deadline_seconds=_int("DISPUTE_DEADLINE_SECONDS", 1296000),
         dispute_daily_limit=_int("DISPUTE_DAILY_LIMIT", 3),

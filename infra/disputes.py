@@ -19,7 +19,7 @@ from typing import Any
 
 from chalicelib.contracts import DISPUTE_WORKFLOW_FUNCTIONS
 from chalicelib.disputes import DISPUTE_METRICS
-from infra.generate import NAMESPACE, ROOT, get_att, logical, metric, ref, registry, sub
+from infra.cfn import NAMESPACE, ROOT, get_att, logical, metric, ref, registry, sub, table_logical
 
 ASL_FILE = os.path.join(ROOT, "stepfunctions", "dispute.asl.json")
 TABLE_VARS = ("DISPUTES_TABLE", "REPORTED_TABLE")
@@ -28,10 +28,6 @@ MACHINE = "DisputeStateMachine"
 
 _TABLE_READ_WRITE = ["dynamodb:GetItem", "dynamodb:UpdateItem"]
 _IDEMPOTENCY = ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"]
-
-
-def table_logical(var: str) -> str:
-    return logical(var.removesuffix("_TABLE").lower()) + "Table"
 
 
 def _key_schema(hash_key: Any, range_key: Any | None) -> list[dict[str, str]]:
@@ -262,13 +258,13 @@ def alarms() -> dict[str, Any]:
     return out
 
 
-def extend(template: dict[str, Any], env: dict[str, str], stage: str) -> dict[str, Any]:
-    """generate.py's template with the dispute feature added."""
-    from infra import generate
-
+def extend(template: dict[str, Any], env: dict[str, str], stage: str,
+           function_access: dict[str, Any]) -> dict[str, Any]:
+    """generate.py's template with the dispute feature added; `function_access` is generate.py's FUNCTION_ACCESS
+    (what each function is granted), passed in so that the two modules do not import each other."""
     template = copy.deepcopy(template)
     resources = template.setdefault("Resources", {})
-    integrated = all(fn in generate.FUNCTION_ACCESS for fn in NEW_FUNCTIONS)
+    integrated = all(fn in function_access for fn in NEW_FUNCTIONS)
     # The new functions get what every function gets (names, ARNs), plus their own role.
     shared_variables = resources.get("APIHandler", {}).get("Properties", {}).get("Environment", {}).get(
         "Variables", {})

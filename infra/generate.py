@@ -19,10 +19,10 @@ from typing import Any
 
 from chalicelib import contracts
 from chalicelib.storage import models
+from infra import disputes  # SPEC §8: the dispute workflow, its tables, roles, dashboard row and alarms
+from infra.cfn import NAMESPACE, ROOT, get_att, logical, metric, ref, registry, stage_env, sub, table_logical
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASL_FILE = os.path.join(ROOT, "stepfunctions", "query.asl.json")
-NAMESPACE = "YiZhengTongCha"
 TABLE_VARS = models.TABLE_VARS  # model -> its table's environment variable: the tables, one list
 
 # Function logical ids (contracts.FUNCTIONS, Chalice: PascalCase of the function name, plus Chalice's
@@ -146,38 +146,6 @@ FUNCTION_ACCESS: dict[str, dict[str, Any]] = {
 WORKFLOW_FUNCTIONS = {fn.placeholder: fn.logical_id for fn in contracts.WORKFLOW_FUNCTIONS if fn.placeholder}
 WORKFLOW_QUEUES = {"ReplyQueueUrl": "ReplyQueue"}  # contracts.WORKFLOW_QUEUES' placeholders -> the queue resource
 DEADLINE_ASL_FILE = os.path.join(ROOT, "stepfunctions", "deadline.asl.json")
-
-
-def sub(text: str) -> dict[str, str]:
-    return {"Fn::Sub": text}
-
-
-def get_att(resource: str, attribute: str = "Arn") -> dict[str, list[str]]:
-    return {"Fn::GetAtt": [resource, attribute]}
-
-
-def ref(name: str) -> dict[str, str]:
-    return {"Ref": name}
-
-
-def logical(name: str) -> str:
-    return "".join(part.capitalize() for part in name.replace("/", "_").replace("-", "_").split("_"))
-
-
-def stage_env(stage: str) -> dict[str, str]:
-    with open(os.path.join(ROOT, ".chalice", "config.json"), encoding="utf-8") as fh:
-        config = json.load(fh)
-    return {**config.get("environment_variables", {}),
-            **config["stages"][stage].get("environment_variables", {})}
-
-
-def registry(kind: str) -> list[dict[str, Any]]:
-    with open(os.path.join(ROOT, "chalicelib", "data", f"{kind}.json"), encoding="utf-8") as fh:
-        return list(json.load(fh)[kind])
-
-
-def table_logical(var: str) -> str:
-    return logical(var.removesuffix("_TABLE").lower()) + "Table"
 
 
 def _index(index: Mapping[str, Any]) -> dict[str, Any]:
@@ -448,13 +416,6 @@ def reply_queue_resources(env: dict[str, str], stage: str) -> dict[str, Any]:
     }
 
 
-def metric(name: str, stat: str = "Sum", **dims: Any) -> list[Any]:
-    line: list[Any] = [NAMESPACE, name, "service", "yizhengtongcha"]
-    for key, value in dims.items():
-        line += [key, value]
-    return line + [{"stat": stat}]
-
-
 def dashboard(env: dict[str, str], stage: str) -> dict[str, Any]:
     companies = [c["id"] for c in registry("companies")]
     machine = ref("QueryStateMachine")
@@ -709,8 +670,6 @@ def template(stage: str, env: dict[str, str] | None = None) -> dict[str, Any]:
             ]}}}},
     }
     resources = deep_merge(resources, edge_resources(stage))
-    from infra import disputes  # SPEC §8: the dispute workflow, its tables, roles, dashboard row and alarms
-
     return disputes.extend({
         "Parameters": {
             **EDGE_PARAMETERS,
@@ -729,7 +688,7 @@ def template(stage: str, env: dict[str, str] | None = None) -> dict[str, Any]:
         "Outputs": {"StateMachineArn": {"Value": ref("QueryStateMachine")},
                     "OperatorTopicArn": {"Value": ref("OperatorTopic")},
                     "DashboardName": {"Value": ref("Dashboard")}},
-    }, env, stage)
+    }, env, stage, FUNCTION_ACCESS)
 
 
 # -- the edge: API Gateway's own answers, access logs, tracing, WAF (issue 9) -------------------------

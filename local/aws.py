@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib import clients
+from chalicelib.storage.tables import table_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASL_FILE = os.path.join(ROOT, "stepfunctions", "query.asl.json")
@@ -25,14 +26,7 @@ def base_environment(prefix: str = "yztc") -> dict[str, str]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
-        "CODES_TABLE": f"{prefix}-codes",
-        "THROTTLE_TABLE": f"{prefix}-throttle",
-        "QUERIES_TABLE": f"{prefix}-queries",
-        "LOOKUPS_TABLE": f"{prefix}-lookups",
-        "CIRCUITS_TABLE": f"{prefix}-circuits",
-        "IDEMPOTENCY_TABLE": f"{prefix}-idempotency",
-        "DISPUTES_TABLE": f"{prefix}-disputes",
-        "REPORTED_TABLE": f"{prefix}-reported",
+        **table_names(prefix),
         "KMS_KEY_ID": f"alias/{prefix}",
         "PEPPER_SECRET_NAME": f"{prefix}/pepper",
         "ALTCHA_SECRET_NAME": f"{prefix}/altcha",

@@ -229,7 +229,7 @@ class Dispute(Model):
 
 ALL_MODELS: tuple[type[Model], ...] = (VerificationCode, Throttle, QueryRecord, Lookup, PartnerCircuit,
                                         IdempotencyRecord, ReportedAccounts, Dispute)
-# Table environment variable per model (config, .chalice/config.json, infra/ and local/ read this).
+# Table environment variable per model (storage/tables.py lists them with their names; infra/ reads this).
 TABLE_VARS: dict[type[Model], str] = {VerificationCode: "CODES_TABLE", Throttle: "THROTTLE_TABLE",
                                       QueryRecord: "QUERIES_TABLE", Lookup: "LOOKUPS_TABLE",
                                       PartnerCircuit: "CIRCUITS_TABLE", IdempotencyRecord: "IDEMPOTENCY_TABLE",
