@@ -15,7 +15,8 @@ SMS (prices: bench/prices.py), reply latencies, execution lifetimes, and the que
 account-region sustains under each quota on the path (the binding one named); then the targets of
 issues 8, 11 and 14, PASS or FAIL. Then the SMS-channel counter (issue 17 item 4, bench/sms_channel.py) on a
 fresh moto of its own: code requests at 50 %, 90 % and 110 % of its configured rate, the share refused at
-each, and its targets (exit status 1 if any target fails). The app's own log lines go to a file, not to the
+each, and its targets; last, the cold start (`import app` against `import boto3`, bench/cold_start.py)
+(exit status 1 if any target fails). The app's own log lines go to a file, not to the
 report.
 """
 from __future__ import annotations
@@ -61,6 +62,8 @@ def main() -> int:
     os.environ.pop("PARTNER_MODES", None)
     os.environ["LATE_SECONDS"] = str(LATE_SECONDS)
 
+    from bench.cold_start import measure as measure_cold_start
+    from bench.cold_start import print_section as print_cold_start
     from bench.economics import deadline_execution_figures, economics
     from bench.patterns import CARDS, Pattern, measure
     from bench.report import Report
@@ -99,7 +102,8 @@ def main() -> int:
     results = [economics(m, deadline) for m in measured]
     passed = Report(report, results).print(log_path)
     sms_passed = print_sms_channel(report, channel)
-    return 0 if passed and sms_passed else 1
+    cold_passed = print_cold_start(report, measure_cold_start())  # last: nothing else runs beside it
+    return 0 if passed and sms_passed and cold_passed else 1
 
 
 if __name__ == "__main__":
