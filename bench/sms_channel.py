@@ -120,10 +120,10 @@ def _fire(service: CodeService, phone: str, client_ip: str, scheduled: float) ->
     try:
         service.issue(phone, client_ip)
         outcome = ACCEPTED
-    except errors.ServiceBusy as exc:
-        # The channel counter's refusal; a 503 for a transaction conflict or SNS throttling is something else.
-        channel = exc.message == errors.ServiceBusy.message and exc.retry_after == 1
-        outcome = REFUSED if channel else f"ServiceBusy({exc.message}, retry_after={exc.retry_after})"
+    except errors.SmsChannelFull:
+        outcome = REFUSED  # the channel counter's refusal
+    except errors.ServiceBusy as exc:  # a transaction conflict or SNS throttling: something else
+        outcome = f"ServiceBusy({exc.message}, retry_after={exc.retry_after})"
     except Exception as exc:  # noqa: BLE001 (counted and shown: must never happen)
         outcome = type(exc).__name__
     first = _read.first if _read.first is not None else scheduled

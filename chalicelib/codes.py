@@ -101,7 +101,7 @@ class CodeService:
                 raise errors.TooManyRequests(retry_after=refused.retry_after(now))
         else:
             telemetry.count("SmsChannelFull")
-            raise errors.ServiceBusy(retry_after=1)
+            raise errors.SmsChannelFull(retry_after=1)
         try:
             self._sender.send(phone, sms.code_text(code))
         except sms.SmsChannelBusy as exc:

@@ -76,6 +76,10 @@ class ServiceBusy(ServiceError):
     message = "短信通道繁忙，请稍后再试。"
 
 
+class SmsChannelFull(ServiceBusy):
+    """Every shard of this second's SMS-channel counter is full (SPEC §3): the same 503, told apart by type."""
+
+
 class NotFound(ServiceError):
     code = "not_found"
     message = "未找到相关记录。"

@@ -113,9 +113,7 @@ def _reuse_the_interpreters_lambda_client() -> None:
     lock = threading.Lock()
 
     def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
-        if state_credentials is not None and getattr(state_credentials, "role_arn", None):
-            return original(region=region, service=service, state_credentials=state_credentials)
-        key = (region, service, bool(botocore_stubber.enabled))
+        key = (region, service, bool(botocore_stubber.enabled))  # moto's ignores the state's credentials
         with lock:
             if key not in clients:
                 clients[key] = original(region=region, service=service, state_credentials=state_credentials)

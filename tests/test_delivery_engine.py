@@ -189,3 +189,28 @@ def test_the_retry_nudge_sends_each_kind_through_its_own_kind_unless_the_circuit
                + [QueueMessage(type="dispute", id="D1")])
     assert sorted(task_id for task_id, _ in partners.sent) == ["D1", "L1"]
     assert [t.state for t in lookups] == [LookupState.SETTLED, LookupState.UNSENT, LookupState.EXPIRED]
+
+
+def test_the_dispute_backlog_is_read_for_companies_only_never_for_an_operator(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Operators take no disputes: their turns in the per-minute loop must not cost a disputes-index query."""
+    from typing import Any, cast
+
+    from chalicelib import registry
+    from chalicelib.disputes.desk import DisputeTasks
+
+    caches = (settings, registry.companies, registry.operators)
+    for variable in ("COMPANY_REGISTRY_FILE", "OPERATOR_REGISTRY_FILE"):  # the bundled registries
+        monkeypatch.delenv(variable, raising=False)
+    for cached in caches:
+        cached.cache_clear()
+    try:
+        with mock_aws():  # no table at all: a query would fail with ResourceNotFoundException
+            disputes = DisputeTasks(cast(Any, None))
+            operators = registry.operators()
+            assert [list(disputes.backlog(o.id, 2**62)) for o in operators] == [[]] * len(operators)
+            with pytest.raises(Exception, match="not found|ResourceNotFound"):
+                list(disputes.backlog(registry.companies()[0].id, 2**62))
+    finally:
+        for cached in caches:  # the next test reads its own environment's registries
+            cached.cache_clear()
