@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -312,5 +313,7 @@ class LocalStack:
             stopper.start()
         for stopper in stoppers:
             stopper.join()
+        # One budget for all of them, not 5 s each: a pump caught mid-Lambda finishes its batch first.
+        deadline = time.monotonic() + 5
         for thread in self._threads:
-            thread.join(timeout=5)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
