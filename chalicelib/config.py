@@ -66,6 +66,21 @@ class Settings:
     challenge_ttl_seconds: int = 300
 
 
+# The queues the SQS handlers are subscribed to, by the variable that names each, and each one's default name.
+QUEUES: dict[str, str] = {
+    "START_QUEUE_NAME": "yztc-query-starts",
+    "RETRY_QUEUE_NAME": "yztc-lookup-retries",
+    "REPLY_QUEUE_NAME": "yztc-replies",
+    "REPLY_DLQ_NAME": "yztc-replies-dead",
+}
+
+
+def queue_name(var: str) -> str:
+    """A queue's name, read when its handler is registered (at import): `chalice package` takes the event
+    source from it (the Makefile sets each stage's names). Not part of Settings, which is built on first use."""
+    return os.environ.get(var, QUEUES[var])
+
+
 def _int(name: str, default: int) -> int:
     return int(os.environ.get(name, str(default)))
 

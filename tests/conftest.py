@@ -66,15 +66,11 @@ MOTO_CONFIG: Any = {"stepfunctions": {"execute_state_machine": True}, "lambda": 
 def reset_caches() -> None:
     from aws_lambda_powertools.utilities import parameters
 
-    import app as app_module
-    from chalicelib import clients, registry
+    from chalicelib import clients, registry, wiring
     from chalicelib.config import settings
 
     parameters.clear_caches()
-    for cached in (settings, registry.companies, registry.carriers, app_module.hasher, app_module.vault,
-                   app_module.code_service, app_module.intake, app_module.lookups, app_module.delivery,
-                   app_module.carrier_check, app_module.reply_sender, app_module.dispute_notifier,
-                   app_module.disputes, app_module.dispute_intake, app_module.deadlines):
+    for cached in (settings, registry.companies, registry.carriers, *wiring.GETTERS):  # app.py re-exports these
         cached.cache_clear()
     registry.operators.cache_clear()
     clients.reset()  # tests hook events on the clients (an SNS refusal…): each test starts with fresh ones

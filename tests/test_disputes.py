@@ -850,7 +850,7 @@ def test_the_api_description_covers_every_dispute_route_and_error():
     with open(path, encoding="utf-8") as fh:
         description = json.load(fh)
     fragment = {"paths": {p: item for p, item in description["paths"].items() if "disputes" in p}}
-    # Routes registered only to answer 405 (issue 9's app._refuse_other_methods) are not operations.
+    # Routes registered only to answer 405 (refuse_other_methods, chalicelib/api/middleware.py) are not operations.
     served = {(p, m) for p, methods in app_module.app.routes.items() for m, entry in methods.items()
               if "disputes" in p and not entry.view_name.startswith("refuse")}
     described = {(p, m.upper()) for p, item in fragment["paths"].items() for m in item}

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from openapi_spec_validator import validate
@@ -17,9 +17,16 @@ from chalicelib import errors
 from chalicelib.api.responses import STATUS_BY_ERROR
 from tests.helpers import make_run
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from chalice.test import Client
+
+    from local.stack import LocalStack
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPENAPI_FILE = os.path.join(ROOT, "chalicelib", "api", "openapi.json")
-# Routes the app registers only to answer 405 (app._refuse_other_methods) are not operations.
+# Routes the app registers only to answer 405 (chalicelib/api/middleware.py, refuse_other_methods) are not operations.
 SERVED = {(path, method) for path, methods in app_module.app.routes.items() for method, entry in methods.items()
           if not entry.view_name.startswith("refuse")}
 
@@ -30,17 +37,17 @@ def description() -> dict[str, Any]:
         return dict(json.load(fh))
 
 
-def test_the_description_is_valid_openapi_3_1(description):
+def test_the_description_is_valid_openapi_3_1(description: dict[str, Any]) -> None:
     assert description["openapi"].startswith("3.1.")
     validate(description)
 
 
-def test_every_route_is_described_and_nothing_else(description):
+def test_every_route_is_described_and_nothing_else(description: dict[str, Any]) -> None:
     described = {(path, method.upper()) for path, item in description["paths"].items() for method in item}
     assert described == SERVED
 
 
-def test_the_api_serves_the_bundled_description(stack, api):
+def test_the_api_serves_the_bundled_description(stack: LocalStack, api: Client) -> None:
     response = api.http.get("/v1/openapi.json")
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("application/json")
@@ -62,7 +69,7 @@ def _documented_errors(description: dict[str, Any]) -> Iterator[tuple[str, str, 
                         yield path, method, int(status), code
 
 
-def test_each_documented_error_code_has_the_status_the_code_gives_it(description):
+def test_each_documented_error_code_has_the_status_the_code_gives_it(description: dict[str, Any]) -> None:
     status_of = {cls.code: status for cls, status in STATUS_BY_ERROR.items()}
     documented = list(_documented_errors(description))
     assert documented
@@ -70,13 +77,13 @@ def test_each_documented_error_code_has_the_status_the_code_gives_it(description
         assert status_of[code] == status, (path, method, code)
 
 
-def test_every_error_the_api_can_answer_is_documented_somewhere(description):
+def test_every_error_the_api_can_answer_is_documented_somewhere(description: dict[str, Any]) -> None:
     documented = {code for *_, code in _documented_errors(description)}
     assert {cls.code for cls in STATUS_BY_ERROR} - documented == set()
     assert errors.ServiceError.code not in documented  # a 500 is a defect, never a documented answer
 
 
-def test_every_error_response_documents_the_spec_shape(description):
+def test_every_error_response_documents_the_spec_shape(description: dict[str, Any]) -> None:
     error = description["components"]["schemas"]["Error"]
     assert error["required"] == ["error"] and error["properties"]["error"]["required"] == ["code", "message"]
     for item in description["paths"].values():
@@ -88,12 +95,13 @@ def test_every_error_response_documents_the_spec_shape(description):
 
 # -- Schemathesis against the local stack (`python -m local.run`, as `make run` starts it) ----------
 @pytest.fixture(scope="module")
-def local_stack(tmp_path_factory) -> Iterator[str]:
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with make_run(tmp_path_factory.mktemp("schemathesis"), QUERY_DEADLINE_SECONDS="8") as running:
         yield running["base"]
 
 
-def test_schemathesis_finds_no_server_error_and_no_departure_from_the_description(local_stack, tmp_path):
+def test_schemathesis_finds_no_server_error_and_no_departure_from_the_description(local_stack: str,
+                                                                                  tmp_path: Path) -> None:
     command = [os.path.join(os.path.dirname(sys.executable), "schemathesis"), "run",
                f"{local_stack}/v1/openapi.json",
                "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
