@@ -55,11 +55,27 @@ class Dispatcher:
         # (the function ran, the caller saw Lambda.ServiceException): tests only.
         self.lose_results: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once no invocation runs (a stopped execution's Task finishes the call it is in)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
 
     def invoke(self, function_name: str, body: bytes | str | None, response_headers: dict[str, str]) -> bytes:
         name = function_name.split(":function:")[-1].split(":")[0]  # ARN or bare name
         with self._lock:
             self.calls.append(name)
+            self._in_flight += 1
+        try:
+            return self._run(name, body, response_headers)
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def _run(self, name: str, body: bytes | str | None, response_headers: dict[str, str]) -> bytes:
         handler = self.handlers[name]
         event = json.loads(body or "{}")
         try:
@@ -141,15 +157,17 @@ def scheduled_event() -> dict[str, Any]:
 
 
 def pump_queue(app_module: Any, sqs: Any, queue_url: str, *, function: str = "start_queries",
-               wait_seconds: int = 0, visibility_on_failure: int | None = None) -> int:
+               wait_seconds: int = 0, visibility_on_failure: int | None = None,
+               stopped: threading.Event | None = None) -> int:
     """One receive -> handler -> delete round, as Lambda's SQS poller does.
 
     Returns how many messages were handled. On failure the messages stay in the
-    queue and come back after their visibility timeout (or `visibility_on_failure`).
+    queue and come back after their visibility timeout (or `visibility_on_failure`);
+    likewise when `stopped` is set by the time the receive returns (a poller shutting down).
     """
     received = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_seconds)
     messages = received.get("Messages", [])
-    if not messages:
+    if not messages or (stopped is not None and stopped.is_set()):
         return 0
     arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     try:

@@ -11,6 +11,7 @@ import os
 import threading
 import time
 import urllib.request
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -125,8 +126,22 @@ def answer_per_mode(mode: str, tries: int, failures_per_request: int, answer: di
         delay = float(os.environ.get("LATE_SECONDS", "20"))
     timer = threading.Timer(delay, call_back, args)
     timer.daemon = True
+    with _PENDING_LOCK:
+        _PENDING.add(timer)
     timer.start()
     return 202, None
+
+
+# Callbacks not yet made: a stack that stops cancels them, so none reaches the next stack on the same port.
+_PENDING: weakref.WeakSet[threading.Timer] = weakref.WeakSet()
+_PENDING_LOCK = threading.Lock()
+
+
+def cancel_pending_callbacks() -> None:
+    with _PENDING_LOCK:
+        for timer in list(_PENDING):
+            timer.cancel()
+        _PENDING.clear()
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -110,8 +110,11 @@ def install_sms_outbox(path: str, echo: bool) -> None:
 
 
 class LocalStack:
-    def __init__(self, options: StackOptions) -> None:
+    def __init__(self, options: StackOptions, provisioned: aws.Resources | None = None) -> None:
+        """`provisioned`: the AWS resources a previous stack with the same registries created in this moto
+        (the tests reuse them, emptied); None creates them."""
         self.options = options
+        self.provisioned = provisioned
         self.env = configure_environment(options)
         self.outbox = os.path.join(options.workdir, "sms-outbox.jsonl")
         self._stop = threading.Event()
@@ -144,11 +147,12 @@ class LocalStack:
             operators = [{**entry, **opts.operator_changes.get(entry["id"], {})}
                          for entry in json.load(fh)["operators"]] + [dict(e) for e in opts.extra_operators]
         provision = aws.deploy_with_cloudformation if opts.provision == "cloudformation" else aws.create
-        created = provision(self.env, [*aws.registry_secret_names(bundled_carriers),
+        created = self.provisioned or provision(self.env, [*aws.registry_secret_names(bundled_carriers),
                                        *(entry["secret_name"] for entry in companies),
                                        *(entry["secret_name"] for entry in operators)])
         os.environ.update(created.env)
         self.env.update(created.env)
+        self.provisioned = created
         self.secrets = created.secrets
         # Clients stay: nothing set here changes them (the tests reset them between stacks).
         for cache in (settings.cache_clear, registry.companies.cache_clear, registry.carriers.cache_clear,
@@ -228,33 +232,34 @@ class LocalStack:
         thread.start()
         self._threads.append(thread)
 
-    def pump_once(self, visibility_on_failure: int | None = None, wait_seconds: int = 0) -> int:
+    def pump_once(self, visibility_on_failure: int | None = None, wait_seconds: int = 0,
+                  stopped: threading.Event | None = None) -> int:
         from chalicelib import clients
         from local.lambdas import pump_queue
 
         return pump_queue(self.app_module, clients.client("sqs"), self.env["START_QUEUE_URL"],
-                          wait_seconds=wait_seconds, visibility_on_failure=visibility_on_failure)
+                          wait_seconds=wait_seconds, visibility_on_failure=visibility_on_failure, stopped=stopped)
 
-    def pump_retries(self, wait_seconds: int = 0) -> int:
+    def pump_retries(self, wait_seconds: int = 0, stopped: threading.Event | None = None) -> int:
         from chalicelib import clients
         from local.lambdas import pump_queue
 
         return pump_queue(self.app_module, clients.client("sqs"), self.env["RETRY_QUEUE_URL"],
-                          function="retry_lookups", wait_seconds=wait_seconds)
+                          function="retry_lookups", wait_seconds=wait_seconds, stopped=stopped)
 
-    def pump_replies(self, wait_seconds: int = 0) -> int:
+    def pump_replies(self, wait_seconds: int = 0, stopped: threading.Event | None = None) -> int:
         from chalicelib import clients
         from local.lambdas import pump_queue
 
         return pump_queue(self.app_module, clients.client("sqs"), self.env["REPLY_QUEUE_URL"],
-                          function="send_replies", wait_seconds=wait_seconds)
+                          function="send_replies", wait_seconds=wait_seconds, stopped=stopped)
 
-    def pump_dead_replies(self, wait_seconds: int = 0) -> int:
+    def pump_dead_replies(self, wait_seconds: int = 0, stopped: threading.Event | None = None) -> int:
         from chalicelib import clients
         from local.lambdas import pump_queue
 
         return pump_queue(self.app_module, clients.client("sqs"), self.env["REPLY_DLQ_URL"],
-                          function="replies_failed", wait_seconds=wait_seconds)
+                          function="replies_failed", wait_seconds=wait_seconds, stopped=stopped)
 
     def start_deadlines_once(self) -> list[str]:
         """One run of the deadline starter (its EventBridge schedule deployed)."""
@@ -281,7 +286,7 @@ class LocalStack:
     def _pump_forever(self, pump: Any, name: str) -> None:
         while not self._stop.is_set():
             try:
-                if not pump(wait_seconds=1):
+                if not pump(wait_seconds=1, stopped=self._stop):
                     self._stop.wait(0.2)
             except Exception as exc:  # the messages come back after their visibility timeout
                 print(f"[local] {name} failed, will retry: {type(exc).__name__}", flush=True)
@@ -297,12 +302,31 @@ class LocalStack:
             except Exception as exc:  # the next run tries again, as the real schedule would
                 print(f"[local] deliver_backlog failed: {type(exc).__name__}", flush=True)
 
+    def _wake_pumps(self) -> None:
+        """A pump long-polls its queue for up to a second; a message ends the poll at once, and the pump,
+        seeing the stack stopped, leaves it unhandled (it comes back after its visibility timeout, and a
+        test's queues are emptied before the next one)."""
+        from chalicelib import clients
+
+        pumped = [("START_QUEUE_URL", self.options.pump), ("RETRY_QUEUE_URL", self.options.retries),
+                  ("REPLY_QUEUE_URL", self.options.replies), ("REPLY_DLQ_URL", self.options.replies)]
+        for variable, on in pumped:
+            if on and variable in self.env:
+                try:
+                    clients.client("sqs").send_message(QueueUrl=self.env[variable], MessageBody='{"type": "stop"}')
+                except Exception as exc:  # moto gone already: the pump's poll ends within the second anyway
+                    print(f"[local] could not wake a pump: {type(exc).__name__}", flush=True)
+
     def read_outbox(self) -> list[dict[str, Any]]:
         with open(self.outbox, encoding="utf-8") as fh:
             return [json.loads(line) for line in fh if line.strip()]
 
     def stop(self) -> None:
+        from local.simulators import cancel_pending_callbacks
+
         self._stop.set()
+        cancel_pending_callbacks()
+        self._wake_pumps()
         if self.api_server is not None:
             self.api_server.server.shutdown()
             self.api_server.server.server_close()

@@ -12,9 +12,15 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from chalice.test import Client
+    from playwright.sync_api import Browser
+
+    from local.stack import LocalStack
 
 
 def _free_port() -> int:
@@ -51,7 +57,7 @@ from local.stack import StackOptions, configure_environment  # noqa: E402
 # Tests pump the start queue and run the delivery job themselves; lookup retries flow on their own.
 # Every test speaks from 127.0.0.1 and many ask codes for one number: no proof of work unless a test
 # asks for the deployed thresholds (SPEC §3: 2 codes per number a day, 20 per client an hour).
-NO_CHALLENGES = {"code_free_per_number": 1000, "code_free_per_client": 100_000}
+NO_CHALLENGES: dict[str, Any] = {"code_free_per_number": 1000, "code_free_per_client": 100_000}
 BASE_OPTIONS = StackOptions(workdir=WORKDIR, api_port=API_PORT, deadline_seconds=30, pump=False, schedule_seconds=0,
                             **NO_CHALLENGES)
 configure_environment(BASE_OPTIONS)
@@ -95,38 +101,107 @@ def stack_options() -> StackOptions:
     return StackOptions(**{**BASE_OPTIONS.__dict__})
 
 
+class _World:
+    """One moto per worker, kept from test to test while they ask for the same registries: building the
+    tables, queues, state machines, key and 144 secrets cost each stack test about a second. Between tests
+    it is stopped and emptied (local/aws.empty), so each test still starts on a world nobody has used."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.mock: Any = None
+        self.resources: Any = None
+
+    def enter(self, options: StackOptions) -> Any:
+        """The resources to reuse for a stack with `options` (None: build them, in a fresh moto)."""
+        key = json.dumps([options.provision, options.company_changes, options.extra_companies,
+                          options.operator_changes, options.extra_operators], sort_keys=True)
+        if key != self.key:
+            self.close()
+            self.mock = mock_aws(config=MOTO_CONFIG)
+            self.mock.start()
+            self.key = key
+        return self.resources
+
+    def keep(self, resources: Any) -> None:
+        self.resources = resources
+
+    def close(self) -> None:
+        if self.mock is not None:
+            self.mock.stop()
+        self.key = self.mock = self.resources = None
+
+
+WORLD = _World()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # A test without the stack may start its own moto: it gets a fresh one, not this worker's world.
+    if "stack" not in getattr(item, "fixturenames", ()):
+        WORLD.close()
+
+
+def pytest_sessionfinish() -> None:
+    WORLD.close()
+
+
 @pytest.fixture
-def stack(stack_options: StackOptions, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def stack(stack_options: StackOptions, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalStack]:
     from local.stack import LocalStack
 
     monkeypatch.setenv("QUERY_DEADLINE_SECONDS", str(stack_options.deadline_seconds))
-    with mock_aws(config=MOTO_CONFIG):
-        reset_caches()
-        open(os.path.join(WORKDIR, "sms-outbox.jsonl"), "w").close()
-        local = LocalStack(stack_options)
-        local.env["QUERY_DEADLINE_SECONDS"] = str(stack_options.deadline_seconds)
+    provisioned = WORLD.enter(stack_options)
+    reset_caches()
+    open(os.path.join(WORKDIR, "sms-outbox.jsonl"), "w").close()
+    local = LocalStack(stack_options, provisioned)
+    local.env["QUERY_DEADLINE_SECONDS"] = str(stack_options.deadline_seconds)
+    try:
         local.start()
+    except BaseException:
+        local.stop()
+        WORLD.close()  # a stack that failed to start leaves nothing to reuse
+        reset_caches()
+        raise
+    WORLD.keep(local.provisioned)
+    try:
+        yield local
+    finally:
+        local.stop()  # its timers first: no deadline execution starts after this
         try:
-            yield local
+            _quiesce(local)
+        except BaseException:
+            WORLD.close()
+            raise
         finally:
-            local.stop()  # its timers first: no deadline execution starts after this
-            _stop_executions()
             reset_caches()
 
 
-def _stop_executions() -> None:
+def _quiesce(local: LocalStack) -> None:
+    """Nothing of this test runs on into the next one: executions stopped, their Lambda calls finished, every
+    table and queue emptied. A world that does not come to rest is dropped instead (the next test builds one)."""
+    from local import aws
+
+    if not _stop_executions() or not local.dispatcher.wait_idle(timeout=15):
+        WORLD.close()
+        return
+    aws.empty()
+
+
+def _stop_executions() -> bool:
+    """False when one could not be stopped (its worker thread had not begun on a loaded machine)."""
     import boto3
 
     sfn = boto3.client("stepfunctions")
+    stopped = True
     for machine in sfn.list_state_machines()["stateMachines"]:
         for execution in sfn.list_executions(stateMachineArn=machine["stateMachineArn"],
                                              statusFilter="RUNNING")["executions"]:
             arn = execution["executionArn"]
             # An execution whose worker thread has not begun cannot be stopped yet.
             try:
-                wait_for(lambda arn=arn: _try_stop(sfn, arn), 10, f"stopping {arn}")
+                wait_for(lambda arn=arn: _try_stop(sfn, arn), 10, f"stopping {arn}")  # type: ignore[misc]
             except AssertionError:
-                pass  # a deadline execution whose thread never began (a loaded machine): it dies with the mock
+                stopped = False
+    return stopped
 
 
 def _try_stop(sfn: Any, arn: str) -> bool:
@@ -146,7 +221,7 @@ with open(os.path.join(CLIENT_PROJECT, ".chalice", "config.json"), "w") as _fh:
 
 
 @pytest.fixture
-def api(stack: Any) -> Any:
+def api(stack: LocalStack) -> Iterator[Client]:
     """Chalice's in-process test client on the same app and the same moto."""
     from chalice.test import Client
 
@@ -171,7 +246,7 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30, what: str = "con
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser() -> Iterator[Browser]:
     """Debian's Chromium, headless, driven by Playwright (make test installs it; no browser download)."""
     import shutil
 
