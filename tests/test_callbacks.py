@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from chalicelib import signing
-from local.stack import StackOptions
+from local.stack import LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS, wait_for
 from tests.helpers import COMPANIES, error_code, replies_to, submit, wait_finished
 from tests.privacy import assert_clean
+
+if TYPE_CHECKING:
+    from chalice.test import Client, HTTPResponse
 
 ALL_SILENT = StackOptions(**{**BASE_OPTIONS.__dict__,
                              "partner_modes": ",".join(f"{c}=silent" for c in COMPANIES)})
@@ -19,7 +23,7 @@ PHONE, ID6 = "13812345678", "12345X"
 
 
 @pytest.fixture
-def waiting(stack, api):
+def waiting(stack: LocalStack, api: Client) -> tuple[str, dict[str, str]]:
     """A query whose eight lookups all wait for a callback; returns (query_id, lookup ids)."""
     query_id = submit(api, stack, PHONE, ID6).json_body["query_id"]
     stack.pump_once()
@@ -27,24 +31,26 @@ def waiting(stack, api):
     return query_id, {c: p.requests[0]["lookup_id"] for c, p in stack.partners.items()}
 
 
-def secret(stack, company):
+def secret(stack: LocalStack, company: str) -> str:
     return stack.secrets[f"yztc/partners/{company}"]
 
 
-def call_back(api, stack, company, body, *, key=None, timestamp=None, headers=None):
+def call_back(api: Client, stack: LocalStack, company: str, body: Any, *, key: str | None = None,
+              timestamp: float | None = None, headers: dict[str, str] | None = None) -> HTTPResponse:
     raw = json.dumps(body).encode() if not isinstance(body, bytes) else body
     signed = signing.signed_headers(key or secret(stack, company), raw, timestamp)
     return api.http.post(f"/v1/partners/{company}/results", headers={**signed, **(headers or {})}, body=raw)
 
 
-def test_valid_callback_is_recorded(stack, api, waiting):
+def test_valid_callback_is_recorded(stack: LocalStack, api: Client, waiting: tuple[str, dict[str, str]]) -> None:
     _, lookups = waiting
     response = call_back(api, stack, "tencent", {"lookup_id": lookups["tencent"], "account_count": 2})
     assert response.status_code == 200
     assert response.json_body == {"status": "recorded"}
 
 
-def test_lookup_id_is_opaque_and_partner_sees_only_the_phone(stack, api, waiting):
+def test_lookup_id_is_opaque_and_partner_sees_only_the_phone(stack: LocalStack, api: Client,
+                                                             waiting: tuple[str, dict[str, str]]) -> None:
     query_id, lookups = waiting
     assert len(set(lookups.values())) == len(COMPANIES)
     for lookup_id in lookups.values():
@@ -52,7 +58,8 @@ def test_lookup_id_is_opaque_and_partner_sees_only_the_phone(stack, api, waiting
 
 
 @pytest.mark.parametrize("tamper", ["wrong_key", "missing", "stale", "future", "garbled"])
-def test_unauthenticated_callback_is_401(stack, api, waiting, tamper):
+def test_unauthenticated_callback_is_401(stack: LocalStack, api: Client, waiting: tuple[str, dict[str, str]],
+                                         tamper: str) -> None:
     _, lookups = waiting
     body = {"lookup_id": lookups["jd"], "account_count": 1}
     if tamper == "wrong_key":
@@ -73,7 +80,7 @@ def test_unauthenticated_callback_is_401(stack, api, waiting, tamper):
     assert call_back(api, stack, "jd", body).status_code == 200
 
 
-def test_signature_covers_the_exact_body(stack, api, waiting):
+def test_signature_covers_the_exact_body(stack: LocalStack, api: Client, waiting: tuple[str, dict[str, str]]) -> None:
     _, lookups = waiting
     raw = json.dumps({"lookup_id": lookups["jd"], "account_count": 1}).encode()
     headers = signing.signed_headers(secret(stack, "jd"), raw)
@@ -82,7 +89,7 @@ def test_signature_covers_the_exact_body(stack, api, waiting):
     assert response.status_code == 401
 
 
-def test_unknown_company_is_404(stack, api, waiting):
+def test_unknown_company_is_404(stack: LocalStack, api: Client, waiting: tuple[str, dict[str, str]]) -> None:
     response = call_back(api, stack, "tencent", {"lookup_id": "x", "account_count": 1})
     assert response.status_code == 404
     response = api.http.post("/v1/partners/pinduoduo/results", headers={"X-Timestamp": "1"}, body=b"{}")
@@ -90,13 +97,13 @@ def test_unknown_company_is_404(stack, api, waiting):
     assert error_code(response) == "not_found"
 
 
-def test_unknown_lookup_is_404(stack, api, waiting):
+def test_unknown_lookup_is_404(stack: LocalStack, api: Client, waiting: tuple[str, dict[str, str]]) -> None:
     response = call_back(api, stack, "tencent", {"lookup_id": "0" * 32, "account_count": 1})
     assert response.status_code == 404
     assert error_code(response) == "not_found"
 
 
-def test_another_companys_lookup_is_404(stack, api, waiting):
+def test_another_companys_lookup_is_404(stack: LocalStack, api: Client, waiting: tuple[str, dict[str, str]]) -> None:
     _, lookups = waiting
     response = call_back(api, stack, "tencent", {"lookup_id": lookups["jd"], "account_count": 1})
     assert response.status_code == 404
@@ -122,7 +129,8 @@ def test_another_companys_lookup_is_404(stack, api, waiting):
      "apps": {"美团。【一证通查】您的账户存在风险，请登录 http://evil.example 核验。": 1}},
     {"lookup_id": "L", "account_count": 1, "apps": {"\ud800": 1}},
 ], ids=lambda body: json.dumps(body)[:40])
-def test_malformed_or_unbounded_answer_is_400(stack, api, waiting, body):
+def test_malformed_or_unbounded_answer_is_400(stack: LocalStack, api: Client, waiting: tuple[str, dict[str, str]],
+                                              body: dict[str, Any]) -> None:
     _, lookups = waiting
     if body.get("lookup_id") == "L":
         body = {**body, "lookup_id": lookups["tencent"]}
@@ -133,13 +141,14 @@ def test_malformed_or_unbounded_answer_is_400(stack, api, waiting, body):
     assert call_back(api, stack, "tencent", {"lookup_id": lookups["tencent"], "account_count": 1}).status_code == 200
 
 
-def test_not_json_callback_is_400(stack, api, waiting):
+def test_not_json_callback_is_400(stack: LocalStack, api: Client, waiting: tuple[str, dict[str, str]]) -> None:
     response = call_back(api, stack, "tencent", b"{not json")
     assert response.status_code == 400
     assert error_code(response) == "invalid_request"
 
 
-def test_duplicate_callback_is_200_and_changes_nothing_conflicting_one_is_409(stack, api, waiting):
+def test_duplicate_callback_is_200_and_changes_nothing_conflicting_one_is_409(
+        stack: LocalStack, api: Client, waiting: tuple[str, dict[str, str]]) -> None:
     _, lookups = waiting
     body = {"lookup_id": lookups["baidu"], "account_count": 1}
     assert call_back(api, stack, "baidu", body).status_code == 200
@@ -149,11 +158,12 @@ def test_duplicate_callback_is_200_and_changes_nothing_conflicting_one_is_409(st
     assert error_code(conflicting) == "conflict"
 
 
-def test_every_company_answering_ends_the_execution_at_once_with_breakdowns(stack, api, waiting):
+def test_every_company_answering_ends_the_execution_at_once_with_breakdowns(
+        stack: LocalStack, api: Client, waiting: tuple[str, dict[str, str]]) -> None:
     """GIVEN all lookups wait, WHEN every partner calls back, THEN the reply goes out (no waiting
     for the deadline) with the per-app breakdown, and partner errors count as no answer."""
     query_id, lookups = waiting
-    answers = {
+    answers: dict[str, dict[str, Any]] = {
         "tencent": {"account_count": 3, "apps": {"微信": 1, "QQ": 2}},
         "alibaba": {"account_count": 0}, "alipay": {"account_count": 1}, "baidu": {"account_count": 0},
         "kuaishou": {"account_count": 0}, "douyin": {"account_count": 1}, "jd": {"account_count": 1},
@@ -171,7 +181,8 @@ def test_every_company_answering_ends_the_execution_at_once_with_breakdowns(stac
     assert len(replies_to(stack, PHONE)) == 1
 
 
-def test_callback_responses_carry_no_personal_data(stack, api, waiting):
+def test_callback_responses_carry_no_personal_data(stack: LocalStack, api: Client,
+                                                   waiting: tuple[str, dict[str, str]]) -> None:
     _, lookups = waiting
     for response in (
         call_back(api, stack, "tencent", {"lookup_id": lookups["tencent"], "account_count": 1}),
@@ -182,7 +193,8 @@ def test_callback_responses_carry_no_personal_data(stack, api, waiting):
         assert "Traceback" not in response.body.decode()
 
 
-def test_a_callback_after_the_query_record_expired_is_acknowledged(stack, api, waiting):
+def test_a_callback_after_the_query_record_expired_is_acknowledged(stack: LocalStack, api: Client,
+                                                                   waiting: tuple[str, dict[str, str]]) -> None:
     """GIVEN a query record gone by its TTL while a lookup item lives on, WHEN its partner calls back
     (late, signed, valid), THEN 200 recorded and nothing else (SPEC §4), never a 500."""
     import boto3

@@ -6,16 +6,19 @@ import csv
 import datetime as dt
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
 import time_machine
 
-from local.stack import ROOT, StackOptions
+from local.stack import ROOT, LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS, post_json
 from tests.helpers import error_code, history, latest_code, replies_to, request_code, wait_closed, wait_finished
 from tests.privacy import assert_clean
+
+if TYPE_CHECKING:
+    from chalice.test import Client
 
 with open(os.path.join(ROOT, "local", "fixtures", "subscribers.csv"), encoding="utf-8") as _fh:
     SUBSCRIBERS = {row["phone"]: row for row in csv.DictReader(_fh)}
@@ -62,7 +65,7 @@ def transitions(stack: Any, query_id: str) -> int:
     return sum(1 for e in history(stack, query_id) if e["type"].endswith("StateEntered"))
 
 
-def test_a_card_query_asks_every_operator_and_replies_as_spec_says(stack, api):
+def test_a_card_query_asks_every_operator_and_replies_as_spec_says(stack: LocalStack, api: Client) -> None:
     query_id = run_card_query(api, stack, card_body(ZHANG))
     assert replies_to(stack, ZHANG["phone"]) == [SPEC_EXAMPLE]
     assert api.http.get(f"/v1/card-queries/{query_id}").json_body["status"] == "replied"
@@ -76,7 +79,7 @@ def test_a_card_query_asks_every_operator_and_replies_as_spec_says(stack, api):
 
 @pytest.mark.parametrize("stack_options", [options(
     operator_modes="cmcc-gd=silent,cucc-bj=down,ctcc-sh=flaky,mvno-xiaomi=reject", deadline_seconds=45)])
-def test_silent_down_flaky_and_refusing_operators_are_counted_as_spec_says(stack, api):
+def test_silent_down_flaky_and_refusing_operators_are_counted_as_spec_says(stack: LocalStack, api: Client) -> None:
     query_id = run_card_query(api, stack, card_body(ZHANG))
     (reply,) = replies_to(stack, ZHANG["phone"])
     # cmcc-gd (2 cards) never answers, cucc-bj (1) is down, mvno-xiaomi refuses: three without an answer.
@@ -96,7 +99,8 @@ def test_silent_down_flaky_and_refusing_operators_are_counted_as_spec_says(stack
     ("name", "张三3", "invalid_name"),
     ("phone", "12345", "invalid_phone"),
 ])
-def test_invalid_card_query_fields_are_400_and_change_nothing(stack, api, field, value, code):
+def test_invalid_card_query_fields_are_400_and_change_nothing(stack: LocalStack, api: Client, field: str, value: str,
+                                                              code: str) -> None:
     body = card_body(ZHANG, **{field: value})
     response = post_json(api, "/v1/card-queries", {**body, "code": "123456"})
     assert response.status_code == 400
@@ -104,7 +108,7 @@ def test_invalid_card_query_fields_are_400_and_change_nothing(stack, api, field,
     assert stack.pump_once() == 0
 
 
-def test_mismatch_gets_the_failure_sms_cancelled_none_and_the_api_answers_alike(stack, api):
+def test_mismatch_gets_the_failure_sms_cancelled_none_and_the_api_answers_alike(stack: LocalStack, api: Client) -> None:
     mismatch = card_body(ZHANG, name="张三")
     cancelled_row = next(r for r in SUBSCRIBERS.values() if r["status"] == "cancelled")
     answers = []
@@ -132,7 +136,7 @@ def _stranger(*not_these: dict[str, str]) -> dict[str, str]:
 
 @pytest.mark.parametrize("strangers_phone", ["mismatching", "registered to the same ID"])
 def test_a_strangers_card_query_with_someones_id_number_leaves_their_own_query_accepted_and_answered(
-        stack, api, strangers_phone):
+        stack: LocalStack, api: Client, strangers_phone: str) -> None:
     """SPEC §9: no limit keyed by the ID number alone. GIVEN someone who knows ZHANG's name and ID number
     (from a phone of their own, or holding a card opened with that ID) has made a card query today, WHEN
     ZHANG queries from his own phone, THEN it is accepted and answered as any day."""
@@ -146,7 +150,7 @@ def test_a_strangers_card_query_with_someones_id_number_leaves_their_own_query_a
 
 
 def test_card_query_answers_are_the_same_bytes_for_a_just_queried_a_fresh_and_a_mismatching_id_number(
-        stack, api):
+        stack: LocalStack, api: Client) -> None:
     """Nothing in the API's answer depends on someone else's lookup: no Retry-After, no other message."""
     from chalicelib.cards.validation import check_character
 
@@ -168,14 +172,14 @@ def test_card_query_answers_are_the_same_bytes_for_a_just_queried_a_fresh_and_a_
     assert answers[0] == answers[1] == answers[2]
 
 
-def test_the_owners_card_query_from_a_second_phone_the_same_day_is_answered(stack, api):
+def test_the_owners_card_query_from_a_second_phone_the_same_day_is_answered(stack: LocalStack, api: Client) -> None:
     run_card_query(api, stack, card_body(ZHANG))
     second = _second_phone(ZHANG)
     run_card_query(api, stack, card_body(ZHANG, phone=second["phone"]))
     assert replies_to(stack, second["phone"]) == [SPEC_EXAMPLE]
 
 
-def test_a_second_card_query_from_the_same_phone_within_24_hours_is_refused(stack, api):
+def test_a_second_card_query_from_the_same_phone_within_24_hours_is_refused(stack: LocalStack, api: Client) -> None:
     run_card_query(api, stack, card_body(ZHANG))
     with time_machine.travel(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=61), tick=True):  # a new code
         response = submit_card(api, stack, card_body(ZHANG))
@@ -184,7 +188,7 @@ def test_a_second_card_query_from_the_same_phone_within_24_hours_is_refused(stac
     assert int(response.headers["Retry-After"]) > 86000
 
 
-def test_card_query_reply_redelivered_after_the_sms_went_out_sends_one_sms(stack, api):
+def test_card_query_reply_redelivered_after_the_sms_went_out_sends_one_sms(stack: LocalStack, api: Client) -> None:
     """GIVEN a card query replied, WHEN its reply message comes again — as if the consumer had died after
     SNS accepted the SMS and before the record was committed — THEN no second SMS goes out."""
     query_id = run_card_query(api, stack, card_body(ZHANG))
@@ -210,7 +214,7 @@ NEWCOMER = {"id": "mvno-newco", "name": "新来移动", "group": "转售企业",
 
 
 @pytest.mark.parametrize("stack_options", [options(extra_operators=[NEWCOMER])])
-def test_a_133rd_operator_added_by_data_alone_is_asked_and_reported(stack, api):
+def test_a_133rd_operator_added_by_data_alone_is_asked_and_reported(stack: LocalStack, api: Client) -> None:
     query_id = run_card_query(api, stack, card_body(ZHANG))
     assert len(stack.operators.requests_to("mvno-newco")) == 1
     assert replies_to(stack, ZHANG["phone"]) == [SPEC_EXAMPLE]  # it answered 0 cards: not named
@@ -224,7 +228,8 @@ def test_a_133rd_operator_added_by_data_alone_is_asked_and_reported(stack, api):
     assert "results" not in json.dumps(history(stack, query_id), default=str)
 
 
-def test_name_and_id_number_are_never_in_clear_and_are_deleted_after_the_last_answer(stack, api, capfd, caplog):
+def test_name_and_id_number_are_never_in_clear_and_are_deleted_after_the_last_answer(
+        stack: LocalStack, api: Client, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 
     from chalicelib.storage.models import TABLE_VARS

@@ -13,14 +13,19 @@ import json
 import os
 import random
 import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import pytest
 
 from chalicelib.cards.validation import check_character
-from local.stack import StackOptions
+from local.stack import LocalStack, StackOptions
 from tests.conftest import API_PORT, BASE_OPTIONS, wait_for
 from tests.test_page import keep_screenshot_at_360
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page, Route
 
 ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test-artifacts")
 BASE = f"http://127.0.0.1:{API_PORT}"
@@ -32,7 +37,7 @@ ACCEPTED = {"query_id": "0b9a4c1e-5d2f-4b7a-9c3e-1f2a3b4c5d6e", "status": "accep
 
 
 @pytest.fixture
-def page(stack, browser):
+def page(stack: LocalStack, browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 360, "height": 780}, locale="zh-CN")
     page = context.new_page()
     page.set_default_timeout(15_000)
@@ -45,22 +50,22 @@ def page(stack, browser):
     context.close()
 
 
-def cards_tab(page):
+def cards_tab(page: Page) -> None:
     page.get_by_role("tab", name="移动电话卡").click()
     page.locator("#card-form").wait_for(state="visible")
 
 
-def fill(page, values):
+def fill(page: Page, values: dict[str, str]) -> None:
     for label, value in values.items():
         page.get_by_label(label, exact=True).fill(value)
 
 
-def intercept(page, status, body, headers=None):
+def intercept(page: Page, status: int, body: Any, headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Answer POST /v1/card-queries in the browser; returns the bodies the page sent."""
     sent: list[dict] = []
 
-    def handle(route):
-        sent.append(json.loads(route.request.post_data))
+    def handle(route: Route) -> None:
+        sent.append(json.loads(route.request.post_data))  # type: ignore[arg-type]  # a POST: never None
         route.fulfill(status=status, content_type="application/json; charset=utf-8",
                       headers=headers or {}, body=json.dumps(body, ensure_ascii=False))
 
@@ -68,11 +73,11 @@ def intercept(page, status, body, headers=None):
     return sent
 
 
-def card_queries_sent(page):
-    return [u for u in page.requests_seen if urlparse(u).path.endswith("/v1/card-queries")]
+def card_queries_sent(page: Page) -> list[str]:
+    return [u for u in page.requests_seen if urlparse(u).path.endswith("/v1/card-queries")]  # type: ignore[attr-defined]  # set by page()
 
 
-def test_tabs_switch_between_the_two_forms_keeping_what_was_typed(stack, page):
+def test_tabs_switch_between_the_two_forms_keeping_what_was_typed(stack: LocalStack, page: Page) -> None:
     accounts, cards = page.get_by_role("tab", name="互联网账号"), page.get_by_role("tab", name="移动电话卡")
     assert accounts.get_attribute("aria-selected") == "true" and cards.get_attribute("aria-selected") == "false"
     assert page.locator("#query-form").is_visible() and page.locator("#card-form").count() == 0
@@ -100,13 +105,14 @@ def test_tabs_switch_between_the_two_forms_keeping_what_was_typed(stack, page):
     assert page.get_by_role("tab", name="移动电话卡").get_attribute("aria-selected") == "true"
 
 
-def test_each_form_has_its_fields_labels_keyboards_and_notes(stack, page):
+def test_each_form_has_its_fields_labels_keyboards_and_notes(stack: LocalStack, page: Page) -> None:
     cards_tab(page)
     form = page.locator("#card-form")
     for label, field in FIELD.items():
         field_input = form.get_by_label(label, exact=True)
         assert field_input.get_attribute("id") == f"card-{field}"
-        assert f"card-{field}-error" in field_input.get_attribute("aria-describedby")
+        # (Playwright types attributes as Optional: a missing one, None, fails the test all the same)
+        assert f"card-{field}-error" in field_input.get_attribute("aria-describedby")  # type: ignore[operator]
     assert form.get_by_label("手机号码").get_attribute("inputmode") == "numeric"
     assert form.get_by_label("验证码").get_attribute("inputmode") == "numeric"
     assert form.get_by_label("身份证号码").get_attribute("inputmode") is None  # X needs letters
@@ -146,7 +152,8 @@ TOMORROW = dt.date.today() + dt.timedelta(days=1)
     ("手机号码", "1861234567", "请输入正确的11位手机号码"),
     ("验证码", "12345", "请输入6位数字验证码"),
 ])
-def test_client_side_errors_show_next_to_their_field_and_nothing_is_sent(stack, page, label, value, message):
+def test_client_side_errors_show_next_to_their_field_and_nothing_is_sent(stack: LocalStack, page: Page, label: str,
+                                                                         value: str, message: str) -> None:
     cards_tab(page)
     fill(page, {**GOOD, label: value})
     page.get_by_role("button", name="查询").click()
@@ -159,7 +166,7 @@ def test_client_side_errors_show_next_to_their_field_and_nothing_is_sent(stack, 
     assert card_queries_sent(page) == []
 
 
-def test_every_field_wrong_at_once_shows_four_messages(stack, page):
+def test_every_field_wrong_at_once_shows_four_messages(stack: LocalStack, page: Page) -> None:
     cards_tab(page)
     fill(page, {"姓名": "1", "身份证号码": "123", "手机号码": "123", "验证码": "x"})
     page.get_by_role("button", name="查询").click()
@@ -168,7 +175,7 @@ def test_every_field_wrong_at_once_shows_four_messages(stack, page):
     assert card_queries_sent(page) == []
 
 
-def test_the_check_character_in_the_page_agrees_with_the_server_rule(stack, page):
+def test_the_check_character_in_the_page_agrees_with_the_server_rule(stack: LocalStack, page: Page) -> None:
     """MOD 11-2 in JavaScript against chalicelib.cards.validation on random numbers, right and wrong."""
     cards_tab(page)
     sent = intercept(page, 400, {"error": {"code": "invalid_code_format", "message": "验证码为6位数字。"}})
@@ -192,7 +199,7 @@ def test_the_check_character_in_the_page_agrees_with_the_server_rule(stack, page
     assert len(sent) == 12
 
 
-def test_accepted_query_shows_the_sms_message_and_sends_normalised_fields(stack, page):
+def test_accepted_query_shows_the_sms_message_and_sends_normalised_fields(stack: LocalStack, page: Page) -> None:
     cards_tab(page)
     sent = intercept(page, 202, ACCEPTED)
     fill(page, {"姓名": " 阿依古丽・买买提 ", "身份证号码": "650102 19920311 0358", "手机号码": "+86 186-1234-5678",
@@ -205,7 +212,8 @@ def test_accepted_query_shows_the_sms_message_and_sends_normalised_fields(stack,
     assert "查询已受理" in done.inner_text() and "48小时内通过10699000短信端口" in done.inner_text()
     assert not page.locator("#card-form").is_visible()
     link = page.get_by_role("link", name="查看查询进度")
-    assert link.get_attribute("href").endswith(f"/v1/card-queries/{ACCEPTED['query_id']}")
+    assert link.get_attribute("href").endswith(  # type: ignore[union-attr]  # None fails the test all the same
+        f"/v1/card-queries/{ACCEPTED['query_id']}")
     status = {"query_id": ACCEPTED["query_id"], "status": "looking_up", "created_at": "2026-11-28T09:00:00Z"}
     page.route(f"**/v1/card-queries/{ACCEPTED['query_id']}", lambda route: route.fulfill(
         status=200, content_type="application/json", body=json.dumps(status)))
@@ -231,7 +239,8 @@ def test_accepted_query_shows_the_sms_message_and_sends_normalised_fields(stack,
      "操作过于频繁，请于30秒后再试"),
     (500, {"error": {"code": "internal_error", "message": "…"}}, {}, "#card-form-error", "服务暂时出现问题"),
 ])
-def test_server_errors_show_where_they_belong(stack, page, status, body, headers, where, message):
+def test_server_errors_show_where_they_belong(stack: LocalStack, page: Page, status: int, body: dict[str, Any],
+                                              headers: dict[str, str], where: str, message: str) -> None:
     cards_tab(page)
     sent = intercept(page, status, body, headers)
     fill(page, GOOD)
@@ -242,7 +251,7 @@ def test_server_errors_show_where_they_belong(stack, page, status, body, headers
     assert page.locator("#card-submit").is_enabled()
 
 
-def test_get_code_counts_down_in_the_card_form_with_the_real_server(stack, page):
+def test_get_code_counts_down_in_the_card_form_with_the_real_server(stack: LocalStack, page: Page) -> None:
     cards_tab(page)
     page.get_by_label("手机号码").fill("18612345678")
     button = page.locator("#card-get-code")
@@ -257,16 +266,16 @@ def test_get_code_counts_down_in_the_card_form_with_the_real_server(stack, page)
     assert page.locator("altcha-widget").count() == 0 and page.locator("#card-pow").is_hidden()
 
 
-def test_get_code_with_a_wrong_phone_is_caught_before_any_request(stack, page):
+def test_get_code_with_a_wrong_phone_is_caught_before_any_request(stack: LocalStack, page: Page) -> None:
     cards_tab(page)
     page.get_by_label("手机号码").fill("1861234567")
     page.get_by_role("button", name="获取验证码").click()
     assert "请输入正确的11位手机号码" in page.locator("#card-phone-error").inner_text()
-    assert not [u for u in page.requests_seen if u.endswith("/v1/verification-codes")]
+    assert not [u for u in page.requests_seen if u.endswith("/v1/verification-codes")]  # type: ignore[attr-defined]  # page()
     assert stack.read_outbox() == []
 
 
-def test_screenshot_of_the_card_tab_at_360px(stack, page):
+def test_screenshot_of_the_card_tab_at_360px(stack: LocalStack, page: Page) -> None:
     cards_tab(page)
     fill(page, {"姓名": "阿依古丽·买买提", "身份证号码": _wrong_check("650102199203110358"),
                 "手机号码": "18612345678", "验证码": ""})
@@ -276,14 +285,14 @@ def test_screenshot_of_the_card_tab_at_360px(stack, page):
 
 
 @pytest.mark.parametrize("stack_options", [StackOptions(**{**BASE_OPTIONS.__dict__, "deadline_seconds": 120})])
-def test_full_card_flow_against_the_real_service_ends_with_the_reply_sms(stack, page):
+def test_full_card_flow_against_the_real_service_ends_with_the_reply_sms(stack: LocalStack, page: Page) -> None:
     """No interception: the real route, the real workflow over 132 operators, the reply in the outbox."""
     cards_tab(page)
     page.get_by_label("手机号码").fill("13812345678")
     page.get_by_role("button", name="获取验证码").click()
     code = wait_for(lambda: [m for m in stack.read_outbox() if m["phone"] == "13812345678"], 10, "the code SMS")
     fill(page, {"姓名": "张伟", "身份证号码": "44010619850212345x", "手机号码": "13812345678",
-                "验证码": re.search(r"验证码为(\d{6})", code[0]["message"]).group(1)})
+                "验证码": re.search(r"验证码为(\d{6})", code[0]["message"]).group(1)})  # type: ignore[union-attr]
     page.get_by_role("button", name="查询").click()
     done = page.locator("#card-done")
     done.wait_for(state="visible")
@@ -295,7 +304,8 @@ def test_full_card_flow_against_the_real_service_ends_with_the_reply_sms(stack, 
 
 
 @pytest.mark.parametrize("stack_options", [StackOptions(**{**BASE_OPTIONS.__dict__, "code_free_per_number": 0})])
-def test_a_428_on_the_card_tab_shows_the_widget_which_solves_and_the_code_arrives(stack, page):
+def test_a_428_on_the_card_tab_shows_the_widget_which_solves_and_the_code_arrives(stack: LocalStack,
+                                                                                  page: Page) -> None:
     """SPEC §3 proof of work from the first code on: the 428's challenge solved in the card form."""
     statuses: list[int] = []
     page.on("response", lambda r: statuses.append(r.status) if r.url.endswith("/v1/verification-codes") else None)

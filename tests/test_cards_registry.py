@@ -7,6 +7,8 @@ import os
 import re
 from collections import Counter
 
+import pytest
+
 from chalicelib.registry import Company
 from local.stack import ROOT
 
@@ -18,7 +20,7 @@ CARRIERS = {"中国移动": ("cmcc", "公司", "10086"), "中国联通": ("cucc"
 KEYS = {"id", "name", "group", "details", "unbind", "hotline", "base_url", "secret_name", "max_requests_per_second"}
 
 
-def test_93_provincial_companies_and_at_least_39_resellers_with_unique_ids_and_names():
+def test_93_provincial_companies_and_at_least_39_resellers_with_unique_ids_and_names() -> None:
     groups = Counter(entry["group"] for entry in OPERATORS)
     assert groups["中国移动"] == groups["中国联通"] == groups["中国电信"] == 31
     assert groups["转售企业"] >= 39
@@ -28,7 +30,7 @@ def test_93_provincial_companies_and_at_least_39_resellers_with_unique_ids_and_n
     assert len({e["name"] for e in OPERATORS}) == len(OPERATORS)
 
 
-def test_every_entry_has_exactly_the_registry_keys_and_loads_as_a_company():
+def test_every_entry_has_exactly_the_registry_keys_and_loads_as_a_company() -> None:
     fields = {f.name for f in dataclasses.fields(Company)}
     for entry in OPERATORS:
         assert set(entry) == KEYS, entry["id"]
@@ -40,7 +42,7 @@ def test_every_entry_has_exactly_the_registry_keys_and_loads_as_a_company():
         assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)+", company.id)
 
 
-def test_provincial_companies_are_named_as_usual_in_the_national_order_of_regions():
+def test_provincial_companies_are_named_as_usual_in_the_national_order_of_regions() -> None:
     regions = ["北京", "天津", "河北", "山西", "内蒙古", "辽宁", "吉林", "黑龙江", "上海", "江苏", "浙江", "安徽",
                "福建", "江西", "山东", "河南", "湖北", "湖南", "广东", "广西", "海南", "重庆", "四川", "贵州",
                "云南", "西藏", "陕西", "甘肃", "青海", "宁夏", "新疆"]
@@ -58,7 +60,7 @@ def test_provincial_companies_are_named_as_usual_in_the_national_order_of_region
     assert next(e for e in OPERATORS if e["id"] == "cucc-bj")["name"] == "中国联通北京分公司"
 
 
-def test_resellers_come_last_with_mvno_ids():
+def test_resellers_come_last_with_mvno_ids() -> None:
     resellers = OPERATORS[93:]
     assert {e["group"] for e in resellers} == {"转售企业"}
     assert all(e["id"].startswith("mvno-") for e in resellers)
@@ -66,7 +68,7 @@ def test_resellers_come_last_with_mvno_ids():
     assert all(re.fullmatch(r"(\d{5,}|\d{3,4}-?\d{3,4}-?\d{4})?", e["hotline"]) for e in resellers)
 
 
-def test_the_loader_reads_the_bundled_registry(monkeypatch):
+def test_the_loader_reads_the_bundled_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     from chalicelib import registry
     from chalicelib.config import settings
 
@@ -76,7 +78,7 @@ def test_the_loader_reads_the_bundled_registry(monkeypatch):
     try:
         loaded = registry.operators()
         assert [o.id for o in loaded] == [e["id"] for e in OPERATORS]
-        assert registry.operator("cmcc-gd").group == "中国移动"
+        assert registry.operator("cmcc-gd").group == "中国移动"  # type: ignore[union-attr]  # None fails all the same
         assert registry.operator("nobody") is None
     finally:
         settings.cache_clear()

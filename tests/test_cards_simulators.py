@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -59,14 +60,14 @@ class _Receiver:
 
 
 @pytest.fixture
-def receiver():
+def receiver() -> Iterator[_Receiver]:
     server = _Receiver()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def operators():
+def operators() -> Iterator[simulators.OperatorSimulator]:
     sim = simulators.OperatorSimulator(secrets=dict(SECRETS), cards=dict(CARDS),
                                        modes={"cucc-bj": ("immediate", 0.0)}, default=("callback", 0.1))
     sim.start(0)
@@ -87,13 +88,15 @@ def call(url: str, body: Any, secret: str | None, method: str = "POST") -> tuple
         return exc.code, json.loads(raw) if raw else None
 
 
-def lookup(operators, operator: str, receiver, lookup_id: str = "L1", id_number: str = ID, secret: str | None = None):
+def lookup(operators: simulators.OperatorSimulator, operator: str, receiver: _Receiver, lookup_id: str = "L1",
+           id_number: str = ID, secret: str | None = None) -> tuple[int, Any]:
     body = {"lookup_id": lookup_id, "id_number": id_number, "name": "张伟",
             "callback_url": f"{receiver.url}/v1/operators/{operator}/results"}
     return call(f"{operators.url}/{operator}/card-lookups", body, secret or SECRETS[operator])
 
 
-def test_callback_mode_answers_202_then_calls_back_signed_with_the_count(operators, receiver):
+def test_callback_mode_answers_202_then_calls_back_signed_with_the_count(operators: simulators.OperatorSimulator,
+                                                                         receiver: _Receiver) -> None:
     assert lookup(operators, "cmcc-gd", receiver) == (202, None)
     wait_for(lambda: receiver.calls, 5, "the callback")
     path, headers, body = receiver.calls[0]
@@ -105,7 +108,8 @@ def test_callback_mode_answers_202_then_calls_back_signed_with_the_count(operato
     assert call(f"{operators.url}/cmcc-gd/stats", None, None, "GET") == (200, {"requests": 1, "callbacks": 1})
 
 
-def test_immediate_mode_answers_in_the_response_and_an_absent_row_is_zero(operators, receiver):
+def test_immediate_mode_answers_in_the_response_and_an_absent_row_is_zero(operators: simulators.OperatorSimulator,
+                                                                          receiver: _Receiver) -> None:
     assert lookup(operators, "cucc-bj", receiver) == (200, {"lookup_id": "L1", "card_count": 1})
     assert lookup(operators, "cucc-bj", receiver, "L2", "110105194912310021") == (
         200, {"lookup_id": "L2", "card_count": 0})
@@ -123,7 +127,8 @@ def test_immediate_mode_answers_in_the_response_and_an_absent_row_is_zero(operat
      (200, {"lookup_id": "L1", "error": "lookup backend unavailable"})),
     ("silent", (202, None), (202, None)),
 ])
-def test_modes_as_partners_and_changeable_at_runtime(operators, receiver, mode, first, later):
+def test_modes_as_partners_and_changeable_at_runtime(operators: simulators.OperatorSimulator, receiver: _Receiver,
+                                                     mode: str, first: tuple[int, Any], later: tuple[int, Any]) -> None:
     operators.modes["mvno-xiaomi"] = ("immediate", 0.0)  # the dict itself, or:
     operators.set_mode("mvno-xiaomi", mode)
     answers = [lookup(operators, "mvno-xiaomi", receiver) for _ in range(3)]
@@ -138,7 +143,7 @@ def test_modes_as_partners_and_changeable_at_runtime(operators, receiver, mode, 
     assert lookup(operators, "cmcc-gd", receiver)[0] == 202  # the others keep their own mode
 
 
-def test_signatures_paths_and_bodies_are_checked(operators, receiver):
+def test_signatures_paths_and_bodies_are_checked(operators: simulators.OperatorSimulator, receiver: _Receiver) -> None:
     assert lookup(operators, "cmcc-gd", receiver, secret=SECRETS["cucc-bj"])[0] == 401
     status, _ = call(f"{operators.url}/cmcc-gd/card-lookups", {"lookup_id": "L1"}, None)
     assert status == 401
@@ -151,7 +156,8 @@ def test_signatures_paths_and_bodies_are_checked(operators, receiver):
     assert operators.requests == []  # nothing that failed the checks counts as a request
 
 
-def test_slow_mode_answers_after_our_overall_time_limit(operators, receiver, monkeypatch):
+def test_slow_mode_answers_after_our_overall_time_limit(operators: simulators.OperatorSimulator, receiver: _Receiver,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from chalicelib import http
 
     monkeypatch.setattr(http, "OVERALL_SECONDS", 0.2)
@@ -161,7 +167,7 @@ def test_slow_mode_answers_after_our_overall_time_limit(operators, receiver, mon
     assert time.monotonic() - started >= 1.2
 
 
-def test_operator_modes_file_and_override():
+def test_operator_modes_file_and_override() -> None:
     modes = simulators.load_operator_modes(override="cmcc-gd=down, ctcc-xj=silent")
     assert modes["cmcc-gd"] == ("down", 1.0)  # the file's delay is kept
     assert modes["ctcc-xj"] == ("silent", simulators.DEFAULT_OPERATOR_MODE[1])
@@ -172,7 +178,7 @@ def test_operator_modes_file_and_override():
         simulators.OperatorSimulator(secrets={}, cards={}).set_mode("cmcc-gd", "asleep")
 
 
-def test_the_carrier_confirms_phone_name_and_id_number_together():
+def test_the_carrier_confirms_phone_name_and_id_number_together() -> None:
     subscribers = simulators.load_subscribers()
     carrier = simulators.CarrierSimulator(secrets={"cmcc": SECRETS["cmcc-gd"], "cucc": SECRETS["cucc-bj"]},
                                           subscribers=subscribers)
@@ -206,7 +212,7 @@ def _rows(name: str) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_subscribers_have_valid_names_and_id_numbers_ending_in_their_id_last6():
+def test_subscribers_have_valid_names_and_id_numbers_ending_in_their_id_last6() -> None:
     rows = _rows("subscribers.csv")
     assert list(rows[0]) == ["phone", "id_last6", "status", "carrier", "name", "id_number"]
     assert len(rows) >= 20
@@ -220,7 +226,7 @@ def test_subscribers_have_valid_names_and_id_numbers_ending_in_their_id_last6():
     assert any("·" in row["name"] for row in rows)
 
 
-def test_cards_are_the_whole_truth_per_id_including_each_active_subscribers_own_card():
+def test_cards_are_the_whole_truth_per_id_including_each_active_subscribers_own_card() -> None:
     cards = _rows("cards.csv")
     assert list(cards[0]) == ["id_number", "operator", "card_count"]
     assert all(row["operator"] in OPERATORS and int(row["card_count"]) >= 1 for row in cards)
@@ -240,7 +246,7 @@ def test_cards_are_the_whole_truth_per_id_including_each_active_subscribers_own_
     assert held[ID] == {"cmcc-gd": 2, "cucc-bj": 1}  # SPEC §9's example
 
 
-def test_operator_modes_fixture_names_registry_operators_and_known_modes():
+def test_operator_modes_fixture_names_registry_operators_and_known_modes() -> None:
     rows = _rows("operators.csv")
     assert list(rows[0]) == ["operator", "mode", "delay_seconds"]
     assert all(row["operator"] in OPERATORS and row["mode"] in simulators.MODES for row in rows)

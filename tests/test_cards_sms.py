@@ -23,13 +23,13 @@ def fits(text: str) -> bool:
     return len(text.encode("utf-8")) <= MAX_MESSAGE_BYTES
 
 
-def test_spec_example_exactly():
+def test_spec_example_exactly() -> None:
     text = card_result_text(answers({"中国移动广东公司": 2, "中国联通北京分公司": 1}))
     assert text == ("【一证通查】您名下在网移动电话卡共3张：中国移动广东公司2张，中国联通北京分公司1张。"
                     "如有异议，请联系相关企业核实、关停或销户。")
 
 
-def test_named_in_the_order_given_which_is_registry_order_never_by_count():
+def test_named_in_the_order_given_which_is_registry_order_never_by_count() -> None:
     text = card_result_text([("中国联通北京分公司", 5), ("中国电信上海分公司", 0), ("小米移动", 1),
                              ("中国移动广东公司", 2)])
     assert text == ("【一证通查】您名下在网移动电话卡共8张：中国联通北京分公司5张，小米移动1张，中国移动广东公司2张。"
@@ -38,13 +38,13 @@ def test_named_in_the_order_given_which_is_registry_order_never_by_count():
     assert ordered.index("中国移动广东公司") < ordered.index("中国联通北京分公司") < ordered.index("小米移动")
 
 
-def test_no_card_and_everyone_answered():
+def test_no_card_and_everyone_answered() -> None:
     assert card_result_text(answers({})) == "【一证通查】您名下暂无在网移动电话卡。"
     assert card_result_text([]) == "【一证通查】您名下暂无在网移动电话卡。"
 
 
 @pytest.mark.parametrize("unanswered", [1, 2, 37])
-def test_k_operators_unanswered_come_right_before_the_dispute_sentence(unanswered):
+def test_k_operators_unanswered_come_right_before_the_dispute_sentence(unanswered: int) -> None:
     counts: dict[str, int | None] = {"中国移动广东公司": 2, "中国联通北京分公司": 1}
     silent = [n for n in NAMES if n not in counts][:unanswered]
     counts.update(dict.fromkeys(silent))
@@ -54,7 +54,7 @@ def test_k_operators_unanswered_come_right_before_the_dispute_sentence(unanswere
     assert not any(name in text for name in silent)  # those who did not answer are counted, not named
 
 
-def test_no_card_among_those_that_answered_while_some_did_not():
+def test_no_card_among_those_that_answered_while_some_did_not() -> None:
     text = card_result_text(answers({"中国移动广东公司": None, "小米移动": None}))
     assert text == ("【一证通查】您名下在网移动电话卡共0张。另有2家企业暂未返回。"
                     "如有异议，请联系相关企业核实、关停或销户。")
@@ -63,7 +63,7 @@ def test_no_card_among_those_that_answered_while_some_did_not():
                       "如有异议，请联系相关企业核实、关停或销户。")
 
 
-def test_worst_case_every_operator_with_99_cards_fits_and_keeps_the_total():
+def test_worst_case_every_operator_with_99_cards_fits_and_keeps_the_total() -> None:
     text = card_result_text(answers({}, default=99))
     assert fits(text), len(text.encode())
     assert text.startswith(f"{PREFIX}您名下在网移动电话卡共{99 * len(NAMES)}张：{NAMES[0]}99张，")
@@ -77,7 +77,7 @@ def test_worst_case_every_operator_with_99_cards_fits_and_keeps_the_total():
     assert not fits(longer)
 
 
-def test_worst_case_with_unanswered_operators_and_huge_counts_still_fits():
+def test_worst_case_with_unanswered_operators_and_huge_counts_still_fits() -> None:
     counts: dict[str, int | None] = {name: 100_000 for name in NAMES}
     counts[NAMES[-1]] = None
     text = card_result_text(answers(counts))
@@ -87,7 +87,7 @@ def test_worst_case_with_unanswered_operators_and_huge_counts_still_fits():
 
 
 @pytest.mark.parametrize("operators", [132, 500, 2000])
-def test_it_fits_whatever_the_registry_size(operators):
+def test_it_fits_whatever_the_registry_size(operators: int) -> None:
     long_names = [(f"某某省某某市某某移动通信转售企业第{i}号分公司", 99) for i in range(operators)]
     text = card_result_text(long_names)
     assert fits(text)
@@ -95,6 +95,6 @@ def test_it_fits_whatever_the_registry_size(operators):
     assert f"共{99 * operators}张" in text
 
 
-def test_never_a_name_or_an_id_number():
+def test_never_a_name_or_an_id_number() -> None:
     text = card_result_text(answers({"中国移动广东公司": 2}))
     assert not re.search(r"\d{6,}", text)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from chalicelib import signing
-from local.stack import StackOptions
+from local.stack import LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS
 
 NEWCOMER = {"id": "mvno-newco", "name": "新来移动", "group": "转售企业", "details": "", "unbind": "", "hotline": "",
@@ -48,7 +48,7 @@ def card_lookup(operator: Any, id_number: str = "44010619850212345X") -> tuple[i
     return post(f"{operator.base_url}/card-lookups", body, secret(operator.secret_name))
 
 
-def test_registry_points_every_operator_at_the_one_simulator_with_its_own_secret(stack):
+def test_registry_points_every_operator_at_the_one_simulator_with_its_own_secret(stack: LocalStack) -> None:
     from chalicelib import registry
 
     operators = registry.operators()
@@ -62,14 +62,14 @@ def test_registry_points_every_operator_at_the_one_simulator_with_its_own_secret
     assert card_lookup(registry.operator("mvno-newco"))[0] == 202  # default: callback
     # signed with another operator's secret: refused
     body = {"lookup_id": "L1", "id_number": "44010619850212345X", "name": "张伟", "callback_url": "http://x"}
-    assert post(f"{gd.base_url}/card-lookups", body, secret("yztc/operators/cucc-bj"))[0] == 401
+    assert post(f"{gd.base_url}/card-lookups", body, secret("yztc/operators/cucc-bj"))[0] == 401  # type: ignore[union-attr]
     stack.operators.set_mode("cmcc-gd", "reject")
     assert card_lookup(gd)[0] == 400
-    with urllib.request.urlopen(f"{gd.base_url}/stats", timeout=10) as response:
+    with urllib.request.urlopen(f"{gd.base_url}/stats", timeout=10) as response:  # type: ignore[union-attr]  # bundled
         assert json.load(response) == {"requests": 2, "callbacks": 0}
 
 
-def test_the_carrier_checks_name_and_id_number_behind_the_registry(stack):
+def test_the_carrier_checks_name_and_id_number_behind_the_registry(stack: LocalStack) -> None:
     from chalicelib import registry
 
     carrier = registry.carrier_for("13812345678")
@@ -83,7 +83,7 @@ def test_the_carrier_checks_name_and_id_number_behind_the_registry(stack):
     assert post(url, {"phone": "13812345678", "id_last6": "12345X"}, key) == (200, {"result": "match"})
 
 
-def test_the_bundled_registry_alone_without_options(monkeypatch):
+def test_the_bundled_registry_alone_without_options(monkeypatch: pytest.MonkeyPatch) -> None:
     """A stack with default options: 132 operators, modes from operators.csv, OPERATOR_MODES read."""
     from moto import mock_aws
 

@@ -32,7 +32,7 @@ assert VALID == "11010519491231002X"
     (with_check("54010220261128001"), with_check("54010220261128001")),  # born today
     (with_check("15010219851231999"), with_check("15010219851231999")),
 ])
-def test_valid_id_numbers_are_normalised(value, expected):
+def test_valid_id_numbers_are_normalised(value: str, expected: str) -> None:
     assert normalise_id_number(value, TODAY) == expected
 
 
@@ -71,19 +71,19 @@ def _wrong_check(number: str) -> str:
     "   ",
     "110105\n19491231002X",  # a newline is not a separator
 ])
-def test_invalid_id_numbers(value):
+def test_invalid_id_numbers(value: str) -> None:
     with pytest.raises(errors.InvalidIdNumber):
         normalise_id_number(value, TODAY)
 
 
 @pytest.mark.parametrize("value", [None, 11010519491231002, 1.5, True, ["11010519491231002X"],
                                    {"id": "11010519491231002X"}, b"11010519491231002X"])
-def test_id_number_of_the_wrong_type(value):
+def test_id_number_of_the_wrong_type(value: object) -> None:
     with pytest.raises(errors.InvalidIdNumber):
         normalise_id_number(value, TODAY)
 
 
-def test_every_check_character_is_reachable_and_only_one_is_right():
+def test_every_check_character_is_reachable_and_only_one_is_right() -> None:
     seen = set()
     for sequence in range(100, 160):
         first17 = f"11010519491231{sequence:03d}"
@@ -117,7 +117,7 @@ def test_every_check_character_is_reachable_and_only_one_is_right():
     ("张" * 30, "张" * 30),
     ("Li", "Li"),
 ])
-def test_valid_names_are_normalised(value, expected):
+def test_valid_names_are_normalised(value: str, expected: str) -> None:
     assert normalise_name(value) == expected
 
 
@@ -148,20 +148,20 @@ def test_valid_names_are_normalised(value, expected):
     "Ωμέγα",  # letters, but not ASCII
     "김철수",  # Hangul is not a Chinese character
 ])
-def test_invalid_names(value):
+def test_invalid_names(value: str) -> None:
     with pytest.raises(errors.InvalidName):
         normalise_name(value)
 
 
 @pytest.mark.parametrize("value", [None, 12, 1.0, False, ["张三"], {"name": "张三"}, b"\xe5\xbc\xa0"])
-def test_name_of_the_wrong_type(value):
+def test_name_of_the_wrong_type(value: object) -> None:
     with pytest.raises(errors.InvalidName):
         normalise_name(value)
 
 
 @pytest.mark.parametrize("error, code", [(errors.InvalidName(), "invalid_name"),
                                          (errors.InvalidIdNumber(), "invalid_id_number")])
-def test_both_errors_answer_400_in_the_one_error_shape(error, code):
+def test_both_errors_answer_400_in_the_one_error_shape(error: errors.ServiceError, code: str) -> None:
     import json
 
     response = error_response(error)

@@ -27,26 +27,26 @@ def solved(key: str = "k") -> tuple[dict[str, Any], dict[str, Any]]:
     return challenge, json.loads(base64.b64decode(solve(challenge)))
 
 
-def test_a_challenge_has_the_spec_fields_and_about_a_second_of_work():
+def test_a_challenge_has_the_spec_fields_and_about_a_second_of_work() -> None:
     challenge = proof().challenge()
     assert set(challenge) == {"algorithm", "challenge", "maxnumber", "salt", "signature"}
     assert challenge["algorithm"] == "SHA-256"
     assert challenge["maxnumber"] == settings().altcha_max_number
 
 
-def test_a_solved_challenge_is_accepted_with_the_widgets_extra_keys():
+def test_a_solved_challenge_is_accepted_with_the_widgets_extra_keys() -> None:
     challenge, solution = solved()
     verified = proof().verify(encode({**solution, "took": 812}))
     assert verified is not None and verified.challenge == challenge["challenge"]
 
 
-def test_a_solution_older_than_five_minutes_is_refused():
+def test_a_solution_older_than_five_minutes_is_refused() -> None:
     _, solution = solved()
     assert proof(now=NOW + 299).verify(encode(solution)) is not None
     assert proof(now=NOW + 300).verify(encode(solution)) is None
 
 
-def test_a_challenge_signed_with_another_key_is_refused():
+def test_a_challenge_signed_with_another_key_is_refused() -> None:
     _, solution = solved(key="someone else's")
     assert proof(key="k").verify(encode(solution)) is None
 
@@ -55,7 +55,7 @@ def test_a_challenge_signed_with_another_key_is_refused():
     {"number": -1}, {"number": True}, {"number": "12"}, {"number": 10**9}, {"algorithm": "SHA-1"},
     {"salt": "abc"}, {"salt": 5}, {"challenge": "0" * 64}, {"signature": "f" * 64}, {"signature": None},
 ])
-def test_a_tampered_solution_is_refused(change):
+def test_a_tampered_solution_is_refused(change: dict[str, Any]) -> None:
     _, solution = solved()
     assert proof().verify(encode({**solution, **change})) is None
 
@@ -64,11 +64,11 @@ def test_a_tampered_solution_is_refused(change):
     None, 12, "", "not base64!", base64.b64encode(b"not json").decode(), encode([1, 2]), encode("text"),
     encode(["algorithm", "challenge", "number", "salt", "signature"]), encode({}), "A" * 5000,
 ])
-def test_anything_that_is_not_a_solution_is_refused_without_an_error(encoded):
+def test_anything_that_is_not_a_solution_is_refused_without_an_error(encoded: Any) -> None:
     assert proof().verify(encoded) is None
 
 
-def test_the_solution_record_is_named_by_its_challenge_and_held_past_its_expiry():
+def test_the_solution_record_is_named_by_its_challenge_and_held_past_its_expiry() -> None:
     challenge, solution = solved()
     verified = proof().verify(encode(solution))
     assert verified is not None

@@ -13,7 +13,7 @@ import pytest
 import time_machine
 
 from local.altcha import solve
-from local.stack import StackOptions
+from local.stack import LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS
 from tests.helpers import latest_code
 
@@ -71,20 +71,20 @@ def guess_wrong(stack: Any, source: str, code: str, times: int) -> None:
 
 
 # -- wrong tries: per client, and in all ---------------------------------------------------------
-def test_five_wrong_tries_from_another_client_leave_the_owners_code_working(stack):
+def test_five_wrong_tries_from_another_client_leave_the_owners_code_working(stack: LocalStack) -> None:
     code = owners_code(stack)
     guess_wrong(stack, STRANGER, code, 5)
     assert query(stack, OWNER, code).status == 202
 
 
-def test_a_client_refused_after_five_wrong_tries_is_refused_even_the_right_code(stack):
+def test_a_client_refused_after_five_wrong_tries_is_refused_even_the_right_code(stack: LocalStack) -> None:
     code = owners_code(stack)
     guess_wrong(stack, STRANGER, code, 5)
     assert query(stack, STRANGER, code).error == "wrong_code"  # refused, and not counted again
     assert query(stack, OWNER, code).status == 202
 
 
-def test_a_refused_client_may_try_again_once_a_new_code_is_sent(stack):
+def test_a_refused_client_may_try_again_once_a_new_code_is_sent(stack: LocalStack) -> None:
     with time_machine.travel(START, tick=True) as traveller:
         code = owners_code(stack)
         guess_wrong(stack, OWNER, code, 5)
@@ -94,7 +94,8 @@ def test_a_refused_client_may_try_again_once_a_new_code_is_sent(stack):
 
 
 @pytest.mark.parametrize("wrong_tries, then", [(19, 202), (20, 403)])
-def test_twenty_wrong_tries_from_anywhere_cancel_every_live_code_of_the_number(stack, wrong_tries, then):
+def test_twenty_wrong_tries_from_anywhere_cancel_every_live_code_of_the_number(stack: LocalStack, wrong_tries: int,
+                                                                               then: int) -> None:
     code = owners_code(stack)
     clients = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
     for n, client in enumerate(clients):
@@ -102,7 +103,7 @@ def test_twenty_wrong_tries_from_anywhere_cancel_every_live_code_of_the_number(s
     assert query(stack, OWNER, code).status == then
 
 
-def test_a_strangers_code_request_for_the_number_leaves_the_owners_earlier_code_valid(stack):
+def test_a_strangers_code_request_for_the_number_leaves_the_owners_earlier_code_valid(stack: LocalStack) -> None:
     with time_machine.travel(START, tick=True) as traveller:
         code = owners_code(stack)
         traveller.shift(61)
@@ -124,7 +125,7 @@ def challenge_of(answer: Answer) -> dict[str, Any]:
     return dict(challenge)
 
 
-def test_the_third_code_of_a_day_needs_a_solution_and_a_solution_is_accepted_once(stack):
+def test_the_third_code_of_a_day_needs_a_solution_and_a_solution_is_accepted_once(stack: LocalStack) -> None:
     with time_machine.travel(START, tick=True) as traveller:
         use_the_free_codes(stack, traveller)
         solution = solve(challenge_of(ask_code(stack, OWNER)))
@@ -135,7 +136,7 @@ def test_the_third_code_of_a_day_needs_a_solution_and_a_solution_is_accepted_onc
     assert len(stack.read_outbox()) == 4
 
 
-def test_a_solution_is_spent_only_by_a_request_that_sends_a_code(stack):
+def test_a_solution_is_spent_only_by_a_request_that_sends_a_code(stack: LocalStack) -> None:
     with time_machine.travel(START, tick=True) as traveller:
         use_the_free_codes(stack, traveller)
         challenge_of(ask_code(stack, OWNER))
@@ -150,7 +151,7 @@ def test_a_solution_is_spent_only_by_a_request_that_sends_a_code(stack):
         assert ask_code(stack, OWNER, altcha=solution).status == 202
 
 
-def test_beyond_twenty_code_requests_from_one_client_in_an_hour_a_challenge_is_needed(stack):
+def test_beyond_twenty_code_requests_from_one_client_in_an_hour_a_challenge_is_needed(stack: LocalStack) -> None:
     with time_machine.travel(START, tick=True):
         for n in range(20):
             assert ask_code(stack, "127.0.0.3", phone=f"1390000{n:04d}").status == 202
@@ -158,7 +159,7 @@ def test_beyond_twenty_code_requests_from_one_client_in_an_hour_a_challenge_is_n
         assert ask_code(stack, "127.0.0.4", phone="13900009999").status == 202  # another client is free
 
 
-def test_an_expired_solution_gets_a_fresh_challenge(stack):
+def test_an_expired_solution_gets_a_fresh_challenge(stack: LocalStack) -> None:
     with time_machine.travel(START, tick=True) as traveller:
         use_the_free_codes(stack, traveller)
         solution = solve(challenge_of(ask_code(stack, OWNER)))
@@ -167,13 +168,13 @@ def test_an_expired_solution_gets_a_fresh_challenge(stack):
 
 
 @pytest.mark.parametrize("altcha", [12, None, "", "garbage", {"number": 1}, ["a"], "QUFBQQ=="])
-def test_anything_but_a_solution_is_428_with_a_challenge_never_an_error(stack, altcha):
+def test_anything_but_a_solution_is_428_with_a_challenge_never_an_error(stack: LocalStack, altcha: Any) -> None:
     with time_machine.travel(START, tick=True) as traveller:
         use_the_free_codes(stack, traveller)
         challenge_of(ask_code(stack, OWNER, altcha=altcha))
 
 
-def test_get_challenges_answers_a_challenge_a_code_request_accepts(stack):
+def test_get_challenges_answers_a_challenge_a_code_request_accepts(stack: LocalStack) -> None:
     with time_machine.travel(START, tick=True) as traveller:
         use_the_free_codes(stack, traveller)
         conn = http.client.HTTPConnection("127.0.0.1", stack.options.api_port, timeout=30)
@@ -186,7 +187,8 @@ def test_get_challenges_answers_a_challenge_a_code_request_accepts(stack):
 
 # -- the SMS channel refuses only above its rate -----------------------------------------------------
 @pytest.mark.parametrize("stack_options", [StackOptions(**{**BASE_OPTIONS.__dict__})])
-def test_sixteen_concurrent_code_requests_at_80_percent_of_the_channel_rate_get_no_503(stack, monkeypatch):
+def test_sixteen_concurrent_code_requests_at_80_percent_of_the_channel_rate_get_no_503(
+        stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
     from chalicelib.config import settings
 
     monkeypatch.setenv("SMS_CODES_PER_SECOND", "20")  # 10 shards of 2: a random pick alone refused ~1 in 3

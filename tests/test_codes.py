@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
@@ -10,11 +11,16 @@ import time_machine
 from tests.conftest import post_json
 from tests.helpers import error_code, latest_code, request_code
 
+if TYPE_CHECKING:
+    from chalice.test import Client, HTTPResponse
+
+    from local.stack import LocalStack
+
 PHONE, ID6 = "13900001111", "010203"
 START = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.UTC)  # 10:00 in Beijing
 
 
-def query(api, code):
+def query(api: Client, code: str) -> HTTPResponse:
     return post_json(api, "/v1/queries", {"phone": PHONE, "id_last6": ID6, "code": code})
 
 
@@ -22,7 +28,7 @@ def other(code: str) -> str:
     return f"{(int(code) + 1) % 1_000_000:06d}"
 
 
-def test_code_sms_has_the_spec_text_from_10699000(stack, api):
+def test_code_sms_has_the_spec_text_from_10699000(stack: LocalStack, api: Client) -> None:
     assert request_code(api, PHONE).status_code == 202
     message = stack.read_outbox()[-1]
     code = latest_code(stack, PHONE)
@@ -30,7 +36,7 @@ def test_code_sms_has_the_spec_text_from_10699000(stack, api):
     assert message["phone"] == PHONE
 
 
-def test_code_is_valid_for_five_minutes(stack, api):
+def test_code_is_valid_for_five_minutes(stack: LocalStack, api: Client) -> None:
     with time_machine.travel(START, tick=True) as traveller:
         request_code(api, PHONE)
         code = latest_code(stack, PHONE)
@@ -40,7 +46,7 @@ def test_code_is_valid_for_five_minutes(stack, api):
     assert error_code(response) == "wrong_code"
 
 
-def test_code_just_inside_five_minutes_is_accepted(stack, api):
+def test_code_just_inside_five_minutes_is_accepted(stack: LocalStack, api: Client) -> None:
     with time_machine.travel(START, tick=True) as traveller:
         request_code(api, PHONE)
         code = latest_code(stack, PHONE)
@@ -48,7 +54,7 @@ def test_code_just_inside_five_minutes_is_accepted(stack, api):
         assert query(api, code).status_code == 202
 
 
-def test_code_is_single_use(stack, api):
+def test_code_is_single_use(stack: LocalStack, api: Client) -> None:
     request_code(api, PHONE)
     code = latest_code(stack, PHONE)
     assert query(api, code).status_code == 202
@@ -58,7 +64,8 @@ def test_code_is_single_use(stack, api):
 
 
 @pytest.mark.parametrize("wrong_tries, then", [(4, 202), (5, 403)])
-def test_five_wrong_tries_from_the_owners_own_client_refuse_it(stack, api, wrong_tries, then):
+def test_five_wrong_tries_from_the_owners_own_client_refuse_it(stack: LocalStack, api: Client, wrong_tries: int,
+                                                               then: int) -> None:
     request_code(api, PHONE)
     code = latest_code(stack, PHONE)
     for _ in range(wrong_tries):
@@ -69,7 +76,7 @@ def test_five_wrong_tries_from_the_owners_own_client_refuse_it(stack, api, wrong
         assert error_code(response) == "wrong_code"
 
 
-def test_a_new_code_leaves_the_earlier_one_valid(stack, api):
+def test_a_new_code_leaves_the_earlier_one_valid(stack: LocalStack, api: Client) -> None:
     with time_machine.travel(START, tick=True) as traveller:
         request_code(api, PHONE)
         first = latest_code(stack, PHONE)
@@ -78,7 +85,7 @@ def test_a_new_code_leaves_the_earlier_one_valid(stack, api):
         assert query(api, first).status_code == 202
 
 
-def test_a_fourth_code_drops_the_oldest_of_the_three_live_ones(stack, api):
+def test_a_fourth_code_drops_the_oldest_of_the_three_live_ones(stack: LocalStack, api: Client) -> None:
     codes = []
     with time_machine.travel(START, tick=True) as traveller:
         for _ in range(4):
@@ -90,7 +97,7 @@ def test_a_fourth_code_drops_the_oldest_of_the_three_live_ones(stack, api):
         assert query(api, codes[1]).status_code == 202
 
 
-def test_second_code_within_60_seconds_is_refused_with_retry_after(stack, api):
+def test_second_code_within_60_seconds_is_refused_with_retry_after(stack: LocalStack, api: Client) -> None:
     with time_machine.travel(START, tick=False) as traveller:
         assert request_code(api, PHONE).status_code == 202
         traveller.shift(20)
@@ -103,7 +110,7 @@ def test_second_code_within_60_seconds_is_refused_with_retry_after(stack, api):
     assert len(stack.read_outbox()) == 2
 
 
-def test_eleventh_code_of_the_day_is_refused_until_beijing_midnight(stack, api):
+def test_eleventh_code_of_the_day_is_refused_until_beijing_midnight(stack: LocalStack, api: Client) -> None:
     with time_machine.travel(START, tick=False) as traveller:
         for _ in range(10):
             assert request_code(api, PHONE).status_code == 202
@@ -118,7 +125,8 @@ def test_eleventh_code_of_the_day_is_refused_until_beijing_midnight(stack, api):
         assert request_code(api, PHONE).status_code == 202
 
 
-def test_a_code_beyond_the_per_ip_hourly_limit_is_refused(stack, api, monkeypatch):
+def test_a_code_beyond_the_per_ip_hourly_limit_is_refused(stack: LocalStack, api: Client,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # The default is in the hundreds (carrier-grade NAT, tests/test_contention.py); 5 here keeps it short.
     from chalicelib.config import settings
 
@@ -138,12 +146,12 @@ def test_a_code_beyond_the_per_ip_hourly_limit_is_refused(stack, api, monkeypatc
     assert {m["phone"] for m in stack.read_outbox()} == set(phones[:5])
 
 
-def test_saturated_sms_channel_is_503_service_busy(stack, api):
+def test_saturated_sms_channel_is_503_service_busy(stack: LocalStack, api: Client) -> None:
     from botocore.exceptions import ClientError
 
     from chalicelib import clients
 
-    def throttled(**_):
+    def throttled(**_: Any) -> None:
         raise ClientError({"Error": {"Code": "Throttling", "Message": "Rate exceeded"}}, "Publish")
 
     # The SNS refusal comes from AWS; everything of ours runs as deployed.
@@ -155,12 +163,12 @@ def test_saturated_sms_channel_is_503_service_busy(stack, api):
     assert stack.read_outbox() == []
 
 
-def test_a_number_sns_refuses_for_good_is_400_invalid_phone_not_500(stack, api):
+def test_a_number_sns_refuses_for_good_is_400_invalid_phone_not_500(stack: LocalStack, api: Client) -> None:
     from botocore.exceptions import ClientError
 
     from chalicelib import clients
 
-    def opted_out(**_):
+    def opted_out(**_: Any) -> None:
         raise ClientError({"Error": {"Code": "InvalidParameter", "Message": "opted out"}}, "Publish")
 
     clients.client("sns").meta.events.register("before-call.sns.Publish", opted_out)
@@ -170,7 +178,7 @@ def test_a_number_sns_refuses_for_good_is_400_invalid_phone_not_500(stack, api):
 
 
 @pytest.mark.parametrize("attempt", ["wrong", "expired"])
-def test_refused_code_does_not_create_a_query(stack, api, attempt):
+def test_refused_code_does_not_create_a_query(stack: LocalStack, api: Client, attempt: str) -> None:
     with time_machine.travel(START, tick=True) as traveller:
         request_code(api, PHONE)
         code = latest_code(stack, PHONE)
@@ -183,7 +191,8 @@ def test_refused_code_does_not_create_a_query(stack, api, attempt):
     assert boto3.client("dynamodb").scan(TableName=stack.env["QUERIES_TABLE"])["Items"] == []
 
 
-def test_codes_over_the_sms_channel_rate_are_refused_busy_and_change_nothing(stack, api, monkeypatch):
+def test_codes_over_the_sms_channel_rate_are_refused_busy_and_change_nothing(stack: LocalStack, api: Client,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from chalicelib.config import settings
 
     monkeypatch.setenv("SMS_CODES_PER_SECOND", "2")

@@ -12,7 +12,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
@@ -26,6 +26,11 @@ from chalicelib import errors
 from chalicelib.throttle import ConflictRetry
 from tests.conftest import API_PORT, post_json
 from tests.helpers import error_code, latest_code, request_code, submit, wait_finished
+
+if TYPE_CHECKING:
+    from chalice.test import Client
+
+    from local.stack import LocalStack
 
 START = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.UTC)
 
@@ -61,7 +66,8 @@ def throttle_keys(stack: Any) -> dict[str, int]:
 
 
 # -- sharding ---------------------------------------------------------------------------------------
-def test_code_requests_in_one_second_spread_the_channel_count_over_shards(stack, api, monkeypatch):
+def test_code_requests_in_one_second_spread_the_channel_count_over_shards(stack: LocalStack, api: Client,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from chalicelib.config import settings
 
     monkeypatch.setenv("SMS_CODES_PER_SECOND", "1000")  # room in every shard: this test counts, not refuses
@@ -81,7 +87,8 @@ def test_code_requests_in_one_second_spread_the_channel_count_over_shards(stack,
     assert len(shards) >= 4 and sum(channel.values()) == len(phones)
 
 
-def test_each_shard_takes_its_share_of_the_channel_rate(stack, api, monkeypatch):
+def test_each_shard_takes_its_share_of_the_channel_rate(stack: LocalStack, api: Client,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from chalicelib.config import settings
 
     monkeypatch.setenv("SMS_CODES_PER_SECOND", "20")
@@ -98,8 +105,9 @@ def test_each_shard_takes_its_share_of_the_channel_rate(stack, api, monkeypatch)
 
 # -- conflicts ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("conflicting_tries, status", [(1, 202), (3, 202), (4, 503), (50, 503)])
-def test_a_code_request_cancelled_by_conflicts_is_retried_then_busy_never_a_500(stack, api, conflicts,
-                                                                                  conflicting_tries, status):
+def test_a_code_request_cancelled_by_conflicts_is_retried_then_busy_never_a_500(
+        stack: LocalStack, api: Client, conflicts: Callable[[Callable[[int, int], bool]], None], conflicting_tries: int,
+        status: int) -> None:
     conflicts(lambda n, _: n < conflicting_tries)
     response = request_code(api, "13900001111")
     assert response.status_code == status, response.body
@@ -111,8 +119,9 @@ def test_a_code_request_cancelled_by_conflicts_is_retried_then_busy_never_a_500(
 
 
 @pytest.mark.parametrize("conflicting_tries, status", [(3, 202), (4, 503)])
-def test_a_query_cancelled_by_conflicts_is_retried_then_busy_never_a_500(stack, api, conflicts, conflicting_tries,
-                                                                          status):
+def test_a_query_cancelled_by_conflicts_is_retried_then_busy_never_a_500(
+        stack: LocalStack, api: Client, conflicts: Callable[[Callable[[int, int], bool]], None], conflicting_tries: int,
+        status: int) -> None:
     phone = "13900001111"
     assert request_code(api, phone).status_code == 202
     intakes = itertools.count()
@@ -126,8 +135,9 @@ def test_a_query_cancelled_by_conflicts_is_retried_then_busy_never_a_500(stack, 
 
 
 @pytest.mark.parametrize("conflicting_tries, status", [(3, 202), (4, 503)])
-def test_a_dispute_cancelled_by_conflicts_is_retried_then_busy_never_a_500(stack, api, conflicts, monkeypatch,
-                                                                            conflicting_tries, status):
+def test_a_dispute_cancelled_by_conflicts_is_retried_then_busy_never_a_500(
+        stack: LocalStack, api: Client, conflicts: Callable[[Callable[[int, int], bool]], None],
+        monkeypatch: pytest.MonkeyPatch, conflicting_tries: int, status: int) -> None:
     # GIVEN a reply that listed 腾讯 accounts (fixture: 13812345678 / 12345X has 2 there)
     from chalicelib.config import settings
 
@@ -155,7 +165,8 @@ def test_a_dispute_cancelled_by_conflicts_is_retried_then_busy_never_a_500(stack
         assert next(intakes) == conflicting_tries + 1 and len(disputes) == 1
 
 
-def test_concurrent_code_requests_under_conflicts_are_all_answered_202_429_or_503(stack, conflicts):
+def test_concurrent_code_requests_under_conflicts_are_all_answered_202_429_or_503(
+        stack: LocalStack, conflicts: Callable[[Callable[[int, int], bool]], None]) -> None:
     conflicts(lambda n, _: n % 3 != 2)  # two of every three transactions are cancelled, across all requests
     phones = [f"137{n:08d}" for n in range(24)] * 2  # the repeats hit the 60 s resend lock: 429
 
@@ -180,7 +191,7 @@ def _cancelled(code: str) -> TransactWriteError:
     return TransactWriteError("cancelled", cause=cause)
 
 
-def test_conflicts_are_retried_with_growing_random_pauses_then_busy():
+def test_conflicts_are_retried_with_growing_random_pauses_then_busy() -> None:
     pauses: list[float] = []
     attempts = itertools.count(1)
 
@@ -195,7 +206,7 @@ def test_conflicts_are_retried_with_growing_random_pauses_then_busy():
     assert busy.value.retry_after == 1
 
 
-def test_a_cancellation_that_is_not_a_conflict_is_not_retried():
+def test_a_cancellation_that_is_not_a_conflict_is_not_retried() -> None:
     pauses: list[float] = []
 
     def write() -> None:
@@ -206,8 +217,8 @@ def test_a_cancellation_that_is_not_a_conflict_is_not_retried():
     assert pauses == []
 
 
-def test_a_write_that_succeeds_after_a_conflict_returns_its_result():
-    outcomes = iter([_cancelled("TransactionConflict"), "done"])
+def test_a_write_that_succeeds_after_a_conflict_returns_its_result() -> None:
+    outcomes: Iterator[TransactWriteError | str] = iter([_cancelled("TransactionConflict"), "done"])
 
     def write() -> str:
         outcome = next(outcomes)
@@ -219,7 +230,7 @@ def test_a_write_that_succeeds_after_a_conflict_returns_its_result():
 
 
 # -- carrier-grade NAT ------------------------------------------------------------------------------
-def test_per_ip_limits_default_to_hundreds_an_hour(monkeypatch):
+def test_per_ip_limits_default_to_hundreds_an_hour(monkeypatch: pytest.MonkeyPatch) -> None:
     from chalicelib.config import settings
 
     for name in ("CODE_IP_HOURLY_LIMIT", "QUERY_IP_HOURLY_LIMIT"):
@@ -231,7 +242,8 @@ def test_per_ip_limits_default_to_hundreds_an_hour(monkeypatch):
         settings.cache_clear()
 
 
-def test_one_address_shared_by_many_subscribers_gets_more_than_the_old_30_codes_an_hour(stack, api):
+def test_one_address_shared_by_many_subscribers_gets_more_than_the_old_30_codes_an_hour(stack: LocalStack,
+                                                                                        api: Client) -> None:
     with time_machine.travel(START, tick=False) as traveller:
         for n in range(40):
             assert request_code(api, f"139{n:08d}").status_code == 202, n

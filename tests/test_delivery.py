@@ -8,7 +8,7 @@ import json
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
@@ -17,9 +17,12 @@ from chalicelib.partners.kinds import ACCOUNTS
 from chalicelib.registry import Company
 from local.lambdas import acting_as
 from local.recording import recording
-from local.stack import ROOT, StackOptions
+from local.stack import ROOT, LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS, wait_for
 from tests.helpers import COMPANIES, FakeTime, history, replies_to, submit, wait_finished
+
+if TYPE_CHECKING:
+    from chalice.test import Client
 
 with open(os.path.join(ROOT, "local", "fixtures", "subscribers.csv"), encoding="utf-8") as _fh:
     ACTIVE = [(row["phone"], row["id_last6"]) for row in csv.DictReader(_fh) if row["status"] == "active"]
@@ -62,7 +65,7 @@ def lookup_states(query_id: str) -> dict[str, str]:
 
 # -- the one reply claim ------------------------------------------------------------------------------
 @pytest.mark.parametrize("stack_options", [options(partner_modes=",".join(f"{c}=silent" for c in COMPANIES))])
-def test_the_last_of_concurrent_callbacks_claims_the_reply_exactly_once(stack, api):
+def test_the_last_of_concurrent_callbacks_claims_the_reply_exactly_once(stack: LocalStack, api: Client) -> None:
     """GIVEN every company waits for its callback, WHEN all of them (and duplicates) call back at
     the same moment, THEN the reply is claimed and enqueued once, one SMS is published, and it
     counts every company."""
@@ -109,7 +112,7 @@ def _companies() -> list[Company]:
 
 @pytest.mark.parametrize("stack_options", [options(partner_modes=",".join(
     f"{c}={'immediate' if i % 2 else 'callback'}" for i, c in enumerate(COMPANIES)))])
-def test_callbacks_racing_the_fan_outs_immediate_answers_claim_the_reply_once(stack, api):
+def test_callbacks_racing_the_fan_outs_immediate_answers_claim_the_reply_once(stack: LocalStack, api: Client) -> None:
     """Half the companies answer in the 200, half call back at once, while the fan-out still runs."""
     for partner in stack.partners.values():
         partner.delay_seconds = 0
@@ -123,7 +126,7 @@ def test_callbacks_racing_the_fan_outs_immediate_answers_claim_the_reply_once(st
 
 # -- a failing partner ------------------------------------------------------------------------------
 @pytest.mark.parametrize("stack_options", [options(partner_modes="jd=down")])
-def test_a_partner_down_then_recovering_before_the_deadline_is_reported(stack, api):
+def test_a_partner_down_then_recovering_before_the_deadline_is_reported(stack: LocalStack, api: Client) -> None:
     phone, id_last6 = "18912345678", "071234"  # 2 accounts at jd
     query_id = start_query(api, stack, phone, id_last6)
     jd = stack.partners["jd"]
@@ -135,7 +138,8 @@ def test_a_partner_down_then_recovering_before_the_deadline_is_reported(stack, a
 
 
 @pytest.mark.parametrize("stack_options", [options(partner_modes="jd=down", deadline_seconds=8)])
-def test_a_partner_down_for_the_whole_deadline_is_no_answer_and_gets_bounded_requests(stack, api):
+def test_a_partner_down_for_the_whole_deadline_is_no_answer_and_gets_bounded_requests(stack: LocalStack,
+                                                                                      api: Client) -> None:
     phone, id_last6 = "18912345678", "071234"
     started = time.time()
     query_id = start_query(api, stack, phone, id_last6)
@@ -157,7 +161,8 @@ class RecordingClient:
     """The real partner client, noting the (fake) time of each request it sends."""
 
     def __init__(self, inner: Any, clock: Any) -> None:
-        self.inner, self.clock, self.sent = inner, clock, []
+        self.inner, self.clock = inner, clock
+        self.sent: list[tuple[str, Any]] = []
 
     def send(self, kind: Any, company: Company, lookup_id: str, fields: dict[str, str]) -> Any:
         self.sent.append((company.id, self.clock()))
@@ -168,7 +173,8 @@ class RecordingClient:
 @pytest.mark.parametrize("stack_options", [options(partner_modes=",".join(
     f"{c}={'down' if c == 'jd' else 'callback'}" for c in COMPANIES), deadline_seconds=600,
                                                    company_changes={"jd": {"max_requests_per_second": 2}})])
-def test_circuit_opens_probes_once_a_minute_closes_and_replays_the_backlog_at_the_partners_pace(stack, api):
+def test_circuit_opens_probes_once_a_minute_closes_and_replays_the_backlog_at_the_partners_pace(stack: LocalStack,
+                                                                                                api: Client) -> None:
     """GIVEN jd fails every request, WHEN it has answered nothing for 30 s while at least five lookups
     failed, THEN its circuit is open and new queries send it nothing; the job probes at most once a
     minute; once a probe is answered the circuit closes and the backlog goes out at jd's
@@ -223,7 +229,7 @@ def test_circuit_opens_probes_once_a_minute_closes_and_replays_the_backlog_at_th
 
 
 @pytest.mark.parametrize("stack_options", [options(partner_modes="jd=callback", deadline_seconds=4)])
-def test_an_answer_arriving_after_the_deadline_changes_nothing(stack, api):
+def test_an_answer_arriving_after_the_deadline_changes_nothing(stack: LocalStack, api: Client) -> None:
     phone, id_last6 = "18912345678", "071234"
     stack.partners["jd"].delay_seconds = 7  # its callback comes after the deadline
     query_id = start_query(api, stack, phone, id_last6)
@@ -241,7 +247,7 @@ NINTH = {"id": "pinduoduo", "name": "拼多多", "details": "拼多多App：个�
 
 
 @pytest.mark.parametrize("stack_options", [options(extra_companies=[NINTH], partner_modes="pinduoduo=immediate")])
-def test_a_ninth_company_added_by_registry_data_alone_is_asked_and_reported(stack, api):
+def test_a_ninth_company_added_by_registry_data_alone_is_asked_and_reported(stack: LocalStack, api: Client) -> None:
     phone, id_last6 = ACTIVE[0]
     query_id = start_query(api, stack, phone, id_last6)
     assert wait_finished(stack, query_id)["status"] == "SUCCEEDED"
@@ -253,7 +259,7 @@ def test_a_ninth_company_added_by_registry_data_alone_is_asked_and_reported(stac
 
 
 # -- the reply's ending ------------------------------------------------------------------------------
-def test_a_reply_sns_refuses_for_good_ends_the_query_failed_without_retries(stack, api):
+def test_a_reply_sns_refuses_for_good_ends_the_query_failed_without_retries(stack: LocalStack, api: Client) -> None:
     from botocore.exceptions import ClientError
 
     from chalicelib import clients
@@ -276,7 +282,7 @@ def test_a_reply_sns_refuses_for_good_ends_the_query_failed_without_retries(stac
     assert replies_to(stack, phone) == []
 
 
-def test_the_longest_possible_reply_fits_the_sns_limit_and_breakdowns_go_first():
+def test_the_longest_possible_reply_fits_the_sns_limit_and_breakdowns_go_first() -> None:
     from chalicelib import registry, sms
 
     maximum = 100_000
@@ -290,7 +296,7 @@ def test_the_longest_possible_reply_fits_the_sns_limit_and_breakdowns_go_first()
     assert "（" not in text and len(text.encode()) <= sms.MAX_MESSAGE_BYTES
 
 
-def test_the_execution_history_of_a_query_holds_only_ids_counts_and_company_ids(stack, api):
+def test_the_execution_history_of_a_query_holds_only_ids_counts_and_company_ids(stack: LocalStack, api: Client) -> None:
     """The execution carries the query id, its kind and deadline, the carrier's outcome — nothing else;
     the partners' answers (counts per company id) are kept on the query record, not in the history."""
     phone, id_last6 = ACTIVE[0]
@@ -324,7 +330,7 @@ def test_the_execution_history_of_a_query_holds_only_ids_counts_and_company_ids(
 
 @pytest.mark.parametrize("stack_options", [options(partner_modes=",".join(
     f"{c}={'down' if c == 'jd' else 'immediate'}" for c in COMPANIES), deadline_seconds=600)])
-def test_a_backlog_headed_by_expired_lookups_still_gets_its_probe(stack, api):
+def test_a_backlog_headed_by_expired_lookups_still_gets_its_probe(stack: LocalStack, api: Client) -> None:
     """GIVEN jd's circuit is open and its oldest backlog lookups belong to queries past their deadline,
     WHEN the probe is due, THEN the job drops the late ones and probes with the first live lookup."""
     from chalicelib.storage.models import Lookup

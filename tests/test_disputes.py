@@ -8,22 +8,33 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
 
 from chalicelib import signing
-from local.stack import StackOptions
+from local.stack import LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS, post_json, wait_for
 from tests.helpers import COMPANIES, error_code, latest_code, make_run, request_code, submit, wait_finished
 from tests.privacy import assert_clean
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from chalice.test import Client, HTTPResponse
+    from playwright.sync_api import Browser, Locator, Page
+    from pynamodb.expressions.update import Action
+
+    from chalicelib.storage.models import Dispute
 
 PHONE, ID6 = "13812345678", "12345X"  # fixture accounts: 腾讯2, 支付宝1, 抖音1, 京东1, others 0
 NAMES = {"tencent": "腾讯", "alipay": "支付宝", "douyin": "抖音", "jd": "京东", "alibaba": "阿里巴巴"}
 HOTLINES = {"tencent": "0755-83765566", "jd": "950618"}
 
 
-def options(modes: dict[str, str] | None = None, **changes) -> StackOptions:
+def options(modes: dict[str, str] | None = None, **changes: Any) -> StackOptions:
     """Every partner answers lookups and disputes at once unless told otherwise: queries reply in a second."""
     chosen = {c: "immediate" for c in COMPANIES} | (modes or {})
     return StackOptions(**{**BASE_OPTIONS.__dict__, "partner_modes": ",".join(f"{c}={m}" for c, m in chosen.items()),
@@ -41,13 +52,13 @@ def stack_options() -> StackOptions:
 
 
 @pytest.fixture(autouse=True)
-def codes_without_resend_gap(monkeypatch):
+def codes_without_resend_gap(monkeypatch: pytest.MonkeyPatch) -> None:
     """A dispute needs a fresh code right after the query's: the 60 s resend gap is not under test here."""
     monkeypatch.setenv("CODE_RESEND_SECONDS", "0")
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def replied_query(api, stack, phone=PHONE, id_last6=ID6) -> str:
+def replied_query(api: Client, stack: LocalStack, phone: str = PHONE, id_last6: str = ID6) -> str:
     response = submit(api, stack, phone, id_last6)
     assert response.status_code == 202, response.body
     query_id = response.json_body["query_id"]
@@ -56,34 +67,34 @@ def replied_query(api, stack, phone=PHONE, id_last6=ID6) -> str:
     return query_id
 
 
-def from_now_on(stack, company, mode):
+def from_now_on(stack: LocalStack, company: str, mode: str) -> None:
     """The partner answered the query; it treats what comes next (the dispute) in `mode`."""
     stack.partners[company].mode = mode
 
 
-def dispute(api, stack, company, phone=PHONE, code=None):
+def dispute(api: Client, stack: LocalStack, company: str, phone: str = PHONE, code: str | None = None) -> HTTPResponse:
     if code is None:
         assert request_code(api, phone).status_code == 202
         code = latest_code(stack, phone)
     return post_json(api, "/v1/disputes", {"phone": phone, "code": code, "company": company})
 
 
-def accepted(response) -> str:
+def accepted(response: HTTPResponse) -> str:
     assert response.status_code == 202, response.body
     body = response.json_body
     assert body["status"] == "submitted" and body["respond_within_days"] == 15
     return str(body["dispute_id"])
 
 
-def dispute_arn(stack, dispute_id) -> str:
+def dispute_arn(stack: LocalStack, dispute_id: str) -> str:
     return stack.env["DISPUTE_STATE_MACHINE_ARN"].replace(":stateMachine:", ":execution:") + ":" + dispute_id
 
 
-def wait_execution_ended(stack, dispute_id, timeout=60):
+def wait_execution_ended(stack: LocalStack, dispute_id: str, timeout: float = 60) -> dict[str, Any]:
     """The dispute's execution ended (Forward only: it does not wait for the partner's answer)."""
     sfn = boto3.client("stepfunctions")
 
-    def finished():
+    def finished() -> dict[str, Any] | None:
         try:
             described = sfn.describe_execution(executionArn=dispute_arn(stack, dispute_id))
         except sfn.exceptions.ExecutionDoesNotExist:
@@ -93,58 +104,59 @@ def wait_execution_ended(stack, dispute_id, timeout=60):
     return wait_for(finished, timeout, f"dispute {dispute_id}'s execution to end")
 
 
-def wait_dispute_closed(stack, dispute_id, timeout=60):
+def wait_dispute_closed(stack: LocalStack, dispute_id: str, timeout: float = 60) -> Dispute:
     """The outcome SMS is committed (app.send_replies): resolved or expired, out of the deadline index."""
     from chalicelib.storage.models import Dispute
 
-    def closed():
+    def closed() -> Dispute | None:
         item = Dispute.get(dispute_id, consistent_read=True)
         return item if item.status in ("resolved", "expired") and item.deadline_slot is None else None
 
     return wait_for(closed, timeout, f"dispute {dispute_id}'s outcome SMS")
 
 
-def wait_dispute_finished(stack, dispute_id, timeout=60):
+def wait_dispute_finished(stack: LocalStack, dispute_id: str, timeout: float = 60) -> dict[str, Any]:
     """Its execution ended and its one outcome SMS is committed (sent from the reply queue, later)."""
     execution = wait_execution_ended(stack, dispute_id, timeout)
     wait_dispute_closed(stack, dispute_id, timeout)
     return execution
 
 
-def entered_states(stack, dispute_id) -> list[str]:
+def entered_states(stack: LocalStack, dispute_id: str) -> list[str]:
     return [e.get("stateEnteredEventDetails", {}).get("name") for e in dispute_history(stack, dispute_id)
             if e["type"].endswith("StateEntered")]
 
 
-def dispute_history(stack, dispute_id):
+def dispute_history(stack: LocalStack, dispute_id: str) -> list[dict[str, Any]]:
     sfn = boto3.client("stepfunctions")
     return sfn.get_execution_history(executionArn=dispute_arn(stack, dispute_id), maxResults=1000)["events"]
 
 
-def sms_about(stack, dispute_id, phone=PHONE) -> list[str]:
+def sms_about(stack: LocalStack, dispute_id: str, phone: str = PHONE) -> list[str]:
     return [m["message"] for m in stack.read_outbox() if m["phone"] == phone and dispute_id in m["message"]]
 
 
-def status(api, dispute_id):
+def status(api: Client, dispute_id: str) -> dict[str, Any]:
     response = api.http.get(f"/v1/disputes/{dispute_id}")
     assert response.status_code == 200, response.body
     return response.json_body
 
 
-def call_back(api, stack, company, body, *, key=None, timestamp=None, headers=None):
+def call_back(api: Client, stack: LocalStack, company: str, body: Any, *, key: str | None = None,
+              timestamp: float | None = None, headers: dict[str, str] | None = None) -> HTTPResponse:
     raw = json.dumps(body).encode() if not isinstance(body, bytes) else body
     signed = signing.signed_headers(key or stack.secrets[f"yztc/partners/{company}"], raw, timestamp)
     return api.http.post(f"/v1/partners/{company}/disputes", headers={**signed, **(headers or {})}, body=raw)
 
 
-def submitted_text(company, dispute_id):
+def submitted_text(company: str, dispute_id: str) -> str:
     return (f"【一证通查】您对{NAMES[company]}账号的核查申请已提交（编号{dispute_id}），"
             "企业将在15天内处理，结果将以短信告知。")
 
 
 # -- the whole loop ----------------------------------------------------------------------------
 @pytest.mark.parametrize("stack_options", [CALLBACK_TENCENT])
-def test_whole_loop_with_a_callback_partner_and_an_immediate_one(stack, api):
+def test_whole_loop_with_a_callback_partner_and_an_immediate_one(stack: LocalStack, api: Client) -> None:
     """GIVEN a reply listing 腾讯2个 and 支付宝1个, WHEN the citizen disputes both, THEN each is forwarded
     (tencent answers by callback, alipay in its 200) and each gets the submitted SMS and one outcome SMS."""
     replied_query(api, stack)
@@ -172,7 +184,7 @@ def test_whole_loop_with_a_callback_partner_and_an_immediate_one(stack, api):
         assert entered_states(stack, dispute_id) == ["Forward"]
 
 
-def test_accepted_answer_and_status_before_the_outcome(stack, api):
+def test_accepted_answer_and_status_before_the_outcome(stack: LocalStack, api: Client) -> None:
     replied_query(api, stack)
     response = dispute(api, stack, "jd")
     dispute_id = accepted(response)
@@ -188,13 +200,13 @@ def test_accepted_answer_and_status_before_the_outcome(stack, api):
 
 @pytest.mark.parametrize("path", ["/v1/disputes/AAAAAAAAAAAAAAAA", "/v1/disputes/nope",
                                   "/v1/disputes/" + "A" * 200])
-def test_unknown_dispute_is_404(stack, api, path):
+def test_unknown_dispute_is_404(stack: LocalStack, api: Client, path: str) -> None:
     response = api.http.get(path)
     assert response.status_code == 404
     assert error_code(response) == "not_found"
 
 
-def test_flaky_partner_gets_the_dispute_through_the_retry_queue(stack, api):
+def test_flaky_partner_gets_the_dispute_through_the_retry_queue(stack: LocalStack, api: Client) -> None:
     replied_query(api, stack)
     from_now_on(stack, "douyin", "flaky")
     dispute_id = accepted(dispute(api, stack, "douyin"))
@@ -204,7 +216,7 @@ def test_flaky_partner_gets_the_dispute_through_the_retry_queue(stack, api):
         f"【一证通查】抖音已处理您的核查申请（编号{dispute_id}）：已解除1个账号与您手机号的绑定。"
 
 
-def test_partner_refusing_the_dispute_gets_the_rejected_sms(stack, api):
+def test_partner_refusing_the_dispute_gets_the_rejected_sms(stack: LocalStack, api: Client) -> None:
     replied_query(api, stack, "18912345678", "071234")  # 腾讯1, 京东2, 美团1
     from_now_on(stack, "jd", "reject")
     dispute_id = accepted(dispute(api, stack, "jd", phone="18912345678"))
@@ -216,7 +228,7 @@ def test_partner_refusing_the_dispute_gets_the_rejected_sms(stack, api):
 
 # -- a partner that never answers ------------------------------------------------------------
 @pytest.mark.parametrize("stack_options", [options(dispute_deadline_seconds=6)])
-def test_partner_that_never_answers_gets_the_expired_sms_at_the_deadline(stack, api):
+def test_partner_that_never_answers_gets_the_expired_sms_at_the_deadline(stack: LocalStack, api: Client) -> None:
     """GIVEN tencent never answers, THEN the dispute's execution ends in seconds (Forward only) while the
     dispute waits `forwarded`; at the deadline the deadline executions send the expired SMS, once."""
     from chalicelib.storage.models import Dispute
@@ -250,7 +262,7 @@ def test_partner_that_never_answers_gets_the_expired_sms_at_the_deadline(stack, 
 
 # -- partner callbacks -------------------------------------------------------------------------
 @pytest.fixture
-def waiting(stack, api):
+def waiting(stack: LocalStack, api: Client) -> str:
     """A dispute forwarded to tencent, which will answer only by the callbacks the test makes."""
     replied_query(api, stack)
     from_now_on(stack, "tencent", "silent")
@@ -259,7 +271,8 @@ def waiting(stack, api):
     return dispute_id
 
 
-def test_duplicate_callback_is_200_and_conflicting_one_is_409_one_outcome_sms(stack, api, waiting):
+def test_duplicate_callback_is_200_and_conflicting_one_is_409_one_outcome_sms(stack: LocalStack, api: Client,
+                                                                              waiting: str) -> None:
     dispute_id = waiting
     body = {"dispute_id": dispute_id, "outcome": "owner_confirmed", "accounts": 0}
     first = call_back(api, stack, "tencent", body)
@@ -281,7 +294,8 @@ def test_duplicate_callback_is_200_and_conflicting_one_is_409_one_outcome_sms(st
     ("rejected", 0, "腾讯未能受理您的核查申请（编号{id}），请致电0755-83765566。"),
     ("unbound", 2, "腾讯已处理您的核查申请（编号{id}）：已解除2个账号与您手机号的绑定。"),
 ])
-def test_each_outcome_has_its_sms(stack, api, waiting, outcome, accounts, text):
+def test_each_outcome_has_its_sms(stack: LocalStack, api: Client, waiting: str, outcome: str, accounts: int,
+                                  text: str) -> None:
     dispute_id = waiting
     body = {"dispute_id": dispute_id, "outcome": outcome, "accounts": accounts}
     assert call_back(api, stack, "tencent", body).status_code == 200
@@ -290,7 +304,8 @@ def test_each_outcome_has_its_sms(stack, api, waiting, outcome, accounts, text):
 
 
 @pytest.mark.parametrize("tamper", ["wrong_key", "missing", "stale", "future", "garbled", "body"])
-def test_forged_or_stale_callback_is_401_and_records_nothing(stack, api, waiting, tamper):
+def test_forged_or_stale_callback_is_401_and_records_nothing(stack: LocalStack, api: Client, waiting: str,
+                                                             tamper: str) -> None:
     dispute_id = waiting
     body = {"dispute_id": dispute_id, "outcome": "unbound", "accounts": 2}
     if tamper == "wrong_key":
@@ -315,7 +330,7 @@ def test_forged_or_stale_callback_is_401_and_records_nothing(stack, api, waiting
     assert call_back(api, stack, "tencent", {**body, "outcome": "no_account", "accounts": 0}).status_code == 200
 
 
-def test_callback_for_unknown_or_another_companys_dispute_is_404(stack, api, waiting):
+def test_callback_for_unknown_or_another_companys_dispute_is_404(stack: LocalStack, api: Client, waiting: str) -> None:
     dispute_id = waiting
     body = {"dispute_id": dispute_id, "outcome": "unbound", "accounts": 2}
     assert call_back(api, stack, "jd", body).status_code == 404
@@ -338,7 +353,7 @@ def test_callback_for_unknown_or_another_companys_dispute_is_404(stack, api, wai
     {"dispute_id": 5, "outcome": "unbound", "accounts": 1},
     [1, 2],
 ], ids=lambda body: json.dumps(body, ensure_ascii=False)[:40])
-def test_malformed_callback_is_400(stack, api, waiting, body):
+def test_malformed_callback_is_400(stack: LocalStack, api: Client, waiting: str, body: Any) -> None:
     dispute_id = waiting
     if isinstance(body, dict) and body.get("dispute_id") == "D":
         body = {**body, "dispute_id": dispute_id}
@@ -349,20 +364,20 @@ def test_malformed_callback_is_400(stack, api, waiting, body):
 
 
 # -- who may dispute what ---------------------------------------------------------------------
-def test_nothing_to_dispute_without_a_recent_query(stack, api):
+def test_nothing_to_dispute_without_a_recent_query(stack: LocalStack, api: Client) -> None:
     response = dispute(api, stack, "tencent", phone="13900001111")
     assert response.status_code == 409
     assert error_code(response) == "nothing_to_dispute"
 
 
-def test_nothing_to_dispute_at_a_company_that_reported_no_account(stack, api):
+def test_nothing_to_dispute_at_a_company_that_reported_no_account(stack: LocalStack, api: Client) -> None:
     replied_query(api, stack)
     response = dispute(api, stack, "alibaba")  # 阿里巴巴0个
     assert response.status_code == 409
     assert error_code(response) == "nothing_to_dispute"
 
 
-def test_nothing_to_dispute_after_seven_days(stack, api):
+def test_nothing_to_dispute_after_seven_days(stack: LocalStack, api: Client) -> None:
     replied_query(api, stack)
     # Eight days later: the reply's record is older than 7 days (DynamoDB's TTL deletes lazily).
     from chalicelib.storage.models import ReportedAccounts
@@ -375,7 +390,7 @@ def test_nothing_to_dispute_after_seven_days(stack, api):
     assert accepted(dispute(api, stack, "jd"))  # still recent
 
 
-def test_dispute_limit_for_an_open_dispute_at_the_same_company(stack, api):
+def test_dispute_limit_for_an_open_dispute_at_the_same_company(stack: LocalStack, api: Client) -> None:
     replied_query(api, stack)
     from_now_on(stack, "tencent", "silent")
     accepted(dispute(api, stack, "tencent"))
@@ -385,7 +400,7 @@ def test_dispute_limit_for_an_open_dispute_at_the_same_company(stack, api):
     assert 3600 < int(response.headers["Retry-After"]) <= BASE_OPTIONS.dispute_deadline_seconds + 3600
 
 
-def test_dispute_limit_for_the_fourth_dispute_of_the_day(stack, api):
+def test_dispute_limit_for_the_fourth_dispute_of_the_day(stack: LocalStack, api: Client) -> None:
     replied_query(api, stack)
     for company in ("tencent", "alipay", "douyin"):
         accepted(dispute(api, stack, company))
@@ -395,7 +410,7 @@ def test_dispute_limit_for_the_fourth_dispute_of_the_day(stack, api):
     assert 0 < int(response.headers["Retry-After"]) <= 86400
 
 
-def test_wrong_or_used_code_is_403(stack, api):
+def test_wrong_or_used_code_is_403(stack: LocalStack, api: Client) -> None:
     replied_query(api, stack)
     assert request_code(api, PHONE).status_code == 202
     code = latest_code(stack, PHONE)
@@ -407,7 +422,7 @@ def test_wrong_or_used_code_is_403(stack, api):
     assert used.status_code == 403 and error_code(used) == "wrong_code"
 
 
-def test_the_query_code_cannot_be_reused_for_a_dispute(stack, api):
+def test_the_query_code_cannot_be_reused_for_a_dispute(stack: LocalStack, api: Client) -> None:
     assert request_code(api, PHONE).status_code == 202
     code = latest_code(stack, PHONE)
     assert submit(api, stack, PHONE, ID6, code).status_code == 202
@@ -424,14 +439,15 @@ def test_the_query_code_cannot_be_reused_for_a_dispute(stack, api):
     ({"phone": PHONE, "code": "123456", "company": ["tencent"]}, "invalid_company"),
     ([PHONE], "invalid_request"),
 ])
-def test_invalid_dispute_requests_are_400(stack, api, body, code):
+def test_invalid_dispute_requests_are_400(stack: LocalStack, api: Client, body: Any, code: str) -> None:
     response = post_json(api, "/v1/disputes", body)
     assert response.status_code == 400
     assert error_code(response) == code
 
 
 # -- exactly once, and no personal data ---------------------------------------------------------
-def test_notify_step_retried_after_sns_succeeded_sends_no_second_sms(stack, api, monkeypatch):
+def test_notify_step_retried_after_sns_succeeded_sends_no_second_sms(stack: LocalStack, api: Client,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """GIVEN send_replies dies after SNS accepted the outcome SMS and before the dispute was closed, WHEN
     the reply message comes back (SQS, after its visibility timeout), THEN no second SMS goes out; nor when
     the message is delivered once more after the dispute closed (SQS delivers at least once)."""
@@ -441,7 +457,7 @@ def test_notify_step_retried_after_sns_succeeded_sends_no_second_sms(stack, api,
     real = notify.finished_actions
     crashes = {"left": 1, "commits": 0}
 
-    def crash_once(model):
+    def crash_once(model: Any) -> list[Action]:
         if model is Dispute:
             crashes["commits"] += 1
             if crashes["left"]:
@@ -460,7 +476,7 @@ def test_notify_step_retried_after_sns_succeeded_sends_no_second_sms(stack, api,
     sqs.send_message(QueueUrl=stack.env["REPLY_QUEUE_URL"], MessageBody=json.dumps({"type": "dispute",
                                                                                     "id": dispute_id}))
 
-    def reply_queue_drained():
+    def reply_queue_drained() -> bool:
         attributes = sqs.get_queue_attributes(
             QueueUrl=stack.env["REPLY_QUEUE_URL"],
             AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
@@ -471,7 +487,7 @@ def test_notify_step_retried_after_sns_succeeded_sends_no_second_sms(stack, api,
     assert status(api, dispute_id)["status"] == "resolved"
 
 
-def test_forward_step_retried_sends_no_second_submitted_sms(stack, api):
+def test_forward_step_retried_sends_no_second_submitted_sms(stack: LocalStack, api: Client) -> None:
     stack.dispatcher.lose_results["forward_dispute"] = 1
     replied_query(api, stack)
     dispute_id = accepted(dispute(api, stack, "tencent"))
@@ -482,7 +498,8 @@ def test_forward_step_retried_sends_no_second_submitted_sms(stack, api):
         f"【一证通查】腾讯已处理您的核查申请（编号{dispute_id}）：已解除2个账号与您手机号的绑定。"]
 
 
-def test_no_phone_number_in_clear_in_tables_executions_logs(stack, api, capfd, caplog):
+def test_no_phone_number_in_clear_in_tables_executions_logs(
+        stack: LocalStack, api: Client, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 
     from chalicelib.storage.models import TABLE_VARS
@@ -509,7 +526,7 @@ def test_no_phone_number_in_clear_in_tables_executions_logs(stack, api, capfd, c
 
 
 # -- delivery through the partner's circuit breaker (SPEC §4, §8) ----------------------------------
-def open_circuit(stack, company) -> int:
+def open_circuit(stack: LocalStack, company: str) -> int:
     """Open `company`'s circuit as SPEC §4 does: 5 transient failures while it answered nothing for 30 s."""
     circuits = stack.app_module.lookups().circuits
     now = int(time.time())
@@ -519,7 +536,7 @@ def open_circuit(stack, company) -> int:
     return now
 
 
-def test_open_circuit_parks_the_dispute_until_a_probe_closes_it(stack, api):
+def test_open_circuit_parks_the_dispute_until_a_probe_closes_it(stack: LocalStack, api: Client) -> None:
     """GIVEN jd's circuit is open, WHEN a dispute for jd is submitted, THEN nothing is sent to jd;
     WHEN the delivery job's probe (the oldest due task of any kind) is answered, THEN the same run replays
     the rest of jd's backlog, the dispute and a parked lookup alike."""
@@ -543,7 +560,7 @@ def test_open_circuit_parks_the_dispute_until_a_probe_closes_it(stack, api):
     assert wait_finished(stack, other)["status"] == "SUCCEEDED"
 
 
-def test_open_circuit_with_no_lookup_waiting_the_parked_dispute_is_the_probe(stack, api):
+def test_open_circuit_with_no_lookup_waiting_the_parked_dispute_is_the_probe(stack: LocalStack, api: Client) -> None:
     """GIVEN jd's circuit is open and no lookup waits for jd, WHEN the delivery job's probe is due, THEN the
     parked dispute is the probe: answered, it closes the circuit and the citizen gets the outcome SMS."""
     replied_query(api, stack)
@@ -562,7 +579,7 @@ def test_open_circuit_with_no_lookup_waiting_the_parked_dispute_is_the_probe(sta
         f"【一证通查】京东已处理您的核查申请（编号{dispute_id}）：已解除1个账号与您手机号的绑定。"
 
 
-def test_partner_down_parks_the_dispute_and_the_retry_queue_brings_it_back(stack, api):
+def test_partner_down_parks_the_dispute_and_the_retry_queue_brings_it_back(stack: LocalStack, api: Client) -> None:
     replied_query(api, stack)
     from_now_on(stack, "jd", "down")
     dispute_id = accepted(dispute(api, stack, "jd"))
@@ -583,7 +600,7 @@ if hasattr(test_page, "browser"):  # the query page tests' headless Chromium (or
 
 
 @pytest.fixture
-def page(stack, browser):
+def page(stack: LocalStack, browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 360, "height": 780}, locale="zh-CN")
     tab = context.new_page()
     tab.set_default_timeout(15_000)
@@ -593,7 +610,7 @@ def page(stack, browser):
     context.close()
 
 
-def _open_dispute_form(page, company_name):
+def _open_dispute_form(page: Page, company_name: str) -> Locator:
     entry = page.locator(".company", has_text=company_name)
     entry.get_by_role("button", name="不是我注册的？申请核查").click()
     panel = entry.locator(".dispute")
@@ -601,12 +618,12 @@ def _open_dispute_form(page, company_name):
     return panel
 
 
-def _code_sms(stack, phone, count):
+def _code_sms(stack: LocalStack, phone: str, count: int) -> str | None:
     codes = [m["message"] for m in stack.read_outbox() if m["phone"] == phone and "验证码" in m["message"]]
-    return re.search(r"验证码为(\d{6})", codes[-1]).group(1) if len(codes) >= count else None
+    return re.search(r"验证码为(\d{6})", codes[-1]).group(1) if len(codes) >= count else None  # type: ignore[union-attr]
 
 
-def _fill_and_submit(stack, page, panel, phone=PHONE):
+def _fill_and_submit(stack: LocalStack, page: Page, panel: Locator, phone: str = PHONE) -> None:
     before = len([m for m in stack.read_outbox() if m["phone"] == phone and "验证码" in m["message"]])
     panel.get_by_label("手机号码").fill(phone)
     panel.get_by_role("button", name="获取验证码").click()
@@ -616,7 +633,8 @@ def _fill_and_submit(stack, page, panel, phone=PHONE):
     panel.get_by_role("button", name="提交核查申请").click()
 
 
-def test_page_dispute_form_shows_the_id_and_where_the_answer_arrives(stack, api, page):
+def test_page_dispute_form_shows_the_id_and_where_the_answer_arrives(stack: LocalStack, api: Client,
+                                                                     page: Page) -> None:
     import os
 
     replied_query(api, stack)
@@ -640,7 +658,7 @@ def test_page_dispute_form_shows_the_id_and_where_the_answer_arrives(stack, api,
     assert page.evaluate("document.documentElement.scrollWidth") <= 360
 
 
-def test_page_dispute_form_at_360px_before_submitting(stack, page):
+def test_page_dispute_form_at_360px_before_submitting(stack: LocalStack, page: Page) -> None:
     import os
 
     panel = _open_dispute_form(page, "京东")
@@ -649,10 +667,10 @@ def test_page_dispute_form_at_360px_before_submitting(stack, page):
     path = os.path.join(ARTIFACTS, "dispute-form-open-360.png")
     page.screenshot(path=path, full_page=True)
     assert page.evaluate("document.documentElement.scrollWidth") <= 360
-    assert panel.get_by_role("button", name="获取验证码").bounding_box()["width"] > 0
+    assert panel.get_by_role("button", name="获取验证码").bounding_box()["width"] > 0  # type: ignore[index]  # None: hidden
 
 
-def test_page_nothing_to_dispute_is_explained(stack, api, page):
+def test_page_nothing_to_dispute_is_explained(stack: LocalStack, api: Client, page: Page) -> None:
     replied_query(api, stack)
     panel = _open_dispute_form(page, "阿里巴巴")
     _fill_and_submit(stack, page, panel)
@@ -660,7 +678,7 @@ def test_page_nothing_to_dispute_is_explained(stack, api, page):
     assert "近7天内该号码的查询结果中，阿里巴巴没有关联账号，无需申请核查" in panel.inner_text()
 
 
-def test_page_dispute_limit_is_explained(stack, api, page):
+def test_page_dispute_limit_is_explained(stack: LocalStack, api: Client, page: Page) -> None:
     replied_query(api, stack)
     from_now_on(stack, "tencent", "silent")
     accepted(dispute(api, stack, "tencent"))
@@ -676,7 +694,8 @@ def test_page_dispute_limit_is_explained(stack, api, page):
     ("手机号码", "1381234567", "请输入正确的11位手机号码"),
     ("验证码", "12345", "请输入6位数字验证码"),
 ])
-def test_page_dispute_field_errors_show_next_to_their_field(stack, page, field, value, message):
+def test_page_dispute_field_errors_show_next_to_their_field(stack: LocalStack, page: Page, field: str, value: str,
+                                                            message: str) -> None:
     panel = _open_dispute_form(page, "腾讯")
     good = {"手机号码": PHONE, "验证码": "123456"}
     for label, text in {**good, field: value}.items():
@@ -688,7 +707,7 @@ def test_page_dispute_field_errors_show_next_to_their_field(stack, page, field, 
     assert stack.read_outbox() == []
 
 
-def test_page_wrong_code_for_a_dispute_shows_next_to_the_code(stack, api, page):
+def test_page_wrong_code_for_a_dispute_shows_next_to_the_code(stack: LocalStack, api: Client, page: Page) -> None:
     replied_query(api, stack)
     panel = _open_dispute_form(page, "腾讯")
     panel.get_by_label("手机号码").fill(PHONE)
@@ -700,23 +719,23 @@ def test_page_wrong_code_for_a_dispute_shows_next_to_the_code(stack, api, page):
 
 # -- `make run`: the whole loop over HTTP, visible in the outbox and the local SMS page ---------------
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory):
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with make_run(tmp_path_factory.mktemp("local-disputes"), QUERY_DEADLINE_SECONDS="8", CODE_RESEND_SECONDS="0",
                   PARTNER_MODES=",".join(f"{c}=immediate" for c in COMPANIES if c != "tencent")
                   + ",tencent=callback") as running:
         yield running
 
 
-def test_make_run_shows_query_reply_dispute_submitted_and_outcome_sms(local_run):
+def test_make_run_shows_query_reply_dispute_submitted_and_outcome_sms(local_run: dict[str, Any]) -> None:
     import requests
 
     base, workdir = local_run["base"], local_run["workdir"]
 
-    def outbox():
+    def outbox() -> list[dict[str, Any]]:
         path = workdir / "sms-outbox.jsonl"
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
-    def code():
+    def code() -> str:
         assert requests.post(f"{base}/v1/verification-codes", json={"phone": PHONE}, timeout=10).status_code == 202
         return outbox()[-1]["message"].split("验证码为")[1][:6]
 
@@ -745,15 +764,15 @@ def test_make_run_shows_query_reply_dispute_submitted_and_outcome_sms(local_run)
 
 
 # -- infra/disputes.py: the second state machine, its tables, roles, dashboard row and alarms ------------
-def _stub_of_what_generate_provides(companies) -> dict:
+def _stub_of_what_generate_provides(companies: list[str]) -> dict:
     """The resources infra/disputes.py refers to and infra/generate.py owns, as small as cfn-lint accepts."""
-    def table(name):
+    def table(name: str) -> dict[str, Any]:
         return {"Type": "AWS::DynamoDB::Table", "Properties": {
             "BillingMode": "PAY_PER_REQUEST", "KeySchema": [{"AttributeName": "k", "KeyType": "HASH"}],
             "AttributeDefinitions": [{"AttributeName": "k", "AttributeType": "S"}], "TableName": name}}
 
     trust = {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
-    def role():
+    def role() -> dict[str, Any]:
         return {"Type": "AWS::IAM::Role", "Properties": {
             "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [trust]}, "Policies": []}}
 
@@ -778,7 +797,7 @@ def _stub_of_what_generate_provides(companies) -> dict:
     return {"AWSTemplateFormatVersion": "2010-09-09", "Resources": resources}
 
 
-def test_infra_adds_the_dispute_workflow_tables_roles_dashboard_row_and_alarms_and_lints_clean(tmp_path):
+def test_infra_adds_the_dispute_workflow_tables_roles_dashboard_row_and_alarms_and_lints_clean(tmp_path: Path) -> None:
     import subprocess
     import sys
     from pathlib import Path
@@ -840,7 +859,7 @@ def test_infra_adds_the_dispute_workflow_tables_roles_dashboard_row_and_alarms_a
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
-def test_the_api_description_covers_every_dispute_route_and_error():
+def test_the_api_description_covers_every_dispute_route_and_error() -> None:
     """The one OpenAPI description (chalicelib/api/openapi.json) describes the dispute routes as served."""
     import os
 
@@ -866,7 +885,7 @@ def test_the_api_description_covers_every_dispute_route_and_error():
     assert {"200", "400", "401", "404", "409"} <= set(callback)
 
 
-def drive_every_dispute_path(stack, api, queries: bool = True):
+def drive_every_dispute_path(stack: LocalStack, api: Client, queries: bool = True) -> None:
     """Every dispute path once, each request labelled with the function that makes it (tests/test_infra.py
     records the AWS calls): answers in the 200 and by callback, a refused start (undone), SNS failing once
     for each SMS, a transient failure and the retry queue, an open circuit and the minute job's probe (the
@@ -879,7 +898,7 @@ def drive_every_dispute_path(stack, api, queries: bool = True):
     from chalicelib.storage.models import Dispute, Throttle
     from local.lambdas import CURRENT, acting_as
 
-    def submit_dispute(company, phone=PHONE):
+    def submit_dispute(company: str, phone: str = PHONE) -> HTTPResponse:
         Throttle(f"code-gap#{stack.app_module.hasher().digest('phone', phone)}").delete()
         with acting_as("APIHandler"):
             return dispute(api, stack, company, phone=phone)
@@ -893,7 +912,7 @@ def drive_every_dispute_path(stack, api, queries: bool = True):
     sfn = clients.client("stepfunctions")
     refusals = {"left": 1}
 
-    def refuse_once(**_):  # the API's start only (the deadline starter's thread shares the client)
+    def refuse_once(**_: Any) -> None:  # the API's start only (the deadline starter's thread shares the client)
         if refusals["left"] and getattr(CURRENT, "function", None) == "APIHandler":
             refusals["left"] -= 1
             raise ClientError({"Error": {"Code": "ServiceUnavailable", "Message": "injected"}}, "StartExecution")
@@ -907,9 +926,9 @@ def drive_every_dispute_path(stack, api, queries: bool = True):
     # SNS fails once for each SMS of a dispute: the idempotency record is given back and the step (Forward)
     # or the reply message (SendReplies, back after its visibility timeout) retried.
     sns = clients.client("sns")
-    sns_failures = {"ForwardDispute": 1, "SendReplies": 1}
+    sns_failures: dict[str | None, int] = {"ForwardDispute": 1, "SendReplies": 1}
 
-    def refuse_sms_once(**_):
+    def refuse_sms_once(**_: Any) -> None:
         function = getattr(CURRENT, "function", None)
         if sns_failures.get(function):
             sns_failures[function] -= 1
@@ -940,7 +959,7 @@ def drive_every_dispute_path(stack, api, queries: bool = True):
             assert status(api, dispute_id)["status"] == "resolved"
 
 
-def test_every_aws_action_the_dispute_code_calls_is_granted_by_infra(stack, api):
+def test_every_aws_action_the_dispute_code_calls_is_granted_by_infra(stack: LocalStack, api: Client) -> None:
     """Drive every dispute path once (immediate, callback, SNS failures, transient failure and retry queue, open
     circuit and the minute job's probe, outcome SMS from the reply queue, status), recording each AWS call by
     function: everything each function calls must be granted by its role in the deployed template
@@ -956,7 +975,7 @@ def test_every_aws_action_the_dispute_code_calls_is_granted_by_infra(stack, api)
     assert [d for d in stack.partners["douyin"].disputes]  # it was down, then answered
     resources = generate.template("prod")["Resources"]
 
-    def table_of(target):
+    def table_of(target: Any) -> str:
         if isinstance(target, dict) and "Fn::GetAtt" in target:
             return local_table.get(target["Fn::GetAtt"][0], "")
         if isinstance(target, dict) and "Fn::Sub" in target and isinstance(target["Fn::Sub"], str):
@@ -964,7 +983,7 @@ def test_every_aws_action_the_dispute_code_calls_is_granted_by_infra(stack, api)
             return local_table.get(index.group(1), "") if index else ""
         return ""
 
-    def granted(role):
+    def granted(role: str) -> set[tuple[str, str]]:
         statements = [s for p in resources[role]["Properties"]["Policies"] for s in p["PolicyDocument"]["Statement"]]
         statements += [s for r in resources.values() if r.get("Type") == "AWS::IAM::Policy"
                        and {"Ref": role} in r["Properties"]["Roles"]
@@ -1010,7 +1029,8 @@ def test_every_aws_action_the_dispute_code_calls_is_granted_by_infra(stack, api)
     assert {a for f, a, _ in calls if f == "SendReplies"} >= {"sns:Publish", "kms:Decrypt"}
 
 
-def test_concurrent_identical_callbacks_record_once_and_send_one_outcome_sms(stack, api, waiting):
+def test_concurrent_identical_callbacks_record_once_and_send_one_outcome_sms(stack: LocalStack, api: Client,
+                                                                             waiting: str) -> None:
     """Partners retry: the same signed answer arriving eight times at once settles and releases once."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -1022,7 +1042,7 @@ def test_concurrent_identical_callbacks_record_once_and_send_one_outcome_sms(sta
     raw = json.dumps({"dispute_id": dispute_id, "outcome": "unbound", "accounts": 2}).encode()
     headers = signing.signed_headers(stack.secrets["yztc/partners/tencent"], raw)
 
-    def post(_):
+    def post(_: int) -> int:
         return requests.post(f"{BASE}/v1/partners/tencent/disputes", data=raw, headers=headers, timeout=20).status_code
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -1033,7 +1053,7 @@ def test_concurrent_identical_callbacks_record_once_and_send_one_outcome_sms(sta
         f"【一证通查】腾讯已处理您的核查申请（编号{dispute_id}）：已解除2个账号与您手机号的绑定。"]
 
 
-def test_concurrent_submissions_with_one_code_accept_one_dispute(stack, api):
+def test_concurrent_submissions_with_one_code_accept_one_dispute(stack: LocalStack, api: Client) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     import requests
@@ -1044,7 +1064,7 @@ def test_concurrent_submissions_with_one_code_accept_one_dispute(stack, api):
     assert request_code(api, PHONE).status_code == 202
     code = latest_code(stack, PHONE)
 
-    def post(company):
+    def post(company: str) -> int:
         response = requests.post(f"{BASE}/v1/disputes", json={"phone": PHONE, "code": code, "company": company},
                                  timeout=20)
         return response.status_code

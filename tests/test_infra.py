@@ -7,7 +7,8 @@ import os
 import re
 import subprocess
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
@@ -16,9 +17,18 @@ import time_machine
 from chalicelib import signing
 from infra import generate
 from local.lambdas import acting_as
-from local.stack import StackOptions
+from local.stack import LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS, post_json, wait_for
 from tests.helpers import latest_code, request_code, submit, wait_finished
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from chalice.test import Client
+
+    from chalicelib.storage.models import Lookup
+    from local.recording import CallRecorder
+    from local.simulators import PartnerSimulator
 
 ROOT = generate.ROOT
 STAGE = "prod"
@@ -38,14 +48,14 @@ def resources(template: dict[str, Any], kind: str) -> dict[str, Any]:
     return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
 
 
-def test_package_lints_clean_and_holds_every_part(packaged):
+def test_package_lints_clean_and_holds_every_part(packaged: dict[str, Any]) -> None:
     kinds = {v["Type"] for v in packaged["Resources"].values()}
     assert {"AWS::Serverless::Function", "AWS::Serverless::Api", "AWS::DynamoDB::Table", "AWS::KMS::Key",
             "AWS::SecretsManager::Secret", "AWS::StepFunctions::StateMachine", "AWS::CloudWatch::Dashboard",
             "AWS::CloudWatch::Alarm", "AWS::SNS::Topic", "AWS::SQS::Queue", "Custom::SnsSmsSettings"} <= kinds
 
 
-def test_every_model_table_exists_with_its_keys_indexes_ttl_pitr_and_kms(packaged):
+def test_every_model_table_exists_with_its_keys_indexes_ttl_pitr_and_kms(packaged: dict[str, Any]) -> None:
     from chalicelib.storage import models
 
     env = generate.stage_env(STAGE)
@@ -74,7 +84,7 @@ def test_every_model_table_exists_with_its_keys_indexes_ttl_pitr_and_kms(package
     assert tables[env["LOOKUPS_TABLE"]]["GlobalSecondaryIndexes"][0]["IndexName"] == "backlog"
 
 
-def test_state_machine_substitutions_cover_every_placeholder(packaged):
+def test_state_machine_substitutions_cover_every_placeholder(packaged: dict[str, Any]) -> None:
     from chalicelib import contracts
 
     machines = resources(packaged, "AWS::StepFunctions::StateMachine")
@@ -114,13 +124,13 @@ def test_state_machine_substitutions_cover_every_placeholder(packaged):
                                                    for fn in contracts.DEADLINE_WORKFLOW_FUNCTIONS}
 
 
-def _role_statements(packaged, function):
+def _role_statements(packaged: dict[str, Any], function: str) -> list[dict[str, Any]]:
     role_name = packaged["Resources"][function]["Properties"]["Role"]["Fn::GetAtt"][0]
     return [s for policy in packaged["Resources"][role_name]["Properties"]["Policies"]
             for s in policy["PolicyDocument"]["Statement"]]
 
 
-def test_no_wildcard_actions_and_every_function_has_its_own_role(packaged):
+def test_no_wildcard_actions_and_every_function_has_its_own_role(packaged: dict[str, Any]) -> None:
     from chalicelib import contracts
 
     functions = resources(packaged, "AWS::Serverless::Function")
@@ -137,7 +147,7 @@ def test_no_wildcard_actions_and_every_function_has_its_own_role(packaged):
                     assert {a.split(":")[0] for a in actions} <= {"xray", "logs", "sns"}, statement
 
 
-def test_every_function_gets_every_setting_the_code_reads(packaged):
+def test_every_function_gets_every_setting_the_code_reads(packaged: dict[str, Any]) -> None:
     from chalicelib.config import Settings
     from chalicelib.storage import models
 
@@ -155,7 +165,7 @@ def test_every_function_gets_every_setting_the_code_reads(packaged):
     assert starter["Environment"]["Variables"]["DEADLINE_STATE_MACHINE_ARN"] == {"Ref": "DeadlineStateMachine"}
 
 
-def test_delivery_runs_alone_each_minute_and_retries_come_from_the_retry_queue(packaged):
+def test_delivery_runs_alone_each_minute_and_retries_come_from_the_retry_queue(packaged: dict[str, Any]) -> None:
     """The delivery job never overlaps itself; the retry queue outlasts its consumer's timeout."""
     from chalicelib import contracts
 
@@ -176,7 +186,7 @@ def test_delivery_runs_alone_each_minute_and_retries_come_from_the_retry_queue(p
     assert "DelaySeconds" not in queue  # each message carries its own backoff
 
 
-def test_api_is_throttled_and_callbacks_only_from_partner_networks(packaged):
+def test_api_is_throttled_and_callbacks_only_from_partner_networks(packaged: dict[str, Any]) -> None:
     api = packaged["Resources"]["RestAPI"]["Properties"]
     (settings,) = api["MethodSettings"]
     assert settings["ThrottlingRateLimit"] == {"Ref": "ApiRateLimit"}
@@ -189,7 +199,7 @@ def test_api_is_throttled_and_callbacks_only_from_partner_networks(packaged):
     assert deny["Condition"]["NotIpAddress"]["aws:SourceIp"] == {"Ref": "PartnerCidrs"}
 
 
-def test_alarms_cover_what_operators_must_hear_about(packaged):
+def test_alarms_cover_what_operators_must_hear_about(packaged: dict[str, Any]) -> None:
     alarms = resources(packaged, "AWS::CloudWatch::Alarm")
     text = json.dumps(alarms)
     for metric in ("ExecutionsFailed", "SmsFailed", "SmsRejected", "ThrottledRequests", "OpenExecutionCount",
@@ -224,7 +234,7 @@ def test_alarms_cover_what_operators_must_hear_about(packaged):
 
 # -- least privilege, checked against what the code really calls --------------------------------
 @pytest.fixture
-def recorder(monkeypatch):
+def recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[CallRecorder]:
     from aws_lambda_powertools.utilities import parameters
 
     from local.lambdas import CURRENT
@@ -233,7 +243,7 @@ def recorder(monkeypatch):
     # Each function has its own containers: a secret one function fetched is not in another's cache.
     providers: dict[Any, Any] = {}
 
-    def get_secret(name, **options):
+    def get_secret(name: str, **options: Any) -> Any:
         function = getattr(CURRENT, "function", None)
         return providers.setdefault(function, parameters.SecretsProvider()).get(name, **options)
 
@@ -246,7 +256,7 @@ MIXED = StackOptions(**{**BASE_OPTIONS.__dict__, "deadline_seconds": 120,
                         "partner_modes": "tencent=immediate,alibaba=error,jd=callback,meituan=silent"})
 
 
-def _accepted(api, stack, phone, id_last6):
+def _accepted(api: Client, stack: LocalStack, phone: str, id_last6: str) -> str:
     with acting_as("APIHandler"):
         response = submit(api, stack, phone, id_last6)
     assert response.status_code == 202, response.body
@@ -254,7 +264,7 @@ def _accepted(api, stack, phone, id_last6):
     return response.json_body["query_id"]
 
 
-def _lookup(stack, query_id, company):
+def _lookup(stack: LocalStack, query_id: str, company: str) -> Lookup | None:
     """A lookup as it stands (read by the harness: not recorded)."""
     from chalicelib.storage.models import Lookup
 
@@ -264,26 +274,26 @@ def _lookup(stack, query_id, company):
         return None
 
 
-def _unsent(stack, query_id, company):
+def _unsent(stack: LocalStack, query_id: str, company: str) -> bool:
     lookup = _lookup(stack, query_id, company)
     return lookup is not None and lookup.state == "unsent"
 
 
-def _settled(stack, query_id):
+def _settled(stack: LocalStack, query_id: str) -> set[str]:
     from chalicelib.partners.lookups import stored_results
     from chalicelib.storage.models import QueryRecord
 
     return set(stored_results(QueryRecord.get(query_id, consistent_read=True)))
 
 
-def _retry_queue_empty(stack):
+def _retry_queue_empty(stack: LocalStack) -> bool:
     counts = boto3.client("sqs").get_queue_attributes(QueueUrl=stack.env["RETRY_QUEUE_URL"], AttributeNames=[
         "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
         "ApproximateNumberOfMessagesDelayed"])["Attributes"]
     return not any(int(count) for count in counts.values())
 
 
-def _circuit_open(partner):
+def _circuit_open(partner: str) -> bool:
     from chalicelib.storage.models import PartnerCircuit
 
     try:
@@ -292,38 +302,38 @@ def _circuit_open(partner):
         return False
 
 
-def _answers_by_callback_first(partner, times=1):
+def _answers_by_callback_first(partner: PartnerSimulator, times: int = 1) -> None:
     """The partner posts its answer as a signed callback before answering the same in its 200: whoever
     sent the request then finds the lookup settled already and reads it back."""
     original = partner.handle
     left = [times]
 
-    def handle(path, headers, body):
+    def handle(path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
         status, answer = original(path, headers, body)
         if status == 200 and left[0] > 0:
             left[0] -= 1
             partner._call_back(json.loads(body)["callback_url"], answer)
         return status, answer
 
-    partner.handle = handle
+    partner.handle = handle  # type: ignore[method-assign]  # the behaviour injected into this partner
 
 
-def _fails_first(partner, failures):
+def _fails_first(partner: PartnerSimulator, failures: int) -> None:
     """The partner answers 503 to the first `failures` requests for each lookup, then as its mode says."""
     original = partner.handle
     tries: dict[str, int] = {}
 
-    def handle(path, headers, body):
+    def handle(path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
         lookup_id = json.loads(body)["lookup_id"]
         tries[lookup_id] = tries.get(lookup_id, 0) + 1
         if tries[lookup_id] <= failures:
             return 503, {"error": "overloaded"}
         return original(path, headers, body)
 
-    partner.handle = handle
+    partner.handle = handle  # type: ignore[method-assign]  # the behaviour injected into this partner
 
 
-def _set_modes(stack, default, **modes):
+def _set_modes(stack: LocalStack, default: str, **modes: str) -> None:
     """Every partner's mode, any behaviour added by the helpers above removed."""
     for company, partner in stack.partners.items():
         partner.__dict__.pop("handle", None)
@@ -331,8 +341,8 @@ def _set_modes(stack, default, **modes):
 
 
 @pytest.mark.parametrize("stack_options", [MIXED])
-def test_every_aws_action_the_code_calls_is_granted_to_its_function_and_nothing_more(packaged, stack, api,
-                                                                                        recorder):
+def test_every_aws_action_the_code_calls_is_granted_to_its_function_and_nothing_more(
+        packaged: dict[str, Any], stack: LocalStack, api: Client, recorder: CallRecorder) -> None:
     """Drive every path once, recording each AWS call by the function making it: codes, wrong code,
     query, limit, rollback, status, every workflow step (the fan-out retried), immediate, error and
     callback answers, duplicates; a flaky partner through the retry queue; a partner down until its
@@ -359,7 +369,7 @@ def test_every_aws_action_the_code_calls_is_granted_to_its_function_and_nothing_
 
     failures = {"sns": 1}
 
-    def refuse_once(**_):
+    def refuse_once(**_: Any) -> None:
         if failures["sns"]:
             failures["sns"] -= 1
             raise ClientError({"Error": {"Code": "InternalError", "Message": "injected"}}, "Publish")
@@ -387,14 +397,14 @@ def test_every_aws_action_the_code_calls_is_granted_to_its_function_and_nothing_
     original = SQSBackend.send_message
     refusing = {"once": True}
 
-    def send_message(self, queue_name, *args, **kwargs):
+    def send_message(self: SQSBackend, queue_name: str, *args: Any, **kwargs: Any) -> Any:
         if queue_name == stack.env["START_QUEUE_NAME"] and refusing.pop("once", False):
             from moto.core.exceptions import JsonRESTError
 
             raise JsonRESTError("ServiceUnavailable", "injected")
         return original(self, queue_name, *args, **kwargs)
 
-    SQSBackend.send_message = send_message
+    SQSBackend.send_message = send_message  # type: ignore[method-assign]  # the fault injected into moto
     try:
         with acting_as("APIHandler"):
             other = "13900001111"
@@ -403,7 +413,7 @@ def test_every_aws_action_the_code_calls_is_granted_to_its_function_and_nothing_
                                                       "code": latest_code(stack, other)})
             assert rollback.status_code == 503
     finally:
-        SQSBackend.send_message = original
+        SQSBackend.send_message = original  # type: ignore[method-assign]
 
     # The carrier says the ID digits do not match: VerifyCarrier claims the failure reply itself.
     mismatch = _accepted(api, stack, "13312345678", "010101")
@@ -446,9 +456,9 @@ def test_every_aws_action_the_code_calls_is_granted_to_its_function_and_nothing_
     kuaishou = stack.partners["kuaishou"]
     kuaishou.mode = "immediate"
     _answers_by_callback_first(kuaishou)
-    callbacks = len(kuaishou.callbacks)
+    kuaishou_callbacks = len(kuaishou.callbacks)
     assert stack.deliver_once(now=time.time() + 61)["kuaishou"] == len(pending)
-    assert not _circuit_open("kuaishou") and kuaishou.callbacks[callbacks:] == [200]
+    assert not _circuit_open("kuaishou") and kuaishou.callbacks[kuaishou_callbacks:] == [200]
     for waiting in pending:
         assert wait_finished(stack, waiting)["status"] == "SUCCEEDED"
 
@@ -506,12 +516,13 @@ def test_every_aws_action_the_code_calls_is_granted_to_its_function_and_nothing_
     _assert_called_is_granted(packaged, stack, recorder, models)
 
 
-def _granted(packaged, statements, secret_kind):
+def _granted(packaged: dict[str, Any], statements: list[dict[str, Any]],
+             secret_kind: dict[str, str]) -> set[tuple[str, str]]:
     """(action, resource) pairs a role's statements allow; resources as recorded (table, index, queue,
     secret kind), "" for the rest."""
     resources_ = packaged["Resources"]
 
-    def target(resource):
+    def target(resource: Any) -> str:
         if isinstance(resource, dict) and "Fn::GetAtt" in resource:
             properties = resources_[resource["Fn::GetAtt"][0]]
             if properties["Type"] == "AWS::DynamoDB::Table":
@@ -542,7 +553,8 @@ def _granted(packaged, statements, secret_kind):
     return granted
 
 
-def _assert_called_is_granted(packaged, stack, recorder, models):
+def _assert_called_is_granted(packaged: dict[str, Any], stack: LocalStack, recorder: CallRecorder,
+                              models: ModuleType) -> None:
     env = generate.stage_env(STAGE)
     names = {stack.env[var]: env[var] for var in [*models.TABLE_VARS.values(), "START_QUEUE_NAME",
                                                   "RETRY_QUEUE_NAME", "REPLY_QUEUE_NAME", "REPLY_DLQ_NAME"]}
@@ -552,7 +564,7 @@ def _assert_called_is_granted(packaged, stack, recorder, models):
                    **{o["secret_name"]: "partners" for o in generate.registry("operators")},
                    **{c["secret_name"]: "carriers" for c in generate.registry("carriers")}}
 
-    def deployed(action, resource):
+    def deployed(action: str, resource: str) -> tuple[str, str]:
         if action.startswith("sqs:") and action.endswith("Batch"):  # IAM authorises a batch as its single action
             action = action.removesuffix("Batch")
         if action == "secretsmanager:GetSecretValue":
@@ -575,7 +587,7 @@ def _assert_called_is_granted(packaged, stack, recorder, models):
 
 
 @pytest.mark.parametrize("stack_options", [StackOptions(**{**BASE_OPTIONS.__dict__, "provision": "cloudformation"})])
-def test_the_template_deployed_into_moto_answers_a_query_end_to_end(stack, api):
+def test_the_template_deployed_into_moto_answers_a_query_end_to_end(stack: LocalStack, api: Client) -> None:
     """Tables, key, queue and state machine come from the generated template via moto's CloudFormation."""
     cfn = boto3.client("cloudformation")
     created = {r["ResourceType"] for r in cfn.list_stack_resources(StackName="yztc")["StackResourceSummaries"]}
@@ -591,7 +603,7 @@ def test_the_template_deployed_into_moto_answers_a_query_end_to_end(stack, api):
 
 
 # -- the edge (issue 9): API Gateway's own answers, WAF, access logs, tracing, checkov --------------
-def test_what_api_gateway_answers_itself_has_the_spec_error_shape(packaged):
+def test_what_api_gateway_answers_itself_has_the_spec_error_shape(packaged: dict[str, Any]) -> None:
     from chalicelib.api.responses import STATUS_BY_ERROR
 
     responses = {r["Properties"]["ResponseType"]: r["Properties"]
@@ -613,7 +625,8 @@ def test_what_api_gateway_answers_itself_has_the_spec_error_shape(packaged):
     assert "StatusCode" not in responses["DEFAULT_5XX"]
 
 
-def test_a_waf_web_acl_with_managed_rules_and_a_per_ip_rate_limit_guards_the_api_stage(packaged):
+def test_a_waf_web_acl_with_managed_rules_and_a_per_ip_rate_limit_guards_the_api_stage(
+        packaged: dict[str, Any]) -> None:
     (acl,) = resources(packaged, "AWS::WAFv2::WebACL").values()
     properties = acl["Properties"]
     assert properties["Scope"] == "REGIONAL" and properties["DefaultAction"] == {"Allow": {}}
@@ -646,7 +659,7 @@ def test_a_waf_web_acl_with_managed_rules_and_a_per_ip_rate_limit_guards_the_api
     assert "${RestAPI}/stages/api" in association["Properties"]["ResourceArn"]["Fn::Sub"]
 
 
-def test_the_api_is_traced_and_access_logged_without_bodies(packaged):
+def test_the_api_is_traced_and_access_logged_without_bodies(packaged: dict[str, Any]) -> None:
     api = packaged["Resources"]["RestAPI"]
     assert api["Properties"]["TracingEnabled"] is True
     setting = api["Properties"]["AccessLogSetting"]
@@ -657,14 +670,14 @@ def test_the_api_is_traced_and_access_logged_without_bodies(packaged):
     assert "ApiGatewayAccount" in api["DependsOn"]
 
 
-def test_queues_use_the_data_key_and_execution_starts_are_bounded(packaged):
+def test_queues_use_the_data_key_and_execution_starts_are_bounded(packaged: dict[str, Any]) -> None:
     for queue in resources(packaged, "AWS::SQS::Queue").values():
         assert queue["Properties"]["KmsMasterKeyId"] == {"Ref": "DataKey"}
     start = packaged["Resources"]["StartQueries"]["Properties"]
     assert 1 <= start["ReservedConcurrentExecutions"] <= 10
 
 
-def test_every_checkov_skip_says_why(packaged):
+def test_every_checkov_skip_says_why(packaged: dict[str, Any]) -> None:
     skipped = [(name, entry) for name, resource in packaged["Resources"].items()
                for entry in resource.get("Metadata", {}).get("checkov", {}).get("skip", [])]
     assert skipped

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
@@ -12,22 +14,25 @@ import requests
 from tests.conftest import wait_for
 from tests.helpers import make_run
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory):
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with make_run(tmp_path_factory.mktemp("local"), QUERY_DEADLINE_SECONDS="8",
                   PARTNER_MODES="meituan=silent,douyin=callback") as running:
         yield running
 
 
-def outbox(workdir) -> list[dict]:
+def outbox(workdir: Path) -> list[dict]:
     path = workdir / "sms-outbox.jsonl"
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def test_a_query_over_http_gets_its_reply_in_the_outbox(local_run):
+def test_a_query_over_http_gets_its_reply_in_the_outbox(local_run: dict[str, Any]) -> None:
     base, workdir = local_run["base"], local_run["workdir"]
     phone = "18612345678"
     response = requests.post(f"{base}/v1/verification-codes", json={"phone": phone}, timeout=10)
@@ -57,7 +62,7 @@ def test_a_query_over_http_gets_its_reply_in_the_outbox(local_run):
     assert page.status_code == 200 and "186****5678" in page.text
 
 
-def test_sigterm_stops_everything(local_run):
+def test_sigterm_stops_everything(local_run: dict[str, Any]) -> None:
     process = local_run["process"]
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=20) == 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,6 +18,11 @@ from hypothesis import strategies as st
 
 from chalicelib import signing
 from tests.conftest import API_PORT
+
+if TYPE_CHECKING:
+    from chalice.test import Client
+
+    from local.stack import LocalStack
 
 SNAKE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 EXAMPLES = {"in_process": 2500, "http": 1500}
@@ -30,7 +35,7 @@ def fuzz(examples: int) -> Any:
 
 
 @pytest.fixture(autouse=True)
-def generous_limits(monkeypatch):
+def generous_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Per-IP limits would soon answer every example 429 (all come from one IP): lift them, so the
     examples keep reaching the code that reads them. (Set before the stack builds its settings.)"""
     monkeypatch.setenv("CODE_IP_HOURLY_LIMIT", "1000000")
@@ -99,7 +104,7 @@ header_text = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2
 timestamps = st.sampled_from(["²", "1" * 5000, "", "-1", "0"]) | st.integers(min_value=0, max_value=10**13).map(
     str) | header_text
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-param = st.text(alphabet=st.characters(exclude_characters="/?#", exclude_categories=("Cs",)), max_size=50)
+param = st.text(alphabet=st.characters(exclude_characters="/?#", exclude_categories=["Cs"]), max_size=50)
 companies = st.sampled_from(["tencent", "meituan", "nobody", "", "TENCENT"]) | param
 paths = st.one_of(
     st.sampled_from(["/", "/v1/companies", "/v1/verification-codes", "/v1/queries", "/v1/openapi.json"]),
@@ -111,14 +116,16 @@ paths = st.one_of(
 # -- in-process, through Chalice's test client --------------------------------------------------
 @fuzz(EXAMPLES["in_process"])
 @given(body=raw_bodies, content_type=content_types)
-def test_any_body_to_the_code_route_is_answered_below_500_in_the_spec_shape(stack, api, body, content_type):
+def test_any_body_to_the_code_route_is_answered_below_500_in_the_spec_shape(stack: LocalStack, api: Client, body: bytes,
+                                                                            content_type: str) -> None:
     response = api.http.post("/v1/verification-codes", headers={"Content-Type": content_type}, body=body)
     check(response.status_code, response.headers, response.body, "POST")
 
 
 @fuzz(EXAMPLES["in_process"])
 @given(body=raw_bodies, content_type=content_types)
-def test_any_body_to_the_query_route_is_answered_below_500_in_the_spec_shape(stack, api, body, content_type):
+def test_any_body_to_the_query_route_is_answered_below_500_in_the_spec_shape(stack: LocalStack, api: Client,
+                                                                             body: bytes, content_type: str) -> None:
     response = api.http.post("/v1/queries", headers={"Content-Type": content_type}, body=body)
     check(response.status_code, response.headers, response.body, "POST")
 
@@ -127,7 +134,8 @@ def test_any_body_to_the_query_route_is_answered_below_500_in_the_spec_shape(sta
 @given(body=raw_bodies, company=companies, signed=st.booleans(), timestamp=timestamps, signature=header_text,
        content_type=content_types)
 def test_any_partner_callback_signed_or_not_is_answered_below_500_in_the_spec_shape(
-        stack, api, body, company, signed, timestamp, signature, content_type):
+        stack: LocalStack, api: Client, body: bytes, company: str, signed: bool, timestamp: str, signature: str,
+        content_type: str) -> None:
     if signed and f"yztc/partners/{company}" in stack.secrets:
         headers = signing.signed_headers(stack.secrets[f"yztc/partners/{company}"], body)
     else:
@@ -142,7 +150,8 @@ def test_any_partner_callback_signed_or_not_is_answered_below_500_in_the_spec_sh
        extra=st.dictionaries(st.sampled_from(["Accept", "X-Timestamp", "X-Signature", "Authorization",
                                               "Content-Encoding"]), header_text, max_size=3))
 def test_any_method_path_and_headers_on_a_route_are_answered_below_500_in_the_spec_shape(
-        stack, api, method, path, content_type, body, extra):
+        stack: LocalStack, api: Client, method: str, path: str, content_type: str, body: bytes,
+        extra: dict[str, str]) -> None:
     response = api.http.request(method, path, headers={**extra, "Content-Type": content_type}, body=body)
     check(response.status_code, response.headers, response.body, method)
 
@@ -163,8 +172,8 @@ latin1_header = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=2
        content_type=content_types.filter(lambda c: c.isascii()),
        extra=st.dictionaries(st.sampled_from(["Accept", "X-Timestamp", "X-Signature", "Authorization"]),
                              latin1_header, max_size=2))
-def test_any_request_over_http_is_answered_below_500_in_the_spec_shape(stack, method, path, body, content_type,
-                                                                       extra):
+def test_any_request_over_http_is_answered_below_500_in_the_spec_shape(
+        stack: LocalStack, method: str, path: str, body: bytes, content_type: str, extra: dict[str, str]) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", API_PORT, timeout=10)
     try:
         connection.putrequest(method, path, skip_accept_encoding=True)

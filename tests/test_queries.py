@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
@@ -13,16 +14,21 @@ from chalicelib.queries import StartDeferred
 from tests.conftest import CLIENT_PROJECT, post_json
 from tests.helpers import error_code, execution_arn, latest_code, request_code, submit
 
+if TYPE_CHECKING:
+    from chalice.test import Client
+
+    from local.stack import LocalStack
+
 PHONE, ID6 = "13900001111", "010203"
 START = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.UTC)
 
 
-def executions(stack):
+def executions(stack: LocalStack) -> list[dict[str, Any]]:
     sfn = boto3.client("stepfunctions")
     return sfn.list_executions(stateMachineArn=stack.env["STATE_MACHINE_ARN"])["executions"]
 
 
-def test_accepted_query_answers_202_with_the_spec_body(stack, api):
+def test_accepted_query_answers_202_with_the_spec_body(stack: LocalStack, api: Client) -> None:
     response = submit(api, stack, PHONE, ID6)
     assert response.status_code == 202
     body = response.json_body
@@ -36,7 +42,7 @@ def test_accepted_query_answers_202_with_the_spec_body(stack, api):
     assert set(status.json_body) == {"query_id", "status", "created_at"}
 
 
-def test_second_query_within_24h_is_rejected_with_retry_after(stack, api):
+def test_second_query_within_24h_is_rejected_with_retry_after(stack: LocalStack, api: Client) -> None:
     with time_machine.travel(START, tick=False) as traveller:
         assert submit(api, stack, PHONE, ID6).status_code == 202
         traveller.shift(3600)
@@ -46,7 +52,7 @@ def test_second_query_within_24h_is_rejected_with_retry_after(stack, api):
         assert response.headers["Retry-After"] == str(86400 - 3600)
 
 
-def test_refused_query_leaves_its_code_usable(stack, api):
+def test_refused_query_leaves_its_code_usable(stack: LocalStack, api: Client) -> None:
     """query_limit changes nothing: the code is not consumed by the refused attempt."""
     with time_machine.travel(START, tick=False) as traveller:
         assert submit(api, stack, PHONE, ID6).status_code == 202
@@ -61,14 +67,14 @@ def test_refused_query_leaves_its_code_usable(stack, api):
         assert again.status_code == 202
 
 
-def test_query_after_24h_is_accepted(stack, api):
+def test_query_after_24h_is_accepted(stack: LocalStack, api: Client) -> None:
     with time_machine.travel(START, tick=False) as traveller:
         assert submit(api, stack, PHONE, ID6).status_code == 202
         traveller.shift(86400)
         assert submit(api, stack, PHONE, ID6).status_code == 202
 
 
-def test_the_limit_holds_whatever_the_id_digits(stack, api):
+def test_the_limit_holds_whatever_the_id_digits(stack: LocalStack, api: Client) -> None:
     """A failed (mismatching) query still counts: 若查询不成功……24小时后重新查询."""
     with time_machine.travel(START, tick=False) as traveller:
         assert submit(api, stack, PHONE, "111111").status_code == 202
@@ -76,7 +82,7 @@ def test_the_limit_holds_whatever_the_id_digits(stack, api):
         assert error_code(submit(api, stack, PHONE, ID6)) == "query_limit"
 
 
-def test_the_api_answer_does_not_depend_on_the_id_digits(stack, api):
+def test_the_api_answer_does_not_depend_on_the_id_digits(stack: LocalStack, api: Client) -> None:
     matching = submit(api, stack, "13900001111", ID6)
     other = submit(api, stack, "13700002222", "010101")  # not this subscriber's digits
     assert matching.status_code == other.status_code == 202
@@ -85,7 +91,8 @@ def test_the_api_answer_does_not_depend_on_the_id_digits(stack, api):
         {k: v for k, v in other.json_body.items() if k != "query_id"}
 
 
-def test_accepted_query_starts_one_execution_named_by_its_id_without_personal_data(stack, api):
+def test_accepted_query_starts_one_execution_named_by_its_id_without_personal_data(stack: LocalStack,
+                                                                                   api: Client) -> None:
     query_id = submit(api, stack, PHONE, ID6).json_body["query_id"]
     assert executions(stack) == []  # started from the queue, not on the request path
     assert stack.pump_once() == 1
@@ -96,7 +103,7 @@ def test_accepted_query_starts_one_execution_named_by_its_id_without_personal_da
     assert PHONE not in described["input"] and ID6 not in described["input"]
 
 
-def test_two_concurrent_submissions_with_one_code_start_at_most_one_execution(stack, api):
+def test_two_concurrent_submissions_with_one_code_start_at_most_one_execution(stack: LocalStack, api: Client) -> None:
     from chalice.test import Client
 
     request_code(api, PHONE)
@@ -124,7 +131,7 @@ def test_two_concurrent_submissions_with_one_code_start_at_most_one_execution(st
 
 
 @pytest.mark.parametrize("refusal", ["ThrottlingException", "ExecutionLimitExceeded"])
-def test_refused_start_execution_loses_no_query(stack, api, refusal):
+def test_refused_start_execution_loses_no_query(stack: LocalStack, api: Client, refusal: str) -> None:
     """GIVEN Step Functions refuses StartExecution, WHEN the refusal stops, THEN the query starts once."""
     from moto.core.exceptions import JsonRESTError
     from moto.stepfunctions.parser.models import StepFunctionsParserBackend as StepFunctionBackend
@@ -132,12 +139,12 @@ def test_refused_start_execution_loses_no_query(stack, api, refusal):
     original = StepFunctionBackend.start_execution
     refusing = {"on": True}
 
-    def start_execution(self, *args, **kwargs):
+    def start_execution(self: StepFunctionBackend, *args: Any, **kwargs: Any) -> Any:
         if refusing["on"]:
             raise JsonRESTError(refusal, "refused (injected into moto)")
         return original(self, *args, **kwargs)
 
-    StepFunctionBackend.start_execution = start_execution
+    StepFunctionBackend.start_execution = start_execution  # type: ignore[method-assign]  # the fault injected into moto
     try:
         query_id = submit(api, stack, PHONE, ID6).json_body["query_id"]
         for _ in range(3):  # three deliveries, three refusals: the message stays queued
@@ -147,12 +154,12 @@ def test_refused_start_execution_loses_no_query(stack, api, refusal):
         refusing["on"] = False
         assert stack.pump_once(visibility_on_failure=0) == 1
     finally:
-        StepFunctionBackend.start_execution = original
+        StepFunctionBackend.start_execution = original  # type: ignore[method-assign]
     assert [e["name"] for e in executions(stack)] == [query_id]
     assert stack.pump_once() == 0  # the queue is empty
 
 
-def test_redelivered_start_message_is_harmless(stack, api):
+def test_redelivered_start_message_is_harmless(stack: LocalStack, api: Client) -> None:
     import app as app_module
 
     query_id = submit(api, stack, PHONE, ID6).json_body["query_id"]

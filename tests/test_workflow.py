@@ -3,22 +3,26 @@ with the carrier and the eight partners as real HTTP simulators (SPEC §1.5, §4
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
 
-from local.stack import StackOptions
+from local.stack import LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS
 from tests.helpers import COMPANIES, history, replies_to, submit, wait_finished
+
+if TYPE_CHECKING:
+    from chalice.test import Client
 
 ALL_CALLBACK = ",".join(f"{c}=callback" for c in COMPANIES)
 
 
-def options(**changes) -> StackOptions:
+def options(**changes: Any) -> StackOptions:
     return StackOptions(**{**BASE_OPTIONS.__dict__, **changes})
 
 
-def run_query(api, stack, phone, id_last6):
+def run_query(api: Client, stack: LocalStack, phone: str, id_last6: str) -> tuple[str, dict[str, Any]]:
     response = submit(api, stack, phone, id_last6)
     assert response.status_code == 202, response.body
     query_id = response.json_body["query_id"]
@@ -27,16 +31,16 @@ def run_query(api, stack, phone, id_last6):
     return query_id, execution
 
 
-def status_of(api, query_id):
+def status_of(api: Client, query_id: str) -> str:
     return api.http.get(f"/v1/queries/{query_id}").json_body["status"]
 
 
-def state_transitions(events):
+def state_transitions(events: list[dict[str, Any]]) -> int:
     return sum(1 for e in events if e["type"].endswith("StateEntered"))
 
 
 # Fixture partners.csv mixes immediate (alibaba, baidu), callback and flaky (douyin: 503 twice).
-def test_happy_path_reports_every_company_in_registry_order(stack, api):
+def test_happy_path_reports_every_company_in_registry_order(stack: LocalStack, api: Client) -> None:
     query_id, execution = run_query(api, stack, "13812345678", "12345x")
     assert execution["status"] == "SUCCEEDED"
     assert replies_to(stack, "13812345678") == [
@@ -53,7 +57,8 @@ def test_happy_path_reports_every_company_in_registry_order(stack, api):
     options(partner_modes="jd=silent", deadline_seconds=6),
     options(partner_modes="jd=down", deadline_seconds=6),
 ], ids=["all-answer", "flaky", "silent", "down"])
-def test_a_query_execution_costs_three_state_transitions_whatever_a_partner_does(stack, api):
+def test_a_query_execution_costs_three_state_transitions_whatever_a_partner_does(stack: LocalStack,
+                                                                                 api: Client) -> None:
     query_id, _ = run_query(api, stack, "13900001111", "010203")
     events = history(stack, query_id)
     # VerifyCarrier, IsRegisteredToId, AskCompanies (asks every partner and ends)
@@ -65,7 +70,7 @@ def test_a_query_execution_costs_three_state_transitions_whatever_a_partner_does
 
 
 @pytest.mark.parametrize("stack_options", [options(partner_modes="meituan=silent,douyin=callback", deadline_seconds=8)])
-def test_silent_partner_is_reported_as_no_answer_at_the_deadline(stack, api):
+def test_silent_partner_is_reported_as_no_answer_at_the_deadline(stack: LocalStack, api: Client) -> None:
     """GIVEN a partner that never answers, WHEN the query runs, THEN its execution has SUCCEEDED within
     seconds while the query is still looking_up, and the one reply comes at the deadline with 暂未返回."""
     response = submit(api, stack, "13900001111", "010203")
@@ -91,7 +96,7 @@ def test_silent_partner_is_reported_as_no_answer_at_the_deadline(stack, api):
 
 
 @pytest.mark.parametrize("stack_options", [options(partner_modes="jd=reject")])
-def test_partner_answering_4xx_is_reported_as_no_answer_without_retry(stack, api):
+def test_partner_answering_4xx_is_reported_as_no_answer_without_retry(stack: LocalStack, api: Client) -> None:
     run_query(api, stack, "18912345678", "071234")
     (reply,) = replies_to(stack, "18912345678")
     assert "京东暂未返回" in reply
@@ -100,7 +105,7 @@ def test_partner_answering_4xx_is_reported_as_no_answer_without_retry(stack, api
     assert len(stack.partners["jd"].requests) == 1
 
 
-def test_mismatching_id_digits_get_the_failure_sms(stack, api):
+def test_mismatching_id_digits_get_the_failure_sms(stack: LocalStack, api: Client) -> None:
     query_id, execution = run_query(api, stack, "13812345678", "254321")
     assert execution["status"] == "SUCCEEDED"
     assert replies_to(stack, "13812345678") == [
@@ -109,14 +114,14 @@ def test_mismatching_id_digits_get_the_failure_sms(stack, api):
     assert all(p.requests == [] for p in stack.partners.values())  # no partner is asked
 
 
-def test_cancelled_number_gets_no_sms_and_fails(stack, api):
+def test_cancelled_number_gets_no_sms_and_fails(stack: LocalStack, api: Client) -> None:
     query_id, execution = run_query(api, stack, "13512340000", "201015")
     assert execution["status"] == "SUCCEEDED"
     assert replies_to(stack, "13512340000") == []
     assert status_of(api, query_id) == "failed"
 
 
-def test_carrier_down_then_up_is_retried(stack, api):
+def test_carrier_down_then_up_is_retried(stack: LocalStack, api: Client) -> None:
     stack.carrier.unavailable_for = 2
     query_id, _ = run_query(api, stack, "13812345678", "12345X")
     assert len(stack.carrier.requests) == 3
@@ -126,7 +131,7 @@ def test_carrier_down_then_up_is_retried(stack, api):
         ["CarrierUnavailable", "CarrierUnavailable"]
 
 
-def test_carrier_unknown_number_gets_the_try_later_sms(stack, api):
+def test_carrier_unknown_number_gets_the_try_later_sms(stack: LocalStack, api: Client) -> None:
     # A valid China Mobile number the carrier simulator does not know answers "unknown".
     query_id, _ = run_query(api, stack, "13712349876", "010101")
     assert replies_to(stack, "13712349876") == [
@@ -134,7 +139,7 @@ def test_carrier_unknown_number_gets_the_try_later_sms(stack, api):
     assert status_of(api, query_id) == "failed"
 
 
-def test_reply_redelivered_after_the_sms_went_out_sends_no_second_sms(stack, api):
+def test_reply_redelivered_after_the_sms_went_out_sends_no_second_sms(stack: LocalStack, api: Client) -> None:
     """GIVEN a query replied, WHEN its reply message comes again — as if the consumer had died after SNS
     accepted the SMS and before the record was committed — THEN no second SMS goes out."""
     query_id, _ = run_query(api, stack, "13812345678", "12345X")
@@ -156,7 +161,8 @@ def test_reply_redelivered_after_the_sms_went_out_sends_no_second_sms(stack, api
     assert status_of(api, query_id) == "replied"
 
 
-def test_execution_history_and_tables_hold_no_personal_data(stack, api, capfd, caplog):
+def test_execution_history_and_tables_hold_no_personal_data(
+        stack: LocalStack, api: Client, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 
     caplog.set_level("INFO")  # the deployed log level
