@@ -113,7 +113,27 @@ def install(app_module: Any) -> Dispatcher:
 
     LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
     _reuse_the_interpreters_lambda_client()
+    _a_scope_stack_per_parse()
     return dispatcher
+
+
+def _a_scope_stack_per_parse() -> None:
+    """moto's ASL Preprocessor keeps its query-language scope stack in a class attribute, so every execution
+    parsing its definition at the same moment shares it: two executions starting together corrupt each other's
+    parse, and an IndexError kills one's thread, leaving it RUNNING for ever (seen in make test). Each
+    Preprocessor gets a stack of its own."""
+    from moto.stepfunctions.parser.asl.parse.preprocessor import Preprocessor
+
+    if getattr(Preprocessor, "_yztc_own_scope", False):
+        return
+    original = Preprocessor.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self._query_language_per_scope = []
+
+    Preprocessor.__init__ = init  # type: ignore[method-assign]
+    Preprocessor._yztc_own_scope = True  # type: ignore[attr-defined]
 
 
 def _reuse_the_interpreters_lambda_client() -> None:
