@@ -66,7 +66,7 @@ class Pattern:
 @dataclass
 class Measured:
     pattern: Pattern
-    companies: list[str]  # the partners asked: the companies, or the operators for cards
+    partners: list[str]  # the partners asked: the companies, or the operators for cards
     failing: str | None
     flaky: list[str] = field(default_factory=list)  # cards: operators flaky in operators.csv
     modes: Counter[str] = field(default_factory=Counter)  # cards: operators by simulator mode
@@ -426,9 +426,9 @@ def measure(pattern: Pattern, workdir: str, subscribers: list[dict[str, str]], l
     log_start = os.path.getsize(log.name)
     with run.running():
         stack = run.stack
-        companies, failing, modes = _partners(pattern, stack)
+        partners, failing, modes = _partners(pattern, stack)
         flaky = [op for op, mode in modes.items() if mode == "flaky"]
-        result = Measured(pattern, companies, failing, flaky=flaky, modes=Counter(modes.values()))
+        result = Measured(pattern, partners, failing, flaky=flaky, modes=Counter(modes.values()))
         if pattern.kind == CARDS:
             result.groups = Counter(o.group for o in registry.operators())
         before = _warm_up(run) if pattern.warm_up else Counter()
@@ -457,8 +457,8 @@ def measure(pattern: Pattern, workdir: str, subscribers: list[dict[str, str]], l
         elif pattern.kind == CARDS:
             result.unanswered_reported = sum("暂未返回" in m for m in replies)
             result.failing_requests = sum(len(stack.operators.requests_to(op)) for op in flaky) - before["flaky"]
-            states = stack.app_module.lookups().circuits.states(companies)
-            result.circuits_opened = [op for op in companies if states[op].is_open]
+            states = stack.app_module.lookups().circuits.states(partners)
+            result.circuits_opened = [op for op in partners if states[op].is_open]
     log.flush()
     result.log_bytes = os.path.getsize(log.name) - log_start
     return result

@@ -128,7 +128,7 @@ class Report:
         m = self.happy.measured
         self.line()
         self.line("一证通查 — the economics and capacity of a query (issues 8, 11 and 14), measured on the local stack")
-        self.line(f"  {len(m.companies)} companies from the registry ({', '.join(m.companies)}); "
+        self.line(f"  {len(m.partners)} companies from the registry ({', '.join(m.partners)}); "
                   f"{m.queries} queries per pattern (the active fixture subscribers)")
         self.line(f"  partners answer as local/fixtures/partners.csv says, at once or by callback after "
                   f"{CALLBACK_DELAY_SECONDS:g} s ('all at once': every one in its 200); the misbehaving one is the "
@@ -153,10 +153,10 @@ class Report:
             resellers = m.groups["转售企业"]
             modes = ", ".join(f"{n} {mode}" for mode, n in sorted(m.modes.items()))
             self.line(f"  cards (SPEC §9): {m.queries} card queries, one per ID number, after one warm-up card query "
-                      f"not measured (the {len(m.companies)} operators' secrets cached, as in a warm container); "
+                      f"not measured (the {len(m.partners)} operators' secrets cached, as in a warm container); "
                       f"at most {m.pattern.in_flight} in flight")
-            self.line(f"    each asks all {len(m.companies)} operators of the operator registry "
-                      f"({len(m.companies) - resellers} provincial + {resellers} resellers) through one operator "
+            self.line(f"    each asks all {len(m.partners)} operators of the operator registry "
+                      f"({len(m.partners) - resellers} provincial + {resellers} resellers) through one operator "
                       f"simulator, answering as local/fixtures/operators.csv says: {modes}")
             self.line(f"    the {len(m.flaky)} flaky ones ({', '.join(m.flaky)}) answer 503 twice per lookup, then "
                       f"by callback: every operator answers, the flaky ones after two retries each")
@@ -361,7 +361,7 @@ class Report:
         self.line("  Structural: every operator's result is written into the one query record (results map), and "
                   "DynamoDB bills a write by the larger of the old and new item,")
         self.line(f"  so each callback pays again for every result stored before it ({largest:,} bytes once all "
-                  f"{len(m.companies)} are in: {_write_units(largest)} WRU a write):")
+                  f"{len(m.partners)} are in: {_write_units(largest)} WRU a write):")
         self.line(f"  {num(record.wru)} WRU per query where {num(record.writes)} one-unit writes would do, "
                   f"{share:.0%} of the card query's cost.")
         self.line(f"  Results kept on their Lookup items with only a count on the record would save up to "
@@ -416,9 +416,9 @@ def _write_units(size: int) -> int:
 def card_targets(accounts: list[Economics], card: Economics) -> list[tuple[bool, str]]:
     m = card.measured
     fewest = min(t for r in accounts for t in r.measured.transitions)
-    companies = len(accounts[0].measured.companies)
+    companies = len(accounts[0].measured.partners)
     checks = [(max(m.transitions) <= fewest,
-               f"{len(m.companies)} operators cost no more state transitions than {companies} companies: "
+               f"{len(m.partners)} operators cost no more state transitions than {companies} companies: "
                f"{_span(m.transitions)} per card query, {fewest} per account query")]
     answered = m.replies == m.queries and m.unanswered_reported == 0 and not m.circuits_opened
     checks.append((answered, f"one reply per card query ({m.replies} of {m.queries}), every operator answered "

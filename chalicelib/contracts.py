@@ -31,8 +31,8 @@ class CarrierOutcome(StrEnum):
     UNKNOWN = "unknown"
 
 
-class LookupState(StrEnum):
-    """One partner lookup, as the delivery mechanism sees it."""
+class TaskState(StrEnum):
+    """One partner task — a lookup or a dispute, to a company or an operator — as the delivery mechanism sees it."""
 
     PENDING = "pending"    # asked (or about to be): the partner answers in the 200 or by callback
     UNSENT = "unsent"      # a transient failure or an open circuit: in the partner's backlog
@@ -66,9 +66,9 @@ class FanOutInput(TypedDict):
 
 
 class LookupResult(TypedDict):
-    """One company's settled lookup: the only thing of a partner's answer that travels on.
+    """One partner's settled lookup: the only thing of a partner's answer that travels on.
 
-    Company ids come from the registry, counts are bounded integers, app names are the
+    Partner ids come from the registry, counts are bounded integers, app names are the
     registry's own strings (chalicelib/partners/protocol.py checks all three).
     """
 

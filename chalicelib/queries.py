@@ -106,8 +106,7 @@ class QueryIntake:
             lock_key=locks[0].key,
             ttl=at(now + cfg.query_record_days * 86400),
         )
-        if kind is not ACCOUNTS:
-            record.kind = kind.kind.value
+        record.kind = kind.stored
 
         def write() -> None:
             try:

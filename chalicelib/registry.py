@@ -1,6 +1,6 @@
-"""Participating companies and carriers, as data.
+"""Participating partners (companies and telecom operators) and carriers, as data.
 
-A company joins by a registry entry, a partner endpoint and a secret: no code
+A partner joins by a registry entry, a partner endpoint and a secret: no code
 change. The registry file is bundled with the functions; a stage may point
 COMPANY_REGISTRY_FILE / CARRIER_REGISTRY_FILE elsewhere (the local stack does).
 """
@@ -14,7 +14,12 @@ from chalicelib.config import settings
 
 
 @dataclass(frozen=True)
-class Company:
+class Partner:
+    """A partner the service asks: an internet company (accounts, disputes) or a telecom operator (cards).
+
+    Both kinds share one protocol and one delivery engine, so one type; which registry an entry
+    comes from (companies() or operators()) says which kind it is."""
+
     id: str
     name: str
     details: str
@@ -41,25 +46,25 @@ class Carrier:
 
 
 @functools.cache
-def companies() -> tuple[Company, ...]:
+def companies() -> tuple[Partner, ...]:
     with open(settings().company_registry_file, encoding="utf-8") as fh:
-        return tuple(Company(**{**entry, "apps": tuple(entry.get("apps", ()))})
+        return tuple(Partner(**{**entry, "apps": tuple(entry.get("apps", ()))})
                      for entry in json.load(fh)["companies"])
 
 
-def company(company_id: str) -> Company | None:
+def company(company_id: str) -> Partner | None:
     return next((c for c in companies() if c.id == company_id), None)
 
 
 @functools.cache
-def operators() -> tuple[Company, ...]:
+def operators() -> tuple[Partner, ...]:
     """The telecom operators a phone-card lookup asks (SPEC §9): partners like companies, another registry."""
     with open(settings().operator_registry_file, encoding="utf-8") as fh:
-        return tuple(Company(**{**entry, "apps": tuple(entry.get("apps", ()))})
+        return tuple(Partner(**{**entry, "apps": tuple(entry.get("apps", ()))})
                      for entry in json.load(fh)["operators"])
 
 
-def operator(operator_id: str) -> Company | None:
+def operator(operator_id: str) -> Partner | None:
     return next((o for o in operators() if o.id == operator_id), None)
 
 

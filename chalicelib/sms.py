@@ -34,17 +34,19 @@ class SmsRejected(Exception):
 
 
 @dataclass(frozen=True)
-class CompanyAnswer:
+class PartnerAnswer:
+    """One asked partner's line in a reply: a company's accounts, or an operator's phone cards."""
+
     name: str
-    account_count: int | None  # None: no answer yet (暂未返回)
-    apps: Mapping[str, int] | None = None
+    count: int | None  # None: no answer yet (暂未返回)
+    apps: Mapping[str, int] | None = None  # companies only: the per-app breakdown
 
 
 def code_text(code: str) -> str:
     return f"{PREFIX}您的验证码为{code}，5分钟内有效。如非本人操作，请忽略。"
 
 
-def result_text(phone: str, answers: Iterable[CompanyAnswer]) -> str:
+def result_text(phone: str, answers: Iterable[PartnerAnswer]) -> str:
     """The result SMS; per-app breakdowns are the first thing dropped if it would not fit SNS's limit."""
     answers = list(answers)
     text = _result_text(phone, answers, breakdowns=True)
@@ -53,15 +55,15 @@ def result_text(phone: str, answers: Iterable[CompanyAnswer]) -> str:
     return text
 
 
-def _result_text(phone: str, answers: list[CompanyAnswer], breakdowns: bool) -> str:
+def _result_text(phone: str, answers: list[PartnerAnswer], breakdowns: bool) -> str:
     parts = []
     total = 0
     for answer in answers:
-        if answer.account_count is None:
+        if answer.count is None:
             parts.append(f"{answer.name}暂未返回")
             continue
-        total += answer.account_count
-        part = f"{answer.name}{answer.account_count}个"
+        total += answer.count
+        part = f"{answer.name}{answer.count}个"
         if answer.apps and breakdowns:
             part += "（" + "，".join(f"{app}{n}个" for app, n in answer.apps.items()) + "）"
         parts.append(part)

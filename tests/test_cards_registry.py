@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from chalicelib.registry import Company
+from chalicelib.registry import Partner
 from local.stack import ROOT
 
 BUNDLED = os.path.join(ROOT, "chalicelib", "data", "operators.json")
@@ -30,16 +30,16 @@ def test_93_provincial_companies_and_at_least_39_resellers_with_unique_ids_and_n
     assert len({e["name"] for e in OPERATORS}) == len(OPERATORS)
 
 
-def test_every_entry_has_exactly_the_registry_keys_and_loads_as_a_company() -> None:
-    fields = {f.name for f in dataclasses.fields(Company)}
+def test_every_entry_has_exactly_the_registry_keys_and_loads_as_a_partner() -> None:
+    fields = {f.name for f in dataclasses.fields(Partner)}
     for entry in OPERATORS:
         assert set(entry) == KEYS, entry["id"]
         assert KEYS <= fields
-        company = Company(**entry)
-        assert company.base_url == f"https://yztc-operator.{company.id}.example/api"
-        assert company.secret_name == f"yztc/operators/{company.id}"
-        assert company.max_requests_per_second == 20
-        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)+", company.id)
+        operator = Partner(**entry)
+        assert operator.base_url == f"https://yztc-operator.{operator.id}.example/api"
+        assert operator.secret_name == f"yztc/operators/{operator.id}"
+        assert operator.max_requests_per_second == 20
+        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)+", operator.id)
 
 
 def test_provincial_companies_are_named_as_usual_in_the_national_order_of_regions() -> None:

@@ -14,7 +14,7 @@ import boto3
 import pytest
 
 from chalicelib.partners.kinds import ACCOUNTS
-from chalicelib.registry import Company
+from chalicelib.registry import Partner
 from local.lambdas import acting_as
 from local.recording import recording
 from local.stack import ROOT, LocalStack, StackOptions
@@ -78,7 +78,7 @@ def test_the_last_of_concurrent_callbacks_claims_the_reply_exactly_once(stack: L
     barrier = threading.Barrier(2 * len(bodies))
     failures: list[BaseException] = []
 
-    def call_back(partner: Company, body: dict[str, Any]) -> None:
+    def call_back(partner: Partner, body: dict[str, Any]) -> None:
         barrier.wait()
         try:
             with acting_as("APIHandler"):
@@ -104,7 +104,7 @@ def test_the_last_of_concurrent_callbacks_claims_the_reply_exactly_once(stack: L
     assert f"已返回企业共{sum(range(len(bodies)))}个账号" in reply
 
 
-def _companies() -> list[Company]:
+def _companies() -> list[Partner]:
     from chalicelib import registry
 
     return list(registry.companies())
@@ -164,9 +164,9 @@ class RecordingClient:
         self.inner, self.clock = inner, clock
         self.sent: list[tuple[str, Any]] = []
 
-    def send(self, kind: Any, company: Company, lookup_id: str, fields: dict[str, str]) -> Any:
-        self.sent.append((company.id, self.clock()))
-        return self.inner.send(kind, company, lookup_id, fields)
+    def send(self, kind: Any, partner: Partner, lookup_id: str, fields: dict[str, str]) -> Any:
+        self.sent.append((partner.id, self.clock()))
+        return self.inner.send(kind, partner, lookup_id, fields)
 
 
 # Every other partner answers by callback: a flaky one would open its own circuit under this load.

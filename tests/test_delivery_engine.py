@@ -13,11 +13,11 @@ import pytest
 from moto import mock_aws
 
 from chalicelib.config import settings
-from chalicelib.contracts import LookupState, QueueMessage, TaskType
+from chalicelib.contracts import QueueMessage, TaskState, TaskType
 from chalicelib.engine.delivery import Delivery, TaskKind
 from chalicelib.engine.tasks import backoff
 from chalicelib.partners.circuit import Circuits, CircuitState
-from chalicelib.registry import Company
+from chalicelib.registry import Partner
 from tests.helpers import FakeTime
 
 T0 = 1_800_000_000  # a multiple of 180: a new loop over three partners starts with the first
@@ -30,7 +30,7 @@ class Task:
     company: str
     due_at: int
     deadline_at: int = FAR
-    state: str = LookupState.UNSENT
+    state: str = TaskState.UNSENT
     attempts: int = 0
 
 
@@ -59,11 +59,11 @@ class MemoryKind(TaskKind):
         return [t for t in self.tasks if t.id in wanted]
 
     def backlog(self, partner: str, until: int) -> Iterator[Task]:
-        parked = [t for t in self.tasks if t.company == partner and t.state == LookupState.UNSENT and t.due_at <= until]
+        parked = [t for t in self.tasks if t.company == partner and t.state == TaskState.UNSENT and t.due_at <= until]
         return iter(sorted(parked, key=lambda t: t.due_at))
 
     def expire(self, task: Task) -> None:
-        task.state = LookupState.EXPIRED
+        task.state = TaskState.EXPIRED
 
     def send(self, now: int, batch: list[tuple[Task, CircuitState]]) -> None:
         for task, state in batch:
@@ -74,12 +74,12 @@ class MemoryKind(TaskKind):
                 task.due_at = now + backoff(task.attempts)
                 self._partners.circuits.failed(task.company, now)
             else:
-                task.state = LookupState.SETTLED
+                task.state = TaskState.SETTLED
                 self._partners.circuits.succeeded(state, now)
 
 
-def company(partner_id: str, rate: int = 1) -> Company:
-    return Company(partner_id, partner_id, "", "", "", f"https://{partner_id}.example", "", (),
+def make_partner(partner_id: str, rate: int = 1) -> Partner:
+    return Partner(partner_id, partner_id, "", "", "", f"https://{partner_id}.example", "", (),
                    max_requests_per_second=rate)
 
 
@@ -92,7 +92,7 @@ def partners() -> Iterator[Partners]:
         yield Partners(Circuits(threshold=5, probe_seconds=60), FakeTime(T0))
 
 
-def delivery(partners: Partners, kinds: list[TaskKind], companies: list[Company], budget: int = 40) -> Delivery:
+def delivery(partners: Partners, kinds: list[TaskKind], companies: list[Partner], budget: int = 40) -> Delivery:
     return Delivery(kinds, partners.circuits, lambda: {"accounts": companies},
                     replace(settings(), delivery_budget_seconds=budget), clock=partners.clock.time,
                     sleep=partners.clock.sleep, threads=1)
@@ -111,7 +111,7 @@ def test_one_budget_for_the_whole_run_and_the_next_run_starts_with_those_it_did_
     THEN one run takes no more than its budget, and the partners a run did not reach are served first by the
     next: no partner is the one starved every minute."""
     partners.round_trip = 0.5
-    abc = [company(p) for p in "abc"]
+    abc = [make_partner(p) for p in "abc"]
     tasks = [Task(f"{p}{i}", p, due_at=T0 - 100 + i) for p in "abc" for i in range(20)]
     loop = delivery(partners, [MemoryKind(TaskType.LOOKUP, tasks, partners)], abc, budget=5)
     runs = []
@@ -124,7 +124,7 @@ def test_one_budget_for_the_whole_run_and_the_next_run_starts_with_those_it_did_
 
 def test_a_closed_partner_with_one_lost_nudge_costs_the_run_no_wait(partners: Partners) -> None:
     tasks = [Task(f"{p}0", p, due_at=T0 - 10) for p in "abcdefgh"]
-    loop = delivery(partners, [MemoryKind(TaskType.LOOKUP, tasks, partners)], [company(p) for p in "abcdefgh"])
+    loop = delivery(partners, [MemoryKind(TaskType.LOOKUP, tasks, partners)], [make_partner(p) for p in "abcdefgh"])
     assert sum(loop.deliver().values()) == 8
     assert partners.clock.now == T0
 
@@ -134,7 +134,7 @@ def test_probes_rotate_over_tasks_of_every_kind_then_the_backlog_is_replayed_at_
     """GIVEN jd's circuit is open with lookups and a dispute parked, THEN each minute's one probe is the oldest
     due task of any kind — a failed probe backs off, so the next minute probes another task; WHEN a probe is
     answered, THEN the rest of the backlog, both kinds, goes in the same run at jd's 2 requests a second."""
-    jd = company("jd", rate=2)
+    jd = make_partner("jd", rate=2)
     lookups = [Task("L1", "jd", T0 - 50), Task("L2", "jd", T0 - 30)]
     lookups += [Task(f"L{i}", "jd", T0 - 20) for i in range(3, 7)]
     disputes = [Task("D1", "jd", T0 - 40)]
@@ -168,14 +168,14 @@ def test_probes_rotate_over_tasks_of_every_kind_then_the_backlog_is_replayed_at_
 def test_a_task_failing_again_in_a_replay_is_not_resent_in_the_same_run(partners: Partners) -> None:
     """GIVEN a probe answered, THEN the whole backlog goes whatever its backoff said, each task once: L1,
     whose requests keep failing, is parked due in 2 s but not picked up again by the same replay."""
-    jd = company("jd", rate=5)
+    jd = make_partner("jd", rate=5)
     tasks = [Task(f"L{i}", "jd", T0 - 10 + i) for i in range(4)]
     loop = delivery(partners, [MemoryKind(TaskType.LOOKUP, tasks, partners)], [jd])
     partners.clock.now = open_circuit(partners, "jd")
     partners.down.add("L1")
     assert loop.deliver() == {"jd": 4}
     assert [task_id for task_id, _ in partners.sent] == ["L0", "L1", "L2", "L3"]
-    assert tasks[1].state == LookupState.UNSENT and not partners.circuits.states(["jd"])["jd"].is_open
+    assert tasks[1].state == TaskState.UNSENT and not partners.circuits.states(["jd"])["jd"].is_open
 
 
 def test_the_retry_nudge_sends_each_kind_through_its_own_kind_unless_the_circuit_is_open_or_it_is_late(
@@ -183,12 +183,13 @@ def test_the_retry_nudge_sends_each_kind_through_its_own_kind_unless_the_circuit
     lookups = [Task("L1", "jd", T0), Task("L2", "tencent", T0), Task("L3", "jd", T0, deadline_at=T0)]
     disputes = [Task("D1", "jd", T0)]
     loop = delivery(partners, [MemoryKind(TaskType.LOOKUP, lookups, partners),
-                               MemoryKind(TaskType.DISPUTE, disputes, partners)], [company("jd"), company("tencent")])
+                               MemoryKind(TaskType.DISPUTE, disputes, partners)],
+                    [make_partner("jd"), make_partner("tencent")])
     open_circuit(partners, "tencent")
     loop.retry([QueueMessage(type="lookup", id=i) for i in ("L1", "L2", "L3")]
                + [QueueMessage(type="dispute", id="D1")])
     assert sorted(task_id for task_id, _ in partners.sent) == ["D1", "L1"]
-    assert [t.state for t in lookups] == [LookupState.SETTLED, LookupState.UNSENT, LookupState.EXPIRED]
+    assert [t.state for t in lookups] == [TaskState.SETTLED, TaskState.UNSENT, TaskState.EXPIRED]
 
 
 def test_the_dispute_backlog_is_read_for_companies_only_never_for_an_operator(

@@ -480,14 +480,14 @@ def test_every_aws_action_the_code_calls_is_granted_to_its_function_and_nothing_
     _set_modes(stack, "immediate", tencent="silent")
     stranded = _accepted(api, stack, "18012345678", "080808")
     wait_for(lambda: _settled(stack, stranded) >= set(stack.partners) - {"tencent"}, 30, "all but tencent settled")
-    from chalicelib.contracts import DisputeStatus, LookupState, ReplyType
+    from chalicelib.contracts import DisputeStatus, ReplyType, TaskState
     from chalicelib.engine.deadlines import Deadlines
     from chalicelib.storage.models import Dispute, at
     from local.lambdas import FakeContext
 
     now = int(time.time())  # a dispute forwarded and never answered, as intake and Forward leave it
     Dispute("SILENTDISPUTE0001", company="alibaba", status=DisputeStatus.FORWARDED, created_at=now,
-            deadline_at=now + 60, lock_key="dispute#x#alibaba", state=LookupState.PENDING, attempts=0,
+            deadline_at=now + 60, lock_key="dispute#x#alibaba", state=TaskState.PENDING, attempts=0,
             ttl=at(now + 86400), **Deadlines().entry(ReplyType.DISPUTE, "SILENTDISPUTE0001", now + 60)).save()
 
     with time_machine.travel(time.time() + 16 * 86400, tick=True), acting_as("DeadlineStep"):
@@ -504,7 +504,7 @@ def test_every_aws_action_the_code_calls_is_granted_to_its_function_and_nothing_
                 deadline_at=now + 600, data_key="x", phone_sealed="x", lock_key="x", ttl=at(now + 86400),
                 **Deadlines().entry(ReplyType.QUERY, "00000000-0000-4000-8000-00000000dead", now + 600)).save()
     Dispute("DEADLETTERDISPUTE", company="alibaba", status=DisputeStatus.FORWARDED, created_at=now,
-            deadline_at=now + 600, lock_key="dispute#y#alibaba", state=LookupState.PENDING, attempts=0,
+            deadline_at=now + 600, lock_key="dispute#y#alibaba", state=TaskState.PENDING, attempts=0,
             ttl=at(now + 86400), **Deadlines().entry(ReplyType.DISPUTE, "DEADLETTERDISPUTE", now + 600)).save()
     sqs = clients.client("sqs")
     for kind, item_id in (("query", "00000000-0000-4000-8000-00000000dead"), ("dispute", "DEADLETTERDISPUTE")):

@@ -25,7 +25,7 @@ from pynamodb.exceptions import UpdateError
 
 from chalicelib import clients, errors, registry, telemetry
 from chalicelib.config import Settings, settings
-from chalicelib.contracts import DisputeOutcome, DisputeStatus, LookupState, ReplyType, TaskType
+from chalicelib.contracts import DisputeOutcome, DisputeStatus, ReplyType, TaskState, TaskType
 from chalicelib.disputes.notify import DisputeNotifier
 from chalicelib.disputes.protocol import DISPUTE_ID, DisputeReply, dispute_id_of, parse_dispute_answer
 from chalicelib.engine import tasks
@@ -35,12 +35,12 @@ from chalicelib.engine.tasks import Outcome, Sent, rejected
 from chalicelib.partners.circuit import Circuits, CircuitState
 from chalicelib.partners.protocol import Refused
 from chalicelib.privacy import Vault, partner_secret
-from chalicelib.registry import Company
+from chalicelib.registry import Partner
 from chalicelib.storage.models import Dispute, condition_failed
 
 logger = Logger(child=True)
 
-_OPEN = (LookupState.PENDING, LookupState.UNSENT)  # not answered, not closed at the deadline
+_OPEN = (TaskState.PENDING, TaskState.UNSENT)  # not answered, not closed at the deadline
 
 
 class DisputeClient:
@@ -51,7 +51,7 @@ class DisputeClient:
         self._config = config or settings()
         self._secret_for = secret_for
 
-    def send(self, company: Company, dispute_id: str, phone: str) -> Sent[DisputeReply]:
+    def send(self, company: Partner, dispute_id: str, phone: str) -> Sent[DisputeReply]:
         payload = {"dispute_id": dispute_id, "phone": phone,
                    "callback_url": f"{self._config.public_api_url}/v1/partners/{company.id}/disputes"}
         return tasks.send(company, f"{company.base_url}/disputes", payload, self._secret_for(company.secret_name),
@@ -90,10 +90,10 @@ class DisputeDesk:
         phone = self._phone(dispute)
         if phone is not None:
             self.notifier.acknowledge(dispute, phone)
-        if dispute.state == LookupState.SETTLED:
+        if dispute.state == TaskState.SETTLED:
             self._complete(dispute)  # answered before this (retried) step
             return
-        if dispute.state != LookupState.PENDING or phone is None:
+        if dispute.state != TaskState.PENDING or phone is None:
             return  # in the backlog: the retry queue and the delivery job own it
         company = registry.company(dispute.company)
         if company is None:  # left the registry since: nobody to forward to
@@ -106,7 +106,7 @@ class DisputeDesk:
         self.dispatch(dispute, company, phone, state, now)
 
     # -- sending (Forward, retry queue, delivery job) ------------------------------------------
-    def dispatch(self, dispute: Dispute, company: Company, phone: str, state: CircuitState, now: int) -> None:
+    def dispatch(self, dispute: Dispute, company: Partner, phone: str, state: CircuitState, now: int) -> None:
         sent = self.client.send(company, dispute.dispute_id, phone)
         if sent.outcome is Outcome.TRANSIENT:
             opened = self.circuits.failed(company.id, now)
@@ -121,7 +121,7 @@ class DisputeDesk:
             self.settle(dispute, DisputeReply(dispute.dispute_id, DisputeOutcome.REJECTED), "refused")
             return
         try:  # 202: it calls back
-            dispute.update(actions=[Dispute.state.set(LookupState.PENDING), Dispute.status.set(DisputeStatus.FORWARDED),
+            dispute.update(actions=[Dispute.state.set(TaskState.PENDING), Dispute.status.set(DisputeStatus.FORWARDED),
                                     Dispute.backlog_partner.remove(), Dispute.due_at.remove(),
                                     Dispute.requested_at.set(now)],
                            condition=Dispute.state.is_in(*_OPEN))
@@ -151,7 +151,7 @@ class DisputeDesk:
                         [Dispute.outcome.set(reply.outcome.value), Dispute.accounts.set(reply.accounts),
                          Dispute.status.set(DisputeStatus.FORWARDED)], Dispute.state.is_in(*_OPEN)):
             telemetry.count("DisputeAnswered", company=dispute.company)
-        elif dispute.state == LookupState.EXPIRED:
+        elif dispute.state == TaskState.EXPIRED:
             telemetry.count("LateAnswer", company=dispute.company)
             return  # closed at its deadline: the citizen has had the expired SMS
         elif dispute.answer_digest != digest:
@@ -160,11 +160,11 @@ class DisputeDesk:
 
     def _complete(self, dispute: Dispute) -> None:
         """Claim the outcome SMS (once; send_replies sends it from the reply queue)."""
-        if dispute.state == LookupState.SETTLED and dispute.outcome and dispute.completion_claimed_at is None:
+        if dispute.state == TaskState.SETTLED and dispute.outcome and dispute.completion_claimed_at is None:
             self._deadlines.claim(ReplyType.DISPUTE, dispute)
 
     # -- callbacks (POST /v1/partners/{company}/disputes) --------------------------------------
-    def record_callback(self, company: Company, body: Any) -> None:
+    def record_callback(self, company: Partner, body: Any) -> None:
         try:
             dispute_id = dispute_id_of(body)
             reply = parse_dispute_answer(body, self._config.partner_max_account_count)

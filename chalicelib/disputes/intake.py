@@ -25,7 +25,7 @@ from pynamodb.exceptions import DeleteError, TransactWriteError, UpdateError
 from chalicelib import clients, errors, registry
 from chalicelib.codes import CodeService
 from chalicelib.config import Settings, settings
-from chalicelib.contracts import DisputeInput, DisputeStatus, LookupState, ReplyType
+from chalicelib.contracts import DisputeInput, DisputeStatus, ReplyType, TaskState
 from chalicelib.disputes.protocol import DISPUTE_ID, new_dispute_id
 from chalicelib.engine.deadlines import Deadlines
 from chalicelib.privacy import Vault
@@ -75,7 +75,7 @@ class DisputeIntake:
         record = Dispute(dispute_id, **Deadlines(cfg).entry(ReplyType.DISPUTE, dispute_id, deadline_at),
                          company=company.id, status=DisputeStatus.SUBMITTED, created_at=now,
                          deadline_at=deadline_at, data_key=sealed.data_key, phone_sealed=sealed.fields["phone"],
-                         lock_key=lock.key, state=LookupState.PENDING, attempts=0,
+                         lock_key=lock.key, state=TaskState.PENDING, attempts=0,
                          ttl=at(deadline_at + cfg.dispute_record_days * 86400))
         guards: list[Any] = [check, lock, daily]
 

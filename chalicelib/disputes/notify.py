@@ -17,7 +17,7 @@ from aws_lambda_powertools import Logger
 from pynamodb.exceptions import DeleteError, UpdateError
 
 from chalicelib import registry, sms, telemetry
-from chalicelib.contracts import DisputeOutcome, DisputeStatus, LookupState
+from chalicelib.contracts import DisputeOutcome, DisputeStatus, TaskState
 from chalicelib.engine.deadlines import finished_actions
 from chalicelib.privacy import Vault
 from chalicelib.storage.models import Dispute, Throttle
@@ -89,15 +89,15 @@ class DisputeNotifier:
     @staticmethod
     def _close_at_deadline(dispute: Dispute) -> tuple[DisputeOutcome, int]:
         """Its answer if it settled; else it is closed unanswered (expired): its deadline came."""
-        if dispute.state != LookupState.SETTLED:
+        if dispute.state != TaskState.SETTLED:
             try:
-                dispute.update(actions=[Dispute.state.set(LookupState.EXPIRED), Dispute.backlog_partner.remove(),
+                dispute.update(actions=[Dispute.state.set(TaskState.EXPIRED), Dispute.backlog_partner.remove(),
                                         Dispute.due_at.remove()],
-                               condition=Dispute.state.is_in(LookupState.PENDING, LookupState.UNSENT))
+                               condition=Dispute.state.is_in(TaskState.PENDING, TaskState.UNSENT))
             except UpdateError as exc:
                 if getattr(exc, "cause_response_code", None) != "ConditionalCheckFailedException":
                     raise
                 dispute.refresh(consistent_read=True)  # answered at the last moment (or closed already)
-        if dispute.state == LookupState.SETTLED and dispute.outcome:
+        if dispute.state == TaskState.SETTLED and dispute.outcome:
             return DisputeOutcome(dispute.outcome), int(dispute.accounts or 0)
         return DisputeOutcome.EXPIRED, 0

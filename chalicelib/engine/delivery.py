@@ -30,10 +30,10 @@ from aws_lambda_powertools import Logger
 
 from chalicelib import telemetry
 from chalicelib.config import Settings, settings
-from chalicelib.contracts import LookupState, QueueMessage, TaskType
+from chalicelib.contracts import QueueMessage, TaskState, TaskType
 from chalicelib.engine import tasks
 from chalicelib.partners.circuit import Circuits, CircuitState
-from chalicelib.registry import Company
+from chalicelib.registry import Partner
 
 logger = Logger(child=True)
 
@@ -82,7 +82,7 @@ class Delivery:
     open-circuit gauges; a partner may stand in several groups."""
 
     def __init__(self, kinds: Sequence[TaskKind], circuits: Circuits,
-                 partners: Callable[[], Mapping[str, Sequence[Company]]], config: Settings | None = None,
+                 partners: Callable[[], Mapping[str, Sequence[Partner]]], config: Settings | None = None,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], Any] = time.sleep,
                  threads: int = PARTNER_THREADS) -> None:
         self._kinds = tuple(kinds)
@@ -106,7 +106,7 @@ class Delivery:
         for kind in self._kinds:
             if wanted.get(kind.task_type.value):
                 due += [(kind, task) for task in kind.load(wanted[kind.task_type.value])
-                        if task.state == LookupState.UNSENT and not self._expire_if_late(kind, task, now)]
+                        if task.state == TaskState.UNSENT and not self._expire_if_late(kind, task, now)]
         if not due:
             return  # answered meanwhile, sent by the delivery job, or late
         states = self.circuits.states({task.company for _, task in due})
@@ -120,25 +120,25 @@ class Delivery:
         started = self._clock() if now is None else now
         budget_end = self._clock() + self._config.delivery_budget_seconds
         groups = self._partners()
-        companies = list({p.id: p for group in groups.values() for p in group}.values())
-        states = self.circuits.states(c.id for c in companies)
-        for company in companies:  # a gauge per partner, every minute: the open-circuit alarms read it
-            telemetry.count("CircuitOpen", int(states[company.id].is_open), partner=company.id)
+        partners = list({p.id: p for group in groups.values() for p in group}.values())
+        states = self.circuits.states(c.id for c in partners)
+        for partner in partners:  # a gauge per partner, every minute: the open-circuit alarms read it
+            telemetry.count("CircuitOpen", int(states[partner.id].is_open), partner=partner.id)
         for group, members in groups.items():  # and how many are open per group (one alarm for 132 operators)
             telemetry.count("CircuitsOpen", sum(states[p.id].is_open for p in members), kind=group)
-        if not companies:
+        if not partners:
             return {}
         first = self._next_start if self._next_start is not None else int(started) // 60
-        first %= len(companies)
-        order = companies[first:] + companies[:first]
+        first %= len(partners)
+        order = partners[first:] + partners[:first]
 
-        def serve(company: Company) -> int | None:
+        def serve(partner: Partner) -> int | None:
             if self._clock() >= budget_end:
                 return None  # the run's budget is spent: first in line next run
             try:
-                return self._deliver_partner(company, states[company.id], int(started), budget_end)
+                return self._deliver_partner(partner, states[partner.id], int(started), budget_end)
             except Exception:  # one partner's trouble (a throttled read…) must not cost the others their run
-                logger.exception("delivery failed for a partner", extra={"partner": company.id})
+                logger.exception("delivery failed for a partner", extra={"partner": partner.id})
                 return 0
 
         with ThreadPoolExecutor(max_workers=min(self._threads, len(order))) as pool:
@@ -151,38 +151,38 @@ class Delivery:
         sent = {c.id: n or 0 for c, n in zip(order, served, strict=True)}
         if any(sent.values()):
             logger.info("backlog delivered", extra={"sent": {k: v for k, v in sent.items() if v}})
-        return {c.id: sent[c.id] for c in companies}
+        return {c.id: sent[c.id] for c in partners}
 
-    def _deliver_partner(self, company: Company, state: CircuitState, now: int, budget_end: float) -> int:
+    def _deliver_partner(self, partner: Partner, state: CircuitState, now: int, budget_end: float) -> int:
         if not state.is_open:
-            return self._replay(company, state, now, budget_end)  # the nudges that were lost
+            return self._replay(partner, state, now, budget_end)  # the nudges that were lost
         if not state.probe_due(now):
             return 0
-        probe = self._due(company.id, now, limit=1, skip=set())
+        probe = self._due(partner.id, now, limit=1, skip=set())
         if not probe or not self.circuits.claim_probe(state, now):
             return 0
-        telemetry.count("CircuitProbe", partner=company.id)
+        telemetry.count("CircuitProbe", partner=partner.id)
         probed_at = self._clock()
         kind, task = probe[0]
         self._send(now, [(kind, task, state)])
-        if self.circuits.states([company.id])[company.id].is_open:
+        if self.circuits.states([partner.id])[partner.id].is_open:
             return 1  # still down: next probe in a minute
         # Answered: the circuit is closed; the whole backlog goes, whatever its backoff said, from the next
         # second on (the probe was this second's request).
-        return 1 + self._replay(company, CircuitState(company.id), ALL_DUE, budget_end, next_slot=probed_at + 1,
+        return 1 + self._replay(partner, CircuitState(partner.id), ALL_DUE, budget_end, next_slot=probed_at + 1,
                                 sent_already={(kind.task_type, kind.task_id(task))})
 
-    def _replay(self, company: Company, state: CircuitState, until: int, budget_end: float,
+    def _replay(self, partner: Partner, state: CircuitState, until: int, budget_end: float,
                 next_slot: float = 0.0, sent_already: set[tuple[TaskType, str]] | None = None) -> int:
         """Send the backlog due by `until`, at most max_requests_per_second, within the run's budget.
 
         A task is sent once per run: one that fails again is parked due later, which a replay of the whole
         backlog would otherwise pick up again at once, ignoring its backoff."""
-        rate = max(1, company.max_requests_per_second)
+        rate = max(1, partner.max_requests_per_second)
         done = set(sent_already or ())
         sent = 0
         while self._clock() < budget_end:
-            page = self._due(company.id, until, REPLAY_PAGE, skip=done)
+            page = self._due(partner.id, until, REPLAY_PAGE, skip=done)
             if not page:
                 break
             for start in range(0, len(page), rate):
@@ -202,7 +202,7 @@ class Delivery:
                 sent += len(batch)
                 # The partner's state as it stands now, for the next batch: a success after failures
                 # must reset the circuit's clock, which only happens from a state that shows them.
-                state = self.circuits.states([company.id])[company.id]
+                state = self.circuits.states([partner.id])[partner.id]
                 if state.is_open:
                     return sent  # failing again: stop, the next probe decides
         return sent
@@ -217,7 +217,7 @@ class Delivery:
         for kind in self._kinds:
             taken = 0
             for task in kind.backlog(partner, until):
-                if task.state != LookupState.UNSENT or (kind.task_type, kind.task_id(task)) in skip:
+                if task.state != TaskState.UNSENT or (kind.task_type, kind.task_id(task)) in skip:
                     continue
                 if self._expire_if_late(kind, task, now):
                     continue

@@ -24,9 +24,9 @@ from aws_lambda_powertools import Logger
 from pynamodb.exceptions import UpdateError
 
 from chalicelib import http, telemetry
-from chalicelib.contracts import LookupState, QueueMessage, TaskType
+from chalicelib.contracts import QueueMessage, TaskState, TaskType
 from chalicelib.partners.protocol import Refused
-from chalicelib.registry import Company
+from chalicelib.registry import Partner
 from chalicelib.storage.models import condition_failed
 
 logger = Logger(child=True)
@@ -55,13 +55,13 @@ class Sent(Generic[A]):
     answer: A | None = None
 
 
-def rejected(company: str, reason: str) -> None:
+def rejected(partner_id: str, reason: str) -> None:
     """Operators hear of every answer we refuse; the log holds our reason, never partner text."""
-    telemetry.count("PartnerAnswerRejected", company=company)
-    logger.warning("partner answer rejected", extra={"company": company, "reason": reason})
+    telemetry.count("PartnerAnswerRejected", company=partner_id)
+    logger.warning("partner answer rejected", extra={"company": partner_id, "reason": reason})
 
 
-def send(company: Company, url: str, payload: dict[str, Any], secret: str, task_id: str,
+def send(partner: Partner, url: str, payload: dict[str, Any], secret: str, task_id: str,
          parse: Callable[[Any], A], answers: Callable[[A], str]) -> Sent[A]:
     """POST one signed task; `parse` reads a 200's body (raising Refused), `answers` names the task an
     answer is for (an answer to another task is refused)."""
@@ -77,11 +77,11 @@ def send(company: Company, url: str, payload: dict[str, Any], secret: str, task_
         try:
             answer = parse(reply.body)
         except Refused as exc:
-            rejected(company.id, exc.reason)
+            rejected(partner.id, exc.reason)
             return Sent(Outcome.REFUSED)
         if answers(answer) == task_id:
             return Sent(Outcome.ANSWERED, answer)
-        rejected(company.id, "wrong_task_id")
+        rejected(partner.id, "wrong_task_id")
     return Sent(Outcome.REFUSED)
 
 
@@ -92,7 +92,7 @@ def park(task: Any, task_type: TaskType, task_id: str, now: int, tried: bool, ci
     attempts = int(task.attempts or 0) + (1 if tried else 0)
     due = now + backoff(attempts) if tried else now
     try:
-        task.update(actions=[model.state.set(LookupState.UNSENT), model.attempts.set(attempts),
+        task.update(actions=[model.state.set(TaskState.UNSENT), model.attempts.set(attempts),
                              model.backlog_partner.set(task.company), model.due_at.set(due)],
                     condition=still_open)
     except UpdateError as exc:
@@ -112,7 +112,7 @@ def settle(task: Any, digest: str, now: int, actions: list[Any], still_open: Any
     caller to tell an exact duplicate (same `answer_digest`) from a conflict."""
     model: Any = type(task)
     try:
-        task.update(actions=[model.state.set(LookupState.SETTLED), model.answer_digest.set(digest),
+        task.update(actions=[model.state.set(TaskState.SETTLED), model.answer_digest.set(digest),
                              model.answered_at.set(now), model.backlog_partner.remove(), model.due_at.remove(),
                              *actions], condition=still_open)
     except UpdateError as exc:
@@ -127,8 +127,8 @@ def expire(task: Any) -> bool:
     """Out of the backlog unsent (its deadline passed, or nobody to send it to); False if it moved on meanwhile."""
     model: Any = type(task)
     try:
-        task.update(actions=[model.state.set(LookupState.EXPIRED), model.backlog_partner.remove(),
-                             model.due_at.remove()], condition=model.state == LookupState.UNSENT)
+        task.update(actions=[model.state.set(TaskState.EXPIRED), model.backlog_partner.remove(),
+                             model.due_at.remove()], condition=model.state == TaskState.UNSENT)
     except UpdateError:
         return False  # settled or expired by someone else meanwhile
     return True

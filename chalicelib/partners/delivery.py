@@ -19,7 +19,7 @@ from chalicelib.engine.delivery import TaskKind
 from chalicelib.partners.circuit import CircuitState
 from chalicelib.partners.kinds import KINDS, kind_of
 from chalicelib.partners.lookups import LookupDesk
-from chalicelib.registry import Company
+from chalicelib.registry import Partner
 from chalicelib.storage.models import Lookup
 
 logger = Logger(child=True)
@@ -27,7 +27,7 @@ logger = Logger(child=True)
 SEND_THREADS = 16
 
 
-def partner_groups() -> dict[str, Sequence[Company]]:
+def partner_groups() -> dict[str, Sequence[Partner]]:
     """Every partner a task may be addressed to, per kind of lookup (companies also take disputes)."""
     return {kind.kind.value: kind.partners() for kind in KINDS.values()}
 
@@ -49,12 +49,12 @@ class LookupTasks(TaskKind):
 
         def send(item: tuple[Lookup, CircuitState]) -> LookupResult | None:
             lookup, state = item
-            company = kind_of(lookup.kind).partner(lookup.company)
-            if company is None or lookup.query_id not in payloads:
+            partner = kind_of(lookup.kind).partner(lookup.company)
+            if partner is None or lookup.query_id not in payloads:
                 self.expire(lookup)  # left the registry, or its query is gone: nothing to send
                 return None
             try:
-                return self._desk.dispatch(lookup, company, payloads[lookup.query_id], state, now)
+                return self._desk.dispatch(lookup, partner, payloads[lookup.query_id], state, now)
             except Exception:  # one lookup's failure must not lose the others' answers (recorded below)
                 logger.exception("lookup send failed", extra={"company": lookup.company})
                 return None

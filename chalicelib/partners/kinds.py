@@ -6,12 +6,17 @@ backlog, the circuit breakers, paced replay, 暂未返回 at the deadline — is
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from chalicelib import registry
-from chalicelib.registry import Company
+from chalicelib.registry import Partner
+
+if TYPE_CHECKING:
+    from chalicelib.sms import PartnerAnswer
 
 
 class Kind(StrEnum):
@@ -20,22 +25,79 @@ class Kind(StrEnum):
 
 
 @dataclass(frozen=True)
-class LookupKind:
+class LookupKind(ABC):
+    """What differs between the two kinds, as data (the fields) and as the reply's wording (the methods), so
+    shared code asks its kind instead of testing which one it is."""
+
     kind: Kind
-    partners: Callable[[], tuple[Company, ...]]  # the registry, in its order
+    partners: Callable[[], tuple[Partner, ...]]  # the registry, in its order
     request_path: str  # POST {base_url}{request_path}
     callback_route: str  # POST /v1/{callback_route}/{id}/results
     count_field: str  # what a partner's answer counts
     sealed: tuple[str, ...]  # the query record's sealed fields a partner request carries (data minimisation)
     breakdowns: bool  # may an answer carry a per-app breakdown?
+    carrier_fields: tuple[str, ...]  # the sealed fields the carrier's real-name check is asked about (SPEC §4, §9)
+    disputable: bool  # may a citizen dispute what a reply reported (SPEC §8: companies' accounts only)?
 
-    def partner(self, partner_id: str) -> Company | None:
+    def partner(self, partner_id: str) -> Partner | None:
         return next((p for p in self.partners() if p.id == partner_id), None)
 
+    @property
+    def stored(self) -> str | None:
+        """The `kind` a record of this kind is written with: none for accounts, as every record written
+        before there were kinds (kind_of reads an absent kind as accounts), so those records stay as they were."""
+        return None if self.kind is Kind.ACCOUNTS else self.kind.value
 
-ACCOUNTS = LookupKind(Kind.ACCOUNTS, registry.companies, "/lookups", "partners", "account_count", ("phone",), True)
-CARDS = LookupKind(Kind.CARDS, registry.operators, "/card-lookups", "operators", "card_count",
-                   ("id_number", "name"), False)
+    @property
+    def sends_identity(self) -> bool:
+        """Do its lookups carry the name or ID number? Then the record keeps them sealed until every partner
+        answered (a parked lookup still needs them, SPEC §9); otherwise they go at the carrier check (SPEC §6)."""
+        return bool(set(self.sealed) - {"phone"})
+
+    @abstractmethod
+    def mismatch_text(self, phone: str) -> str:
+        """The reply when the carrier says the number is not registered to the identity given."""
+
+    @abstractmethod
+    def result_text(self, phone: str, answers: Sequence[PartnerAnswer]) -> str:
+        """The reply once the partners answered (or the deadline came): `answers` in registry order."""
+
+
+# The SMS texts are imported on first use: this module is imported wherever a kind is named (the API's
+# request checks among them), and chalicelib.sms brings botocore.
+class _AccountLookups(LookupKind):
+    def mismatch_text(self, phone: str) -> str:
+        from chalicelib import sms
+
+        return sms.mismatch_text(phone)
+
+    def result_text(self, phone: str, answers: Sequence[PartnerAnswer]) -> str:
+        from chalicelib import sms
+
+        return sms.result_text(phone, answers)
+
+
+class _CardLookups(LookupKind):
+    def mismatch_text(self, phone: str) -> str:
+        from chalicelib import sms
+
+        return sms.card_mismatch_text(phone)
+
+    def result_text(self, phone: str, answers: Sequence[PartnerAnswer]) -> str:
+        from chalicelib import sms
+
+        # No per-app breakdown for cards (`breakdowns` is False: parse_answer refuses one).
+        return sms.card_result_text([(answer.name, answer.count) for answer in answers])
+
+
+ACCOUNTS: LookupKind = _AccountLookups(
+    Kind.ACCOUNTS, registry.companies, request_path="/lookups", callback_route="partners",
+    count_field="account_count", sealed=("phone",), breakdowns=True, carrier_fields=("phone", "id_last6"),
+    disputable=True)
+CARDS: LookupKind = _CardLookups(
+    Kind.CARDS, registry.operators, request_path="/card-lookups", callback_route="operators",
+    count_field="card_count", sealed=("id_number", "name"), breakdowns=False,
+    carrier_fields=("phone", "name", "id_number"), disputable=False)
 KINDS: dict[str, LookupKind] = {k.kind.value: k for k in (ACCOUNTS, CARDS)}
 # Every route a partner or an operator calls (results, disputes…): the larger body limit, the WAF's
 # exemption from the per-IP rate rule and the resource policy's partner networks all come from here.

@@ -1,4 +1,4 @@
-"""The lookups of one query: ask every company, settle their answers, claim the reply.
+"""The lookups of one query: ask every partner, settle their answers, claim the reply.
 
 The workflow's AskCompanies task asks every partner at once (bounded pool, one record write and
 one decrypt for all of them) and ends: the execution does not wait for anyone. Each lookup
@@ -10,7 +10,7 @@ some never answer, the deadline execution of the query's slot does it instead.
 A transient failure (5xx, 429, timeout, connection error) is never retried here: the lookup
 goes to its partner's backlog and the delivery mechanism (partners/delivery.py) owns it.
 
-The lookup id a partner sees is an HMAC of (query id, company): opaque, and the same on every
+The lookup id a partner sees is an HMAC of (query id, partner): opaque, and the same on every
 attempt.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pynamodb.exceptions import PutError, UpdateError
 
 from chalicelib import clients, errors, signing, telemetry
 from chalicelib.config import Settings, settings
-from chalicelib.contracts import LookupResult, LookupState, ReplyType, TaskType
+from chalicelib.contracts import LookupResult, ReplyType, TaskState, TaskType
 from chalicelib.engine import tasks
 from chalicelib.engine.deadlines import Deadlines
 from chalicelib.engine.tasks import Outcome, Sent, rejected
@@ -35,7 +35,7 @@ from chalicelib.partners.circuit import Circuits, CircuitState
 from chalicelib.partners.kinds import ACCOUNTS, LookupKind, kind_of
 from chalicelib.partners.protocol import LOOKUP_ID, Answer, Refused, lookup_id_of, parse_answer
 from chalicelib.privacy import Hasher, Vault, partner_secret
-from chalicelib.registry import Company
+from chalicelib.registry import Partner
 from chalicelib.storage.models import Lookup, QueryRecord, at, condition_failed
 
 logger = Logger(child=True)
@@ -51,14 +51,14 @@ class PartnerClient:
         self._config = config or settings()
         self._secret_for = secret_for
 
-    def send(self, kind: LookupKind, company: Company, lookup_id: str, fields: dict[str, str]) -> Sent[Answer]:
+    def send(self, kind: LookupKind, partner: Partner, lookup_id: str, fields: dict[str, str]) -> Sent[Answer]:
         """`fields`: the personal data this kind of lookup sends (the phone; or ID number and name)."""
-        telemetry.count("LookupRequested", company=company.id)
+        telemetry.count("LookupRequested", company=partner.id)
         payload = {"lookup_id": lookup_id, **fields,
-                   "callback_url": f"{self._config.public_api_url}/v1/{kind.callback_route}/{company.id}/results"}
-        return tasks.send(company, f"{company.base_url}{kind.request_path}", payload,
-                          self._secret_for(company.secret_name), lookup_id,
-                          lambda body: parse_answer(body, company, self._config.partner_max_account_count,
+                   "callback_url": f"{self._config.public_api_url}/v1/{kind.callback_route}/{partner.id}/results"}
+        return tasks.send(partner, f"{partner.base_url}{kind.request_path}", payload,
+                          self._secret_for(partner.secret_name), lookup_id,
+                          lambda body: parse_answer(body, partner, self._config.partner_max_account_count,
                                                     kind.count_field, kind.breakdowns),
                           lambda answer: answer.lookup_id)
 
@@ -86,8 +86,8 @@ class LookupDesk:
     def sqs(self) -> Any:
         return self._sqs or clients.client("sqs")
 
-    def lookup_id(self, query_id: str, company: str) -> str:
-        return self._hasher.digest("lookup", query_id, company)[:32]
+    def lookup_id(self, query_id: str, partner: str) -> str:
+        return self._hasher.digest("lookup", query_id, partner)[:32]
 
     # -- the fan-out (AskCompanies) -----------------------------------------------------
     def ask_all(self, query_id: str, deadline_at: int, kind: LookupKind = ACCOUNTS) -> None:
@@ -111,11 +111,11 @@ class LookupDesk:
         fields = self._open(record, kind)
         states = self.circuits.states(p.id for p in partners)
 
-        def ask(partner: Company) -> LookupResult | None:
+        def ask(partner: Partner) -> LookupResult | None:
             lookup = self._lookup_for(query_id, kind, partner.id, deadline_at, now)
-            if lookup.state == LookupState.SETTLED:
+            if lookup.state == TaskState.SETTLED:
                 return self._stored_result(lookup)
-            if lookup.state != LookupState.PENDING:
+            if lookup.state != TaskState.PENDING:
                 return None  # in the backlog (or expired): the delivery mechanism's
             if states[partner.id].is_open:
                 self._park(lookup, now, tried=False, circuit_open=True)  # no request while the circuit is open
@@ -132,10 +132,9 @@ class LookupDesk:
 
     def _lookup_for(self, query_id: str, kind: LookupKind, partner: str, deadline_at: int, now: int) -> Lookup:
         lookup = Lookup(self.lookup_id(query_id, partner), query_id=query_id, company=partner,
-                        state=LookupState.PENDING, deadline_at=deadline_at, attempts=0, requested_at=now,
+                        state=TaskState.PENDING, deadline_at=deadline_at, attempts=0, requested_at=now,
                         ttl=at(deadline_at + 7 * 86400))
-        if kind is not ACCOUNTS:
-            lookup.kind = kind.kind.value
+        lookup.kind = kind.stored
         try:
             lookup.save(condition=Lookup.lookup_id.does_not_exist())
         except PutError as exc:
@@ -145,12 +144,12 @@ class LookupDesk:
         return lookup
 
     # -- sending one lookup (fan-out, retry queue, delivery job) --------------------------
-    def dispatch(self, lookup: Lookup, company: Company, fields: dict[str, str], state: CircuitState,
+    def dispatch(self, lookup: Lookup, partner: Partner, fields: dict[str, str], state: CircuitState,
                  now: int) -> LookupResult | None:
         """Send one lookup and act on the reply; the settled result, or None while it waits."""
-        sent = self.client.send(kind_of(lookup.kind), company, lookup.lookup_id, fields)
+        sent = self.client.send(kind_of(lookup.kind), partner, lookup.lookup_id, fields)
         if sent.outcome is Outcome.TRANSIENT:
-            opened = self.circuits.failed(company.id, now)
+            opened = self.circuits.failed(partner.id, now)
             self._park(lookup, now, tried=True, circuit_open=opened)
             return None
         self.circuits.succeeded(state, now)
@@ -159,15 +158,15 @@ class LookupDesk:
                 return self.settle(lookup, sent.answer)
             except errors.Conflict:
                 # Its 200 differs from the callback it sent first: the first answer stands (SPEC §4).
-                rejected(company.id, "conflicting_answer")
+                rejected(partner.id, "conflicting_answer")
                 return self._stored_result(lookup)
         if sent.outcome is Outcome.REFUSED:
             return self._settle_unanswered(lookup, "refused")
-        if lookup.state == LookupState.UNSENT:  # sent at last: out of the backlog, waiting for its callback
+        if lookup.state == TaskState.UNSENT:  # sent at last: out of the backlog, waiting for its callback
             try:
-                lookup.update(actions=[Lookup.state.set(LookupState.PENDING), Lookup.backlog_partner.remove(),
+                lookup.update(actions=[Lookup.state.set(TaskState.PENDING), Lookup.backlog_partner.remove(),
                                        Lookup.due_at.remove(), Lookup.requested_at.set(now)],
-                              condition=Lookup.state == LookupState.UNSENT)
+                              condition=Lookup.state == TaskState.UNSENT)
             except UpdateError as exc:
                 if not condition_failed(exc):
                     raise
@@ -178,7 +177,7 @@ class LookupDesk:
         """Into the partner's backlog (engine/tasks.py): nudged back while the circuit is closed; while open,
         only the delivery job's probe and replay send it (no per-query work)."""
         tasks.park(lookup, TaskType.LOOKUP, lookup.lookup_id, now, tried, circuit_open,
-                   Lookup.state != LookupState.SETTLED, self.sqs, self._config.retry_queue_url, "LookupDeferred")
+                   Lookup.state != TaskState.SETTLED, self.sqs, self._config.retry_queue_url, "LookupDeferred")
 
     # -- settling --------------------------------------------------------------------------
     def settle(self, lookup: Lookup, answer: Answer) -> LookupResult:
@@ -203,10 +202,10 @@ class LookupDesk:
     def _settle(self, lookup: Lookup, result: LookupResult, digest: str) -> bool:
         """Settle once (engine/tasks.py); `lookup` is then as stored. True when this call settled it.
         An expired lookup still takes its answer: the query's reply may not have gone yet (SPEC §4)."""
-        if lookup.state == LookupState.SETTLED:
+        if lookup.state == TaskState.SETTLED:
             return False
         return tasks.settle(lookup, digest, int(self._clock()), [Lookup.result.set(_json(result))],
-                            Lookup.state != LookupState.SETTLED)
+                            Lookup.state != TaskState.SETTLED)
 
     @staticmethod
     def _stored_result(lookup: Lookup) -> LookupResult:
@@ -235,26 +234,26 @@ class LookupDesk:
             return
         # Phone cards: the name and ID number have served their purpose once every operator answered.
         forget = ([QueryRecord.id_sealed.remove(), QueryRecord.name_sealed.remove()]
-                  if kind_of(record.kind) is not ACCOUNTS else [])
+                  if kind_of(record.kind).sends_identity else [])
         if self.deadlines.claim(ReplyType.QUERY, record, forget):
             logger.info("lookups complete", extra={"query_id": record.query_id, "partners": len(asked)})
 
-    # -- callbacks (POST /v1/partners/{company}/results) ---------------------------------
-    def verify_callback(self, kind: LookupKind, company_id: str, headers: dict[str, str], raw_body: bytes) -> Company:
-        company = kind.partner(company_id)
-        if company is None:
+    # -- callbacks (POST /v1/partners/{company}/results, /v1/operators/{operator}/results) --
+    def verify_callback(self, kind: LookupKind, partner_id: str, headers: dict[str, str], raw_body: bytes) -> Partner:
+        partner = kind.partner(partner_id)
+        if partner is None:
             raise errors.NotFound("未知的企业。")
-        signing.verify(self._secret_for(company.secret_name), headers, raw_body, now=self._clock())
-        return company
+        signing.verify(self._secret_for(partner.secret_name), headers, raw_body, now=self._clock())
+        return partner
 
-    def record_callback(self, kind: LookupKind, company: Company, body: Any) -> None:
+    def record_callback(self, kind: LookupKind, partner: Partner, body: Any) -> None:
         """Store the answer once and, if it was the last, release the waiting task."""
         try:
             lookup_id = lookup_id_of(body)
-            answer = parse_answer(body, company, self._config.partner_max_account_count, kind.count_field,
+            answer = parse_answer(body, partner, self._config.partner_max_account_count, kind.count_field,
                                   kind.breakdowns)
         except Refused as exc:
-            rejected(company.id, exc.reason)
+            rejected(partner.id, exc.reason)
             raise
         if not LOOKUP_ID.fullmatch(lookup_id):
             raise errors.NotFound("未知的查询编号。")
@@ -262,7 +261,7 @@ class LookupDesk:
             lookup = Lookup.get(lookup_id, consistent_read=True)
         except Lookup.DoesNotExist as exc:
             raise errors.NotFound("未知的查询编号。") from exc
-        if lookup.company != company.id or kind_of(lookup.kind) is not kind:
+        if lookup.company != partner.id or kind_of(lookup.kind) is not kind:
             raise errors.NotFound("未知的查询编号。")
         result = self.settle(lookup, answer)
         self.record_results(lookup.query_id, [result])
@@ -286,23 +285,23 @@ def _result_actions(result: LookupResult) -> list[Any]:
     """A settled lookup as the query record keeps it: a number per partner (-1: no answer), and the
     per-app breakdown only where there is one. Every callback rewrites the whole record (DynamoDB
     bills a write by the item's size), so 132 operators' results must stay small."""
-    company = result["company"]
-    actions = [QueryRecord.results[company].set(int(result.get("count", 0)) if result.get("answered") else -1)]
+    partner = result["company"]
+    actions = [QueryRecord.results[partner].set(int(result.get("count", 0)) if result.get("answered") else -1)]
     if result.get("apps"):
-        actions.append(QueryRecord.app_counts[company].set(_json(result["apps"])))
+        actions.append(QueryRecord.app_counts[partner].set(_json(result["apps"])))
     return actions
 
 
 def stored_results(record: QueryRecord) -> dict[str, LookupResult]:
-    """company -> settled LookupResult, as kept on the query record."""
+    """partner id -> settled LookupResult, as kept on the query record."""
     counts = record.results.as_dict() if record.results is not None else {}
     apps = record.app_counts.as_dict() if record.app_counts is not None else {}
     settled: dict[str, LookupResult] = {}
-    for company, count in counts.items():
+    for partner, count in counts.items():
         if int(count) < 0:
-            settled[company] = {"company": company, "answered": False}
+            settled[partner] = {"company": partner, "answered": False}
             continue
-        settled[company] = {"company": company, "answered": True, "count": int(count)}
-        if company in apps:
-            settled[company]["apps"] = {app: int(n) for app, n in json.loads(apps[company]).items()}
+        settled[partner] = {"company": partner, "answered": True, "count": int(count)}
+        if partner in apps:
+            settled[partner]["apps"] = {app: int(n) for app, n in json.loads(apps[partner]).items()}
     return settled

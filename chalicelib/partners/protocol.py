@@ -1,7 +1,7 @@
 """What a partner may send us (SPEC §4), parsed into one bounded shape.
 
 A partner is untrusted input: nothing of its answer travels on except its registry
-company id, integers within bounds and app names the registry lists for that company.
+partner id, integers within bounds and app names the registry lists for that partner.
 Everything else is refused (400 on a callback; "no answer" for an immediate 200).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from chalicelib import errors
 from chalicelib.contracts import LookupResult
-from chalicelib.registry import Company
+from chalicelib.registry import Partner
 
 # Our lookup ids: the first 32 hex characters of an HMAC (partners/lookups.py).
 LOOKUP_ID = re.compile(r"[0-9a-f]{32}")
@@ -37,10 +37,10 @@ class Answer:
             return "error"
         return f"{self.count};" + ";".join(f"{app}={n}" for app, n in sorted(self.apps))
 
-    def result(self, company: str) -> LookupResult:
+    def result(self, partner: str) -> LookupResult:
         if self.count is None:
-            return {"company": company, "answered": False}
-        result: LookupResult = {"company": company, "answered": True, "count": self.count}
+            return {"company": partner, "answered": False}
+        result: LookupResult = {"company": partner, "answered": True, "count": self.count}
         if self.apps:
             result["apps"] = dict(self.apps)
         return result
@@ -70,7 +70,7 @@ def _count(value: Any, maximum: int) -> int | None:
     return value
 
 
-def parse_answer(body: Any, company: Company, max_count: int, count_field: str = "account_count",
+def parse_answer(body: Any, partner: Partner, max_count: int, count_field: str = "account_count",
                  breakdowns: bool = True) -> Answer:
     """Validate a callback body or an immediate 200 body against the partner's registry entry.
 
@@ -93,9 +93,9 @@ def parse_answer(body: Any, company: Company, max_count: int, count_field: str =
         raise Refused("bad_apps", "该类查询的答复不含apps。")
     if not isinstance(apps, dict) or not apps:
         raise Refused("bad_apps", "apps必须是非空对象。")
-    unknown = [name for name in apps if name not in company.apps]
+    unknown = [name for name in apps if name not in partner.apps]
     if unknown:
-        raise Refused("unknown_app", f"apps只能使用该企业登记的应用名称：{'、'.join(company.apps)}。")
+        raise Refused("unknown_app", f"apps只能使用该企业登记的应用名称：{'、'.join(partner.apps)}。")
     counts = [(name, _count(n, max_count)) for name, n in apps.items()]
     if any(n is None for _, n in counts) or sum(n or 0 for _, n in counts) != count:
         raise Refused("bad_apps", f"apps必须是各应用账号数，且总和等于{count_field}。")

@@ -135,7 +135,7 @@ class Lookup(Model):
     query_id = UnicodeAttribute()
     kind = UnicodeAttribute(null=True)  # partners/kinds.py: accounts (absent) or cards
     company = UnicodeAttribute()  # the partner asked: a company, or an operator for cards
-    state = UnicodeAttribute()  # contracts.LookupState
+    state = UnicodeAttribute()  # contracts.TaskState
     deadline_at = NumberAttribute()
     attempts = NumberAttribute(default=0)  # transient failures so far (backoff)
     result = UnicodeAttribute(null=True)  # the settled LookupResult as JSON
@@ -209,7 +209,7 @@ class Dispute(Model):
     data_key = UnicodeAttribute(null=True)
     phone_sealed = UnicodeAttribute(null=True)
     lock_key = UnicodeAttribute()  # the open-dispute lock (throttle table), released at the end
-    state = UnicodeAttribute()  # contracts.LookupState: the delivery to the partner
+    state = UnicodeAttribute()  # contracts.TaskState: the delivery to the partner
     attempts = NumberAttribute(default=0)
     requested_at = NumberAttribute(null=True)
     backlog_partner = UnicodeAttribute(null=True)

@@ -15,7 +15,7 @@ from pynamodb.expressions.update import Action
 from chalicelib import errors, http, registry
 from chalicelib.contracts import CarrierOutcome, CarrierResult, QueryStatus, ReplyType
 from chalicelib.engine.deadlines import Deadlines
-from chalicelib.partners.kinds import ACCOUNTS, kind_of
+from chalicelib.partners.kinds import kind_of
 from chalicelib.privacy import Vault, partner_secret
 from chalicelib.storage.models import QueryRecord, condition_failed
 
@@ -45,7 +45,7 @@ class CarrierCheck:
             actions: list[Action] = [QueryRecord.outcome.set(outcome), QueryRecord.updated_at.set(now)]
             if outcome == CarrierOutcome.MATCH:
                 actions.append(QueryRecord.status.set(QueryStatus.LOOKING_UP))
-            if outcome != CarrierOutcome.MATCH or kind is ACCOUNTS:
+            if outcome != CarrierOutcome.MATCH or not kind.sends_identity:
                 # The ID digits have served their purpose: discard them now (SPEC §6). A phone-card
                 # query keeps name and ID number until its operators have answered (SPEC §9).
                 actions += [QueryRecord.id_sealed.remove(), QueryRecord.name_sealed.remove()]
@@ -70,7 +70,7 @@ class CarrierCheck:
         if record.id_sealed is None:
             return CarrierOutcome.UNKNOWN
         # Accounts: phone and ID digits; phone cards: phone, name and ID number (SPEC §4, §9).
-        fields = ("phone", "id_last6") if kind_of(record.kind) is ACCOUNTS else ("phone", "name", "id_number")
+        fields = kind_of(record.kind).carrier_fields
         opened = self._vault.open(record.query_id, record.data_key, record.sealed(*fields))
         carrier = registry.carrier_for(opened["phone"])
         if carrier is None:

@@ -17,10 +17,10 @@ from aws_lambda_powertools import Logger
 from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.update import Action
 
-from chalicelib import registry, sms, telemetry
+from chalicelib import sms, telemetry
 from chalicelib.contracts import CarrierOutcome, LookupResult, QueryStatus
 from chalicelib.engine.deadlines import finished_actions
-from chalicelib.partners.kinds import ACCOUNTS, CARDS, LookupKind, kind_of
+from chalicelib.partners.kinds import LookupKind, kind_of
 from chalicelib.partners.lookups import stored_results
 from chalicelib.privacy import Hasher, Vault
 from chalicelib.storage.models import QueryRecord, ReportedAccounts, at, condition_failed
@@ -60,7 +60,7 @@ class ReplySender:
                 telemetry.count("SmsRejected")
                 logger.error("reply SMS refused for good", extra={"query_id": query_id, "reason": exc.code})
                 status, message = QueryStatus.FAILED, None
-            if message is not None and outcome == CarrierOutcome.MATCH and kind_of(record.kind) is ACCOUNTS:
+            if message is not None and outcome == CarrierOutcome.MATCH and kind_of(record.kind).disputable:
                 self.remember_reported(phone, results)
         actions: list[Action] = [QueryRecord.status.set(status), QueryRecord.outcome.set(outcome),
                                  QueryRecord.updated_at.set(int(self._clock())), *finished_actions(QueryRecord)]
@@ -113,28 +113,20 @@ class ReplySender:
     def compose(phone: str, kind: LookupKind, outcome: CarrierOutcome, asked: set[str],
                 results: list[LookupResult]) -> str:
         if outcome == CarrierOutcome.MISMATCH:
-            return sms.mismatch_text(phone) if kind is ACCOUNTS else sms.card_mismatch_text(phone)
+            return kind.mismatch_text(phone)
         if outcome != CarrierOutcome.MATCH:
             return sms.unavailable_text(phone)
-        by_company = {r["company"]: r for r in results}
-        if kind is CARDS:  # operator names from the registry, bounded counts (SPEC §9)
-            answers: list[tuple[str, int | None]] = []
-            for operator in kind.partners():
-                if operator.id in asked:
-                    result = by_company.get(operator.id)
-                    answered = result is not None and result.get("answered")
-                    answers.append((operator.name, int(result.get("count", 0)) if result and answered else None))
-            return sms.card_result_text(answers)
+        by_partner = {r["company"]: r for r in results}
         lines = []
-        for company in registry.companies():
-            if company.id not in asked:
+        for partner in kind.partners():  # partner names from the registry, in its order (SPEC §5, §9)
+            if partner.id not in asked:
                 continue  # joined after this query started: not asked
-            result = by_company.get(company.id)
+            result = by_partner.get(partner.id)
             if result is None or not result.get("answered"):
-                lines.append(sms.CompanyAnswer(company.name, None))
+                lines.append(sms.PartnerAnswer(partner.name, None))
                 continue
-            # Only registry app names reach the SMS, in registry order, whatever was stored.
+            # Only registry app names reach the SMS, in registry order, whatever was stored (operators list none).
             stored = result.get("apps") or {}
-            apps = {app: int(stored[app]) for app in company.apps if app in stored}
-            lines.append(sms.CompanyAnswer(company.name, int(result.get("count", 0)), apps or None))
-        return sms.result_text(phone, lines)
+            apps = {app: int(stored[app]) for app in partner.apps if app in stored}
+            lines.append(sms.PartnerAnswer(partner.name, int(result.get("count", 0)), apps or None))
+        return kind.result_text(phone, lines)
