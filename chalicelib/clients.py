@@ -28,6 +28,6 @@ def client(service: str) -> Any:
 
 
 def reset() -> None:
-    """Forget cached clients (tests start a fresh moto per test and hook events on the clients);
+    """Forget cached clients (tests hook events on the clients: each test starts with fresh ones);
     the session and the models it has read stay."""
     client.cache_clear()

@@ -187,7 +187,7 @@ def fill_secrets(names: list[str]) -> dict[str, str]:
         for name, value in values.items():
             sm.create_secret(Name=name, SecretString=value)
     else:
-        # moto in-process (the tests, a fresh stack each): straight into its backend, as CreateSecret would
+        # moto in-process (the tests): straight into its backend, as CreateSecret would
         # store them: 144 API round trips through botocore cost 0.7 s per test. The service still reads them
         # through GetSecretValue like any deployed secret.
         from moto.core import DEFAULT_ACCOUNT_ID

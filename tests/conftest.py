@@ -1,7 +1,7 @@
 """Fixtures: fake credentials and the environment first, then moto, then our code.
 
-Every test gets a fresh moto (in-process, executing the real ASL), the real
-simulators on free ports, and the API served over HTTP on the session's port,
+Every stack test gets emptied moto resources (in-process, executing the real ASL; built once per worker,
+see _World), fresh simulators on free ports, and the API served over HTTP on the session's port,
 assembled by the same local/stack.py that `make run` uses.
 """
 from __future__ import annotations
