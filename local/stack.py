@@ -37,6 +37,9 @@ class StackOptions:
     # run every slot on a timer (moto fires no EventBridge schedule); False: tests start them themselves.
     deadline_slot_seconds: int = 1
     deadline_lead_slots: int = 3
+    # Deadline index shards (DEADLINE_SHARDS: 16 deployed): each slot sweeps every shard of every kind, and
+    # on moto each range query reads the whole table, so a few keep an idle stack idle.
+    deadline_shards: int = 2
     deadlines: bool = True
     print_sms: bool = False
     aws_endpoint: str | None = None  # None: moto in-process (mock_aws is active)
@@ -61,6 +64,7 @@ def configure_environment(options: StackOptions) -> dict[str, str]:
         "DISPUTE_DEADLINE_SECONDS": str(options.dispute_deadline_seconds),
         "DEADLINE_SLOT_SECONDS": str(options.deadline_slot_seconds),
         "DEADLINE_LEAD_SLOTS": str(options.deadline_lead_slots),
+        "DEADLINE_SHARDS": str(options.deadline_shards),
         # A claimed reply not committed within this long is claimed again (300 s deployed).
         "REPLY_RECLAIM_SECONDS": str(max(5, 6 * options.deadline_slot_seconds)),
         "PUBLIC_API_URL": f"http://127.0.0.1:{options.api_port}",

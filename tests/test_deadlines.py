@@ -173,7 +173,7 @@ def test_deadline_executions_are_named_by_kind_and_minute() -> None:
     assert execution_name(ReplyType.QUERY, 1796060520, 60) == "deadline-query-202611301742"
     assert execution_name(ReplyType.DISPUTE, 1796060525, 5) == "deadline-dispute-20261130174205"
     assert slot_of(1796060579, 60) == 1796060520  # rounded down: never after the deadline
-    assert {shard_of(ReplyType.QUERY, f"q{n}") for n in range(500)} == {f"query#{n}" for n in range(16)}
+    assert {shard_of(ReplyType.QUERY, f"q{n}", 16) for n in range(500)} == {f"query#{n}" for n in range(16)}
 
 
 @pytest.mark.parametrize("stack_options", [options(partner_modes="jd=flaky,douyin=flaky", deadline_seconds=150)])

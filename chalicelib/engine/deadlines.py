@@ -41,7 +41,6 @@ from chalicelib.storage.models import Dispute, QueryRecord, condition_failed
 
 logger = Logger(child=True)
 
-SHARDS = 16  # partitions of the deadline index per kind: "due by now" is SHARDS range queries
 PAGE = 100
 SQS_BATCH = 10
 SWEEP_THREADS = 8  # shards swept at once (boto3 clients are thread-safe; PynamoDB's connection too)
@@ -70,8 +69,8 @@ def slot_of(epoch: float, slot_seconds: int) -> int:
     return int(epoch) // slot_seconds * slot_seconds
 
 
-def shard_of(kind: ReplyType, item_id: str) -> str:
-    return f"{kind.value}#{int(hashlib.sha256(item_id.encode()).hexdigest()[:8], 16) % SHARDS}"
+def shard_of(kind: ReplyType, item_id: str, shards: int) -> str:
+    return f"{kind.value}#{int(hashlib.sha256(item_id.encode()).hexdigest()[:8], 16) % shards}"
 
 
 def execution_name(kind: ReplyType, slot: int, slot_seconds: int) -> str:
@@ -100,7 +99,8 @@ class Deadlines:
     # -- entering: at acceptance ----------------------------------------------------------------
     def entry(self, kind: ReplyType, item_id: str, deadline_at: int) -> dict[str, Any]:
         """The index attributes of a new record (constructor keyword arguments)."""
-        return {"deadline_shard": shard_of(kind, item_id), "deadline_slot": slot_of(deadline_at, self.slot_seconds)}
+        return {"deadline_shard": shard_of(kind, item_id, self._config.deadline_shards),
+                "deadline_slot": slot_of(deadline_at, self.slot_seconds)}
 
     # -- claiming: by the last answer, or by the deadline ---------------------------------------
     def claim(self, kind: ReplyType, item: Any, extra: Iterable[Action] = ()) -> bool:
@@ -159,8 +159,9 @@ class Deadlines:
         would cap a slot at a few hundred replies a second, below the query rate a silent partner sends here."""
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=SWEEP_THREADS) as pool:
-            results = list(pool.map(lambda shard: self._sweep_shard(kind, shard, until, budget_end), range(SHARDS)))
+        shards = range(self._config.deadline_shards)
+        with ThreadPoolExecutor(max_workers=min(SWEEP_THREADS, len(shards))) as pool:
+            results = list(pool.map(lambda shard: self._sweep_shard(kind, shard, until, budget_end), shards))
         claimed = sum(count for count, _ in results)
         if claimed:
             telemetry.count("DeadlineReplies", claimed, kind=kind.value)
