@@ -150,11 +150,14 @@ class DisputeStatus(StrEnum):
 
 
 class DisputeOutcome(StrEnum):
-    """A partner's answer to a dispute (SPEC §8); EXPIRED is ours: no answer by the deadline."""
+    """A partner's answer to a dispute (SPEC §8 companies, §10.1 operators: each kind allows its own four,
+    partners/kinds.py); EXPIRED is ours: no answer by the deadline."""
 
     UNBOUND = "unbound"
     OWNER_CONFIRMED = "owner_confirmed"
     NO_ACCOUNT = "no_account"
+    SUSPENDED = "suspended"
+    NO_CARD = "no_card"
     REJECTED = "rejected"
     EXPIRED = "expired"
 

@@ -122,6 +122,11 @@ class InvalidCompany(ServiceError):
     message = "请选择参与查询的企业。"
 
 
+class InvalidOperator(ServiceError):
+    code = "invalid_operator"
+    message = "请选择办理号码的电信企业。"
+
+
 class NothingToDispute(ServiceError):
     code = "nothing_to_dispute"
     message = "近7天内该号码的查询结果中，该企业没有关联账号，无需申请核查。"

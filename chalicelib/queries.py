@@ -82,11 +82,14 @@ class QueryIntake:
         card opened with it) can use up or date its owner's query."""
         check = self._codes.check(phone, code, client_ip)
         query_id = str(uuid.uuid4())
+        from chalicelib.cards import reply_key
+
         locks = [Lock(f"card-query#phone#{check.phone_key}", self._config.query_interval_seconds, holder=query_id)]
-        return self._accept(check, query_id, CARDS, {"phone": phone, "id_number": id_number, "name": name}, locks)
+        return self._accept(check, query_id, CARDS, {"phone": phone, "id_number": id_number, "name": name}, locks,
+                            reported_key=reply_key(self._hasher, id_number, check.phone_key))
 
     def _accept(self, check: CodeCheck, query_id: str, kind: LookupKind, personal: dict[str, str],
-                locks: list[Lock]) -> Accepted:
+                locks: list[Lock], reported_key: str | None = None) -> Accepted:
         """Consume the code, take the 24 h locks and create the record in one transaction; then queue the start."""
         cfg = self._config
         now = check.now
@@ -104,6 +107,7 @@ class QueryIntake:
             id_sealed=sealed.fields.get("id_last6") or sealed.fields["id_number"],
             name_sealed=sealed.fields.get("name"),
             lock_key=locks[0].key,
+            reported_key=reported_key,
             ttl=at(now + cfg.query_record_days * 86400),
         )
         record.kind = kind.stored

@@ -29,11 +29,15 @@ class Partner:
     secret_name: str
     apps: tuple[str, ...] = ()  # the app names a per-app breakdown may use (SPEC §4, §5)
     max_requests_per_second: int = 10  # the pace of a backlog replay after an outage (SPEC §4)
-    group: str = ""  # operators: 中国移动 / 中国联通 / 中国电信 / 转售企业 (dashboards group by it)
+    group: str = ""  # operators: 中国移动 / 中国联通 / 中国电信 / 转售企业 (dashboards and the page group by it)
 
     def public(self) -> dict[str, str]:
         return {"id": self.id, "name": self.name, "details": self.details,
                 "unbind": self.unbind, "hotline": self.hotline}
+
+    def public_operator(self) -> dict[str, str]:
+        """What the page's "not my card" form lists (GET /v1/operators)."""
+        return {"id": self.id, "name": self.name, "group": self.group, "hotline": self.hotline}
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,28 @@ def dispute_outcome_text(outcome: str, company: str, hotline: str, dispute_id: s
     return texts[outcome]
 
 
+# -- card disputes (SPEC §10.1): X the operator's name, H its hotline (or 该企业客服 where it has none) ----------
+NO_HOTLINE = "该企业客服"
+
+
+def card_dispute_submitted_text(operator: str, dispute_id: str) -> str:
+    return f"{PREFIX}您对{operator}名下号码的核查申请已提交（编号{dispute_id}），企业将在15天内处理，结果将以短信告知。"
+
+
+def card_dispute_outcome_text(outcome: str, operator: str, hotline: str, dispute_id: str, cards: int = 0) -> str:
+    """The one outcome SMS of a card dispute; `outcome` is a contracts.DisputeOutcome value."""
+    hotline = hotline or NO_HOTLINE
+    handled = f"{PREFIX}{operator}已处理您的核查申请（编号{dispute_id}）："
+    texts = {
+        "suspended": f"{handled}已对{cards}张未经您本人核验的号码停机，如需恢复请本人持证件到营业厅办理。",
+        "owner_confirmed": f"{handled}经核实，相关号码均为您本人办理。如有疑问请致电{hotline}。",
+        "no_card": f"{handled}未发现登记在您名下的号码。",
+        "rejected": f"{PREFIX}{operator}未能受理您的核查申请（编号{dispute_id}），请致电{hotline}。",
+        "expired": f"{PREFIX}{operator}未在15天内答复您的核查申请（编号{dispute_id}），请致电{hotline}。",
+    }
+    return texts[outcome]
+
+
 class SmsSender:
     def __init__(self, sns_client: Any | None = None, sender_id: str | None = None) -> None:
         self._sns = sns_client

@@ -114,7 +114,7 @@ def disputes() -> DisputeDesk:
 def dispute_intake() -> DisputeIntake:
     from chalicelib.disputes.intake import DisputeIntake
 
-    return DisputeIntake(code_service(), vault())
+    return DisputeIntake(code_service(), vault(), hasher())
 
 
 @functools.cache

@@ -300,9 +300,18 @@ class PartnerSimulator(Simulator):
         self.callbacks.append(call_back(url, self.secret, answer))
 
 
+class _Refusal(Exception):
+    """A request the simulator answers with an error status before looking at it further."""
+
+    def __init__(self, status: int, body: dict[str, str]) -> None:
+        super().__init__(status)
+        self.status, self.body = status, body
+
+
 @dataclass
 class OperatorSimulator(Simulator):
-    """Every telecom operator of SPEC §9 behind one server: /{operator}/card-lookups, /{operator}/stats.
+    """Every telecom operator of SPEC §9 behind one server: /{operator}/card-lookups, /{operator}/card-disputes
+    (SPEC §10.1), /{operator}/stats.
 
     `modes` (operator -> (mode, delay_seconds)) is read at each request, so a test or an operator
     of the local stack changes an operator's behaviour at runtime (`set_mode`); an operator not in
@@ -320,6 +329,7 @@ class OperatorSimulator(Simulator):
         self._lock = threading.Lock()
         self._tries: dict[tuple[str, str], int] = {}
         self.callbacks: dict[str, list[int]] = {}  # operator -> HTTP status of each callback made
+        self.disputes: list[dict[str, Any]] = []  # card dispute requests received (SPEC §10.1)
 
     def mode_of(self, operator: str) -> tuple[str, float]:
         return self.modes.get(operator, self.default)
@@ -339,20 +349,16 @@ class OperatorSimulator(Simulator):
         return parts[0]
 
     def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        dispute_to = self._operator(path, "card-disputes")
+        if dispute_to is not None:
+            return self._card_dispute(dispute_to, headers, body)
         operator = self._operator(path, "card-lookups")
         if operator is None:
             return 404, {"error": "not found"}
         try:
-            signing.verify(self.secrets[operator], headers, body)
-        except Exception:
-            return 401, {"error": "bad signature"}
-        try:
-            request = json.loads(body)
-            lookup_id, id_number = str(request["lookup_id"]), str(request["id_number"])
-            callback_url = str(request["callback_url"])
-            _ = request["name"]
-        except (ValueError, TypeError, KeyError):
-            return 400, {"error": "bad request"}
+            lookup_id, id_number, callback_url = self._signed_request(operator, headers, body, "lookup_id")
+        except _Refusal as refusal:
+            return refusal.status, refusal.body
         mode, delay = self.mode_of(operator)
         with self._lock:
             self.requests.append({"operator": operator, "lookup_id": lookup_id})
@@ -362,11 +368,44 @@ class OperatorSimulator(Simulator):
                                {"lookup_id": lookup_id, "error": "lookup backend unavailable"},
                                self._call_back, operator, callback_url, answer, delay=delay)
 
+    def _signed_request(self, operator: str, headers: dict[str, str], body: bytes,
+                        id_field: str) -> tuple[str, str, str]:
+        """(task id, ID number, callback URL) of a signed, well-formed request to `operator`."""
+        try:
+            signing.verify(self.secrets[operator], headers, body)
+        except Exception as exc:
+            raise _Refusal(401, {"error": "bad signature"}) from exc
+        try:
+            request = json.loads(body)
+            _ = request["name"]
+            return str(request[id_field]), str(request["id_number"]), str(request["callback_url"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise _Refusal(400, {"error": "bad request"}) from exc
+
+    def _card_dispute(self, operator: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        """SPEC §10.1: in callback/immediate modes the cards registered to the ID number there are suspended
+        (`no_card` when there are none); the other modes behave as for lookups."""
+        try:
+            dispute_id, id_number, callback_url = self._signed_request(operator, headers, body, "dispute_id")
+        except _Refusal as refusal:
+            return refusal.status, refusal.body
+        mode, delay = self.mode_of(operator)
+        with self._lock:
+            self.disputes.append({"operator": operator, "dispute_id": dispute_id})
+            key = (operator, f"dispute:{dispute_id}")
+            tries = self._tries[key] = self._tries.get(key, 0) + 1
+        cards = self.cards.get((id_number.upper(), operator), 0)
+        answer = {"dispute_id": dispute_id, "outcome": "suspended" if cards else "no_card", "cards": cards}
+        return answer_per_mode(mode, tries, self.failures_per_lookup, answer,
+                               {"dispute_id": dispute_id, "outcome": "rejected", "cards": 0},
+                               self._call_back, operator, callback_url, answer, delay=delay)
+
     def get(self, path: str) -> tuple[int, Any]:
         operator = self._operator(path, "stats")
         if operator is None:
             return 404, {"error": "not found"}
-        return 200, {"requests": len(self.requests_to(operator)), "callbacks": len(self.callbacks.get(operator, []))}
+        return 200, {"requests": len(self.requests_to(operator)), "callbacks": len(self.callbacks.get(operator, [])),
+                     "disputes": len([d for d in self.disputes if d["operator"] == operator])}
 
     def _call_back(self, operator: str, url: str, answer: dict[str, Any]) -> None:
         status = call_back(url, self.secrets[operator], answer)

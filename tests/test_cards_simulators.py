@@ -105,7 +105,8 @@ def test_callback_mode_answers_202_then_calls_back_signed_with_the_count(operato
     assert json.loads(body) == {"lookup_id": "L1", "card_count": 2}
     with pytest.raises(errors.BadSignature):
         signing.verify(SECRETS["cucc-bj"], headers, body)  # each operator signs with its own secret
-    assert call(f"{operators.url}/cmcc-gd/stats", None, None, "GET") == (200, {"requests": 1, "callbacks": 1})
+    assert call(f"{operators.url}/cmcc-gd/stats", None, None, "GET") == (
+        200, {"requests": 1, "callbacks": 1, "disputes": 0})
 
 
 def test_immediate_mode_answers_in_the_response_and_an_absent_row_is_zero(operators: simulators.OperatorSimulator,
@@ -116,7 +117,8 @@ def test_immediate_mode_answers_in_the_response_and_an_absent_row_is_zero(operat
     assert lookup(operators, "cucc-bj", receiver, "L3", ID.lower()) == (200, {"lookup_id": "L3", "card_count": 1})
     time.sleep(0.3)
     assert receiver.calls == []
-    assert call(f"{operators.url}/cucc-bj/stats", None, None, "GET") == (200, {"requests": 3, "callbacks": 0})
+    assert call(f"{operators.url}/cucc-bj/stats", None, None, "GET") == (
+        200, {"requests": 3, "callbacks": 0, "disputes": 0})
 
 
 @pytest.mark.parametrize("mode, first, later", [
@@ -154,6 +156,52 @@ def test_signatures_paths_and_bodies_are_checked(operators: simulators.OperatorS
     assert call(f"{operators.url}/ctcc-sh/stats", None, None, "GET")[0] == 404
     assert call(f"{operators.url}/stats", None, None, "GET")[0] == 404
     assert operators.requests == []  # nothing that failed the checks counts as a request
+
+
+def card_dispute(operators: simulators.OperatorSimulator, operator: str, receiver: _Receiver, dispute_id: str = "D1",
+                 id_number: str = ID, secret: str | None = None) -> tuple[int, Any]:
+    body = {"dispute_id": dispute_id, "name": "张伟", "id_number": id_number,
+            "callback_url": f"{receiver.url}/v1/operators/{operator}/disputes"}
+    return call(f"{operators.url}/{operator}/card-disputes", body, secret or SECRETS[operator])
+
+
+def test_a_card_dispute_suspends_the_ids_cards_there_by_callback_or_at_once_and_no_card_when_none(
+        operators: simulators.OperatorSimulator, receiver: _Receiver) -> None:
+    """SPEC §10.1 local stack: callback/immediate modes answer `suspended` with the fixture's card_count."""
+    assert card_dispute(operators, "cmcc-gd", receiver) == (202, None)
+    wait_for(lambda: receiver.calls, 5, "the dispute callback")
+    path, headers, body = receiver.calls[0]
+    assert path == "/v1/operators/cmcc-gd/disputes"
+    signing.verify(SECRETS["cmcc-gd"], headers, body)
+    assert json.loads(body) == {"dispute_id": "D1", "outcome": "suspended", "cards": 2}
+    assert card_dispute(operators, "cucc-bj", receiver, "D2", ID.lower()) == (
+        200, {"dispute_id": "D2", "outcome": "suspended", "cards": 1})
+    assert card_dispute(operators, "cucc-bj", receiver, "D3", "110105194912310021") == (
+        200, {"dispute_id": "D3", "outcome": "no_card", "cards": 0})
+    assert [d["dispute_id"] for d in operators.disputes] == ["D1", "D2", "D3"]
+    assert call(f"{operators.url}/cucc-bj/stats", None, None, "GET") == (
+        200, {"requests": 0, "callbacks": 0, "disputes": 2})
+
+
+@pytest.mark.parametrize("mode, answer", [
+    ("reject", (400, {"error": "unsupported request"})),
+    ("error", (200, {"dispute_id": "D1", "outcome": "rejected", "cards": 0})),
+    ("down", (503, {"error": "down"})),
+    ("flaky", (503, {"error": "overloaded"})),
+    ("silent", (202, None)),
+])
+def test_a_card_dispute_follows_the_operators_mode(operators: simulators.OperatorSimulator, receiver: _Receiver,
+                                                   mode: str, answer: tuple[int, Any]) -> None:
+    operators.set_mode("mvno-xiaomi", mode)
+    assert card_dispute(operators, "mvno-xiaomi", receiver) == answer
+
+
+def test_card_dispute_signatures_and_bodies_are_checked(operators: simulators.OperatorSimulator,
+                                                        receiver: _Receiver) -> None:
+    assert card_dispute(operators, "cmcc-gd", receiver, secret=SECRETS["cucc-bj"])[0] == 401
+    assert call(f"{operators.url}/cmcc-gd/card-disputes", {"dispute_id": "D1"}, SECRETS["cmcc-gd"])[0] == 400
+    assert card_dispute(operators, "ctcc-sh", receiver, secret="v" * 64)[0] == 404
+    assert operators.disputes == []
 
 
 def test_slow_mode_answers_after_our_overall_time_limit(operators: simulators.OperatorSimulator, receiver: _Receiver,

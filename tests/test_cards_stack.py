@@ -66,7 +66,7 @@ def test_registry_points_every_operator_at_the_one_simulator_with_its_own_secret
     stack.operators.set_mode("cmcc-gd", "reject")
     assert card_lookup(gd)[0] == 400
     with urllib.request.urlopen(f"{gd.base_url}/stats", timeout=10) as response:  # type: ignore[union-attr]  # bundled
-        assert json.load(response) == {"requests": 2, "callbacks": 0}
+        assert json.load(response) == {"requests": 2, "callbacks": 0, "disputes": 0}
 
 
 def test_the_carrier_checks_name_and_id_number_behind_the_registry(stack: LocalStack) -> None:

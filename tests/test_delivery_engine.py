@@ -192,9 +192,9 @@ def test_the_retry_nudge_sends_each_kind_through_its_own_kind_unless_the_circuit
     assert [t.state for t in lookups] == [TaskState.SETTLED, TaskState.UNSENT, TaskState.EXPIRED]
 
 
-def test_the_dispute_backlog_is_read_for_companies_only_never_for_an_operator(
+def test_the_dispute_backlog_is_read_for_companies_and_operators_never_for_an_unknown_partner(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Operators take no disputes: their turns in the per-minute loop must not cost a disputes-index query."""
+    """Companies (SPEC §8) and operators (§10.1) take disputes; an id in neither registry costs no index query."""
     from typing import Any, cast
 
     from chalicelib import registry
@@ -208,10 +208,10 @@ def test_the_dispute_backlog_is_read_for_companies_only_never_for_an_operator(
     try:
         with mock_aws():  # no table at all: a query would fail with ResourceNotFoundException
             disputes = DisputeTasks(cast(Any, None))
-            operators = registry.operators()
-            assert [list(disputes.backlog(o.id, 2**62)) for o in operators] == [[]] * len(operators)
-            with pytest.raises(Exception, match="not found|ResourceNotFound"):
-                list(disputes.backlog(registry.companies()[0].id, 2**62))
+            assert list(disputes.backlog("left-the-registry", 2**62)) == []
+            for partner in (registry.companies()[0], registry.operators()[0]):
+                with pytest.raises(Exception, match="not found|ResourceNotFound"):
+                    list(disputes.backlog(partner.id, 2**62))
     finally:
         for cached in caches:  # the next test reads its own environment's registries
             cached.cache_clear()

@@ -23,6 +23,13 @@ def list_companies() -> dict[str, Any]:
     return {"companies": [c.public() for c in registry.companies()]}
 
 
+@bp.route("/v1/operators", methods=["GET"])
+@json_api
+def list_operators() -> dict[str, Any]:
+    """The operators a card dispute may name (SPEC §10.1), in registry order, for the page's form."""
+    return {"operators": [o.public_operator() for o in registry.operators()]}
+
+
 @bp.route("/v1/openapi.json", methods=["GET"])
 def openapi_description() -> Response:
     return Response(body=pages.openapi_json(), status_code=200,

@@ -17,6 +17,7 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.InvalidIdNumber: 400,
     errors.InvalidCodeFormat: 400,
     errors.InvalidCompany: 400,
+    errors.InvalidOperator: 400,
     errors.BadSignature: 401,
     errors.WrongCode: 403,
     errors.Forbidden: 403,

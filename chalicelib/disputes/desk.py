@@ -1,7 +1,9 @@
-"""Forwarding a dispute to its company, settling the answer, claiming its one outcome SMS.
+"""Forwarding a dispute to its partner, settling the answer, claiming its one outcome SMS.
 
-The dispute workflow's Forward task sends the `submitted` SMS (once), then forwards the dispute —
-through the same per-partner delivery as lookups (SPEC §4, §8):
+Both kinds (partners/kinds.py): "not my account" to a company (SPEC §8, with the phone) and "not my
+card" to an operator (SPEC §10.1, with the name and ID number, which are deleted as soon as the
+operator accepted it). The dispute workflow's Forward task sends the `submitted` SMS (once), then
+forwards the dispute — through the same per-partner delivery as lookups (SPEC §4, §8):
 - the partner's circuit (partners/circuit.py) is checked first; an open circuit parks the dispute;
 - every reply updates the circuit as lookups do (a transient failure counts, anything else resets);
 - a transient failure parks the dispute (engine/tasks.py: state unsent, due after its backoff) and, while
@@ -23,7 +25,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from pynamodb.exceptions import UpdateError
 
-from chalicelib import clients, errors, registry, telemetry
+from chalicelib import clients, errors, telemetry
 from chalicelib.config import Settings, settings
 from chalicelib.contracts import DisputeOutcome, DisputeStatus, ReplyType, TaskState, TaskType
 from chalicelib.disputes.notify import DisputeNotifier
@@ -33,6 +35,7 @@ from chalicelib.engine.deadlines import Deadlines
 from chalicelib.engine.delivery import TaskKind
 from chalicelib.engine.tasks import Outcome, Sent, rejected
 from chalicelib.partners.circuit import Circuits, CircuitState
+from chalicelib.partners.kinds import KINDS, LookupKind, kind_of
 from chalicelib.partners.protocol import Refused
 from chalicelib.privacy import Vault, partner_secret
 from chalicelib.registry import Partner
@@ -41,22 +44,26 @@ from chalicelib.storage.models import Dispute, condition_failed
 logger = Logger(child=True)
 
 _OPEN = (TaskState.PENDING, TaskState.UNSENT)  # not answered, not closed at the deadline
+# A card dispute's name and ID number, deleted once the operator accepted it or answered (SPEC §10.1).
+_FORGET_IDENTITY = (Dispute.name_sealed.remove(), Dispute.id_sealed.remove())
 
 
 class DisputeClient:
-    """One signed dispute request to a partner (SPEC §8), its reply classified as for lookups."""
+    """One signed dispute request to a partner (SPEC §8, §10.1), its reply classified as for lookups."""
 
     def __init__(self, config: Settings | None = None,
                  secret_for: Callable[[str], str] = partner_secret) -> None:
         self._config = config or settings()
         self._secret_for = secret_for
 
-    def send(self, company: Partner, dispute_id: str, phone: str) -> Sent[DisputeReply]:
-        payload = {"dispute_id": dispute_id, "phone": phone,
-                   "callback_url": f"{self._config.public_api_url}/v1/partners/{company.id}/disputes"}
-        return tasks.send(company, f"{company.base_url}/disputes", payload, self._secret_for(company.secret_name),
-                          dispute_id,
-                          lambda body: parse_dispute_answer(body, self._config.partner_max_account_count),
+    def send(self, kind: LookupKind, partner: Partner, dispute_id: str, personal: dict[str, str]) -> Sent[DisputeReply]:
+        """`personal`: the kind's dispute fields (the phone; or the name and ID number)."""
+        callback = f"{self._config.public_api_url}/v1/{kind.callback_route}/{partner.id}/disputes"
+        payload = {"dispute_id": dispute_id, **personal, "callback_url": callback}
+        max_count = kind.dispute_max(self._config.partner_max_account_count)
+        return tasks.send(partner, f"{partner.base_url}{kind.dispute_path}", payload,
+                          self._secret_for(partner.secret_name), dispute_id,
+                          lambda body: parse_dispute_answer(body, kind, max_count),
                           lambda answer: answer.dispute_id)
 
 
@@ -78,9 +85,18 @@ class DisputeDesk:
     def sqs(self) -> Any:
         return self._sqs or clients.client("sqs")
 
+    def _personal(self, dispute: Dispute) -> dict[str, str] | None:
+        """The sealed fields its partner request carries (the kind's), or None once closed or accepted."""
+        sealed = {"phone": dispute.phone_sealed, "name": dispute.name_sealed, "id_number": dispute.id_sealed}
+        wanted: dict[str, str | None] = {field: sealed[field] for field in kind_of(dispute.kind).dispute_sealed}
+        if dispute.data_key is None or any(value is None for value in wanted.values()):
+            return None  # closed, or accepted by the operator: nothing is sent any more
+        opened: dict[str, str] = self._vault.open(dispute.dispute_id, dispute.data_key, wanted)
+        return opened
+
     def _phone(self, dispute: Dispute) -> str | None:
         if dispute.data_key is None or dispute.phone_sealed is None:
-            return None  # closed: nothing is sent any more
+            return None  # closed: no SMS any more
         return self._vault.open(dispute.dispute_id, dispute.data_key, {"phone": dispute.phone_sealed})["phone"]
 
     # -- ForwardDispute (the dispute execution's one step) ------------------------------------------
@@ -93,37 +109,40 @@ class DisputeDesk:
         if dispute.state == TaskState.SETTLED:
             self._complete(dispute)  # answered before this (retried) step
             return
-        if dispute.state != TaskState.PENDING or phone is None:
+        personal = self._personal(dispute)
+        if dispute.state != TaskState.PENDING or personal is None:
             return  # in the backlog: the retry queue and the delivery job own it
-        company = registry.company(dispute.company)
-        if company is None:  # left the registry since: nobody to forward to
+        kind = kind_of(dispute.kind)
+        partner = kind.partner(dispute.company)
+        if partner is None:  # left the registry since: nobody to forward to
             self.settle(dispute, DisputeReply(dispute_id, DisputeOutcome.REJECTED), "left_registry")
             return
-        state = self.circuits.states([company.id])[company.id]
+        state = self.circuits.states([partner.id])[partner.id]
         if state.is_open:
             self._park(dispute, now, tried=False, circuit_open=True)  # no request while the circuit is open
             return
-        self.dispatch(dispute, company, phone, state, now)
+        self.dispatch(dispute, kind, partner, personal, state, now)
 
     # -- sending (Forward, retry queue, delivery job) ------------------------------------------
-    def dispatch(self, dispute: Dispute, company: Partner, phone: str, state: CircuitState, now: int) -> None:
-        sent = self.client.send(company, dispute.dispute_id, phone)
+    def dispatch(self, dispute: Dispute, kind: LookupKind, partner: Partner, personal: dict[str, str],
+                 state: CircuitState, now: int) -> None:
+        sent = self.client.send(kind, partner, dispute.dispute_id, personal)
         if sent.outcome is Outcome.TRANSIENT:
-            opened = self.circuits.failed(company.id, now)
+            opened = self.circuits.failed(partner.id, now)
             self._park(dispute, now, tried=True, circuit_open=opened)
             return
         self.circuits.succeeded(state, now)
-        telemetry.count("DisputeForwarded", company=company.id)
+        telemetry.count("DisputeForwarded", company=partner.id)
         if sent.outcome is Outcome.ANSWERED and sent.answer is not None:
             self.settle(dispute, sent.answer, hashlib.sha256(sent.answer.canonical().encode()).hexdigest())
             return
         if sent.outcome is Outcome.REFUSED:  # a 4xx, or a 200 we cannot use: the company did not take it
             self.settle(dispute, DisputeReply(dispute.dispute_id, DisputeOutcome.REJECTED), "refused")
             return
-        try:  # 202: it calls back
+        try:  # 202: it calls back (and has what it needs: a card dispute's name and ID number go now)
             dispute.update(actions=[Dispute.state.set(TaskState.PENDING), Dispute.status.set(DisputeStatus.FORWARDED),
                                     Dispute.backlog_partner.remove(), Dispute.due_at.remove(),
-                                    Dispute.requested_at.set(now)],
+                                    Dispute.requested_at.set(now), *_FORGET_IDENTITY],
                            condition=Dispute.state.is_in(*_OPEN))
         except UpdateError as exc:
             if not condition_failed(exc):
@@ -136,12 +155,13 @@ class DisputeDesk:
 
     def send_parked(self, dispute: Dispute, state: CircuitState, now: int) -> None:
         """A dispute from the backlog (the delivery loop's retry, replay or probe)."""
-        company = registry.company(dispute.company)
-        phone = self._phone(dispute)
-        if company is None or phone is None:
+        kind = kind_of(dispute.kind)
+        partner = kind.partner(dispute.company)
+        personal = self._personal(dispute)
+        if partner is None or personal is None:
             tasks.expire(dispute)  # left the registry, or closed: the deadline execution sends the expired SMS
             return
-        self.dispatch(dispute, company, phone, state, now)
+        self.dispatch(dispute, kind, partner, personal, state, now)
 
     # -- settling -------------------------------------------------------------------------
     def settle(self, dispute: Dispute, reply: DisputeReply, digest: str) -> None:
@@ -149,7 +169,8 @@ class DisputeDesk:
         is a Conflict; one after the deadline closed the dispute is acknowledged and changes nothing (SPEC §4)."""
         if tasks.settle(dispute, digest, int(self._clock()),
                         [Dispute.outcome.set(reply.outcome.value), Dispute.accounts.set(reply.accounts),
-                         Dispute.status.set(DisputeStatus.FORWARDED)], Dispute.state.is_in(*_OPEN)):
+                         Dispute.status.set(DisputeStatus.FORWARDED), *_FORGET_IDENTITY],
+                        Dispute.state.is_in(*_OPEN)):
             telemetry.count("DisputeAnswered", company=dispute.company)
         elif dispute.state == TaskState.EXPIRED:
             telemetry.count("LateAnswer", company=dispute.company)
@@ -163,13 +184,13 @@ class DisputeDesk:
         if dispute.state == TaskState.SETTLED and dispute.outcome and dispute.completion_claimed_at is None:
             self._deadlines.claim(ReplyType.DISPUTE, dispute)
 
-    # -- callbacks (POST /v1/partners/{company}/disputes) --------------------------------------
-    def record_callback(self, company: Partner, body: Any) -> None:
+    # -- callbacks (POST /v1/partners/{company}/disputes, /v1/operators/{operator}/disputes) ---------
+    def record_callback(self, kind: LookupKind, partner: Partner, body: Any) -> None:
         try:
             dispute_id = dispute_id_of(body)
-            reply = parse_dispute_answer(body, self._config.partner_max_account_count)
+            reply = parse_dispute_answer(body, kind, kind.dispute_max(self._config.partner_max_account_count))
         except Refused as exc:
-            rejected(company.id, exc.reason)
+            rejected(partner.id, exc.reason)
             raise
         if not DISPUTE_ID.fullmatch(dispute_id):
             raise errors.NotFound("未知的核查申请编号。")
@@ -177,7 +198,7 @@ class DisputeDesk:
             dispute = Dispute.get(dispute_id, consistent_read=True)
         except Dispute.DoesNotExist as exc:
             raise errors.NotFound("未知的核查申请编号。") from exc
-        if dispute.company != company.id:
+        if dispute.company != partner.id or kind_of(dispute.kind) is not kind:
             raise errors.NotFound("未知的核查申请编号。")
         self.settle(dispute, reply, hashlib.sha256(reply.canonical().encode()).hexdigest())
 
@@ -192,8 +213,8 @@ class DisputeTasks(TaskKind):
         self._desk = desk
 
     def backlog(self, partner: str, until: int) -> Iterator[Dispute]:
-        """Only companies take disputes: the 132 operators' turns in the loop cost no index query each minute."""
-        return super().backlog(partner, until) if registry.company(partner) is not None else iter(())
+        """Companies and operators both take disputes (SPEC §8, §10.1)."""
+        return super().backlog(partner, until) if any(k.partner(partner) for k in KINDS.values()) else iter(())
 
     def send(self, now: int, batch: list[tuple[Dispute, CircuitState]]) -> None:
         for dispute, state in batch:

@@ -1,9 +1,10 @@
-"""Dispute intake (POST /v1/disputes): ownership by a fresh code, then one transaction, then the workflow.
+"""Dispute intake (POST /v1/disputes, /v1/card-disputes): ownership by a fresh code, one transaction, the workflow.
 
 code check -> is there anything to dispute (a reply with accounts at that company in the last 7 days,
-read by the number's HMAC) -> one DynamoDB transaction: consume the code, take the open-dispute lock
-(number + company), count the day's disputes (3), create the record -> StartExecution named by the
-dispute id.
+read by the number's HMAC; for cards, a reply to this phone naming cards registered to this ID number
+at that operator, read by the (ID number, phone) HMAC) -> one DynamoDB transaction: consume the code,
+take the open-dispute lock (number + company; phone + ID number + operator), count the phone's
+disputes of the day (3 of each kind), create the record -> StartExecution named by the dispute id.
 
 The execution is started directly, not through the query start queue: a dispute follows a reply that
 listed accounts, is limited to 3 per number a day and one open per company, so its rate is a small
@@ -22,13 +23,15 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 from pynamodb.exceptions import DeleteError, TransactWriteError, UpdateError
 
-from chalicelib import clients, errors, registry
-from chalicelib.codes import CodeService
+from chalicelib import clients, errors
+from chalicelib.codes import CodeCheck, CodeService
 from chalicelib.config import Settings, settings
 from chalicelib.contracts import DisputeInput, DisputeStatus, ReplyType, TaskState
 from chalicelib.disputes.protocol import DISPUTE_ID, new_dispute_id
 from chalicelib.engine.deadlines import Deadlines
-from chalicelib.privacy import Vault
+from chalicelib.partners.kinds import ACCOUNTS, CARDS, LookupKind, kind_of
+from chalicelib.privacy import Hasher, Vault
+from chalicelib.registry import Partner
 from chalicelib.storage.models import Dispute, ReportedAccounts, Throttle, at, transaction
 from chalicelib.throttle import ConflictRetry, Counter, Lock, china_day_window, first_refused
 from chalicelib.workflow.reply import REPORTED_DAYS
@@ -41,40 +44,66 @@ LOCK_MARGIN_SECONDS = 3600  # the lock outlives the deadline a little: the outco
 @dataclass(frozen=True)
 class AcceptedDispute:
     dispute_id: str
-    company: str
+    partner: str  # the company, or the operator
     created_at: int
 
 
 class DisputeIntake:
-    def __init__(self, codes: CodeService, vault: Vault, sfn_client: Any | None = None,
+    def __init__(self, codes: CodeService, vault: Vault, hasher: Hasher, sfn_client: Any | None = None,
                  config: Settings | None = None, clock: Callable[[], float] = time.time,
                  retry: ConflictRetry | None = None) -> None:
         self._codes = codes
         self._vault = vault
+        self._hasher = hasher
         self._sfn = sfn_client
         self._config = config or settings()
         self._clock = clock
         self._retry = retry or ConflictRetry(self._config.conflict_retries)
 
     def accept(self, phone: str, code: str, company_id: str, client_ip: str) -> AcceptedDispute:
-        cfg = self._config
-        company = registry.company(company_id)
+        """"Not my account" (SPEC §8): one open dispute per number and company, 3 a day per number."""
+        company = ACCOUNTS.partner(company_id)
         if company is None:
             raise errors.InvalidCompany()
         check = self._codes.check(phone, code, client_ip)
+        reported = ACCOUNTS.reported_key(check.phone_key, None)
+        return self._accept(check, ACCOUNTS, company, reported, f"dispute#{check.phone_key}#{company.id}",
+                            f"dispute-day#{check.phone_key}", {"phone": phone})
+
+    def accept_cards(self, name: str, id_number: str, phone: str, code: str, operator_id: str,
+                     client_ip: str) -> AcceptedDispute:
+        """"Not my card" (SPEC §10.1): from the phone a card reply for this ID number named cards at the
+        operator; one open per (phone, ID number, operator), 3 a day per phone. Every limit is the phone's:
+        nothing here depends on another phone's lookups or disputes."""
+        from chalicelib.cards import reply_key
+
+        operator = CARDS.partner(operator_id)
+        if operator is None:
+            raise errors.InvalidOperator()
+        check = self._codes.check(phone, code, client_ip)
+        key = reply_key(self._hasher, id_number, check.phone_key)
+        return self._accept(check, CARDS, operator, CARDS.reported_key(check.phone_key, key),
+                            f"card-dispute#{key}#{operator.id}", f"card-dispute-day#{check.phone_key}",
+                            {"phone": phone, "name": name, "id_number": id_number})
+
+    def _accept(self, check: CodeCheck, kind: LookupKind, partner: Partner, reported_key: str | None,
+                lock_name: str, daily_name: str, personal: dict[str, str]) -> AcceptedDispute:
+        """Is there anything to dispute, then one transaction (consume the code, take the open-dispute lock,
+        count the day's disputes, create the record), then the execution."""
+        cfg = self._config
         now = check.now
-        if not self._has_reported_accounts(check.phone_key, company.id, now):
-            raise errors.NothingToDispute()
+        if reported_key is None or not self._has_reported(reported_key, partner.id, now):
+            raise errors.NothingToDispute(kind.nothing_to_dispute)
         dispute_id = new_dispute_id()
         day, day_end = china_day_window(now)
-        lock = Lock(f"dispute#{check.phone_key}#{company.id}", cfg.dispute_deadline_seconds + LOCK_MARGIN_SECONDS,
-                    holder=dispute_id)
-        daily = Counter(f"dispute-day#{check.phone_key}#{day}", cfg.dispute_daily_limit, day_end)
-        sealed = self._vault.seal(dispute_id, {"phone": phone})  # one KMS request
+        lock = Lock(lock_name, cfg.dispute_deadline_seconds + LOCK_MARGIN_SECONDS, holder=dispute_id)
+        daily = Counter(f"{daily_name}#{day}", cfg.dispute_daily_limit, day_end)
+        sealed = self._vault.seal(dispute_id, personal)  # one KMS request
         deadline_at = now + cfg.dispute_deadline_seconds
         record = Dispute(dispute_id, **Deadlines(cfg).entry(ReplyType.DISPUTE, dispute_id, deadline_at),
-                         company=company.id, status=DisputeStatus.SUBMITTED, created_at=now,
+                         kind=kind.stored, company=partner.id, status=DisputeStatus.SUBMITTED, created_at=now,
                          deadline_at=deadline_at, data_key=sealed.data_key, phone_sealed=sealed.fields["phone"],
+                         name_sealed=sealed.fields.get("name"), id_sealed=sealed.fields.get("id_number"),
                          lock_key=lock.key, state=TaskState.PENDING, attempts=0,
                          ttl=at(deadline_at + cfg.dispute_record_days * 86400))
         guards: list[Any] = [check, lock, daily]
@@ -112,12 +141,12 @@ class DisputeIntake:
             except UpdateError:
                 pass
             raise errors.ServiceBusy("服务繁忙，请稍后再试。", retry_after=60) from exc
-        return AcceptedDispute(dispute_id, company.id, now)
+        return AcceptedDispute(dispute_id, partner.id, now)
 
     @staticmethod
-    def _has_reported_accounts(phone_key: str, company: str, now: int) -> bool:
+    def _has_reported(key: str, partner: str, now: int) -> bool:
         try:
-            reported = ReportedAccounts.get(phone_key, company, consistent_read=True)
+            reported = ReportedAccounts.get(key, partner, consistent_read=True)
         except ReportedAccounts.DoesNotExist:
             return False
         return int(reported.replied_at) > now - REPORTED_DAYS * 86400  # TTL deletes lazily
@@ -143,5 +172,5 @@ def status_of(dispute_id: str) -> dict[str, Any]:
     except Dispute.DoesNotExist as exc:
         raise errors.NotFound("未找到该核查申请。") from exc
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(dispute.created_at)))
-    return {"dispute_id": dispute.dispute_id, "company": dispute.company, "status": dispute.status,
-            "created_at": created}
+    return {"dispute_id": dispute.dispute_id, kind_of(dispute.kind).partner_field: dispute.company,
+            "status": dispute.status, "created_at": created}

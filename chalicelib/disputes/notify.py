@@ -1,11 +1,12 @@
-"""The dispute's two SMS (SPEC §8): `submitted` when it is forwarded, one outcome SMS at the end.
+"""The dispute's two SMS (SPEC §8, §10.1 in the kind's words): `submitted` when it is forwarded, one outcome
+SMS at the end, both to the phone that asked.
 
 Each goes out exactly once even when its step is retried: Powertools Idempotency keyed by
 (dispute id, kind). A permanent SNS refusal is counted and logged, never retried.
 The outcome SMS is sent from the reply queue (engine/deadlines.py: claimed by the partner's answer,
 or by the deadline execution of the dispute's slot). Sending it also closes the dispute: status
-resolved/expired, out of the deadline index, the open-dispute lock released, the sealed phone
-deleted (nothing is sent to the number afterwards).
+resolved/expired, out of the deadline index, the open-dispute lock released, the sealed phone (and a
+card dispute's name and ID number, if the operator never took it) deleted.
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from pynamodb.exceptions import DeleteError, UpdateError
 
-from chalicelib import registry, sms, telemetry
+from chalicelib import sms, telemetry
 from chalicelib.contracts import DisputeOutcome, DisputeStatus, TaskState
 from chalicelib.engine.deadlines import finished_actions
+from chalicelib.partners.kinds import kind_of
 from chalicelib.privacy import Vault
 from chalicelib.storage.models import Dispute, Throttle
 
@@ -49,9 +51,10 @@ class DisputeNotifier:
         return True
 
     def acknowledge(self, dispute: Dispute, phone: str) -> None:
-        company = registry.company(dispute.company)
-        name = company.name if company else dispute.company
-        self.send(dispute.dispute_id, SUBMITTED, phone, sms.dispute_submitted_text(name, dispute.dispute_id))
+        kind = kind_of(dispute.kind)
+        partner = kind.partner(dispute.company)
+        name = partner.name if partner else dispute.company
+        self.send(dispute.dispute_id, SUBMITTED, phone, kind.dispute_submitted_text(name, dispute.dispute_id))
 
     # -- the outcome SMS (the reply queue) ----------------------------------------------------
     def run(self, dispute_id: str, send: bool = True) -> dict[str, Any]:
@@ -68,20 +71,24 @@ class DisputeNotifier:
         status = DisputeStatus.EXPIRED if outcome == DisputeOutcome.EXPIRED else DisputeStatus.RESOLVED
         sent = False
         if send and dispute.phone_sealed is not None and dispute.data_key is not None:  # None: closed by an earlier try
-            company = registry.company(dispute.company)
-            name, hotline = (company.name, company.hotline) if company else (dispute.company, "")
+            kind = kind_of(dispute.kind)
             phone = self._vault.open(dispute_id, dispute.data_key, {"phone": dispute.phone_sealed})["phone"]
-            message = sms.dispute_outcome_text(outcome.value, name, hotline, dispute_id, accounts)
+            message = kind.dispute_outcome_text(outcome.value, kind.partner(dispute.company), dispute.company,
+                                                dispute_id, accounts)
             sent = self.send(dispute_id, OUTCOME, phone, message)
         dispute.update(actions=[Dispute.status.set(status), Dispute.outcome.set(outcome.value),
                                 Dispute.updated_at.set(int(self._clock())),
-                                Dispute.data_key.remove(), Dispute.phone_sealed.remove(), *finished_actions(Dispute)])
+                                Dispute.data_key.remove(), Dispute.phone_sealed.remove(), Dispute.name_sealed.remove(),
+                                Dispute.id_sealed.remove(), *finished_actions(Dispute)])
         try:  # the open-dispute lock: the citizen may dispute this company again
             Throttle(dispute.lock_key).delete(condition=Throttle.holder == dispute_id)
         except DeleteError:
             pass  # expired, or already released by an earlier try
-        telemetry.count("DisputeExpired" if status == DisputeStatus.EXPIRED else "DisputeResolved",
-                        company=dispute.company)
+        ended = "Expired" if status == DisputeStatus.EXPIRED else "Resolved"
+        telemetry.count(f"Dispute{ended}", company=dispute.company)
+        partner = kind_of(dispute.kind).partner(dispute.company)
+        if partner is not None and partner.group:  # operators: the alarms watch 4 groups, not 132 operators
+            telemetry.count(f"CardDispute{ended}", group=partner.group)
         logger.info("dispute closed", extra={"dispute_id": dispute_id, "status": status.value,
                                              "outcome": outcome.value, "sms_sent": sent})
         return {"dispute_id": dispute_id, "status": status.value}

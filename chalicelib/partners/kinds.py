@@ -1,8 +1,10 @@
-"""What is looked up, and from whom: one engine, two kinds of lookup (SPEC §4, §9).
+"""What is looked up, and from whom: one engine, two kinds of lookup (SPEC §4, §9), and the dispute
+of each kind's reply (SPEC §8 "not my account", §10.1 "not my card").
 
 Internet accounts ask the companies about a phone number; phone cards ask the telecom
 operators about an ID number and name. Everything else — the fan-out, the reply claim, the
-backlog, the circuit breakers, paced replay, 暂未返回 at the deadline — is shared code.
+backlog, the circuit breakers, paced replay, 暂未返回 at the deadline, the dispute's forwarding,
+settling and outcome SMS — is shared code.
 """
 from __future__ import annotations
 
@@ -37,7 +39,16 @@ class LookupKind(ABC):
     sealed: tuple[str, ...]  # the query record's sealed fields a partner request carries (data minimisation)
     breakdowns: bool  # may an answer carry a per-app breakdown?
     carrier_fields: tuple[str, ...]  # the sealed fields the carrier's real-name check is asked about (SPEC §4, §9)
-    disputable: bool  # may a citizen dispute what a reply reported (SPEC §8: companies' accounts only)?
+    # Its dispute (SPEC §8, §10.1): POST {base_url}{dispute_path} with the sealed `dispute_sealed` fields, the
+    # answer's outcomes and count field, the API's name for the partner ("company" or "operator").
+    dispute_path: str
+    dispute_sealed: tuple[str, ...]
+    dispute_outcomes: frozenset[str]
+    dispute_acted: str  # the outcome that says what it did: its count is required (others default to 0)
+    dispute_count_field: str
+    partner_field: str
+    nothing_to_dispute: str  # the 409's message
+    dispute_max_count: int | None  # None: PARTNER_MAX_ACCOUNT_COUNT
 
     def partner(self, partner_id: str) -> Partner | None:
         return next((p for p in self.partners() if p.id == partner_id), None)
@@ -53,6 +64,29 @@ class LookupKind(ABC):
         """Do its lookups carry the name or ID number? Then the record keeps them sealed until every partner
         answered (a parked lookup still needs them, SPEC §9); otherwise they go at the carrier check (SPEC §6)."""
         return bool(set(self.sealed) - {"phone"})
+
+    def reported_key(self, phone_key: str, record_key: str | None) -> str | None:
+        """Under what a reply's "this partner reported N > 0" fact is kept for a later dispute (SPEC §8: the
+        number's HMAC; §10.1: the (ID number, phone) HMAC the card query recorded, so each phone's reply
+        stands on its own). None: nothing to keep."""
+        return phone_key
+
+    def dispute_max(self, partner_max_account_count: int) -> int:
+        return partner_max_account_count if self.dispute_max_count is None else self.dispute_max_count
+
+    @abstractmethod
+    def dispute_submitted_text(self, partner_name: str, dispute_id: str) -> str:
+        """The SMS when the dispute is forwarded."""
+
+    def dispute_outcome_text(self, outcome: str, partner: Partner | None, partner_id: str, dispute_id: str,
+                             count: int) -> str:
+        """The one outcome SMS (`partner` None: it left the registry since, and is named by its id)."""
+        name, hotline = (partner.name, partner.hotline) if partner else (partner_id, "")
+        return self._dispute_outcome_text(outcome, name, hotline, dispute_id, count)
+
+    @abstractmethod
+    def _dispute_outcome_text(self, outcome: str, name: str, hotline: str, dispute_id: str, count: int) -> str:
+        """The kind's wording of it."""
 
     @abstractmethod
     def mismatch_text(self, phone: str) -> str:
@@ -76,6 +110,16 @@ class _AccountLookups(LookupKind):
 
         return sms.result_text(phone, answers)
 
+    def dispute_submitted_text(self, partner_name: str, dispute_id: str) -> str:
+        from chalicelib import sms
+
+        return sms.dispute_submitted_text(partner_name, dispute_id)
+
+    def _dispute_outcome_text(self, outcome: str, name: str, hotline: str, dispute_id: str, count: int) -> str:
+        from chalicelib import sms
+
+        return sms.dispute_outcome_text(outcome, name, hotline, dispute_id, count)
+
 
 class _CardLookups(LookupKind):
     def mismatch_text(self, phone: str) -> str:
@@ -89,15 +133,36 @@ class _CardLookups(LookupKind):
         # No per-app breakdown for cards (`breakdowns` is False: parse_answer refuses one).
         return sms.card_result_text([(answer.name, answer.count) for answer in answers])
 
+    def reported_key(self, phone_key: str, record_key: str | None) -> str | None:
+        return f"cards#{record_key}" if record_key else None
+
+    def dispute_submitted_text(self, partner_name: str, dispute_id: str) -> str:
+        from chalicelib import sms
+
+        return sms.card_dispute_submitted_text(partner_name, dispute_id)
+
+    def _dispute_outcome_text(self, outcome: str, name: str, hotline: str, dispute_id: str, count: int) -> str:
+        from chalicelib import sms
+
+        return sms.card_dispute_outcome_text(outcome, name, hotline, dispute_id, count)
+
 
 ACCOUNTS: LookupKind = _AccountLookups(
     Kind.ACCOUNTS, registry.companies, request_path="/lookups", callback_route="partners",
     count_field="account_count", sealed=("phone",), breakdowns=True, carrier_fields=("phone", "id_last6"),
-    disputable=True)
+    dispute_path="/disputes", dispute_sealed=("phone",),
+    dispute_outcomes=frozenset({"unbound", "owner_confirmed", "no_account", "rejected"}), dispute_acted="unbound",
+    dispute_count_field="accounts", partner_field="company",
+    nothing_to_dispute="近7天内该号码的查询结果中，该企业没有关联账号，无需申请核查。", dispute_max_count=None)
 CARDS: LookupKind = _CardLookups(
     Kind.CARDS, registry.operators, request_path="/card-lookups", callback_route="operators",
     count_field="card_count", sealed=("id_number", "name"), breakdowns=False,
-    carrier_fields=("phone", "name", "id_number"), disputable=False)
+    carrier_fields=("phone", "name", "id_number"),
+    dispute_path="/card-disputes", dispute_sealed=("name", "id_number"),
+    dispute_outcomes=frozenset({"suspended", "owner_confirmed", "no_card", "rejected"}), dispute_acted="suspended",
+    dispute_count_field="cards", partner_field="operator",
+    nothing_to_dispute="近7天内发到该手机号的号码查询结果中，该企业没有登记在该身份证号码名下的号码，无需申请核查。",
+    dispute_max_count=100)
 KINDS: dict[str, LookupKind] = {k.kind.value: k for k in (ACCOUNTS, CARDS)}
 # Every route a partner or an operator calls (results, disputes…): the larger body limit, the WAF's
 # exemption from the per-IP rate rule and the resource policy's partner networks all come from here.

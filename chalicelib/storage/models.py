@@ -94,6 +94,8 @@ class QueryRecord(Model):
     id_sealed = UnicodeAttribute(null=True)  # ID digits (accounts) or the ID number (cards)
     name_sealed = UnicodeAttribute(null=True)  # cards: the holder's name
     lock_key = UnicodeAttribute()
+    # Cards: HMAC(ID number, phone), under which the reply keeps what it reported for a card dispute (SPEC §10.1).
+    reported_key = UnicodeAttribute(null=True)
     outcome = UnicodeAttribute(null=True)  # contracts.CarrierOutcome
     updated_at = NumberAttribute(null=True)
     # The fan-out: the partners asked and each settled lookup (partners/lookups.py: a number each, kept small).
@@ -176,10 +178,12 @@ class IdempotencyRecord(Model):
 
 
 class ReportedAccounts(Model):
-    """A reply SMS reported at least one account at this company to this number (SPEC §8 nothing_to_dispute).
+    """A reply SMS reported at least one account at this company to this number (SPEC §8 nothing_to_dispute),
+    or at least one card at this operator, registered to this ID number, to this phone (SPEC §10.1).
 
-    Keyed by the number's HMAC (the key chalicelib/codes.py uses) and the company id: nothing in clear.
-    Written by SendReply; a later reply with 0 accounts at the company deletes it; gone after 7 days.
+    Keyed by the number's HMAC (the key chalicelib/codes.py uses), or 'cards#' + HMAC(ID number, phone) for
+    cards (LookupKind.reported_key), and the partner id: nothing in clear.
+    Written by SendReply; a later reply with 0 at the partner deletes it; gone after 7 days.
     """
 
     class Meta(_Meta):
@@ -192,22 +196,27 @@ class ReportedAccounts(Model):
 
 
 class Dispute(Model):
-    """One dispute (SPEC §8): its company, status, delivery state, the answer, its deadline.
+    """One dispute (SPEC §8 of accounts, §10.1 of cards): its partner, status, delivery state, the answer,
+    its deadline.
 
     The phone is sealed under the dispute's own data key (encryption context: the dispute id) and
-    deleted once the outcome SMS is sent.
+    deleted once the outcome SMS is sent; a card dispute's name and ID number as soon as the operator
+    accepted it.
     """
 
     class Meta(_Meta):
         table_name = settings().disputes_table
 
     dispute_id = UnicodeAttribute(hash_key=True)
-    company = UnicodeAttribute()
+    kind = UnicodeAttribute(null=True)  # partners/kinds.py: accounts (absent) or cards
+    company = UnicodeAttribute()  # the partner: a company, or an operator for cards
     status = UnicodeAttribute()  # contracts.DisputeStatus
     created_at = NumberAttribute()
     deadline_at = NumberAttribute()
     data_key = UnicodeAttribute(null=True)
     phone_sealed = UnicodeAttribute(null=True)
+    name_sealed = UnicodeAttribute(null=True)  # cards, until the operator accepted the dispute
+    id_sealed = UnicodeAttribute(null=True)  # cards: the ID number, likewise
     lock_key = UnicodeAttribute()  # the open-dispute lock (throttle table), released at the end
     state = UnicodeAttribute()  # contracts.TaskState: the delivery to the partner
     attempts = NumberAttribute(default=0)
@@ -215,7 +224,7 @@ class Dispute(Model):
     backlog_partner = UnicodeAttribute(null=True)
     due_at = NumberAttribute(null=True)
     outcome = UnicodeAttribute(null=True)  # contracts.DisputeOutcome
-    accounts = NumberAttribute(null=True)
+    accounts = NumberAttribute(null=True)  # the answer's count: accounts unbound, or cards suspended
     answer_digest = UnicodeAttribute(null=True)
     answered_at = NumberAttribute(null=True)
     updated_at = NumberAttribute(null=True)

@@ -26,7 +26,7 @@ from chalicelib.privacy import Hasher, Vault
 from chalicelib.storage.models import QueryRecord, ReportedAccounts, at, condition_failed
 
 logger = Logger(child=True)
-REPORTED_DAYS = 7  # SPEC §8: a dispute needs a reply with accounts at that company in the last 7 days
+REPORTED_DAYS = 7  # SPEC §8, §10.1: a dispute needs a reply with accounts (cards) there in the last 7 days
 
 
 class ReplySender:
@@ -60,8 +60,8 @@ class ReplySender:
                 telemetry.count("SmsRejected")
                 logger.error("reply SMS refused for good", extra={"query_id": query_id, "reason": exc.code})
                 status, message = QueryStatus.FAILED, None
-            if message is not None and outcome == CarrierOutcome.MATCH and kind_of(record.kind).disputable:
-                self.remember_reported(phone, results)
+            if message is not None and outcome == CarrierOutcome.MATCH:
+                self.remember_reported(kind_of(record.kind), phone, record.reported_key, results)
         actions: list[Action] = [QueryRecord.status.set(status), QueryRecord.outcome.set(outcome),
                                  QueryRecord.updated_at.set(int(self._clock())), *finished_actions(QueryRecord)]
         if record.id_sealed is not None or record.name_sealed is not None:  # the deadline: discard ID and name now
@@ -90,19 +90,22 @@ class ReplySender:
         telemetry.count("QueryFailed")
         logger.error("reply given up: query marked failed", extra={"query_id": query_id})
 
-    def remember_reported(self, phone: str, results: list[LookupResult]) -> None:
-        """What a dispute needs (SPEC §8 nothing_to_dispute): per company, that this reply reported
-        accounts and when; keyed by the number's HMAC, nothing in clear, gone after 7 days.
-        A company that answered 0 this time forgets an older report."""
+    def remember_reported(self, kind: LookupKind, phone: str, record_key: str | None,
+                          results: list[LookupResult]) -> None:
+        """What a dispute needs (SPEC §8, §10.1 nothing_to_dispute): per partner, that this reply reported
+        accounts (cards) and when; keyed by the number's HMAC (by the (ID number, phone) HMAC for cards),
+        nothing in clear, gone after 7 days. A partner that answered 0 this time forgets an older report."""
         if self._hasher is None:
             return
         now = int(self._clock())
-        phone_key = self._hasher.digest("phone", phone)  # the key chalicelib/codes.py uses
+        key = kind.reported_key(self._hasher.digest("phone", phone), record_key)  # codes.py's phone key
+        if key is None:
+            return
         with ReportedAccounts.batch_write() as batch:
             for result in results:
                 if not result.get("answered"):
                     continue  # no answer: an earlier report stands
-                item = ReportedAccounts(phone_key, result["company"], replied_at=now,
+                item = ReportedAccounts(key, result["company"], replied_at=now,
                                         ttl=at(now + REPORTED_DAYS * 86400))
                 if int(result.get("count", 0)) > 0:
                     batch.save(item)
