@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from chalice import Chalice
 
-from chalicelib.api import callbacks, cards, functions, public, queries
+from chalicelib.api import callbacks, cards, functions, public, queries, releases
 from chalicelib.api import disputes as dispute_routes  # `disputes` is the getter below
 
 # The deployed template's handlers are "app.<function>": these names (also what tests and the local stack call
@@ -47,6 +47,7 @@ app.register_blueprint(public.bp)
 app.register_blueprint(queries.bp)
 app.register_blueprint(cards.bp)
 app.register_blueprint(dispute_routes.bp)
+app.register_blueprint(releases.bp)
 app.register_blueprint(callbacks.bp)
 app.register_blueprint(functions.bp)
 refuse_other_methods(app)  # last: it reads every route registered above

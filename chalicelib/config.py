@@ -51,6 +51,8 @@ class Settings:
     dispute_state_machine_arn: str = ""
     dispute_deadline_seconds: int = 1296000
     dispute_daily_limit: int = 3
+    release_deadline_seconds: int = 1296000
+    release_interval_seconds: int = 2592000
     dispute_record_days: int = 30
     reply_queue_url: str = ""
     deadline_state_machine_arn: str = ""
@@ -141,6 +143,9 @@ def settings() -> Settings:
         dispute_state_machine_arn=os.environ.get("DISPUTE_STATE_MACHINE_ARN", ""),
         dispute_deadline_seconds=_int("DISPUTE_DEADLINE_SECONDS", 1296000),
         dispute_daily_limit=_int("DISPUTE_DAILY_LIMIT", 3),
+        # SPEC §10.2: a release's companies have 15 days; one release per number per 30 days from the carrier's match.
+        release_deadline_seconds=_int("RELEASE_DEADLINE_SECONDS", 1296000),
+        release_interval_seconds=_int("RELEASE_INTERVAL_SECONDS", 2592000),
         # How long GET /v1/disputes/{id} keeps answering after the deadline.
         dispute_record_days=_int("DISPUTE_RECORD_DAYS", 30),
         # SPEC §2: one reply route (an SQS queue), and deadlines kept by one Step Functions execution

@@ -66,6 +66,11 @@ class QueryLimit(ServiceError):
     message = "该号码24小时内已提交过查询，请稍后再试。"
 
 
+class ReleaseLimit(ServiceError):
+    code = "release_limit"
+    message = "该号码30天内已申请过二次号码解绑（或正在处理中），请稍后再试。"
+
+
 class TooManyRequests(ServiceError):
     code = "too_many_requests"
     message = "操作过于频繁，请稍后再试。"

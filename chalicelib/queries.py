@@ -23,10 +23,14 @@ from chalicelib.codes import CodeCheck, CodeService
 from chalicelib.config import Settings, settings
 from chalicelib.contracts import ExecutionInput, QueryStatus, ReplyType
 from chalicelib.engine.deadlines import Deadlines
-from chalicelib.partners.kinds import ACCOUNTS, CARDS, LookupKind, kind_of
+from chalicelib.partners.kinds import ACCOUNTS, CARDS, RELEASES, LookupKind, kind_of
 from chalicelib.privacy import Hasher, Vault
 from chalicelib.storage.models import QueryRecord, at, transaction
 from chalicelib.throttle import ConflictRetry, Counter, Lock, first_refused, hour_window
+
+
+def release_lock_key(phone_key: str) -> str:
+    return f"release#{phone_key}"
 
 
 class StartDeferred(Exception):
@@ -88,13 +92,25 @@ class QueryIntake:
         return self._accept(check, query_id, CARDS, {"phone": phone, "id_number": id_number, "name": name}, locks,
                             reported_key=reply_key(self._hasher, id_number, check.phone_key))
 
+    def accept_release(self, phone: str, id_last6: str, code: str, client_ip: str) -> Accepted:
+        """A recycled number's release (SPEC §10.2): one completed or running per number per 30 days. The lock
+        is held from acceptance until the carrier answers (workflow/carrier.py): a match keeps it 30 days, any
+        other outcome gives it back, so a mismatch does not use the number's release. Not the 24 h query lock."""
+        check = self._codes.check(phone, code, client_ip)
+        query_id = str(uuid.uuid4())
+        cfg = self._config
+        locks = [Lock(release_lock_key(check.phone_key), cfg.release_deadline_seconds + 3600, holder=query_id)]
+        return self._accept(check, query_id, RELEASES, {"phone": phone, "id_last6": id_last6}, locks,
+                            deadline_seconds=cfg.release_deadline_seconds, limit=errors.ReleaseLimit)
+
     def _accept(self, check: CodeCheck, query_id: str, kind: LookupKind, personal: dict[str, str],
-                locks: list[Lock], reported_key: str | None = None) -> Accepted:
-        """Consume the code, take the 24 h locks and create the record in one transaction; then queue the start."""
+                locks: list[Lock], reported_key: str | None = None, deadline_seconds: int | None = None,
+                limit: type[errors.ServiceError] = errors.QueryLimit) -> Accepted:
+        """Consume the code, take the locks and create the record in one transaction; then queue the start."""
         cfg = self._config
         now = check.now
         sealed = self._vault.seal(query_id, personal)  # one KMS request for every field
-        deadline_at = now + cfg.query_deadline_seconds
+        deadline_at = now + (cfg.query_deadline_seconds if deadline_seconds is None else deadline_seconds)
         record = QueryRecord(
             query_id,
             # In the deadline index from the start: even a query whose execution never runs is answered.
@@ -122,7 +138,7 @@ class QueryIntake:
             except TransactWriteError as exc:
                 refused = first_refused(exc.cancellation_reasons, [check, *locks])
                 if isinstance(refused, Lock):
-                    raise errors.QueryLimit(retry_after=refused.retry_after(now)) from exc
+                    raise limit(retry_after=refused.retry_after(now)) from exc
                 if refused is check:
                     raise errors.WrongCode() from exc
                 raise  # a conflict (tried again, then 503) or not a condition of ours (500, alarm)
@@ -185,4 +201,4 @@ def status_of(query_id: str, kind: LookupKind = ACCOUNTS) -> dict[str, Any]:
     if kind_of(record.kind) is not kind:
         raise errors.NotFound("未找到该查询。")
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(record.created_at)))
-    return {"query_id": record.query_id, "status": record.status, "created_at": created}
+    return {kind.id_name: record.query_id, "status": kind.status(record.status), "created_at": created}

@@ -71,6 +71,15 @@ def _result_text(phone: str, answers: list[PartnerAnswer], breakdowns: bool) -> 
             f"已返回企业共{total}个账号。如有异议，请通过“解绑与明细查询”联系相关企业。")
 
 
+def release_result_text(phone: str, answers: Sequence[PartnerAnswer]) -> str:
+    """The one SMS of a number release (SPEC §10.2): every company in registry order, 暂未返回 for no answer,
+    registry names and bounded integers only."""
+    parts = [f"{a.name}暂未返回" if a.count is None else f"{a.name}{a.count}个" for a in answers]
+    total = sum(a.count or 0 for a in answers)
+    return (f"{PREFIX}您的手机号{mask_phone(phone)}二次号码解绑结果：{'，'.join(parts)}。"
+            f"共解绑{total}个在您使用本号码前绑定的账号。")
+
+
 def mismatch_text(phone: str) -> str:
     return (f"{PREFIX}您的手机号{mask_phone(phone)}查询未成功：手机号码与身份证号码后六位不匹配，"
             "请核对后于24小时后重新查询。")

@@ -20,6 +20,11 @@ def main() -> int:
     import logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per AWS call otherwise
+    # Before anything starts: a stop asked for while the stack comes up (the API answers before the last
+    # line below is printed) is kept, and honoured once it is up, instead of killing the process half-way.
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=MOTO_PORT, verbose=False)
     moto.start()
 
@@ -32,6 +37,7 @@ def main() -> int:
         api_port=int(os.environ.get("API_PORT", "8000")),
         deadline_seconds=int(os.environ.get("QUERY_DEADLINE_SECONDS", "60")),
         dispute_deadline_seconds=int(os.environ.get("DISPUTE_DEADLINE_SECONDS", "120")),
+        release_deadline_seconds=int(os.environ.get("RELEASE_DEADLINE_SECONDS", "120")),
         partner_modes=os.environ.get("PARTNER_MODES", ""),
         carrier_port=int(os.environ.get("CARRIER_PORT", "8100")),
         # Partners on 8101, 8102, … in registry order; each answers GET /stats.
@@ -61,9 +67,6 @@ def main() -> int:
     print(f"Operators ({len(stack.operators.secrets)}, GET {stack.operators.url}/<operator>/stats): callback unless "
           + ", ".join(f"{o}={m}" for o, m in unusual.items()), flush=True)
 
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    signal.signal(signal.SIGINT, lambda *_: stopped.set())
     stopped.wait()
     print("stopping…", flush=True)
     stack.stop()

@@ -33,6 +33,7 @@ class Subscriber:
     carrier: str
     name: str = ""  # the real-name record a card query's check matches (SPEC §9)
     id_number: str = ""
+    since: str = ""  # the day this holder's subscription began (SPEC §10.2): a match states it
 
 
 def load_subscribers(path: str | None = None) -> dict[str, Subscriber]:
@@ -40,9 +41,37 @@ def load_subscribers(path: str | None = None) -> dict[str, Subscriber]:
         return {row["phone"]: Subscriber(**row) for row in csv.DictReader(fh)}
 
 
-def load_accounts(path: str | None = None) -> dict[tuple[str, str], int]:
+class Accounts:
+    """The companies' binding records (accounts.csv): accounts per (phone, company), each row bound on a day.
+    A release unbinds, for good, the rows bound before `since` (SPEC §10.2), so a later lookup counts fewer.
+    Shared by every partner simulator of a stack."""
+
+    def __init__(self, rows: list[tuple[str, str, int, str]]) -> None:
+        self._rows = rows  # (phone, company, accounts, bound_on YYYY-MM-DD)
+        self._lock = threading.Lock()
+
+    @property
+    def rows(self) -> list[tuple[str, str, int, str]]:
+        with self._lock:
+            return list(self._rows)
+
+    def get(self, key: tuple[str, str], default: int = 0) -> int:
+        phone, company = key
+        with self._lock:
+            return sum(n for p, c, n, _ in self._rows if (p, c) == (phone, company)) or default
+
+    def release(self, phone: str, company: str, since: str) -> int:
+        """Unbind the accounts bound before `since`; how many."""
+        with self._lock:
+            before = [row for row in self._rows if row[:2] == (phone, company) and row[3] < since]
+            self._rows = [row for row in self._rows if row not in before]
+        return sum(n for _, _, n, _ in before)
+
+
+def load_accounts(path: str | None = None) -> Accounts:
     with open(path or os.path.join(FIXTURES, "accounts.csv"), encoding="utf-8") as fh:
-        return {(row["phone"], row["company"]): int(row["account_count"]) for row in csv.DictReader(fh)}
+        return Accounts([(row["phone"], row["company"], int(row["account_count"]), row["bound_on"])
+                         for row in csv.DictReader(fh)])
 
 
 DEFAULT_OPERATOR_MODE = ("callback", 1.0)  # an operator not in operators.csv
@@ -234,14 +263,16 @@ class CarrierSimulator(Simulator):
                        and str(request["id_number"]).upper() == subscriber.id_number.upper())
         else:
             matches = subscriber.id_last6.upper() == str(request.get("id_last6", "")).upper()
-        return 200, {"result": "match" if matches else "mismatch"}
+        if not matches:
+            return 200, {"result": "mismatch"}
+        return 200, {"result": "match", "since": subscriber.since}
 
 
 @dataclass
 class PartnerSimulator(Simulator):
     company: str
     secret: str
-    accounts: dict[tuple[str, str], int]
+    accounts: Accounts
     mode: str = "callback"
     delay_seconds: float = 1.0
     failures_per_lookup: int = 2  # flaky mode
@@ -252,10 +283,14 @@ class PartnerSimulator(Simulator):
         self._lock = threading.Lock()
         self.callbacks: list[int] = []  # HTTP status of each callback we made
         self.disputes: list[dict[str, Any]] = []  # dispute requests received (SPEC §8)
+        self.releases: list[dict[str, Any]] = []  # release requests received (SPEC §10.2)
+        self._unbound: dict[str, int] = {}  # release id -> accounts it unbound (a retried request: the same)
 
     def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
         if path.rstrip("/") == "/disputes":
             return self._dispute(headers, body)
+        if path.rstrip("/") == "/releases":
+            return self._release(headers, body)
         if path.rstrip("/") != "/lookups":
             return 404, {"error": "not found"}
         try:
@@ -290,11 +325,39 @@ class PartnerSimulator(Simulator):
                                {"dispute_id": dispute_id, "outcome": "rejected", "accounts": 0},
                                self._call_back, request["callback_url"], answer, delay=self.delay_seconds)
 
+    def _release(self, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        """SPEC §10.2: in the modes that answer with a count (callback, immediate, flaky once it answers) the
+        number's accounts bound before `since` are unbound at once, and the answer says how many; the other
+        modes behave as for lookups and unbind nothing."""
+        try:
+            signing.verify(self.secret, headers, body)
+        except Exception:
+            return 401, {"error": "bad signature"}
+        try:
+            request = json.loads(body)
+            release_id, phone, since = str(request["release_id"]), str(request["phone"]), str(request["since"])
+            callback_url = str(request["callback_url"])
+        except (ValueError, TypeError, KeyError):
+            return 400, {"error": "bad request"}
+        with self._lock:
+            self.releases.append({"release_id": release_id, "since": since})
+            tries = self._tries[f"release:{release_id}"] = self._tries.get(f"release:{release_id}", 0) + 1
+            unbound = self._unbound.setdefault(release_id, 0)
+        acts = self.mode in ("callback", "immediate", "late", "slow") or (
+            self.mode == "flaky" and tries > self.failures_per_lookup)
+        if acts:
+            with self._lock:
+                unbound = self._unbound[release_id] = unbound + self.accounts.release(phone, self.company, since)
+        answer = {"release_id": release_id, "unbound": unbound}
+        return answer_per_mode(self.mode, tries, self.failures_per_lookup, answer,
+                               {"release_id": release_id, "error": "release backend unavailable"},
+                               self._call_back, callback_url, answer, delay=self.delay_seconds)
+
     def get(self, path: str) -> tuple[int, Any]:
         if path.rstrip("/") != "/stats":
             return 404, {"error": "not found"}
         return 200, {"requests": len(self.requests), "callbacks": len(self.callbacks),
-                     "disputes": len(self.disputes)}
+                     "disputes": len(self.disputes), "releases": len(self.releases)}
 
     def _call_back(self, url: str, answer: dict[str, Any]) -> None:
         self.callbacks.append(call_back(url, self.secret, answer))

@@ -26,6 +26,7 @@ class StackOptions:
     api_port: int = 8000
     deadline_seconds: int = 60
     dispute_deadline_seconds: int = 120  # DISPUTE_DEADLINE_SECONDS (deployed: 15 days)
+    release_deadline_seconds: int = 120  # RELEASE_DEADLINE_SECONDS (deployed: 15 days)
     partner_modes: str = ""  # PARTNER_MODES override
     carrier_port: int = 0
     partner_ports: dict[str, int] = field(default_factory=dict)
@@ -62,6 +63,7 @@ def configure_environment(options: StackOptions) -> dict[str, str]:
     env.update({
         "QUERY_DEADLINE_SECONDS": str(options.deadline_seconds),
         "DISPUTE_DEADLINE_SECONDS": str(options.dispute_deadline_seconds),
+        "RELEASE_DEADLINE_SECONDS": str(options.release_deadline_seconds),
         "DEADLINE_SLOT_SECONDS": str(options.deadline_slot_seconds),
         "DEADLINE_LEAD_SLOTS": str(options.deadline_lead_slots),
         "DEADLINE_SHARDS": str(options.deadline_shards),

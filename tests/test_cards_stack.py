@@ -77,10 +77,11 @@ def test_the_carrier_checks_name_and_id_number_behind_the_registry(stack: LocalS
     url = f"{carrier.base_url}/verifications"
     key = secret(carrier.secret_name)
     assert post(url, {"phone": "13812345678", "name": "张伟", "id_number": "44010619850212345X"}, key) == (
-        200, {"result": "match"})
+        200, {"result": "match", "since": "2012-06-01"})  # a match states since when (SPEC §10.2)
     assert post(url, {"phone": "13812345678", "name": "张三", "id_number": "44010619850212345X"}, key) == (
         200, {"result": "mismatch"})
-    assert post(url, {"phone": "13812345678", "id_last6": "12345X"}, key) == (200, {"result": "match"})
+    assert post(url, {"phone": "13812345678", "id_last6": "12345X"}, key) == (
+        200, {"result": "match", "since": "2012-06-01"})
 
 
 def test_the_bundled_registry_alone_without_options(monkeypatch: pytest.MonkeyPatch) -> None:

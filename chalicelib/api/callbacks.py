@@ -1,4 +1,5 @@
-"""What partners send back, signed (SPEC §4): companies' and operators' results and dispute answers (§8, §10.1)."""
+"""What partners send back, signed (SPEC §4): companies' and operators' results and dispute answers (§8, §10.1),
+companies' release answers (§10.2)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -31,6 +32,14 @@ def operator_result(operator: str) -> dict[str, Any]:
     from chalicelib.partners.kinds import CARDS
 
     return _record_callback(CARDS, operator)
+
+
+@bp.route("/v1/partners/{company}/releases", methods=["POST"], content_types=BODY_TYPES)
+@json_api
+def partner_release_answer(company: str) -> dict[str, Any]:
+    from chalicelib.partners.kinds import RELEASES
+
+    return _record_callback(RELEASES, company)
 
 
 def _record_callback(kind: LookupKind, partner_id: str) -> dict[str, Any]:

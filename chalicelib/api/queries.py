@@ -72,7 +72,7 @@ def query_status(query_id: str) -> dict[str, Any]:
 
 
 def status_of(query_id: str, kind: LookupKind) -> dict[str, Any]:
-    """A query's status (accounts or cards); an id that cannot be ours is not found before any read."""
+    """A query's status (accounts, cards or a release); an id that cannot be ours is not found before any read."""
     from chalicelib import queries
 
     if not _QUERY_ID.fullmatch(query_id):

@@ -29,6 +29,7 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.UnsupportedMediaType: 415,
     errors.ChallengeRequired: 428,
     errors.QueryLimit: 429,
+    errors.ReleaseLimit: 429,
     errors.TooManyRequests: 429,
     errors.DisputeLimit: 429,
     errors.ServiceBusy: 503,

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 class Kind(StrEnum):
     ACCOUNTS = "accounts"
     CARDS = "cards"
+    RELEASES = "releases"  # SPEC §10.2: the companies asked to unbind a recycled number's earlier accounts
 
 
 @dataclass(frozen=True)
@@ -39,16 +40,26 @@ class LookupKind(ABC):
     sealed: tuple[str, ...]  # the query record's sealed fields a partner request carries (data minimisation)
     breakdowns: bool  # may an answer carry a per-app breakdown?
     carrier_fields: tuple[str, ...]  # the sealed fields the carrier's real-name check is asked about (SPEC §4, §9)
+    # How a partner names the task (its answers carry the same field): a lookup id per (query, partner), or
+    # one release id for every company (SPEC §10.2); and the callback route's last segment.
+    task_field: str = "lookup_id"
+    id_name: str = "query_id"  # what the API calls the id of a query of this kind
+    callback_suffix: str = "results"
+    sends_since: bool = False  # the carrier's `since` goes with the task (releases); no `since`: `unknown`
+    lock_from_match: bool = False  # its limit counts from the carrier's match, not from acceptance (releases)
+    # What GET shows for each stored QueryStatus (releases have their own words, SPEC §10.2).
+    public_status: tuple[tuple[str, str], ...] = ()
     # Its dispute (SPEC §8, §10.1): POST {base_url}{dispute_path} with the sealed `dispute_sealed` fields, the
     # answer's outcomes and count field, the API's name for the partner ("company" or "operator").
-    dispute_path: str
-    dispute_sealed: tuple[str, ...]
-    dispute_outcomes: frozenset[str]
-    dispute_acted: str  # the outcome that says what it did: its count is required (others default to 0)
-    dispute_count_field: str
-    partner_field: str
-    nothing_to_dispute: str  # the 409's message
-    dispute_max_count: int | None  # None: PARTNER_MAX_ACCOUNT_COUNT
+    # No dispute_path: not disputable.
+    dispute_path: str = ""
+    dispute_sealed: tuple[str, ...] = ()
+    dispute_outcomes: frozenset[str] = frozenset()
+    dispute_acted: str = ""  # the outcome that says what it did: its count is required (others default to 0)
+    dispute_count_field: str = ""
+    partner_field: str = "company"
+    nothing_to_dispute: str = ""  # the 409's message
+    dispute_max_count: int | None = None  # None: PARTNER_MAX_ACCOUNT_COUNT
 
     def partner(self, partner_id: str) -> Partner | None:
         return next((p for p in self.partners() if p.id == partner_id), None)
@@ -65,6 +76,14 @@ class LookupKind(ABC):
         answered (a parked lookup still needs them, SPEC §9); otherwise they go at the carrier check (SPEC §6)."""
         return bool(set(self.sealed) - {"phone"})
 
+    @property
+    def task_per_query(self) -> bool:
+        """One id for the whole query (a release id), so the partner's answer is found by (id, partner)."""
+        return self.task_field != "lookup_id"
+
+    def status(self, stored: str) -> str:
+        return dict(self.public_status).get(stored, stored)
+
     def reported_key(self, phone_key: str, record_key: str | None) -> str | None:
         """Under what a reply's "this partner reported N > 0" fact is kept for a later dispute (SPEC §8: the
         number's HMAC; §10.1: the (ID number, phone) HMAC the card query recorded, so each phone's reply
@@ -74,9 +93,9 @@ class LookupKind(ABC):
     def dispute_max(self, partner_max_account_count: int) -> int:
         return partner_max_account_count if self.dispute_max_count is None else self.dispute_max_count
 
-    @abstractmethod
     def dispute_submitted_text(self, partner_name: str, dispute_id: str) -> str:
         """The SMS when the dispute is forwarded."""
+        raise NotImplementedError(f"{self.kind.value} are not disputable")
 
     def dispute_outcome_text(self, outcome: str, partner: Partner | None, partner_id: str, dispute_id: str,
                              count: int) -> str:
@@ -84,9 +103,9 @@ class LookupKind(ABC):
         name, hotline = (partner.name, partner.hotline) if partner else (partner_id, "")
         return self._dispute_outcome_text(outcome, name, hotline, dispute_id, count)
 
-    @abstractmethod
     def _dispute_outcome_text(self, outcome: str, name: str, hotline: str, dispute_id: str, count: int) -> str:
         """The kind's wording of it."""
+        raise NotImplementedError(f"{self.kind.value} are not disputable")
 
     @abstractmethod
     def mismatch_text(self, phone: str) -> str:
@@ -133,6 +152,14 @@ class _CardLookups(LookupKind):
         # No per-app breakdown for cards (`breakdowns` is False: parse_answer refuses one).
         return sms.card_result_text([(answer.name, answer.count) for answer in answers])
 
+    @property
+    def task_per_query(self) -> bool:
+        """One id for the whole query (a release id), so the partner's answer is found by (id, partner)."""
+        return self.task_field != "lookup_id"
+
+    def status(self, stored: str) -> str:
+        return dict(self.public_status).get(stored, stored)
+
     def reported_key(self, phone_key: str, record_key: str | None) -> str | None:
         return f"cards#{record_key}" if record_key else None
 
@@ -145,6 +172,21 @@ class _CardLookups(LookupKind):
         from chalicelib import sms
 
         return sms.card_dispute_outcome_text(outcome, name, hotline, dispute_id, count)
+
+
+class _Releases(LookupKind):
+    def mismatch_text(self, phone: str) -> str:
+        from chalicelib import sms
+
+        return sms.mismatch_text(phone)  # SPEC §10.2: the §5 failure texts
+
+    def result_text(self, phone: str, answers: Sequence[PartnerAnswer]) -> str:
+        from chalicelib import sms
+
+        return sms.release_result_text(phone, answers)
+
+    def reported_key(self, phone_key: str, record_key: str | None) -> str | None:
+        return None  # nothing a release reports opens a dispute
 
 
 ACCOUNTS: LookupKind = _AccountLookups(
@@ -163,7 +205,12 @@ CARDS: LookupKind = _CardLookups(
     dispute_count_field="cards", partner_field="operator",
     nothing_to_dispute="近7天内发到该手机号的号码查询结果中，该企业没有登记在该身份证号码名下的号码，无需申请核查。",
     dispute_max_count=100)
-KINDS: dict[str, LookupKind] = {k.kind.value: k for k in (ACCOUNTS, CARDS)}
+RELEASES: LookupKind = _Releases(
+    Kind.RELEASES, registry.companies, request_path="/releases", callback_route="partners",
+    count_field="unbound", sealed=("phone",), breakdowns=False, carrier_fields=("phone", "id_last6"),
+    task_field="release_id", id_name="release_id", callback_suffix="releases", sends_since=True, lock_from_match=True,
+    public_status=(("looking_up", "forwarded"), ("replied", "completed")))
+KINDS: dict[str, LookupKind] = {k.kind.value: k for k in (ACCOUNTS, CARDS, RELEASES)}
 # Every route a partner or an operator calls (results, disputes…): the larger body limit, the WAF's
 # exemption from the per-IP rate rule and the resource policy's partner networks all come from here.
 PARTNER_ROUTE_PREFIXES: tuple[str, ...] = tuple(dict.fromkeys(f"/v1/{k.callback_route}/" for k in KINDS.values()))

@@ -33,7 +33,7 @@ from chalicelib.engine.deadlines import Deadlines
 from chalicelib.engine.tasks import Outcome, Sent, rejected
 from chalicelib.partners.circuit import Circuits, CircuitState
 from chalicelib.partners.kinds import ACCOUNTS, LookupKind, kind_of
-from chalicelib.partners.protocol import LOOKUP_ID, Answer, Refused, lookup_id_of, parse_answer
+from chalicelib.partners.protocol import LOOKUP_ID, RELEASE_ID, Answer, Refused, lookup_id_of, parse_answer
 from chalicelib.privacy import Hasher, Vault, partner_secret
 from chalicelib.registry import Partner
 from chalicelib.storage.models import Lookup, QueryRecord, at, condition_failed
@@ -51,15 +51,16 @@ class PartnerClient:
         self._config = config or settings()
         self._secret_for = secret_for
 
-    def send(self, kind: LookupKind, partner: Partner, lookup_id: str, fields: dict[str, str]) -> Sent[Answer]:
-        """`fields`: the personal data this kind of lookup sends (the phone; or ID number and name)."""
+    def send(self, kind: LookupKind, partner: Partner, task_id: str, fields: dict[str, str]) -> Sent[Answer]:
+        """`task_id`: what the partner calls it (the lookup id, or the release id); `fields`: the data this kind
+        sends (the phone; ID number and name; the phone and `since`)."""
         telemetry.count("LookupRequested", company=partner.id)
-        payload = {"lookup_id": lookup_id, **fields,
-                   "callback_url": f"{self._config.public_api_url}/v1/{kind.callback_route}/{partner.id}/results"}
+        callback = f"{self._config.public_api_url}/v1/{kind.callback_route}/{partner.id}/{kind.callback_suffix}"
+        payload = {kind.task_field: task_id, **fields, "callback_url": callback}
         return tasks.send(partner, f"{partner.base_url}{kind.request_path}", payload,
-                          self._secret_for(partner.secret_name), lookup_id,
+                          self._secret_for(partner.secret_name), task_id,
                           lambda body: parse_answer(body, partner, self._config.partner_max_account_count,
-                                                    kind.count_field, kind.breakdowns),
+                                                    kind.count_field, kind.breakdowns, kind.task_field),
                           lambda answer: answer.lookup_id)
 
 
@@ -127,8 +128,14 @@ class LookupDesk:
         self.record_results(query_id, settled, record)
 
     def _open(self, record: QueryRecord, kind: LookupKind) -> dict[str, str]:
-        """The personal data this kind of lookup sends to partners: one KMS request."""
-        return self._vault.open(record.query_id, record.data_key, record.sealed(*kind.sealed))
+        """The data this kind of lookup sends to partners: the sealed fields (one KMS request), and a release's
+        `since` (no `since`, no fields: nothing is sent)."""
+        opened: dict[str, str] = self._vault.open(record.query_id, record.data_key, record.sealed(*kind.sealed))
+        if kind.sends_since:
+            if record.since is None:
+                return {}
+            opened["since"] = record.since
+        return opened
 
     def _lookup_for(self, query_id: str, kind: LookupKind, partner: str, deadline_at: int, now: int) -> Lookup:
         lookup = Lookup(self.lookup_id(query_id, partner), query_id=query_id, company=partner,
@@ -147,7 +154,8 @@ class LookupDesk:
     def dispatch(self, lookup: Lookup, partner: Partner, fields: dict[str, str], state: CircuitState,
                  now: int) -> LookupResult | None:
         """Send one lookup and act on the reply; the settled result, or None while it waits."""
-        sent = self.client.send(kind_of(lookup.kind), partner, lookup.lookup_id, fields)
+        kind = kind_of(lookup.kind)
+        sent = self.client.send(kind, partner, lookup.query_id if kind.task_per_query else lookup.lookup_id, fields)
         if sent.outcome is Outcome.TRANSIENT:
             opened = self.circuits.failed(partner.id, now)
             self._park(lookup, now, tried=True, circuit_open=opened)
@@ -249,14 +257,16 @@ class LookupDesk:
     def record_callback(self, kind: LookupKind, partner: Partner, body: Any) -> None:
         """Store the answer once and, if it was the last, release the waiting task."""
         try:
-            lookup_id = lookup_id_of(body)
+            task_id = lookup_id_of(body, kind.task_field)
             answer = parse_answer(body, partner, self._config.partner_max_account_count, kind.count_field,
-                                  kind.breakdowns)
+                                  kind.breakdowns, kind.task_field)
         except Refused as exc:
             rejected(partner.id, exc.reason)
             raise
-        if not LOOKUP_ID.fullmatch(lookup_id):
+        if not (RELEASE_ID if kind.task_per_query else LOOKUP_ID).fullmatch(task_id):
             raise errors.NotFound("未知的查询编号。")
+        # A release id names every company's task: the partner, from the signed route, says which one.
+        lookup_id = self.lookup_id(task_id, partner.id) if kind.task_per_query else task_id
         try:
             lookup = Lookup.get(lookup_id, consistent_read=True)
         except Lookup.DoesNotExist as exc:
@@ -275,8 +285,10 @@ class LookupDesk:
                 record = QueryRecord.get(query_id, consistent_read=True)
             except QueryRecord.DoesNotExist:
                 continue  # expired: its lookups expire with it
-            fields = self._open(record, kind_of(record.kind))
-            if len(fields) == len(kind_of(record.kind).sealed):  # cards: gone once every operator answered
+            kind = kind_of(record.kind)
+            fields = self._open(record, kind)
+            # Cards: gone once every operator answered; releases: with the phone, `since`.
+            if len(fields) == len(kind.sealed) + int(kind.sends_since):
                 opened[query_id] = fields
         return opened
 

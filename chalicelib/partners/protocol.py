@@ -14,8 +14,9 @@ from chalicelib import errors
 from chalicelib.contracts import LookupResult
 from chalicelib.registry import Partner
 
-# Our lookup ids: the first 32 hex characters of an HMAC (partners/lookups.py).
+# Our lookup ids: the first 32 hex characters of an HMAC (partners/lookups.py); a release's id is its uuid4.
 LOOKUP_ID = re.compile(r"[0-9a-f]{32}")
+RELEASE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 MAX_ID_LENGTH = 128
 
 
@@ -54,12 +55,13 @@ class Refused(errors.InvalidRequest):
         self.reason = reason
 
 
-def lookup_id_of(body: Any) -> str:
+def lookup_id_of(body: Any, field: str = "lookup_id") -> str:
+    """The task an answer is for: `lookup_id`, or `release_id` for a release (SPEC §10.2)."""
     if not isinstance(body, dict):
         raise Refused("not_an_object", "请求体必须是JSON对象。")
-    lookup_id = body.get("lookup_id")
+    lookup_id = body.get(field)
     if not isinstance(lookup_id, str) or not lookup_id or len(lookup_id) > MAX_ID_LENGTH:
-        raise Refused("bad_lookup_id", "需要lookup_id（非空字符串）。")
+        raise Refused(f"bad_{field}", f"需要{field}（非空字符串）。")
     return lookup_id
 
 
@@ -71,13 +73,13 @@ def _count(value: Any, maximum: int) -> int | None:
 
 
 def parse_answer(body: Any, partner: Partner, max_count: int, count_field: str = "account_count",
-                 breakdowns: bool = True) -> Answer:
+                 breakdowns: bool = True, id_field: str = "lookup_id") -> Answer:
     """Validate a callback body or an immediate 200 body against the partner's registry entry.
 
-    `count_field` is what the lookup counts (account_count, or card_count for phone cards);
-    per-app breakdowns exist only where `breakdowns` (internet accounts).
+    `count_field` is what the lookup counts (account_count, card_count for phone cards, unbound for a
+    release); per-app breakdowns exist only where `breakdowns` (internet accounts); `id_field` names the task.
     """
-    lookup_id = lookup_id_of(body)
+    lookup_id = lookup_id_of(body, id_field)
     if "error" in body:
         if not isinstance(body["error"], str) or count_field in body or "apps" in body:
             raise Refused("bad_error", f"error必须是字符串，且不能与{count_field}同时出现。")

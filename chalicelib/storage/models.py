@@ -85,7 +85,7 @@ class QueryRecord(Model):
         table_name = settings().queries_table
 
     query_id = UnicodeAttribute(hash_key=True)
-    kind = UnicodeAttribute(null=True)  # partners/kinds.py: accounts (absent) or cards
+    kind = UnicodeAttribute(null=True)  # partners/kinds.py: accounts (absent), cards or releases
     status = UnicodeAttribute()  # contracts.QueryStatus
     created_at = NumberAttribute()
     deadline_at = NumberAttribute()
@@ -96,6 +96,8 @@ class QueryRecord(Model):
     lock_key = UnicodeAttribute()
     # Cards: HMAC(ID number, phone), under which the reply keeps what it reported for a card dispute (SPEC §10.1).
     reported_key = UnicodeAttribute(null=True)
+    # Releases: the day the holder's subscription began, as the carrier stated it (SPEC §10.2); not logged.
+    since = UnicodeAttribute(null=True)
     outcome = UnicodeAttribute(null=True)  # contracts.CarrierOutcome
     updated_at = NumberAttribute(null=True)
     # The fan-out: the partners asked and each settled lookup (partners/lookups.py: a number each, kept small).
@@ -135,7 +137,7 @@ class Lookup(Model):
 
     lookup_id = UnicodeAttribute(hash_key=True)
     query_id = UnicodeAttribute()
-    kind = UnicodeAttribute(null=True)  # partners/kinds.py: accounts (absent) or cards
+    kind = UnicodeAttribute(null=True)  # partners/kinds.py: accounts (absent), cards or releases
     company = UnicodeAttribute()  # the partner asked: a company, or an operator for cards
     state = UnicodeAttribute()  # contracts.TaskState
     deadline_at = NumberAttribute()

@@ -1,4 +1,5 @@
-"""VerifyCarrier: is the number active and registered to these ID digits (SPEC §4)?
+"""VerifyCarrier: is the number active and registered to these ID digits (SPEC §4)? For a release (SPEC §10.2),
+also since when the current holder has it; and its 30-day limit is taken here, at the match.
 
 On a match the workflow goes on to AskCompanies; any other outcome is the query's end: this step
 claims its completion and enqueues the failure reply (engine/deadlines.py), and the execution ends.
@@ -13,18 +14,22 @@ from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.update import Action
 
 from chalicelib import errors, http, registry
+from chalicelib.config import Settings, settings
 from chalicelib.contracts import CarrierOutcome, CarrierResult, QueryStatus, ReplyType
 from chalicelib.engine.deadlines import Deadlines
 from chalicelib.partners.kinds import kind_of
 from chalicelib.privacy import Vault, partner_secret
+from chalicelib.releases import parse_since, settle_lock
 from chalicelib.storage.models import QueryRecord, condition_failed
+from chalicelib.throttle import china_today
 
 logger = Logger(child=True)
 
 
 class CarrierCheck:
     def __init__(self, vault: Vault, deadlines: Deadlines, clock: Callable[[], float] = time.time,
-                 secret_for: Callable[[str], str] = partner_secret) -> None:
+                 secret_for: Callable[[str], str] = partner_secret, config: Settings | None = None) -> None:
+        self._config = config or settings()
         self._vault = vault
         self._deadlines = deadlines
         self._clock = clock
@@ -41,10 +46,12 @@ class CarrierCheck:
             if record.status == QueryStatus.ACCEPTED:
                 record.update(actions=[QueryRecord.status.set(QueryStatus.VERIFYING),
                                        QueryRecord.updated_at.set(now)])
-            outcome = self._ask_carrier(record)
+            outcome, since = self._ask_carrier(record)
             actions: list[Action] = [QueryRecord.outcome.set(outcome), QueryRecord.updated_at.set(now)]
             if outcome == CarrierOutcome.MATCH:
                 actions.append(QueryRecord.status.set(QueryStatus.LOOKING_UP))
+                if kind.sends_since:
+                    actions.append(QueryRecord.since.set(since))
             if outcome != CarrierOutcome.MATCH or not kind.sends_identity:
                 # The ID digits have served their purpose: discard them now (SPEC §6). A phone-card
                 # query keeps name and ID number until its operators have answered (SPEC §9).
@@ -61,20 +68,23 @@ class CarrierCheck:
         outcome = CarrierOutcome(record.outcome)
         logger.info("carrier check done", extra={"query_id": query_id, "kind": kind.kind.value,
                                                  "outcome": outcome.value})
+        if kind.lock_from_match:
+            settle_lock(record, outcome == CarrierOutcome.MATCH, now, self._config.release_interval_seconds)
         if outcome != CarrierOutcome.MATCH:
             self._deadlines.claim(ReplyType.QUERY, record)  # the failure reply (none for a cancelled number)
         return {"query_id": query_id, "kind": kind.kind.value, "deadline_at": int(deadline_at),
                 "outcome": outcome.value}
 
-    def _ask_carrier(self, record: QueryRecord) -> CarrierOutcome:
+    def _ask_carrier(self, record: QueryRecord) -> tuple[CarrierOutcome, str | None]:
+        """The carrier's outcome and, for a match, its `since` (SPEC §10.2) when valid."""
         if record.id_sealed is None:
-            return CarrierOutcome.UNKNOWN
-        # Accounts: phone and ID digits; phone cards: phone, name and ID number (SPEC §4, §9).
-        fields = kind_of(record.kind).carrier_fields
-        opened = self._vault.open(record.query_id, record.data_key, record.sealed(*fields))
+            return CarrierOutcome.UNKNOWN, None
+        kind = kind_of(record.kind)
+        # Accounts and releases: phone and ID digits; phone cards: phone, name and ID number (SPEC §4, §9).
+        opened = self._vault.open(record.query_id, record.data_key, record.sealed(*kind.carrier_fields))
         carrier = registry.carrier_for(opened["phone"])
         if carrier is None:
-            return CarrierOutcome.UNKNOWN
+            return CarrierOutcome.UNKNOWN, None
         try:
             reply = http.post_signed(f"{carrier.base_url}/verifications", opened,
                                      self._secret_for(carrier.secret_name))
@@ -86,5 +96,11 @@ class CarrierCheck:
         # A list, not a set: the carrier's `result` may be anything, unhashable included.
         if reply.status != 200 or not isinstance(result, str) or result not in [o.value for o in CarrierOutcome]:
             logger.warning("carrier answer unusable", extra={"carrier": carrier.id, "status": reply.status})
-            return CarrierOutcome.UNKNOWN
-        return CarrierOutcome(result)
+            return CarrierOutcome.UNKNOWN, None
+        if result != CarrierOutcome.MATCH or not kind.sends_since:
+            return CarrierOutcome(result), None
+        since = parse_since(reply.body.get("since"), china_today(self._clock()))
+        if since is None:  # a match we cannot date asks nobody to unbind anything
+            logger.warning("carrier match without a valid since", extra={"carrier": carrier.id})
+            return CarrierOutcome.UNKNOWN, None
+        return CarrierOutcome.MATCH, since

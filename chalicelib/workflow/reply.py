@@ -23,6 +23,7 @@ from chalicelib.engine.deadlines import finished_actions
 from chalicelib.partners.kinds import LookupKind, kind_of
 from chalicelib.partners.lookups import stored_results
 from chalicelib.privacy import Hasher, Vault
+from chalicelib.releases import settle_lock
 from chalicelib.storage.models import QueryRecord, ReportedAccounts, at, condition_failed
 
 logger = Logger(child=True)
@@ -67,6 +68,15 @@ class ReplySender:
         if record.id_sealed is not None or record.name_sealed is not None:  # the deadline: discard ID and name now
             actions += [QueryRecord.id_sealed.remove(), QueryRecord.name_sealed.remove()]
         record.update(actions=actions)
+        kind = kind_of(record.kind)
+        if kind.lock_from_match and outcome != CarrierOutcome.MATCH:
+            # No carrier answer by the deadline: the number's release was not used (SPEC §10.2).
+            settle_lock(record, False, int(self._clock()), 0)
+        if kind.task_per_query and outcome == CarrierOutcome.MATCH:
+            # Releases: who let theirs expire unanswered (the per-company alarm of infra/).
+            answered = {r["company"] for r in results if r.get("answered")}
+            for company in sorted((record.asked or set()) - answered):
+                telemetry.count("ReleaseUnanswered", company=company)
         telemetry.count("QueryReplied" if status == QueryStatus.REPLIED else "QueryFailed")
         if record.created_at:
             telemetry.latency("ReplyLatency", 1000 * (self._clock() - int(record.created_at)),
