@@ -30,6 +30,7 @@ class Partner:
     apps: tuple[str, ...] = ()  # the app names a per-app breakdown may use (SPEC §4, §5)
     max_requests_per_second: int = 10  # the pace of a backlog replay after an outage (SPEC §4)
     group: str = ""  # operators: 中国移动 / 中国联通 / 中国电信 / 转售企业 (dashboards and the page group by it)
+    group_id: str = ""  # the group's ASCII key (cmcc…): CloudWatch dimension values must be ASCII
 
     def public(self) -> dict[str, str]:
         return {"id": self.id, "name": self.name, "details": self.details,

@@ -8,7 +8,9 @@ builds, so the query side's template stays its own. Derived, like generate.py, f
 - least privilege: a role for each new function (ForwardDispute) and, for the functions
   that already exist, one more inline policy on their role with exactly what the dispute code calls;
 - a dashboard row (disputes submitted / resolved / expired per company), an alarm per company on expired
-  disputes and one on failed dispute executions, from the company registry.
+  disputes and one on failed dispute executions, from the company registry;
+- for card disputes (SPEC §10.1), a row (submitted / resolved / expired per operator group) and an alarm per
+  group on expired card disputes, from the operator registry's groups (132 operators: 4 groups, not 132 lines).
 """
 from __future__ import annotations
 
@@ -143,8 +145,11 @@ def _partner_delivery(machine: Any) -> list[dict[str, Any]]:
     return [
         _table("CIRCUITS_TABLE", ["dynamodb:BatchGetItem", "dynamodb:UpdateItem"]),
         {"Sid": "PersonalDataKey", "Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": get_att("DataKey")},
+        # Companies one by one; operators (card disputes, SPEC §10.1) by their common secret-name prefix.
         {"Sid": "PartnerSecrets", "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"],
-         "Resource": [ref(logical(c["secret_name"]) + "Secret") for c in registry("companies")]},
+         "Resource": [*(ref(logical(c["secret_name"]) + "Secret") for c in registry("companies")),
+                      sub("arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:"
+                          + os.path.commonprefix([o["secret_name"] for o in registry("operators")]) + "*")]},
         _SECRETS_KEY,
         {"Sid": "RetryQueue", "Effect": "Allow", "Action": ["sqs:SendMessage"], "Resource": get_att("RetryQueue")},
         {"Sid": "ReplyQueue", "Effect": "Allow", "Action": ["sqs:SendMessage"], "Resource": get_att("ReplyQueue")},
@@ -237,6 +242,37 @@ def dashboard_widgets() -> list[dict[str, Any]]:
                             ("Disputes expired per company (no answer in 15 days)", "DisputeExpired"))]
 
 
+def operator_groups() -> dict[str, tuple[str, list[str]]]:
+    """The operator registry's groups in registry order: group_id (cmcc…, ASCII: a CloudWatch dimension value)
+    -> (its name, 中国移动…, and its operators' ids). An operator without a group is in none."""
+    groups: dict[str, tuple[str, list[str]]] = {}
+    for entry in registry("operators"):
+        if entry.get("group_id"):
+            groups.setdefault(entry["group_id"], (entry.get("group", entry["group_id"]), []))[1].append(entry["id"])
+    return groups
+
+
+def card_dashboard_widgets() -> list[dict[str, Any]]:
+    """One row: card disputes submitted / resolved / expired, a line per operator group (SPEC §10.1), each the
+    sum of its operators' dispute counts (the dispute metrics carry company=<operator id>)."""
+    groups = list(operator_groups().values())
+
+    def lines(name: str) -> list[Any]:
+        out: list[Any] = []
+        for i, (group, ids) in enumerate(groups):
+            terms = ", ".join(f"g{i}o{j}" for j in range(len(ids)))
+            out.append([{"expression": f"SUM([{terms}])", "label": group, "id": f"g{i}"}])
+            out += [[*metric(name, company=op)[:-1], {"stat": "Sum", "id": f"g{i}o{j}", "visible": False}]
+                    for j, op in enumerate(ids)]
+        return out
+
+    return [{"type": "metric", "width": 8, "height": 6, "properties": {
+        "title": title, "view": "timeSeries", "region": "${AWS::Region}", "period": 3600, "metrics": lines(name)}}
+        for title, name in (("Card disputes submitted per operator group", "DisputeSubmitted"),
+                            ("Card disputes resolved per operator group", "DisputeResolved"),
+                            ("Card disputes expired per operator group (no answer in 15 days)", "DisputeExpired"))]
+
+
 def alarms() -> dict[str, Any]:
     service_dim = [{"Name": "service", "Value": "yizhengtongcha"}]
 
@@ -255,6 +291,13 @@ def alarms() -> dict[str, Any]:
             f"{company['name']} let disputes expire without an answer (15 days).",
             Threshold=ref("DisputesExpiredAlarmThreshold"), Namespace=NAMESPACE, MetricName="DisputeExpired",
             Period=86400, Dimensions=[*service_dim, {"Name": "company", "Value": company["id"]}])
+    # Card disputes (SPEC §10.1): one alarm per operator group, on the dispute code's per-group count (an alarm's
+    # metric math may not sum a group's 31 or more operators).
+    for group_id, (group, _ids) in operator_groups().items():
+        out[logical(group_id) + "CardDisputesExpiredAlarm"] = alarm(
+            f"{group} operators let card disputes expire without an answer (15 days).",
+            Threshold=ref("CardDisputesExpiredAlarmThreshold"), Namespace=NAMESPACE, MetricName="CardDisputeExpired",
+            Period=86400, Dimensions=[*service_dim, {"Name": "group", "Value": group_id}])
     return out
 
 
@@ -282,10 +325,13 @@ def extend(template: dict[str, Any], env: dict[str, str], stage: str,
     if isinstance(board, dict) and "Fn::Sub" in board:
         body, variables = board["Fn::Sub"]
         widgets = json.loads(body)
-        widgets["widgets"] += dashboard_widgets()
+        widgets["widgets"] += dashboard_widgets() + card_dashboard_widgets()
         board["Fn::Sub"] = [json.dumps(widgets, ensure_ascii=False), variables]
     template.setdefault("Parameters", {})["DisputesExpiredAlarmThreshold"] = {
         "Type": "Number", "Default": 1, "Description": "Alarm when a company lets this many disputes expire in a day"}
+    template["Parameters"]["CardDisputesExpiredAlarmThreshold"] = {
+        "Type": "Number", "Default": 1,
+        "Description": "Alarm when an operator group lets this many card disputes expire in a day"}
     template.setdefault("Outputs", {})["DisputeStateMachineArn"] = {"Value": ref(MACHINE)}
     return template
 

@@ -58,7 +58,9 @@ FUNCTION_ACCESS: dict[str, dict[str, Any]] = {
         "states": ["states:StartExecution"],
     },
     contracts.VERIFY_CARRIER.logical_id: {
-        "tables": {"QUERIES_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"]},
+        "tables": {"QUERIES_TABLE": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
+                   # a release's 30-day lock: kept from the carrier's match, given back otherwise (SPEC §10.2)
+                   "THROTTLE_TABLE": ["dynamodb:UpdateItem", "dynamodb:DeleteItem"]},
         "kms": ["kms:Decrypt"],
         "secrets": ["carriers"],
         "queues": _SEND_REPLY,  # a carrier outcome other than a match ends the query
@@ -425,8 +427,12 @@ def dashboard(env: dict[str, str], stage: str) -> dict[str, Any]:
         widgets.append({"type": "metric", "width": 12, "height": 6, "properties": {
             "title": title, "view": view, "region": "${AWS::Region}", "period": 300, "metrics": metrics}})
 
-    widget("Queries accepted (accounts / phone cards) / replied / failed",
-           [metric("QueryAccepted"), metric("CardQueryAccepted"), metric("QueryReplied"), metric("QueryFailed")])
+    widget("Queries accepted (accounts / phone cards) / releases accepted / replied / failed",
+           [metric("QueryAccepted"), metric("CardQueryAccepted"), metric("ReleaseAccepted"), metric("QueryReplied"),
+            metric("QueryFailed")])
+    # SPEC §10.2: a release's result SMS went with a company's 暂未返回 (it let the 15 days pass).
+    widget("Releases left unanswered per company (15 days)",
+           [metric("ReleaseUnanswered", company=c["id"]) for c in registry("companies")])
     # Phone cards ask 132 operators: one widget per carrier group, and the worst operators by name.
     groups: dict[str, list[str]] = {}
     for entry in registry("operators"):
@@ -561,6 +567,10 @@ def alarms(env: dict[str, str]) -> dict[str, Any]:
                   for key, name in (("requested", "LookupRequested"), ("answered", "LookupAnswered")))])
         # The delivery job reports every partner's circuit each minute: an open one means the partner
         # fails and its lookups wait in the backlog (one probe a minute until it answers).
+        out[logical(company["id"]) + "ReleasesUnansweredAlarm"] = alarm(
+            f"{company['name']} let number releases pass their 15 days without an answer (SPEC §10.2).",
+            ref("ReleasesUnansweredAlarmThreshold"), "GreaterThanOrEqualToThreshold", Namespace=NAMESPACE,
+            MetricName="ReleaseUnanswered", Dimensions=dims, Statistic="Sum", Period=86400)
         out[logical(company["id"]) + "CircuitOpenAlarm"] = alarm(
             f"{company['name']}'s circuit is open: it fails every request; its lookups wait for it to recover.",
             1, "GreaterThanOrEqualToThreshold", Namespace=NAMESPACE, MetricName="CircuitOpen",
@@ -681,6 +691,9 @@ def template(stage: str, env: dict[str, str] | None = None) -> dict[str, Any]:
                              "Description": "Networks partners call back from"},
             "PartnerAnswerRateThreshold": {"Type": "Number", "Default": 0.8,
                                            "Description": "Alarm when a company answers fewer lookups (0-1)"},
+            "ReleasesUnansweredAlarmThreshold": {"Type": "Number", "Default": 1,
+                                                 "Description": "Alarm when a company leaves this many number "
+                                                                "releases unanswered in a day"},
             "OpenExecutionsAlarmThreshold": {"Type": "Number", "Default": 800000,
                                              "Description": "Alarm before the 1,000,000 open-execution quota"},
         },

@@ -847,6 +847,42 @@ def test_infra_adds_the_dispute_workflow_tables_roles_dashboard_row_and_alarms_a
         assert f'"{company}"' in body
         assert any(company in json.dumps(a) and "DisputeExpired" in json.dumps(a)
                    for a in resources.values() if a.get("Type") == "AWS::CloudWatch::Alarm")
+    # SPEC §10.1: card disputes per operator group, the groups and their operators from the operator registry.
+    from infra.cfn import registry
+
+    groups: dict[str, list[str]] = {}
+    for entry in registry("operators"):
+        groups.setdefault(entry["group"], []).append(entry["id"])
+    assert len(groups) >= 2 and all(groups.values())
+    widgets = {w["properties"]["title"]: w["properties"]["metrics"] for w in json.loads(body)["widgets"]}
+    row = {name: next(lines for title, lines in widgets.items() if title.startswith(f"Card disputes {word}"))
+           for word, name in (("submitted", "DisputeSubmitted"), ("resolved", "DisputeResolved"),
+                              ("expired", "DisputeExpired"))}
+    for name, lines in row.items():
+        sums = {line[0]["label"]: line[0] for line in lines if isinstance(line[0], dict)}
+        assert set(sums) == set(groups), name  # one line per group, and nothing else shown
+        hidden = {line[-1]["id"]: line for line in lines if isinstance(line[0], str)}
+        for group, ids in groups.items():  # each group's line sums exactly its operators' counts
+            summed = re.fullmatch(r"SUM\(\[(.*)\]\)", sums[group]["expression"])
+            assert summed, sums[group]
+            terms = summed.group(1).split(", ")
+            assert sorted(hidden[t][5] for t in terms) == sorted(ids), (name, group)
+            assert all(hidden[t][1] == name and hidden[t][4] == "company" and hidden[t][-1]["stat"] == "Sum"
+                       and hidden[t][-1]["visible"] is False for t in terms)
+    card_alarms = [a["Properties"] for a in resources.values() if a.get("Type") == "AWS::CloudWatch::Alarm"
+                   and a["Properties"].get("MetricName") == "CardDisputeExpired"]
+    # Alarmed on the per-group count the dispute code emits with the group's ASCII id (CloudWatch dimension
+    # values must be ASCII): one per group.
+    group_ids = {entry["group_id"] for entry in registry("operators")}
+    assert len(group_ids) == len(groups) and all(g.isascii() for g in group_ids)
+    assert sorted(d["Value"] for a in card_alarms for d in a["Dimensions"] if d["Name"] == "group") == sorted(
+        group_ids)
+    for group_alarm in card_alarms:
+        assert group_alarm["Threshold"] == {"Ref": "CardDisputesExpiredAlarmThreshold"}
+        assert group_alarm["Period"] == 86400 and group_alarm["Statistic"] == "Sum"
+        assert group_alarm["AlarmActions"] == [{"Ref": "OperatorTopic"}]
+        assert {"Name": "service", "Value": "yizhengtongcha"} in group_alarm["Dimensions"]
+    assert template["Parameters"]["CardDisputesExpiredAlarmThreshold"]["Type"] == "Number"
     if integrated:
         return
     for function in ("APIHandler", "SendReplies", "RetryLookups", "DeliverBacklog", "ForwardDispute"):
@@ -959,11 +995,48 @@ def drive_every_dispute_path(stack: LocalStack, api: Client, queries: bool = Tru
             assert status(api, dispute_id)["status"] == "resolved"
 
 
+def _drive_card_disputes(stack: LocalStack, api: Client) -> dict[str, str]:
+    """SPEC §10.1 on the same paths: a card query replied to 张's phone (2 cards at cmcc-gd, 1 at cucc-bj), then a
+    card dispute answered in cmcc-gd's 200 (ForwardDispute claims the outcome) and one answered by cucc-bj's
+    signed callback over HTTP (the API claims it); outcome SMS from the reply queue, statuses.
+    Operator -> dispute id."""
+    from chalicelib.storage.models import Dispute
+    from local.lambdas import acting_as
+    from tests.test_cards import ZHANG, card_body, run_card_query
+
+    with acting_as("APIHandler"):
+        run_card_query(api, stack, card_body(ZHANG))
+    modes = {"cmcc-gd": "immediate", "cucc-bj": "callback"}
+    for operator, mode in modes.items():
+        stack.operators.set_mode(operator, mode, delay_seconds=0)
+    answered_before = len(stack.operators.callbacks.get("cucc-bj", []))
+    ids = {}
+    for operator in modes:
+        with acting_as("APIHandler"):
+            assert request_code(api, ZHANG["phone"]).status_code == 202
+            response = post_json(api, "/v1/card-disputes", {**card_body(ZHANG), "operator": operator,
+                                                             "code": latest_code(stack, ZHANG["phone"])})
+        ids[operator] = accepted(response)
+        assert response.json_body["operator"] == operator
+    for operator, dispute_id in ids.items():
+        assert wait_dispute_finished(stack, dispute_id)["status"] == "SUCCEEDED"
+        closed = Dispute.get(dispute_id, consistent_read=True)
+        assert closed.kind == "cards" and closed.outcome == "suspended"
+        assert closed.name_sealed is None and closed.id_sealed is None and closed.phone_sealed is None
+        with acting_as("APIHandler"):
+            assert status(api, dispute_id) | {"created_at": ""} == {
+                "dispute_id": dispute_id, "operator": operator, "status": "resolved", "created_at": ""}
+        assert len(sms_about(stack, dispute_id, ZHANG["phone"])) == 2  # submitted, then the outcome
+    assert {d["dispute_id"] for d in stack.operators.disputes} >= set(ids.values())
+    assert 200 in stack.operators.callbacks.get("cucc-bj", [])[answered_before:]  # the callback was recorded
+    return ids
+
+
 def test_every_aws_action_the_dispute_code_calls_is_granted_by_infra(stack: LocalStack, api: Client) -> None:
     """Drive every dispute path once (immediate, callback, SNS failures, transient failure and retry queue, open
-    circuit and the minute job's probe, outcome SMS from the reply queue, status), recording each AWS call by
-    function: everything each function calls must be granted by its role in the deployed template
-    (infra/generate.py FUNCTION_ACCESS, plus infra/disputes.py's policies)."""
+    circuit and the minute job's probe, outcome SMS from the reply queue, status), and a card dispute (SPEC §10.1)
+    answered each way, recording each AWS call by function: everything each function calls must be granted by
+    its role in the deployed template (infra/generate.py FUNCTION_ACCESS, plus infra/disputes.py's policies)."""
     from chalicelib.storage.models import TABLE_VARS
     from infra import disputes, generate
     from local.recording import recording
@@ -972,6 +1045,7 @@ def test_every_aws_action_the_dispute_code_calls_is_granted_by_infra(stack: Loca
     local_table = {disputes.table_logical(var): env[var] for var in TABLE_VARS.values()}
     with recording() as recorder:
         drive_every_dispute_path(stack, api)
+        card_disputes = _drive_card_disputes(stack, api)
     assert [d for d in stack.partners["douyin"].disputes]  # it was down, then answered
     resources = generate.template("prod")["Resources"]
 
@@ -1027,6 +1101,23 @@ def test_every_aws_action_the_dispute_code_calls_is_granted_by_infra(stack: Loca
     assert forward & {"sqs:SendMessage", "sqs:SendMessageBatch"}  # its answer in the 200 enqueued the outcome
     assert not {a for a in forward if a.startswith("states:")}  # no task token: nothing waits on the partner
     assert {a for f, a, _ in calls if f == "SendReplies"} >= {"sns:Publish", "kms:Decrypt"}
+    # SPEC §10.1: the card disputes' intake (the (ID number, phone) fact), forwarding and outcomes ran the same way.
+    assert ("APIHandler", "dynamodb:GetItem", env["REPORTED_TABLE"]) in calls
+    assert ("SendReplies", "dynamodb:BatchWriteItem", env["REPORTED_TABLE"]) in calls
+    assert len(card_disputes) == 2
+    # Secrets by name (the powertools cache may spare a read, so only what was read): each one a function read
+    # (an operator's, to sign a card dispute or check its callback) is among its role's secret resources.
+    for function, action, name in calls:
+        if action != "secretsmanager:GetSecretValue":
+            continue
+        role = f"{function}Role"
+        arns = [r for p in resources[role]["Properties"]["Policies"] for s in p["PolicyDocument"]["Statement"]
+                if "secretsmanager:GetSecretValue" in s["Action"]
+                for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])]
+        local_names = {"PepperSecret": env["PEPPER_SECRET_NAME"], "AltchaSecret": env["ALTCHA_SECRET_NAME"]}
+        names = {local_names.get(a["Ref"], resources[a["Ref"]]["Properties"]["Name"]) for a in arns if "Ref" in a}
+        prefixes = {a["Fn::Sub"].split(":secret:", 1)[1].removesuffix("*") for a in arns if "Fn::Sub" in a}
+        assert name in names or any(name.startswith(p) for p in prefixes), f"{function} reads secret {name}"
 
 
 def test_concurrent_identical_callbacks_record_once_and_send_one_outcome_sms(stack: LocalStack, api: Client,

@@ -264,6 +264,17 @@ def _accepted(api: Client, stack: LocalStack, phone: str, id_last6: str) -> str:
     return response.json_body["query_id"]
 
 
+def _released(api: Client, stack: LocalStack, phone: str, id_last6: str) -> str:
+    """A recycled number's release (SPEC §10.2), accepted and started."""
+    with acting_as("APIHandler"):
+        assert request_code(api, phone).status_code == 202
+        response = post_json(api, "/v1/number-releases", {"phone": phone, "id_last6": id_last6,
+                                                           "code": latest_code(stack, phone)})
+    assert response.status_code == 202, response.body
+    assert stack.pump_once() == 1
+    return str(response.json_body["release_id"])
+
+
 def _lookup(stack: LocalStack, query_id: str, company: str) -> Lookup | None:
     """A lookup as it stands (read by the harness: not recorded)."""
     from chalicelib.storage.models import Lookup
@@ -469,6 +480,20 @@ def test_every_aws_action_the_code_calls_is_granted_to_its_function_and_nothing_
     requests_before = len(stack.partners["alipay"].requests)
     assert stack.deliver_once(now=time.time() + 3)["alipay"] == 1  # its 2 s backoff is due by then
     assert len(stack.partners["alipay"].requests) >= requests_before + 1 and not _circuit_open("alipay")
+
+    # SPEC §10.2: a release whose carrier matches (the 30-day lock kept, every company asked, one answering
+    # by callback with a duplicate) and one that mismatches (the lock given back), then its status.
+    _set_modes(stack, "immediate", tencent="callback")
+    tencent_callbacks = len(stack.partners["tencent"].callbacks)
+    released = _released(api, stack, "19912345678", "121212")
+    assert wait_finished(stack, released)["status"] == "SUCCEEDED"
+    wait_for(lambda: stack.partners["tencent"].callbacks[tencent_callbacks:] == [200], 20, "tencent's callback")
+    duplicate = json.dumps({"release_id": released, "unbound": 0}).encode()
+    with acting_as("APIHandler"):
+        assert api.http.post("/v1/partners/tencent/releases", body=duplicate, headers=signing.signed_headers(
+            stack.secrets["yztc/partners/tencent"], duplicate)).status_code == 200
+        assert api.http.get(f"/v1/number-releases/{released}").status_code == 200
+    assert wait_finished(stack, _released(api, stack, "13312345678", "010101"))["status"] == "SUCCEEDED"
 
     # SPEC §8: every dispute path, on the replies above (13812345678, 15012345678).
     from tests.test_disputes import drive_every_dispute_path

@@ -1,5 +1,7 @@
-"""Disputes (SPEC §8): "this account is not mine", forwarded to the company, tracked, answered by SMS."""
+"""Disputes: "this account is not mine" to a company (SPEC §8) and "this card is not mine" to an operator
+(SPEC §10.1), forwarded, tracked, answered by SMS."""
 
 # The metrics the dispute code emits (chalicelib/telemetry.py format); infra/disputes.py charts and alarms on them.
+# The Card* ones carry the operator's group_id (CloudWatch dimension values are ASCII): one alarm per group.
 DISPUTE_METRICS = ("DisputeSubmitted", "DisputeForwarded", "DisputeDeferred", "DisputeAnswered", "DisputeResolved",
-                   "DisputeExpired")
+                   "DisputeExpired", "CardDisputeResolved", "CardDisputeExpired")

@@ -87,8 +87,8 @@ class DisputeNotifier:
         ended = "Expired" if status == DisputeStatus.EXPIRED else "Resolved"
         telemetry.count(f"Dispute{ended}", company=dispute.company)
         partner = kind_of(dispute.kind).partner(dispute.company)
-        if partner is not None and partner.group:  # operators: the alarms watch 4 groups, not 132 operators
-            telemetry.count(f"CardDispute{ended}", group=partner.group)
+        if partner is not None and partner.group_id:  # operators: the alarms watch 4 groups, not 132 operators
+            telemetry.count(f"CardDispute{ended}", group=partner.group_id)
         logger.info("dispute closed", extra={"dispute_id": dispute_id, "status": status.value,
                                              "outcome": outcome.value, "sms_sent": sent})
         return {"dispute_id": dispute_id, "status": status.value}
