@@ -29,13 +29,13 @@ class Kind(StrEnum):
 
 @dataclass(frozen=True)
 class LookupKind(ABC):
-    """What differs between the two kinds, as data (the fields) and as the reply's wording (the methods), so
-    shared code asks its kind instead of testing which one it is."""
+    """What differs between the kinds (accounts, phone cards, releases), as data (the fields) and as the
+    reply's wording (the methods), so shared code asks its kind instead of testing which one it is."""
 
     kind: Kind
     partners: Callable[[], tuple[Partner, ...]]  # the registry, in its order
     request_path: str  # POST {base_url}{request_path}
-    callback_route: str  # POST /v1/{callback_route}/{id}/results
+    callback_route: str  # POST /v1/{callback_route}/{id}/{callback_suffix}
     count_field: str  # what a partner's answer counts
     sealed: tuple[str, ...]  # the query record's sealed fields a partner request carries (data minimisation)
     breakdowns: bool  # may an answer carry a per-app breakdown?
