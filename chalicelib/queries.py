@@ -90,7 +90,7 @@ class QueryIntake:
 
         locks = [Lock(f"card-query#phone#{check.phone_key}", self._config.query_interval_seconds, holder=query_id)]
         return self._accept(check, query_id, CARDS, {"phone": phone, "id_number": id_number, "name": name}, locks,
-                            reported_key=reply_key(self._hasher, id_number, check.phone_key))
+                            reported_key=reply_key(self._hasher, name, id_number, check.phone_key))
 
     def accept_release(self, phone: str, id_last6: str, code: str, client_ip: str) -> Accepted:
         """A recycled number's release (SPEC §10.2): one completed or running per number per 30 days. The lock
@@ -124,7 +124,8 @@ class QueryIntake:
             name_sealed=sealed.fields.get("name"),
             lock_key=locks[0].key,
             reported_key=reported_key,
-            ttl=at(now + cfg.query_record_days * 86400),
+            # Kept QUERY_RECORD_DAYS, and never gone before its reply: a release's deadline is 15 days.
+            ttl=at(max(now + cfg.query_record_days * 86400, deadline_at + 86400)),
         )
         record.kind = kind.stored
 

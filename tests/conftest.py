@@ -18,7 +18,7 @@ import pytest
 
 if TYPE_CHECKING:
     from chalice.test import Client
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Page
 
     from local.stack import LocalStack
 
@@ -245,6 +245,13 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30, what: str = "con
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.fixture
+def codes_without_resend_gap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flows that need a fresh code right after another one (a dispute after its query, a query after a release):
+    the 60 s resend gap is not under test there (tests/test_codes.py tests it)."""
+    monkeypatch.setenv("CODE_RESEND_SECONDS", "0")
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Debian's Chromium, headless, driven by Playwright (make test installs it; no browser download)."""
@@ -259,3 +266,19 @@ def browser() -> Iterator[Browser]:
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def page(stack: LocalStack, browser: Browser) -> Iterator[Page]:
+    """The service's page on the stack, in a phone's 360 px viewport; `requests_seen` lists every URL it fetched
+    (nothing may come from another origin)."""
+    context = browser.new_context(viewport={"width": 360, "height": 780}, locale="zh-CN")
+    tab = context.new_page()
+    tab.set_default_timeout(15_000)
+    requests_seen: list[str] = []
+    tab.on("request", lambda request: requests_seen.append(request.url))
+    tab.requests_seen = requests_seen  # type: ignore[attr-defined]  # read by the pages' screenshot checks
+    tab.goto(f"http://127.0.0.1:{API_PORT}/")
+    tab.wait_for_selector(".company")
+    yield tab
+    context.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -21,12 +20,12 @@ from chalicelib import registry
 from local.stack import LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS, post_json, wait_for
 from tests.helpers import latest_code, replies_to, request_code, wait_finished
-from tests.test_cards_page import BASE, cards_tab
+from tests.test_cards_page import cards_tab
 from tests.test_page import keep_screenshot_at_360
 
 if TYPE_CHECKING:
     from chalice.test import Client
-    from playwright.sync_api import Browser, Locator, Page
+    from playwright.sync_api import Locator, Page
 
 # local/fixtures: 张伟's phone, and his cards at cmcc-gd (2) and cucc-bj (1); none at the others.
 ZHANG = {"name": "张伟", "id_number": "44010619850212345X", "phone": "13812345678"}
@@ -47,24 +46,7 @@ def stack_options() -> StackOptions:
     return options()
 
 
-@pytest.fixture(autouse=True)
-def codes_without_resend_gap(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The dispute needs a fresh code right after the card query's: the 60 s resend gap is not under test here."""
-    monkeypatch.setenv("CODE_RESEND_SECONDS", "0")
-
-
-@pytest.fixture
-def page(stack: LocalStack, browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 360, "height": 780}, locale="zh-CN")
-    tab = context.new_page()
-    tab.set_default_timeout(15_000)
-    requests_seen: list[str] = []
-    tab.on("request", lambda request: requests_seen.append(request.url))
-    tab.requests_seen = requests_seen  # type: ignore[attr-defined]  # read by keep_screenshot_at_360
-    tab.goto(BASE + "/")
-    tab.wait_for_selector(".company")
-    yield tab
-    context.close()
+pytestmark = pytest.mark.usefixtures("codes_without_resend_gap")  # tests/conftest.py
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -107,11 +107,12 @@ def test_a_company_may_not_answer_with_an_operators_outcome() -> None:
         parse_dispute_answer({"dispute_id": ID, "outcome": "suspended", "cards": 1}, ACCOUNTS, 100_000)
 
 
-def test_the_card_reply_key_is_bound_to_the_phone_and_blind_to_the_x_case() -> None:
+def test_the_card_reply_key_is_bound_to_the_phone_and_the_name_and_blind_to_the_x_case() -> None:
     hasher = Hasher(lambda: "pepper" * 8)
-    key = reply_key(hasher, "44010619850212345X", "phone-a")
-    assert key == reply_key(hasher, "44010619850212345x", "phone-a")
-    assert key != reply_key(hasher, "44010619850212345X", "phone-b")
+    key = reply_key(hasher, "张伟", "44010619850212345X", "phone-a")
+    assert key == reply_key(hasher, "张伟", "44010619850212345x", "phone-a")
+    assert key != reply_key(hasher, "张伟", "44010619850212345X", "phone-b")
+    assert key != reply_key(hasher, "王五", "44010619850212345X", "phone-a")
     assert "44010619850212345" not in key and "12345X" not in key
     assert CARDS.reported_key("phone-a", key) == f"cards#{key}" and CARDS.reported_key("phone-a", None) is None
     assert ACCOUNTS.reported_key("phone-a", None) == "phone-a"

@@ -60,10 +60,7 @@ def stack_options() -> StackOptions:
     return IMMEDIATE
 
 
-@pytest.fixture(autouse=True)
-def codes_without_resend_gap(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A dispute needs a fresh code right after the query's: the 60 s resend gap is not under test here."""
-    monkeypatch.setenv("CODE_RESEND_SECONDS", "0")
+pytestmark = pytest.mark.usefixtures("codes_without_resend_gap")  # tests/conftest.py
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -263,6 +260,22 @@ def test_a_wrong_or_used_code_is_403_before_anything_about_the_id_number(stack: 
     assert post_json(api, "/v1/card-queries", {**card_body(ZHANG), "code": code}).status_code == 202
     refused(card_dispute(api, stack, ZHANG, "cmcc-gd", code=code), 403, "wrong_code")
     refused(card_dispute(api, stack, ZHANG, "cmcc-gd"), 409, "nothing_to_dispute")  # a good code: nothing yet
+
+
+def test_a_nothing_to_dispute_answer_uses_the_code_and_the_name_must_be_the_one_the_carrier_matched(
+        stack: LocalStack, api: Client) -> None:
+    """GIVEN 张伟's card query replied to his phone, WHEN one code is tried with another ID number (409), THEN
+    that code is used: his own ID number with it is 403 (whoever holds the phone gets one guess per code, not
+    a search of ID numbers); AND his ID number under another name is 409: the dispute names the holder as the
+    carrier matched him."""
+    run_card_query(api, stack, card_body(ZHANG))
+    assert request_code(api, ZHANG["phone"]).status_code == 202
+    code = latest_code(stack, ZHANG["phone"])
+    refused(card_dispute(api, stack, {**ZHANG, "id_number": LINA["id_number"]}, "cmcc-gd", code=code), 409,
+            "nothing_to_dispute")
+    refused(card_dispute(api, stack, ZHANG, "cmcc-gd", code=code), 403, "wrong_code")
+    refused(card_dispute(api, stack, {**ZHANG, "name": "王五"}, "cmcc-gd"), 409, "nothing_to_dispute")
+    accepted(card_dispute(api, stack, ZHANG, "cmcc-gd"), "cmcc-gd")
 
 
 def test_only_a_reply_to_this_phone_naming_cards_at_that_operator_can_be_disputed_and_sms_go_to_that_phone(

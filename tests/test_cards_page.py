@@ -13,7 +13,6 @@ import json
 import os
 import random
 import re
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -25,7 +24,7 @@ from tests.conftest import API_PORT, BASE_OPTIONS, wait_for
 from tests.test_page import keep_screenshot_at_360
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page, Route
+    from playwright.sync_api import Page, Route
 
 ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test-artifacts")
 BASE = f"http://127.0.0.1:{API_PORT}"
@@ -34,20 +33,6 @@ GOOD = {"姓名": "阿依古丽·买买提", "身份证号码": "650102199203110
 FIELD = {"姓名": "name", "身份证号码": "id_number", "手机号码": "phone", "验证码": "code"}
 ACCEPTED = {"query_id": "0b9a4c1e-5d2f-4b7a-9c3e-1f2a3b4c5d6e", "status": "accepted", "reply_within_hours": 48,
             "sms_sender": "10699000"}
-
-
-@pytest.fixture
-def page(stack: LocalStack, browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 360, "height": 780}, locale="zh-CN")
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    requests_seen: list[str] = []
-    page.on("request", lambda request: requests_seen.append(request.url))
-    page.requests_seen = requests_seen  # type: ignore[attr-defined]
-    page.goto(BASE + "/")
-    page.wait_for_selector(".company")
-    yield page
-    context.close()
 
 
 def cards_tab(page: Page) -> None:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from chalice.test import Client, HTTPResponse
-    from playwright.sync_api import Browser, Locator, Page
+    from playwright.sync_api import Locator, Page
     from pynamodb.expressions.update import Action
 
     from chalicelib.storage.models import Dispute
@@ -51,10 +51,7 @@ def stack_options() -> StackOptions:
     return IMMEDIATE
 
 
-@pytest.fixture(autouse=True)
-def codes_without_resend_gap(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A dispute needs a fresh code right after the query's: the 60 s resend gap is not under test here."""
-    monkeypatch.setenv("CODE_RESEND_SECONDS", "0")
+pytestmark = pytest.mark.usefixtures("codes_without_resend_gap")  # tests/conftest.py
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -597,17 +594,6 @@ from tests import test_page  # noqa: E402
 ARTIFACTS = test_page.ARTIFACTS
 if hasattr(test_page, "browser"):  # the query page tests' headless Chromium (or tests/conftest.py's, if there)
     browser = test_page.browser
-
-
-@pytest.fixture
-def page(stack: LocalStack, browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 360, "height": 780}, locale="zh-CN")
-    tab = context.new_page()
-    tab.set_default_timeout(15_000)
-    tab.goto(test_page.BASE + "/")
-    tab.wait_for_selector(".company")
-    yield tab
-    context.close()
 
 
 def _open_dispute_form(page: Page, company_name: str) -> Locator:

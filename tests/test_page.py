@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import re
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -20,26 +19,12 @@ from tests.helpers import latest_code, request_code, submit
 
 if TYPE_CHECKING:
     from chalice.test import Client
-    from playwright.sync_api import Browser, Page, Route
+    from playwright.sync_api import Page, Route
 
 ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test-artifacts")
 BASE = f"http://127.0.0.1:{API_PORT}"
 # SPEC §3 proof of work from the first code on (the deployed threshold is 2 codes per number a day).
 CHALLENGE_FIRST = StackOptions(**{**BASE_OPTIONS.__dict__, "code_free_per_number": 0})
-
-
-@pytest.fixture
-def page(stack: LocalStack, browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 360, "height": 780}, locale="zh-CN")
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    requests_seen: list[str] = []
-    page.on("request", lambda request: requests_seen.append(request.url))
-    page.requests_seen = requests_seen  # type: ignore[attr-defined]
-    page.goto(BASE + "/")
-    page.wait_for_selector(".company")
-    yield page
-    context.close()
 
 
 def test_full_flow_code_from_outbox_then_confirmation_and_status(stack: LocalStack, page: Page) -> None:

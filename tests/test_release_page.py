@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -20,12 +19,11 @@ from playwright.sync_api import expect
 from local.stack import LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS, post_json, wait_for
 from tests.helpers import latest_code, replies_to, request_code
-from tests.test_cards_page import BASE
 from tests.test_page import keep_screenshot_at_360
 
 if TYPE_CHECKING:
     from chalice.test import Client
-    from playwright.sync_api import Browser, Locator, Page
+    from playwright.sync_api import Locator, Page
 
 # local/fixtures: 李娜's number, hers since 2024-03-01; bound before that: tencent 2, alibaba 1, meituan 2
 # (tencent 1 and alipay 1 were bound after it: hers, kept).
@@ -45,24 +43,7 @@ def stack_options() -> StackOptions:
     return StackOptions(**{**BASE_OPTIONS.__dict__})
 
 
-@pytest.fixture(autouse=True)
-def codes_without_resend_gap(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A release from the page may follow one made through the API at once: the 60 s resend gap is not under test."""
-    monkeypatch.setenv("CODE_RESEND_SECONDS", "0")
-
-
-@pytest.fixture
-def page(stack: LocalStack, browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 360, "height": 780}, locale="zh-CN")
-    tab = context.new_page()
-    tab.set_default_timeout(15_000)
-    requests_seen: list[str] = []
-    tab.on("request", lambda request: requests_seen.append(request.url))
-    tab.requests_seen = requests_seen  # type: ignore[attr-defined]  # read by keep_screenshot_at_360
-    tab.goto(BASE + "/")
-    tab.wait_for_selector(".company")
-    yield tab
-    context.close()
+pytestmark = pytest.mark.usefixtures("codes_without_resend_gap")  # tests/conftest.py
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -64,10 +64,7 @@ def stack_options() -> StackOptions:
     return IMMEDIATE
 
 
-@pytest.fixture(autouse=True)
-def codes_without_resend_gap(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Releases and queries need fresh codes one after the other: the 60 s resend gap is not under test here."""
-    monkeypatch.setenv("CODE_RESEND_SECONDS", "0")
+pytestmark = pytest.mark.usefixtures("codes_without_resend_gap")  # tests/conftest.py
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -243,7 +240,9 @@ def test_a_release_unbinds_the_earlier_accounts_and_a_later_query_counts_only_th
     assert len(replies_to(stack, PHONE)) == 2
 
 
-@pytest.mark.parametrize("path", [f"{ROUTE}/{uuid.uuid4()}", f"{ROUTE}/nope", f"{ROUTE}/" + "a" * 200])
+# Fixed ids: each xdist worker must collect the same test names.
+@pytest.mark.parametrize("path", [f"{ROUTE}/00000000-0000-4000-8000-000000000000", f"{ROUTE}/nope",
+                                  f"{ROUTE}/" + "a" * 200])
 def test_unknown_release_is_404(stack: LocalStack, api: Client, path: str) -> None:
     response = api.http.get(path)
     assert response.status_code == 404
@@ -384,6 +383,27 @@ def test_a_carrier_down_until_the_deadline_gets_the_unavailable_sms_and_does_not
     assert execution_ended(stack, release_id, timeout=40)["status"] == "SUCCEEDED"
     assert no_company_asked(stack)
     assert replies_to(stack, PHONE) == [unavailable_text(MASKED)]
+
+
+def test_a_dead_lettered_release_reply_ends_failed_and_does_not_use_the_release(stack: LocalStack,
+                                                                                 api: Client) -> None:
+    """GIVEN a release the carrier never answered, WHEN its reply fails every try (the reply queue's dead letter
+    handler marks it failed), THEN the number's release is given back: the next release is accepted."""
+    stack.carrier.unavailable_for = 10_000  # it is never dated
+    release_id = accepted(release(api, stack))
+    stack.app_module.reply_sender().fail(release_id)
+    assert status(api, release_id)["status"] == "failed"
+    accepted(release(api, stack))
+
+
+@pytest.mark.parametrize("stack_options", [options(release_deadline_seconds=15 * 86400)])
+def test_a_release_record_outlives_its_fifteen_day_deadline(stack: LocalStack, api: Client) -> None:
+    """The record is what its deadline replies from: DynamoDB's TTL must not delete it before (QUERY_RECORD_DAYS,
+    7 days, is shorter than a release's 15)."""
+    from chalicelib.storage.models import QueryRecord
+
+    record = QueryRecord.get(accepted(release(api, stack)), consistent_read=True)
+    assert record.ttl.timestamp() > int(record.deadline_at) >= time.time() + 15 * 86400 - 60
 
 
 # -- concurrency -------------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ class DisputeIntake:
         if operator is None:
             raise errors.InvalidOperator()
         check = self._codes.check(phone, code, client_ip)
-        key = reply_key(self._hasher, id_number, check.phone_key)
+        key = reply_key(self._hasher, name, id_number, check.phone_key)
         return self._accept(check, CARDS, operator, CARDS.reported_key(check.phone_key, key),
                             f"card-dispute#{key}#{operator.id}", f"card-dispute-day#{check.phone_key}",
                             {"phone": phone, "name": name, "id_number": id_number})
@@ -93,6 +93,7 @@ class DisputeIntake:
         cfg = self._config
         now = check.now
         if reported_key is None or not self._has_reported(reported_key, partner.id, now):
+            self._spend(check)  # one code, one guess: it cannot test ID numbers (or names) one after another
             raise errors.NothingToDispute(kind.nothing_to_dispute)
         dispute_id = new_dispute_id()
         day, day_end = china_day_window(now)
@@ -142,6 +143,21 @@ class DisputeIntake:
                 pass
             raise errors.ServiceBusy("服务繁忙，请稍后再试。", retry_after=60) from exc
         return AcceptedDispute(dispute_id, partner.id, now)
+
+    def _spend(self, check: CodeCheck) -> None:
+        """Use the code for this attempt though nothing is created: a 409 answers whether this phone was told
+        about cards registered to an ID number and name, so each answer costs a code (SPEC §9: the API reveals
+        nothing about the ID number to whoever merely holds the phone for a while)."""
+        def write() -> None:
+            try:
+                with transaction() as tx:
+                    check.consume_in(tx)
+            except TransactWriteError as exc:
+                if first_refused(exc.cancellation_reasons, [check]) is check:
+                    raise errors.WrongCode() from exc  # used meanwhile by another request
+                raise
+
+        self._retry.run(write)
 
     @staticmethod
     def _has_reported(key: str, partner: str, now: int) -> bool:

@@ -87,8 +87,9 @@ class ReplySender:
 
     def fail(self, query_id: str) -> None:
         """Its reply could not be sent (the reply queue's dead letters): a terminal status all the same."""
+        record = QueryRecord(query_id)
         try:
-            QueryRecord(query_id).update(
+            record.update(
                 actions=[QueryRecord.status.set(QueryStatus.FAILED), QueryRecord.updated_at.set(int(self._clock())),
                          QueryRecord.id_sealed.remove(), QueryRecord.name_sealed.remove(),
                          *finished_actions(QueryRecord)],
@@ -99,6 +100,8 @@ class ReplySender:
             return  # replied after all
         telemetry.count("QueryFailed")
         logger.error("reply given up: query marked failed", extra={"query_id": query_id})
+        if kind_of(record.kind).lock_from_match and record.outcome != CarrierOutcome.MATCH:
+            settle_lock(record, False, int(self._clock()), 0)  # a release nobody could date: not used
 
     def remember_reported(self, kind: LookupKind, phone: str, record_key: str | None,
                           results: list[LookupResult]) -> None:
