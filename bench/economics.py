@@ -1,14 +1,16 @@
 """From what a pattern measured to what it costs and how much of it an account-region can carry."""
 from __future__ import annotations
 
+import json
 import math
+import os
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from bench.meter import API_HANDLER, Capacity, Meter
 from bench.patterns import CARDS, STATUS_CHECK, Measured
-from bench.prices import ASSUMPTIONS, PRICES, QUOTAS, chalice_config, lambda_memory_mb
+from bench.prices import ASSUMPTIONS, PRICES, QUOTAS, ROOT, chalice_config, lambda_memory_mb
 from chalicelib.contracts import (
     DEADLINE_STEP,
     DELIVER_BACKLOG,
@@ -32,7 +34,7 @@ QUEUE_CONSUMERS = (START_QUERIES.logical_id, RETRY_LOOKUPS.logical_id, SEND_REPL
 # takes their deployed rate off each quota once. Its functions' work during a pattern (which includes the
 # claims of the queries due) is shared among the pattern's queries as measured.
 DEADLINE_FUNCTIONS = {START_DEADLINES.logical_id, DEADLINE_STEP.logical_id}
-DEADLINE_KINDS = 2  # query, dispute
+DEADLINE_KINDS = 2  # query (account and card queries, releases), dispute (account and card disputes)
 DEADLINE_EXECUTIONS_PER_KIND_PER_MINUTE = 1  # one slot a minute deployed
 # The starter lists the running executions first and starts only the slots not running: one a kind a minute.
 DEADLINE_STARTS_PER_KIND_PER_MINUTE = 1
@@ -262,3 +264,53 @@ def economics(measured: Measured, deadline: DeadlineFigures) -> Economics:
     }
     return Economics(measured, per_query, per_minute, own, share, measured.deadline_transitions / n, deadline,
                      lifetime, capacity, fixed)
+
+
+DISPUTE_ASL = os.path.join("stepfunctions", "dispute.asl.json")
+
+
+def asl_success_path(path: str) -> list[str]:
+    """The states an execution enters when every step succeeds the first time: from StartAt along Next until
+    an End or a Succeed (no Choice expected: its branch would depend on the input)."""
+    with open(os.path.join(ROOT, path), encoding="utf-8") as fh:
+        definition = json.load(fh)
+    states: dict[str, dict[str, object]] = definition["States"]
+    name: object = definition["StartAt"]
+    entered: list[str] = []
+    while isinstance(name, str):
+        state = states[name]
+        if state["Type"] in ("Choice", "Map", "Parallel") or name in entered:
+            raise ValueError(f"{path}: {name} ({state['Type']}) has no single success path")
+        entered.append(name)
+        if state.get("End") or state["Type"] in ("Succeed", "Fail"):
+            break
+        name = state.get("Next")
+    return entered
+
+
+@dataclass(frozen=True)
+class AslEstimate:
+    """A flow's state transitions read from its state machine definition, not measured: the states its
+    execution enters on success, plus the same share of the deadline executions as a query (a)."""
+
+    path: str
+    states: list[str]
+    deadline_share: float
+
+    @property
+    def own_transitions(self) -> int:
+        return len(self.states)
+
+    @property
+    def transitions(self) -> float:
+        return self.own_transitions + self.deadline_share
+
+    @property
+    def step_functions_per_million(self) -> float:
+        """USD per million: Step Functions only (the only component the definition tells)."""
+        return self.transitions * PRICES["Step Functions"].each * PER_MILLION
+
+
+def dispute_estimate(deadline: DeadlineFigures) -> AslEstimate:
+    """A dispute's (SPEC §8) and a card dispute's (SPEC §10.1): the one dispute state machine runs both."""
+    return AslEstimate(DISPUTE_ASL, asl_success_path(DISPUTE_ASL), deadline.share_per_query)

@@ -39,6 +39,9 @@ ROUTES = (  # API Gateway requests by route; the status check is the citizen's c
     ("card submit", "POST", re.compile(r"/v1/card-queries")),
     ("card status", "GET", re.compile(r"/v1/card-queries/[^/]+")),
     ("operator callback", "POST", re.compile(r"/v1/operators/[^/]+/results")),
+    ("release submit", "POST", re.compile(r"/v1/number-releases")),
+    ("release status", "GET", re.compile(r"/v1/number-releases/[^/]+")),
+    ("release callback", "POST", re.compile(r"/v1/partners/[^/]+/releases")),
 )
 _READS = {"GetItem", "BatchGetItem", "Query", "Scan", "TransactGetItems"}
 _WRITES = {"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"}

@@ -4,7 +4,9 @@ One fresh stack (moto in-process, executing stepfunctions/query.asl.json and dea
 pattern. The company list is the registry's; partners answer as in local/fixtures/partners.csv
 (immediate or, otherwise, by callback after 1 s), and one partner (the registry's last) may misbehave.
 The card pattern (SPEC §9) asks every operator of the operator registry through the one operator
-simulator, each answering as local/fixtures/operators.csv says (flaky ones included).
+simulator, each answering as local/fixtures/operators.csv says (flaky ones included). The release pattern
+(SPEC §10.2) asks every company to unbind a recycled number's earlier accounts, on the same query state
+machine and query records: partners answer releases as they answer lookups.
 The start and retry queues are pumped here, as Lambda's SQS event source would, so every batch is
 counted; the stack pumps the reply queue (its consumers are metered here too). The deadline starter
 runs here once a deadline slot, as its EventBridge schedule does; slots are a minute, as deployed (the down
@@ -32,6 +34,9 @@ from bench.meter import API_HANDLER, Meter, acting_as, metering
 
 ACCOUNTS = "accounts"  # internet accounts: POST /v1/queries, the companies (SPEC §3)
 CARDS = "cards"  # phone cards: POST /v1/card-queries, the operators (SPEC §9)
+RELEASES = "releases"  # recycled-number releases: POST /v1/number-releases, the companies (SPEC §10.2)
+SUBMIT_PATHS = {ACCOUNTS: "/v1/queries", CARDS: "/v1/card-queries", RELEASES: "/v1/number-releases"}
+ID_FIELDS = {ACCOUNTS: "query_id", CARDS: "query_id", RELEASES: "release_id"}  # the submission's 202 names it so
 STATUS_CHECK = "StatusCheck"  # the citizen may look at GET /v1/queries/{id}: measured, not priced
 CALLBACK_DELAY_SECONDS = 1.0
 DEADLINE_SLOT_SECONDS = 60  # as deployed
@@ -60,13 +65,17 @@ class Pattern:
 
     @property
     def submit_path(self) -> str:
-        return "/v1/card-queries" if self.kind == CARDS else "/v1/queries"
+        return SUBMIT_PATHS[self.kind]
+
+    @property
+    def id_field(self) -> str:
+        return ID_FIELDS[self.kind]
 
 
 @dataclass
 class Measured:
     pattern: Pattern
-    partners: list[str]  # the partners asked: the companies, or the operators for cards
+    partners: list[str]  # the partners asked: the companies (accounts, releases), or the operators for cards
     failing: str | None
     flaky: list[str] = field(default_factory=list)  # cards: operators flaky in operators.csv
     modes: Counter[str] = field(default_factory=Counter)  # cards: operators by simulator mode
@@ -89,7 +98,7 @@ class Measured:
     circuit_open: bool = False  # the failing partner's circuit once the queries were asked
     probes: int = 0  # requests it received from the delivery job's runs
     replies: int = 0  # reply SMS sent
-    unanswered_reported: int = 0  # replies that report the failing partner as 暂未返回 (cards: any 暂未返回)
+    unanswered_reported: int = 0  # replies that report the failing partner as 暂未返回 (cards, releases: any)
     circuits_opened: list[str] = field(default_factory=list)  # partners whose circuit was open at the end
     timings: dict[str, list[float]] = field(default_factory=lambda: {"code": [], "submit": [], "status": []})
     log_bytes: int = 0
@@ -167,7 +176,8 @@ class Run:
         from local.stack import LocalStack, StackOptions
 
         options = StackOptions(workdir=self.workdir, api_port=free_port(),
-                               deadline_seconds=self.pattern.deadline_seconds, pump=False, retries=False,
+                               deadline_seconds=self.pattern.deadline_seconds,
+                               release_deadline_seconds=self.pattern.deadline_seconds, pump=False, retries=False,
                                schedule_seconds=0, deadline_slot_seconds=self.pattern.slot_seconds,
                                deadline_lead_slots=DEADLINE_LEAD_SLOTS, deadlines=False)
         with mock_aws(config=MOTO_CONFIG):
@@ -301,7 +311,7 @@ class Run:
             timings["submit"].append(time.perf_counter() - started)
         if response.status_code != 202:
             raise RuntimeError(f"query refused: {response.status_code} {response.body!r}")
-        query_id = str(json.loads(response.body)["query_id"])
+        query_id = str(json.loads(response.body)[self.pattern.id_field])
         self.submitted[query_id] = time.perf_counter()
         wait_for(lambda: self.stack.pump_once(), 10, "the start queue's message")
         return query_id
@@ -383,12 +393,15 @@ def _circuit_is_open(stack: Any, partner: str) -> bool:
 
 def chosen(pattern: Pattern, subscribers: list[dict[str, str]]) -> list[dict[str, str]]:
     """The subscribers who query in this pattern. Cards: one per ID number (two phones share one, and a
-    card query is limited to one per ID number per 24 h), at most `max_queries` of them."""
+    card query is limited to one per ID number per 24 h); releases: those whose carrier states a `since`
+    (SPEC §10.2: without one the release ends as `unknown`); at most `max_queries` of them."""
     if pattern.kind == CARDS:
         by_id: dict[str, dict[str, str]] = {}
         for row in subscribers:
             by_id.setdefault(row["id_number"], row)
         subscribers = list(by_id.values())
+    elif pattern.kind == RELEASES:
+        subscribers = [row for row in subscribers if row.get("since")]
     wanted = pattern.max_queries + int(pattern.warm_up)
     return subscribers[:wanted] if pattern.max_queries else subscribers
 
@@ -454,9 +467,14 @@ def measure(pattern: Pattern, workdir: str, subscribers: list[dict[str, str]], l
         if failing:  # silent, down: 暂未返回 in every reply; flaky, late: answered in every reply
             name = next(c.name for c in registry.companies() if c.id == failing)
             result.unanswered_reported = sum(f"{name}暂未返回" in m for m in replies)
-        elif pattern.kind == CARDS:
+        elif pattern.kind in (CARDS, RELEASES):
             result.unanswered_reported = sum("暂未返回" in m for m in replies)
+        if pattern.kind == RELEASES and not all("二次号码解绑结果" in m for m in replies):
+            result.notes.append("replies that are not a release result: "
+                                f"{sum('二次号码解绑结果' not in m for m in replies)}")
+        if pattern.kind == CARDS:
             result.failing_requests = sum(len(stack.operators.requests_to(op)) for op in flaky) - before["flaky"]
+        if pattern.kind in (CARDS, RELEASES):
             states = stack.app_module.lookups().circuits.states(partners)
             result.circuits_opened = [op for op in partners if states[op].is_open]
     log.flush()

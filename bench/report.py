@@ -1,4 +1,4 @@
-"""The printed economics and capacity, and the targets of issues 8, 11 and 14, PASS or FAIL."""
+"""The printed economics and capacity, and the targets of issues 8, 11, 14 and 15, PASS or FAIL."""
 from __future__ import annotations
 
 import statistics
@@ -13,18 +13,22 @@ from bench.economics import (
     PER_MINUTE,
     QUOTA_VALUES,
     STEP_FUNCTIONS_QUOTAS,
+    AslEstimate,
     Economics,
     billed_ms,
+    dispute_estimate,
     median_ms,
     production_lead_slots,
 )
 from bench.meter import API_HANDLER, Capacity
 from bench.patterns import (
+    ACCOUNTS,
     CALLBACK_DELAY_SECONDS,
     CARDS,
     DEADLINE_LEAD_SLOTS,
     DEADLINE_MIN_SLOTS,
     DEADLINE_SLOT_SECONDS,
+    RELEASES,
     percentile,
     summarise_latency,
 )
@@ -80,16 +84,19 @@ class Report:
     def __init__(self, out: TextIO, results: list[Economics]) -> None:
         self.out = out
         self.results = results
-        self.accounts = [r for r in results if r.measured.pattern.kind != CARDS]
+        self.accounts = [r for r in results if r.measured.pattern.kind == ACCOUNTS]
         self.cards = [r for r in results if r.measured.pattern.kind == CARDS]
+        self.releases = [r for r in results if r.measured.pattern.kind == RELEASES]
         self.by_key = {r.measured.pattern.key: r for r in results}
         self.happy, self.flaky, self.down = self.by_key["answering"], self.by_key["flaky"], self.by_key["down"]
+        self.dispute = dispute_estimate(self.happy.deadline)  # disputes and card disputes: not measured
 
     def line(self, text: str = "") -> None:
         print(text, file=self.out)
 
     def row(self, label: str, value: Callable[[Economics], str]) -> None:
-        self.line(f"  {label:<46}" + "".join(f"{value(r):>18}" for r in self.results))
+        width = max(18, *(len(r.measured.pattern.title) + 2 for r in self.results))  # the column titles fit
+        self.line(f"  {label:<46}" + "".join(f"{value(r):>{width}}" for r in self.results))
 
     def keyed(self, label: str, value: Callable[[Economics, str], str], key: str) -> None:
         self.row(label, lambda r: value(r, key))
@@ -113,7 +120,8 @@ class Report:
         self.line("prices (bench/prices.py): " + "; ".join(f"{k} {v}" for k, v in PRICES.items()))
         blocks = [("issue 8", issue8_targets(self.by_key)), ("issue 11", [
             check for card in self.cards for check in card_targets(self.accounts, card)]),
-            ("issue 14", issue14_targets(self.results, self.by_key))]
+            ("issue 14", issue14_targets(self.results, self.by_key)),
+            ("issue 15", issue15_targets(self.happy, self.releases, self.dispute))]
         for title, checks in blocks:
             if checks:
                 self.line()
@@ -127,7 +135,8 @@ class Report:
     def intro(self) -> None:
         m = self.happy.measured
         self.line()
-        self.line("一证通查 — the economics and capacity of a query (issues 8, 11 and 14), measured on the local stack")
+        self.line("一证通查 — the economics and capacity of a query (issues 8, 11, 14 and 15), measured on the local "
+                  "stack")
         self.line(f"  {len(m.partners)} companies from the registry ({', '.join(m.partners)}); "
                   f"{m.queries} queries per pattern (the active fixture subscribers)")
         self.line(f"  partners answer as local/fixtures/partners.csv says, at once or by callback after "
@@ -160,6 +169,14 @@ class Report:
                       f"simulator, answering as local/fixtures/operators.csv says: {modes}")
             self.line(f"    the {len(m.flaky)} flaky ones ({', '.join(m.flaky)}) answer 503 twice per lookup, then "
                       f"by callback: every operator answers, the flaky ones after two retries each")
+        for release in self.releases:
+            m = release.measured
+            self.line(f"  releases (SPEC §10.2): {m.queries} recycled-number releases (POST /v1/number-releases, "
+                      f"subscribers whose carrier states a `since`), at most {m.pattern.in_flight} in flight, on the "
+                      f"query state machine;")
+            self.line(f"    each asks all {len(m.partners)} companies to unbind the accounts bound before `since`, "
+                      f"the companies answering as in 'all answering'; a column of its own, priced per release, "
+                      f"not in the account query goals")
 
     def per_query(self) -> None:
         self.header("per query")
@@ -220,6 +237,7 @@ class Report:
         for component in components:
             self.keyed(f"  {component}", lambda r, k: f"{r.cost_per_million[k]:,.2f}", component)
         self.row("  total", lambda r: f"{r.total_per_million:,.2f}")
+        self.per_kind()
         self.line(f"  Lambda GB-s: the billed durations assumed above (bench/prices.py) at "
                   f"{lambda_memory_mb('ask_companies')} MB (prod, .chalice/config.json); the delivery job's per-minute "
                   f"cost and the deadline executions' transitions (a) spread over "
@@ -237,6 +255,26 @@ class Report:
         self.line("  not in the totals: app logs and EMF metrics, " + ", ".join(
             f"{r.measured.log_bytes / max(1, r.measured.queries) / 1024:.1f} KB" for r in self.results)
             + f" per query ({PRICES['CloudWatch Logs']}); X-Ray; data transfer; monthly per-secret fees")
+
+    def per_kind(self) -> None:
+        """Issue 15: a release's and a card dispute's state transitions and cost per million, next to a query's
+        and a dispute's."""
+        d = self.dispute
+        self.line("  per kind (issue 15): state transitions each (own execution + deadline share (a)), USD per million "
+                  "excluding SMS")
+        rows = [(f"account query ({r.measured.pattern.title}, measured)", r.own_transitions, r.deadline_share,
+                 f"${r.total_per_million:,.2f} per million queries") for r in self.accounts if r is self.happy]
+        rows += [(f"release ({r.measured.pattern.title}, measured)", r.own_transitions, r.deadline_share,
+                  f"${r.total_per_million:,.2f} per million releases") for r in self.releases]
+        for what, unit in (("dispute (§8", "disputes"), ("card dispute (§10.1", "card disputes")):
+            rows.append((f"{what}, from {d.path}, not measured)", d.own_transitions, d.deadline_share,
+                         f"${d.step_functions_per_million:,.2f} per million {unit} (Step Functions only)"))
+        width = max(len(label) for label, *_ in rows) + 2
+        for label, own, share, cost in rows:
+            self.line(f"    {label:<{width}}{num(own + share):>5} transitions ({num(own)} + {num(share, 3)})   {cost}")
+        self.line(f"    disputes and card disputes: one execution of the dispute state machine each, entering "
+                  f"{' -> '.join(d.states)} ({len(d.states)} Task state) when it succeeds; the rest of their cost "
+                  f"(API, Lambda, DynamoDB, KMS) is not measured here")
 
     def delivery_job(self) -> None:
         self.line()
@@ -302,7 +340,7 @@ class Report:
         at_once = self.by_key.get("immediate")
         if at_once is not None:
             cards = "; ".join(f"{c.measured.pattern.title} {statistics.median(c.measured.reply_seconds):.2f} s"
-                              for c in self.cards if c.measured.reply_seconds)
+                              for c in self.cards + self.releases if c.measured.reply_seconds)
             self.line(f"reply latency p50 (submission answered -> reply committed): every partner at once "
                       f"{statistics.median(at_once.measured.reply_seconds):.2f} s; {cards}")
 
@@ -451,7 +489,7 @@ def issue14_targets(results: list[Economics], by_key: dict[str, Economics]) -> l
                    f"execution lifetime ≤ {LIFETIME_TARGET_SECONDS:g} s in every pattern (longest): "
                    + ", ".join(f"{r.measured.pattern.title} {max(r.measured.execution_seconds):.1f} s"
                                for r in results)))
-    accounts = [r for r in results if r.measured.pattern.kind != CARDS]
+    accounts = [r for r in results if r.measured.pattern.kind == ACCOUNTS]
     checks.append((all(r.step_functions_qps >= STEP_FUNCTIONS_QPS_TARGET for r in accounts),
                    f"account queries/s under the Step Functions quotas ≥ {STEP_FUNCTIONS_QPS_TARGET:g} (300, the "
                    f"{QUOTAS['start_execution_refill_per_second']:,.0f}/s StartExecution refill shared with the "
@@ -481,4 +519,29 @@ def issue14_targets(results: list[Economics], by_key: dict[str, Economics]) -> l
                        f"{r.measured.replies}/{r.measured.queries}" for r in accounts)
                    + "); the down and silent partners 暂未返回 in each, the flaky and late ones answered in each "
                    + f"(暂未返回: {', '.join(f'{k} {v}' for k, v in unanswered.items())})"))
+    return checks
+
+
+def issue15_targets(query: Economics, releases: list[Economics], dispute: AslEstimate) -> list[tuple[bool, str]]:
+    """A release costs no more state transitions than a query (≤ 4, its deadline share included); a card dispute
+    no more than a dispute (the same dispute state machine: read from its definition, not measured)."""
+    checks: list[tuple[bool, str]] = []
+    for r in releases:
+        m = r.measured
+        checks.append((r.transitions <= min(TRANSITIONS_TARGET, query.transitions),
+                       f"state transitions per release ≤ {TRANSITIONS_TARGET} and ≤ a query's "
+                       f"({query.measured.pattern.title} {num(query.transitions)}), the deadline executions' share "
+                       f"(a) included: {num(r.transitions)} ({_span(m.transitions)} own + "
+                       f"{num(r.deadline_share, 3)}); ${r.total_per_million:,.2f} per million releases"))
+        answered = m.replies == m.queries and m.unanswered_reported == 0 and not m.circuits_opened and not m.notes
+        checks.append((answered, f"one result SMS per release ({m.replies} of {m.queries}), every company answered "
+                                 f"({m.unanswered_reported} with 暂未返回, circuits opened: "
+                                 f"{', '.join(m.circuits_opened) or 'none'}"
+                                 + "".join(f"; {note}" for note in m.notes) + ")"))
+    card_dispute = dispute  # the one dispute state machine runs both kinds (chalicelib/disputes/intake.py)
+    checks.append((card_dispute.transitions <= dispute.transitions,
+                   f"state transitions per card dispute ≤ a dispute's, from {dispute.path} (not measured: "
+                   f"{' -> '.join(dispute.states)}), the deadline share (a) included: {num(card_dispute.transitions)} "
+                   f"≤ {num(dispute.transitions)}; ${card_dispute.step_functions_per_million:,.2f} per million in "
+                   f"Step Functions"))
     return checks

@@ -1,4 +1,4 @@
-"""`make bench`: the economics and capacity of a query (issues 8, 11 and 14), measured on the local stack.
+"""`make bench`: the economics and capacity of a query (issues 8, 11, 14, 15), measured on the local stack.
 
 Six partner patterns for internet-account queries, each on a fresh stack (moto in-process executing
 stepfunctions/query.asl.json and deadline.asl.json, the app's functions in-process, the carrier and
@@ -9,15 +9,18 @@ deadline; silent (202, never calls back: the deadline replies); late (calls back
 long after the query's execution ended). Then phone-card queries (SPEC §9) on a fresh stack:
 CARD_QUERIES subscribers with distinct ID numbers ask the 132 operators of the operator registry,
 each answering as local/fixtures/operators.csv says (two of them flaky), after one warm-up card query
-that is not measured. For each: state transitions, Lambda invocations, AWS requests by service,
-DynamoDB request units, what the failing partner received, the cost per million queries excluding
-SMS (prices: bench/prices.py), reply latencies, execution lifetimes, and the queries/s one
-account-region sustains under each quota on the path (the binding one named); then the targets of
-issues 8, 11 and 14, PASS or FAIL. Then the SMS-channel counter (issue 17 item 4, bench/sms_channel.py) on a
-fresh moto of its own: code requests at 50 %, 90 % and 110 % of its configured rate, the share refused at
-each, and its targets; last, the cold start (`import app` against `import boto3`, bench/cold_start.py)
-(exit status 1 if any target fails). The app's own log lines go to a file, not to the
-report.
+that is not measured. Then recycled-number releases (SPEC §10.2) on a fresh stack: RELEASE_COUNT
+subscribers (their carrier states a `since`) each ask every company to unbind the accounts bound before
+it, on the query state machine, the companies answering as in 'all answering'. For each: state
+transitions, Lambda invocations, AWS requests by service, DynamoDB request units, what the failing
+partner received, the cost per million queries excluding SMS (prices: bench/prices.py), reply
+latencies, execution lifetimes, and the queries/s one account-region sustains under each quota on the
+path (the binding one named); then a card dispute's transitions from stepfunctions/dispute.asl.json
+(not measured); then the targets of issues 8, 11, 14 and 15, PASS or FAIL. Then the SMS-channel
+counter (issue 17 item 4, bench/sms_channel.py) on a fresh moto of its own: code requests at 50 %,
+90 % and 110 % of its configured rate, the share refused at each, and its targets; last, the cold start
+(`import app` against `import boto3`, bench/cold_start.py) (exit status 1 if any target fails). The
+app's own log lines go to a file, not to the report.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ SILENT_DEADLINE_SECONDS = 90  # 3 slots: the other partners answered long before
 LATE_SECONDS = 3  # the late partner's callback delay (local/simulators.py reads LATE_SECONDS)
 CARD_QUERIES = 5  # 132 operators on moto in-process: ~10 s a card query on two shared cores
 CARD_DEADLINE_SECONDS = 180  # never the reason a card query ends: it ends when every operator answered
+RELEASE_COUNT = 4  # a release asks the same companies as a query: a few are enough for its per-release figures
 
 
 def active_subscribers() -> list[dict[str, str]]:
@@ -65,7 +69,7 @@ def main() -> int:
     from bench.cold_start import measure as measure_cold_start
     from bench.cold_start import print_section as print_cold_start
     from bench.economics import deadline_execution_figures, economics
-    from bench.patterns import CARDS, Pattern, measure
+    from bench.patterns import CARDS, RELEASES, Pattern, measure
     from bench.report import Report
     from bench.sms_channel import measure as measure_sms_channel
     from bench.sms_channel import print_section as print_sms_channel
@@ -84,6 +88,9 @@ def main() -> int:
         # One query in flight: the flaky operators' 503s never reach 5 in a row, so their circuits stay closed.
         Pattern("cards", "cards, all answer", kind=CARDS, deadline_seconds=CARD_DEADLINE_SECONDS, in_flight=1,
                 max_queries=CARD_QUERIES, warm_up=True),
+        # The release deadline (RELEASE_DEADLINE_SECONDS) as the query's: every company answers long before it.
+        Pattern("releases", "releases, all answer", kind=RELEASES, in_flight=2,
+                max_queries=RELEASE_COUNT),
     ]
     subscribers = active_subscribers()
     measured = []
