@@ -17,7 +17,8 @@ with open(BUNDLED, encoding="utf-8") as _fh:
     OPERATORS = json.load(_fh)["operators"]
 CARRIERS = {"中国移动": ("cmcc", "公司", "10086"), "中国联通": ("cucc", "分公司", "10010"),
             "中国电信": ("ctcc", "分公司", "10000")}
-KEYS = {"id", "name", "group", "details", "unbind", "hotline", "base_url", "secret_name", "max_requests_per_second"}
+KEYS = {"id", "name", "group", "group_id", "details", "unbind", "hotline", "base_url", "secret_name",
+        "max_requests_per_second"}
 
 
 def test_93_provincial_companies_and_at_least_39_resellers_with_unique_ids_and_names() -> None:
@@ -40,6 +41,9 @@ def test_every_entry_has_exactly_the_registry_keys_and_loads_as_a_partner() -> N
         assert operator.secret_name == f"yztc/operators/{operator.id}"
         assert operator.max_requests_per_second == 20
         assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)+", operator.id)
+        # CloudWatch dimension values are ASCII: the per-group metric and alarms use group_id, one per group.
+        assert operator.group_id.isascii() and operator.group_id.isalnum()
+    assert len({(e["group"], e["group_id"]) for e in OPERATORS}) == len({e["group"] for e in OPERATORS})
 
 
 def test_provincial_companies_are_named_as_usual_in_the_national_order_of_regions() -> None:

@@ -262,7 +262,7 @@ def _rows(name: str) -> list[dict[str, str]]:
 
 def test_subscribers_have_valid_names_and_id_numbers_ending_in_their_id_last6() -> None:
     rows = _rows("subscribers.csv")
-    assert list(rows[0]) == ["phone", "id_last6", "status", "carrier", "name", "id_number"]
+    assert list(rows[0]) == ["phone", "id_last6", "status", "carrier", "name", "id_number", "since"]
     assert len(rows) >= 20
     today = dt.date.today()
     for row in rows:
