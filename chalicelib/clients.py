@@ -21,13 +21,23 @@ def _session() -> Any:
     return boto3.session.Session()
 
 
-@functools.cache
+_clients: dict[str, Any] = {}
+
+
 def client(service: str) -> Any:
-    with _creating:
-        return _session().client(service)
+    """The one client of `service` in this process. Checked again under the lock: two threads asking for
+    the first one together (a fan-out, the local stack's pumps) must get the same client, not one each."""
+    found = _clients.get(service)
+    if found is None:
+        with _creating:
+            found = _clients.get(service)
+            if found is None:
+                found = _clients[service] = _session().client(service)
+    return found
 
 
 def reset() -> None:
     """Forget cached clients (tests hook events on the clients: each test starts with fresh ones);
     the session and the models it has read stay."""
-    client.cache_clear()
+    with _creating:
+        _clients.clear()

@@ -7,10 +7,14 @@ Nothing here carries personal data: executions hold ids, outcomes and account co
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NotRequired, TypedDict
 
+# A query's id (either lookup kind, or a release): a uuid4, the execution's name. What a path or a partner's
+# answer says is one is checked against this before any read.
+QUERY_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 class QueryStatus(StrEnum):
     """What GET /v1/queries/{id} shows (SPEC §3); never counts."""

@@ -29,10 +29,6 @@ from chalicelib.storage.models import QueryRecord, at, transaction
 from chalicelib.throttle import ConflictRetry, Counter, Lock, first_refused, hour_window
 
 
-def release_lock_key(phone_key: str) -> str:
-    return f"release#{phone_key}"
-
-
 class StartDeferred(Exception):
     """Step Functions refused the start for now; the message will come back."""
 
@@ -99,7 +95,7 @@ class QueryIntake:
         check = self._codes.check(phone, code, client_ip)
         query_id = str(uuid.uuid4())
         cfg = self._config
-        locks = [Lock(release_lock_key(check.phone_key), cfg.release_deadline_seconds + 3600, holder=query_id)]
+        locks = [Lock(f"release#{check.phone_key}", cfg.release_deadline_seconds + 3600, holder=query_id)]
         return self._accept(check, query_id, RELEASES, {"phone": phone, "id_last6": id_last6}, locks,
                             deadline_seconds=cfg.release_deadline_seconds, limit=errors.ReleaseLimit)
 

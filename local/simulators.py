@@ -268,6 +268,27 @@ class CarrierSimulator(Simulator):
         return 200, {"result": "match", "since": subscriber.since}
 
 
+class _Refusal(Exception):
+    """A request the simulator answers with an error status before looking at it further."""
+
+    def __init__(self, status: int, body: dict[str, str]) -> None:
+        super().__init__(status)
+        self.status, self.body = status, body
+
+
+def read_signed(secret: str, headers: dict[str, str], body: bytes, *fields: str) -> dict[str, str]:
+    """The fields of a signed, well-formed JSON request, as strings; _Refusal (401, 400) otherwise."""
+    try:
+        signing.verify(secret, headers, body)
+    except Exception as exc:
+        raise _Refusal(401, {"error": "bad signature"}) from exc
+    try:
+        request = json.loads(body)
+        return {name: str(request[name]) for name in fields}
+    except (ValueError, TypeError, KeyError) as exc:
+        raise _Refusal(400, {"error": "bad request"}) from exc
+
+
 @dataclass
 class PartnerSimulator(Simulator):
     company: str
@@ -287,17 +308,17 @@ class PartnerSimulator(Simulator):
         self._unbound: dict[str, int] = {}  # release id -> accounts it unbound (a retried request: the same)
 
     def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
-        if path.rstrip("/") == "/disputes":
-            return self._dispute(headers, body)
-        if path.rstrip("/") == "/releases":
-            return self._release(headers, body)
-        if path.rstrip("/") != "/lookups":
+        action = {"/lookups": self._lookup, "/disputes": self._dispute, "/releases": self._release}.get(
+            path.rstrip("/"))
+        if action is None:
             return 404, {"error": "not found"}
         try:
-            signing.verify(self.secret, headers, body)
-        except Exception:
-            return 401, {"error": "bad signature"}
-        request = json.loads(body)
+            return action(headers, body)
+        except _Refusal as refusal:
+            return refusal.status, refusal.body
+
+    def _lookup(self, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        request = read_signed(self.secret, headers, body, "lookup_id", "phone", "callback_url")
         lookup_id = request["lookup_id"]
         with self._lock:
             self.requests.append({"lookup_id": lookup_id})
@@ -310,11 +331,7 @@ class PartnerSimulator(Simulator):
 
     def _dispute(self, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
         """SPEC §8: in callback/immediate modes the accounts are unbound (`no_account` when there are none)."""
-        try:
-            signing.verify(self.secret, headers, body)
-        except Exception:
-            return 401, {"error": "bad signature"}
-        request = json.loads(body)
+        request = read_signed(self.secret, headers, body, "dispute_id", "phone", "callback_url")
         dispute_id = request["dispute_id"]
         with self._lock:
             self.disputes.append({"dispute_id": dispute_id})
@@ -329,16 +346,8 @@ class PartnerSimulator(Simulator):
         """SPEC §10.2: in the modes that answer with a count (callback, immediate, flaky once it answers) the
         number's accounts bound before `since` are unbound at once, and the answer says how many; the other
         modes behave as for lookups and unbind nothing."""
-        try:
-            signing.verify(self.secret, headers, body)
-        except Exception:
-            return 401, {"error": "bad signature"}
-        try:
-            request = json.loads(body)
-            release_id, phone, since = str(request["release_id"]), str(request["phone"]), str(request["since"])
-            callback_url = str(request["callback_url"])
-        except (ValueError, TypeError, KeyError):
-            return 400, {"error": "bad request"}
+        request = read_signed(self.secret, headers, body, "release_id", "phone", "since", "callback_url")
+        release_id, phone, since, callback_url = (request[f] for f in ("release_id", "phone", "since", "callback_url"))
         with self._lock:
             self.releases.append({"release_id": release_id, "since": since})
             tries = self._tries[f"release:{release_id}"] = self._tries.get(f"release:{release_id}", 0) + 1
@@ -361,14 +370,6 @@ class PartnerSimulator(Simulator):
 
     def _call_back(self, url: str, answer: dict[str, Any]) -> None:
         self.callbacks.append(call_back(url, self.secret, answer))
-
-
-class _Refusal(Exception):
-    """A request the simulator answers with an error status before looking at it further."""
-
-    def __init__(self, status: int, body: dict[str, str]) -> None:
-        super().__init__(status)
-        self.status, self.body = status, body
 
 
 @dataclass
@@ -434,16 +435,8 @@ class OperatorSimulator(Simulator):
     def _signed_request(self, operator: str, headers: dict[str, str], body: bytes,
                         id_field: str) -> tuple[str, str, str]:
         """(task id, ID number, callback URL) of a signed, well-formed request to `operator`."""
-        try:
-            signing.verify(self.secrets[operator], headers, body)
-        except Exception as exc:
-            raise _Refusal(401, {"error": "bad signature"}) from exc
-        try:
-            request = json.loads(body)
-            _ = request["name"]
-            return str(request[id_field]), str(request["id_number"]), str(request["callback_url"])
-        except (ValueError, TypeError, KeyError) as exc:
-            raise _Refusal(400, {"error": "bad request"}) from exc
+        request = read_signed(self.secrets[operator], headers, body, id_field, "id_number", "name", "callback_url")
+        return request[id_field], request["id_number"], request["callback_url"]
 
     def _card_dispute(self, operator: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
         """SPEC §10.1: in callback/immediate modes the cards registered to the ID number there are suspended

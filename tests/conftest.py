@@ -246,6 +246,24 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30, what: str = "con
 
 
 @pytest.fixture
+def bundled_registries(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The registries chalicelib/data ships, not the files a stack test on this worker may have written (unit
+    tests of texts and rules that read the registry)."""
+    from chalicelib import registry
+    from chalicelib.config import settings
+
+    data = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "chalicelib", "data")
+    monkeypatch.setenv("COMPANY_REGISTRY_FILE", os.path.join(data, "companies.json"))
+    monkeypatch.setenv("OPERATOR_REGISTRY_FILE", os.path.join(data, "operators.json"))
+    caches = (settings, registry.companies, registry.operators)
+    for cached in caches:
+        cached.cache_clear()
+    yield
+    for cached in caches:
+        cached.cache_clear()
+
+
+@pytest.fixture
 def codes_without_resend_gap(monkeypatch: pytest.MonkeyPatch) -> None:
     """Flows that need a fresh code right after another one (a dispute after its query, a query after a release):
     the 60 s resend gap is not under test there (tests/test_codes.py tests it)."""

@@ -2,8 +2,6 @@
 and the (ID number, phone) key a card reply's facts are kept under."""
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,19 +17,8 @@ from chalicelib.privacy import Hasher
 ID = "K3VQ7ZL2M4NB6XWA"
 
 
-@pytest.fixture(autouse=True)
-def bundled_operators(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The bundled registry, not the file a stack test on this worker may have written."""
-    from chalicelib.config import settings
+pytestmark = pytest.mark.usefixtures("bundled_registries")  # tests/conftest.py
 
-    bundled = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "chalicelib", "data",
-                           "operators.json")
-    monkeypatch.setenv("OPERATOR_REGISTRY_FILE", bundled)
-    settings.cache_clear()
-    registry.operators.cache_clear()
-    yield
-    settings.cache_clear()
-    registry.operators.cache_clear()
 GD = "中国移动广东公司"
 
 

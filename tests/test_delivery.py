@@ -282,30 +282,19 @@ def test_a_reply_sns_refuses_for_good_ends_the_query_failed_without_retries(stac
     assert replies_to(stack, phone) == []
 
 
-def test_the_longest_possible_reply_fits_the_sns_limit_and_breakdowns_go_first(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("bundled_registries")  # not the file a stack test on this worker may have written
+def test_the_longest_possible_reply_fits_the_sns_limit_and_breakdowns_go_first() -> None:
     from chalicelib import registry, sms
-    from chalicelib.config import settings
 
-    # The bundled registry, not the file a stack test on this worker may (or may not yet) have written.
-    bundled = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "chalicelib", "data",
-                           "companies.json")
-    monkeypatch.setenv("COMPANY_REGISTRY_FILE", bundled)
-    settings.cache_clear()
-    registry.companies.cache_clear()
-    try:
-        maximum = 100_000
-        longest = [sms.PartnerAnswer(c.name, maximum, {app: maximum // len(c.apps) for app in c.apps} or None)
-                   for c in registry.companies()]
-        text = sms.result_text("13812345678", longest)
-        assert len(text.encode()) <= sms.MAX_MESSAGE_BYTES
-        assert "（" in text  # the current registry fits with every breakdown
-        crowded = longest * 6
-        text = sms.result_text("13812345678", crowded)
-        assert "（" not in text and len(text.encode()) <= sms.MAX_MESSAGE_BYTES
-    finally:
-        settings.cache_clear()
-        registry.companies.cache_clear()
+    maximum = 100_000
+    longest = [sms.PartnerAnswer(c.name, maximum, {app: maximum // len(c.apps) for app in c.apps} or None)
+               for c in registry.companies()]
+    text = sms.result_text("13812345678", longest)
+    assert len(text.encode()) <= sms.MAX_MESSAGE_BYTES
+    assert "（" in text  # the current registry fits with every breakdown
+    crowded = longest * 6
+    text = sms.result_text("13812345678", crowded)
+    assert "（" not in text and len(text.encode()) <= sms.MAX_MESSAGE_BYTES
 
 
 def test_the_execution_history_of_a_query_holds_only_ids_counts_and_company_ids(stack: LocalStack, api: Client) -> None:

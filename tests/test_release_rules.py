@@ -3,7 +3,6 @@ answer to a release, and the local companies' binding records that a release rea
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,19 +18,7 @@ TODAY = dt.date(2026, 12, 1)
 RELEASE_ID = "4732aa35-75d0-4875-9dea-4de535325b32"
 
 
-@pytest.fixture(autouse=True)
-def bundled_companies(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The bundled registry, not the file a stack test on this worker may have written."""
-    from chalicelib.config import settings
-
-    bundled = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "chalicelib", "data",
-                           "companies.json")
-    monkeypatch.setenv("COMPANY_REGISTRY_FILE", bundled)
-    settings.cache_clear()
-    registry.companies.cache_clear()
-    yield
-    settings.cache_clear()
-    registry.companies.cache_clear()
+pytestmark = pytest.mark.usefixtures("bundled_registries")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("value, since", [

@@ -4,7 +4,6 @@ Domain modules are imported inside the views (see chalicelib/wiring.py): `import
 """
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 from chalice import Blueprint, Response
@@ -18,7 +17,6 @@ if TYPE_CHECKING:
     from chalicelib.queries import Accepted
 
 bp = Blueprint(__name__)
-_QUERY_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @bp.route("/v1/challenges", methods=["GET"])
@@ -74,7 +72,8 @@ def query_status(query_id: str) -> dict[str, Any]:
 def status_of(query_id: str, kind: LookupKind) -> dict[str, Any]:
     """A query's status (accounts, cards or a release); an id that cannot be ours is not found before any read."""
     from chalicelib import queries
+    from chalicelib.contracts import QUERY_ID
 
-    if not _QUERY_ID.fullmatch(query_id):
+    if not QUERY_ID.fullmatch(query_id):
         raise errors.NotFound("未找到该查询。")
     return queries.status_of(query_id, kind)

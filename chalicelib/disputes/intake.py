@@ -1,9 +1,10 @@
 """Dispute intake (POST /v1/disputes, /v1/card-disputes): ownership by a fresh code, one transaction, the workflow.
 
 code check -> is there anything to dispute (a reply with accounts at that company in the last 7 days,
-read by the number's HMAC; for cards, a reply to this phone naming cards registered to this ID number
-at that operator, read by the (ID number, phone) HMAC) -> one DynamoDB transaction: consume the code,
-take the open-dispute lock (number + company; phone + ID number + operator), count the phone's
+read by the number's HMAC; for cards, a reply to this phone naming cards registered to this name and ID
+number at that operator, read by the (name, ID number, phone) HMAC; a 409 uses the code) -> one DynamoDB
+transaction: consume the code, take the open-dispute lock (number + company; phone + name + ID number +
+operator), count the phone's
 disputes of the day (3 of each kind), create the record -> StartExecution named by the dispute id.
 
 The execution is started directly, not through the query start queue: a dispute follows a reply that
@@ -72,8 +73,8 @@ class DisputeIntake:
 
     def accept_cards(self, name: str, id_number: str, phone: str, code: str, operator_id: str,
                      client_ip: str) -> AcceptedDispute:
-        """"Not my card" (SPEC §10.1): from the phone a card reply for this ID number named cards at the
-        operator; one open per (phone, ID number, operator), 3 a day per phone. Every limit is the phone's:
+        """"Not my card" (SPEC §10.1): from the phone a card reply for this name and ID number named cards at
+        the operator; one open per (phone, ID number, operator), 3 a day per phone. Every limit is the phone's:
         nothing here depends on another phone's lookups or disputes."""
         from chalicelib.cards import reply_key
 

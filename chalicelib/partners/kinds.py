@@ -49,6 +49,7 @@ class LookupKind(ABC):
     lock_from_match: bool = False  # its limit counts from the carrier's match, not from acceptance (releases)
     # What GET shows for each stored QueryStatus (releases have their own words, SPEC §10.2).
     public_status: tuple[tuple[str, str], ...] = ()
+    unanswered_metric: str = ""  # counted per partner its reply had to call 暂未返回 (releases: an alarm each)
     # Its dispute (SPEC §8, §10.1): POST {base_url}{dispute_path} with the sealed `dispute_sealed` fields, the
     # answer's outcomes and count field, the API's name for the partner ("company" or "operator").
     # No dispute_path: not disputable.
@@ -86,7 +87,7 @@ class LookupKind(ABC):
 
     def reported_key(self, phone_key: str, record_key: str | None) -> str | None:
         """Under what a reply's "this partner reported N > 0" fact is kept for a later dispute (SPEC §8: the
-        number's HMAC; §10.1: the (ID number, phone) HMAC the card query recorded, so each phone's reply
+        number's HMAC; §10.1: the (name, ID number, phone) HMAC the card query recorded, so each phone's reply
         stands on its own). None: nothing to keep."""
         return phone_key
 
@@ -152,14 +153,6 @@ class _CardLookups(LookupKind):
         # No per-app breakdown for cards (`breakdowns` is False: parse_answer refuses one).
         return sms.card_result_text([(answer.name, answer.count) for answer in answers])
 
-    @property
-    def task_per_query(self) -> bool:
-        """One id for the whole query (a release id), so the partner's answer is found by (id, partner)."""
-        return self.task_field != "lookup_id"
-
-    def status(self, stored: str) -> str:
-        return dict(self.public_status).get(stored, stored)
-
     def reported_key(self, phone_key: str, record_key: str | None) -> str | None:
         return f"cards#{record_key}" if record_key else None
 
@@ -209,7 +202,7 @@ RELEASES: LookupKind = _Releases(
     Kind.RELEASES, registry.companies, request_path="/releases", callback_route="partners",
     count_field="unbound", sealed=("phone",), breakdowns=False, carrier_fields=("phone", "id_last6"),
     task_field="release_id", id_name="release_id", callback_suffix="releases", sends_since=True, lock_from_match=True,
-    public_status=(("looking_up", "forwarded"), ("replied", "completed")))
+    public_status=(("looking_up", "forwarded"), ("replied", "completed")), unanswered_metric="ReleaseUnanswered")
 KINDS: dict[str, LookupKind] = {k.kind.value: k for k in (ACCOUNTS, CARDS, RELEASES)}
 # Every route a partner or an operator calls (results, disputes…): the larger body limit, the WAF's
 # exemption from the per-IP rate rule and the resource policy's partner networks all come from here.

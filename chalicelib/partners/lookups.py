@@ -27,13 +27,13 @@ from pynamodb.exceptions import PutError, UpdateError
 
 from chalicelib import clients, errors, signing, telemetry
 from chalicelib.config import Settings, settings
-from chalicelib.contracts import LookupResult, ReplyType, TaskState, TaskType
+from chalicelib.contracts import QUERY_ID, LookupResult, ReplyType, TaskState, TaskType
 from chalicelib.engine import tasks
 from chalicelib.engine.deadlines import Deadlines
 from chalicelib.engine.tasks import Outcome, Sent, rejected
 from chalicelib.partners.circuit import Circuits, CircuitState
 from chalicelib.partners.kinds import ACCOUNTS, LookupKind, kind_of
-from chalicelib.partners.protocol import LOOKUP_ID, RELEASE_ID, Answer, Refused, lookup_id_of, parse_answer
+from chalicelib.partners.protocol import LOOKUP_ID, Answer, Refused, lookup_id_of, parse_answer
 from chalicelib.privacy import Hasher, Vault, partner_secret
 from chalicelib.registry import Partner
 from chalicelib.storage.models import Lookup, QueryRecord, at, condition_failed
@@ -263,7 +263,7 @@ class LookupDesk:
         except Refused as exc:
             rejected(partner.id, exc.reason)
             raise
-        if not (RELEASE_ID if kind.task_per_query else LOOKUP_ID).fullmatch(task_id):
+        if not (QUERY_ID if kind.task_per_query else LOOKUP_ID).fullmatch(task_id):
             raise errors.NotFound("未知的查询编号。")
         # A release id names every company's task: the partner, from the signed route, says which one.
         lookup_id = self.lookup_id(task_id, partner.id) if kind.task_per_query else task_id

@@ -14,9 +14,9 @@ from chalicelib import errors
 from chalicelib.contracts import LookupResult
 from chalicelib.registry import Partner
 
-# Our lookup ids: the first 32 hex characters of an HMAC (partners/lookups.py); a release's id is its uuid4.
+# Our lookup ids: the first 32 hex characters of an HMAC (partners/lookups.py); a release's id is its query
+# id (contracts.QUERY_ID).
 LOOKUP_ID = re.compile(r"[0-9a-f]{32}")
-RELEASE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 MAX_ID_LENGTH = 128
 
 

@@ -94,7 +94,8 @@ class QueryRecord(Model):
     id_sealed = UnicodeAttribute(null=True)  # ID digits (accounts) or the ID number (cards)
     name_sealed = UnicodeAttribute(null=True)  # cards: the holder's name
     lock_key = UnicodeAttribute()
-    # Cards: HMAC(ID number, phone), under which the reply keeps what it reported for a card dispute (SPEC §10.1).
+    # Cards: HMAC(name, ID number, phone), under which the reply keeps what it reported for a card dispute
+    # (SPEC §10.1, chalicelib/cards reply_key).
     reported_key = UnicodeAttribute(null=True)
     # Releases: the day the holder's subscription began, as the carrier stated it (SPEC §10.2); not logged.
     since = UnicodeAttribute(null=True)
@@ -183,8 +184,8 @@ class ReportedAccounts(Model):
     """A reply SMS reported at least one account at this company to this number (SPEC §8 nothing_to_dispute),
     or at least one card at this operator, registered to this ID number, to this phone (SPEC §10.1).
 
-    Keyed by the number's HMAC (the key chalicelib/codes.py uses), or 'cards#' + HMAC(ID number, phone) for
-    cards (LookupKind.reported_key), and the partner id: nothing in clear.
+    Keyed by the number's HMAC (the key chalicelib/codes.py uses), or 'cards#' + HMAC(name, ID number, phone)
+    for cards (LookupKind.reported_key), and the partner id: nothing in clear.
     Written by SendReply; a later reply with 0 at the partner deletes it; gone after 7 days.
     """
 

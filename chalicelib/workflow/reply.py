@@ -51,10 +51,11 @@ class ReplySender:
         outcome = CarrierOutcome(record.outcome or CarrierOutcome.UNKNOWN)
         status = QueryStatus.REPLIED if outcome == CarrierOutcome.MATCH else QueryStatus.FAILED
         results = list(stored_results(record).values())
+        kind = kind_of(record.kind)
         message = None
         if outcome != CarrierOutcome.CANCELLED:  # a cancelled number cannot receive an SMS
             phone = self._vault.open(query_id, record.data_key, {"phone": record.phone_sealed})["phone"]
-            message = self.compose(phone, kind_of(record.kind), outcome, record.asked or set(), results)
+            message = self.compose(phone, kind, outcome, record.asked or set(), results)
             try:
                 self._once.send(delivery={"query_id": query_id, "phone": phone, "message": message})
             except sms.SmsRejected as exc:
@@ -62,25 +63,23 @@ class ReplySender:
                 logger.error("reply SMS refused for good", extra={"query_id": query_id, "reason": exc.code})
                 status, message = QueryStatus.FAILED, None
             if message is not None and outcome == CarrierOutcome.MATCH:
-                self.remember_reported(kind_of(record.kind), phone, record.reported_key, results)
+                self.remember_reported(kind, phone, record.reported_key, results)
         actions: list[Action] = [QueryRecord.status.set(status), QueryRecord.outcome.set(outcome),
                                  QueryRecord.updated_at.set(int(self._clock())), *finished_actions(QueryRecord)]
         if record.id_sealed is not None or record.name_sealed is not None:  # the deadline: discard ID and name now
             actions += [QueryRecord.id_sealed.remove(), QueryRecord.name_sealed.remove()]
         record.update(actions=actions)
-        kind = kind_of(record.kind)
         if kind.lock_from_match and outcome != CarrierOutcome.MATCH:
             # No carrier answer by the deadline: the number's release was not used (SPEC §10.2).
             settle_lock(record, False, int(self._clock()), 0)
-        if kind.task_per_query and outcome == CarrierOutcome.MATCH:
-            # Releases: who let theirs expire unanswered (the per-company alarm of infra/).
+        if kind.unanswered_metric and outcome == CarrierOutcome.MATCH:  # who let theirs go unanswered
             answered = {r["company"] for r in results if r.get("answered")}
-            for company in sorted((record.asked or set()) - answered):
-                telemetry.count("ReleaseUnanswered", company=company)
+            for partner in sorted((record.asked or set()) - answered):
+                telemetry.count(kind.unanswered_metric, company=partner)
         telemetry.count("QueryReplied" if status == QueryStatus.REPLIED else "QueryFailed")
         if record.created_at:
             telemetry.latency("ReplyLatency", 1000 * (self._clock() - int(record.created_at)),
-                              kind=kind_of(record.kind).kind.value)
+                              kind=kind.kind.value)
         logger.info("query closed", extra={"query_id": query_id, "status": status.value, "outcome": outcome.value,
                                            "sms_sent": message is not None})
         return {"query_id": query_id, "status": status.value}

@@ -1,0 +1,41 @@
+"""chalicelib/clients.py: one client per service in a process, whoever asks first (no AWS call made)."""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from chalicelib import clients
+
+
+@pytest.fixture(autouse=True)
+def fresh_clients() -> Iterator[None]:
+    clients.reset()
+    yield
+    clients.reset()
+
+
+def test_threads_asking_for_the_first_client_together_get_the_same_one() -> None:
+    """The local stack's pumps and a test (or a fan-out's threads) ask at once: an event a test hooks on its
+    client must be on the client everyone else then uses."""
+    start = threading.Barrier(8)
+    got: list[Any] = []
+
+    def ask() -> None:
+        start.wait()
+        got.append(clients.client("sqs"))
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 8 and all(c is got[0] for c in got) and clients.client("sqs") is got[0]
+
+
+def test_reset_gives_a_new_client() -> None:
+    first = clients.client("sqs")
+    clients.reset()
+    assert clients.client("sqs") is not first
