@@ -18,11 +18,15 @@ from chalicelib.privacy import Hasher
 from chalicelib.storage.models import Throttle, VerificationCode, at, condition_failed, transaction
 from chalicelib.throttle import ConflictRetry, Counter, Lock, china_day_window, first_refused, hour_window
 
-# SPEC §3: a new code cancels none of the number's earlier ones, up to this many live at once.
+# SPEC §3: a new code cancels none of the number's earlier ones, up to this many live at once. A request for
+# another one while as many are live is refused (429 until the oldest expires) rather than dropping the oldest:
+# otherwise a stranger's requests would push the owner's code out. Every live code is on the owner's phone.
 LIVE_CODES = 3
-# Wrong tries: this many from one client refuse that client until a new code is sent; this many in all,
-# from any clients, cancel every live code. So from one address a stranger can neither cancel the owner's
-# code nor replace it, and guessing stays below 20 × 3 / 10^6 ≈ 1 in 16,700 per code window.
+# Wrong tries, counted within a code window (from a code sent to a number with none live until its last live
+# code expires): this many from one client refuse that client until a code is sent at its own request; this many
+# in all cancel every live code. A client counts towards the total at most CLIENT_WRONG_TRIES times per window,
+# so the total takes four clients: from one address a stranger can neither cancel the owner's code nor replace
+# it, even by asking for codes of its own, and guessing stays below 20 × 3 / 10^6 ≈ 1 in 16,700 per window.
 CLIENT_WRONG_TRIES = 5
 TOTAL_WRONG_TRIES = 20
 
@@ -69,34 +73,43 @@ class CodeService:
         cfg = self._config
         now = int(self._clock())
         key = self.phone_key(phone)
+        client = self._hasher.digest("ip", client_ip)
         day, day_end = china_day_window(now)
         hour, hour_end = hour_window(now)
         per_number = Counter(f"code-day#{key}#{day}", cfg.code_daily_limit, day_end)
-        per_client = Counter(f"code-ip#{self._hasher.digest('ip', client_ip)}#{hour}",
-                             cfg.code_ip_hourly_limit, hour_end)
+        per_client = Counter(f"code-ip#{client}#{hour}", cfg.code_ip_hourly_limit, hour_end)
         once = self._solution_needed(per_number, per_client, altcha)
+        # Within the free codes the same two counters stop at the free thresholds, in the transaction: a burst of
+        # requests read as free all at once cannot go past them (the one that would is 428, as if it came later).
+        counters = [per_number, per_client]
+        if once is None:
+            counters = [Counter(c.key, min(c.limit, threshold), c.window_end)
+                        for c, threshold in zip(counters, (cfg.code_free_per_number, cfg.code_free_per_client),
+                                                strict=True)]
+        lowered = [c for c, full in zip(counters, (per_number, per_client), strict=True) if c.limit < full.limit]
         code = f"{secrets.randbelow(1_000_000):06d}"
         code_hash = self._code_hash(key, code)
         limits: list[Counter | Lock] = [
             *([once] if once else []),
             Lock(f"code-gap#{key}", cfg.code_resend_seconds),
-            per_number,
-            per_client,
+            *counters,
         ]
         # Over the SMS channel's rate a code would arrive late or never: refuse it now (503). The
         # per-second count is sharded so concurrent requests do not all write one item; a full shard
         # sends the request on to the next, so it is refused only once every shard of this second is
         # full, i.e. only above the configured rate.
-        shards = max(1, cfg.sms_rate_shards)
-        first = self._rng.randrange(shards)
-        for attempt in range(shards):
-            channel = Counter(f"sms-rate#{now}#{(first + attempt) % shards}",
-                              max(1, cfg.sms_codes_per_second // shards), now + 1)
-            refused = self._store(key, code_hash, now, [*limits, channel])
+        channels = channel_counters(now, cfg.sms_codes_per_second, cfg.sms_rate_shards)
+        first = self._rng.randrange(len(channels))
+        for attempt in range(len(channels)):
+            channel = channels[(first + attempt) % len(channels)]
+            refused = self._store(key, client, code_hash, now, once, [*limits, channel])
             if refused is None:
                 break
             if refused is once:
                 raise errors.ChallengeRequired(self._proof.challenge())  # used already (a replay)
+            if any(refused is c for c in lowered):  # past a free threshold, not a limit
+                telemetry.count("ChallengeRequired")
+                raise errors.ChallengeRequired(self._proof.challenge())
             if refused is not channel:
                 raise errors.TooManyRequests(retry_after=refused.retry_after(now))
         else:
@@ -127,8 +140,10 @@ class CodeService:
             raise errors.ChallengeRequired(self._proof.challenge())
         return self._proof.once(solution)
 
-    def _store(self, key: str, code_hash: str, now: int, guards: list[Counter | Lock]) -> Counter | Lock | None:
-        """Write the code with every guard in one transaction: the guard that refused it, or None."""
+    def _store(self, key: str, client: str, code_hash: str, now: int, once: Lock | None,
+               guards: list[Counter | Lock]) -> Counter | Lock | None:
+        """Write the code with every guard in one transaction: the guard that refused it, or None.
+        TooManyRequests while LIVE_CODES are live (ChallengeRequired first, for a replayed solution)."""
         cfg = self._config
         result: list[Counter | Lock | None] = [None]
 
@@ -138,21 +153,34 @@ class CodeService:
             except VerificationCode.DoesNotExist:
                 stored = None
             live = _live(stored, now)
-            kept = dict(sorted(live.items(), key=lambda item: item[1])[-(LIVE_CODES - 1):])
-            codes = {**kept, code_hash: now + cfg.code_ttl_seconds}
+            if len(live) >= LIVE_CODES:
+                if once is not None and _held(once, now):
+                    raise errors.ChallengeRequired(self._proof.challenge())  # SPEC §3: 428 before 429
+                raise errors.TooManyRequests(
+                    "该号码已有3个有效验证码，请使用已收到的验证码，或稍后再试。", retry_after=min(live.values()) - now)
+            codes = {**live, code_hash: now + cfg.code_ttl_seconds}
+            ttl = at(now + 2 * cfg.code_ttl_seconds)
             try:
                 with transaction() as tx:
                     # Before the guards: their reasons must be the transaction's last ones (first_refused).
                     if stored is None:
                         tx.save(VerificationCode(key, codes=codes, issue_id=secrets.token_hex(8), wrong=0,
-                                                 version=1, ttl=at(now + 2 * cfg.code_ttl_seconds)),
+                                                 version=1, ttl=ttl),
                                 condition=VerificationCode.phone_key.does_not_exist())
-                    else:
+                    elif not live:  # a new code window: its wrong tries start from none
                         tx.update(VerificationCode(key), actions=[
                             VerificationCode.codes.set(codes), VerificationCode.issue_id.set(secrets.token_hex(8)),
-                            VerificationCode.version.add(1),
-                            VerificationCode.ttl.set(at(now + 2 * cfg.code_ttl_seconds))],
+                            VerificationCode.wrong.set(0), VerificationCode.version.add(1),
+                            VerificationCode.ttl.set(ttl)],
                             condition=_unchanged(stored))
+                    else:
+                        tx.update(VerificationCode(key), actions=[
+                            VerificationCode.codes.set(codes), VerificationCode.version.add(1),
+                            VerificationCode.ttl.set(ttl)],
+                            condition=_unchanged(stored))
+                        # A code sent at this client's request lifts its refusal (SPEC §3), nobody else's.
+                        tx.update(Throttle(_client_tries(key, client, str(stored.issue_id))),
+                                  actions=[Throttle.hits.set(0), Throttle.ttl.set(ttl)])
                     for guard in guards:
                         guard.add_to(tx, now)
             except TransactWriteError as exc:
@@ -174,7 +202,10 @@ class CodeService:
 
     # -- checking -------------------------------------------------------------------------------
     def check(self, phone: str, code: str, client_ip: str) -> CodeCheck:
-        """A live code that matches (not yet consumed), or WrongCode; counts wrong tries per client and in all."""
+        """A live code that matches (not yet consumed), or WrongCode; counts wrong tries per client and in all.
+
+        A client's try is taken (atomically, at most CLIENT_WRONG_TRIES) before the code is compared, so
+        simultaneous guesses from one address cannot compare more than that; a right code gives it back."""
         now = int(self._clock())
         key = self.phone_key(phone)
         try:
@@ -184,22 +215,33 @@ class CodeService:
         live = _live(stored, now)
         if not live:
             raise errors.WrongCode()
-        client_key = f"code-wrong#{key}#{self._hasher.digest('ip', client_ip)}#{stored.issue_id}"
+        client = self._hasher.digest("ip", client_ip)
+        window = str(stored.issue_id)
+        window_end = now + 2 * self._config.code_ttl_seconds
+        tries = Throttle(_client_tries(key, client, window))
         try:
-            client_tries = int(Throttle.get(client_key, consistent_read=True).hits or 0)
-        except Throttle.DoesNotExist:
-            client_tries = 0
-        if client_tries >= CLIENT_WRONG_TRIES:
-            raise errors.WrongCode()  # this client is refused until a new code is sent; not counted again
+            tries.update(actions=[Throttle.hits.add(1), Throttle.ttl.set(at(window_end))],
+                         condition=Throttle.hits.does_not_exist() | (Throttle.hits < CLIENT_WRONG_TRIES))
+        except UpdateError as exc:
+            if not condition_failed(exc):
+                raise
+            raise errors.WrongCode() from exc  # refused until a code is sent at its request; not counted again
         offered = self._code_hash(key, code)
         if any(hmac.compare_digest(offered, known) for known in live):
+            tries.update(actions=[Throttle.hits.add(-1)])
             return CodeCheck(key, offered, now)
-        self._count_wrong(stored, client_key, now)
+        self._count_wrong(stored, Counter(f"code-wrong-all#{key}#{client}#{window}", CLIENT_WRONG_TRIES, window_end))
         raise errors.WrongCode()
 
-    def _count_wrong(self, stored: VerificationCode, client_key: str, now: int) -> None:
-        ttl = at(now + 2 * self._config.code_ttl_seconds)
-        Throttle(client_key).update(actions=[Throttle.hits.add(1), Throttle.ttl.set(ttl)])
+    def _count_wrong(self, stored: VerificationCode, share: Counter) -> None:
+        """Add a wrong try to the number's total, if this client has not yet given its share of the window."""
+        try:
+            Throttle(share.key).update(actions=[Throttle.hits.add(1), Throttle.ttl.set(at(share.window_end))],
+                                       condition=Throttle.hits.does_not_exist() | (Throttle.hits < share.limit))
+        except UpdateError as exc:
+            if not condition_failed(exc):
+                raise
+            return
         try:  # the new total comes back in `stored`
             stored.update(actions=[VerificationCode.wrong.add(1)], condition=VerificationCode.phone_key.exists())
         except UpdateError as exc:
@@ -216,6 +258,25 @@ class CodeService:
         except UpdateError as exc:
             if not condition_failed(exc):
                 raise  # else: another wrong try cancelled them first
+
+
+def channel_counters(now: int, per_second: int, shards: int) -> list[Counter]:
+    """This second's SMS-channel counter in shards whose limits add up to the configured rate exactly
+    (the remainder on the first shards; never more shards than codes a second)."""
+    shards = max(1, min(shards, per_second))
+    base, extra = divmod(per_second, shards)
+    return [Counter(f"sms-rate#{now}#{i}", base + (i < extra), now + 1) for i in range(shards)]
+
+
+def _client_tries(key: str, client: str, window: str) -> str:
+    return f"code-wrong#{key}#{client}#{window}"
+
+
+def _held(lock: Lock, now: int) -> bool:
+    try:
+        return int(Throttle.get(lock.key, consistent_read=True).until or 0) > now
+    except Throttle.DoesNotExist:
+        return False
 
 
 def _unchanged(stored: VerificationCode) -> Any:

@@ -37,7 +37,8 @@ def fetch_challenge(api: str = API) -> dict[str, Any]:
 def main() -> None:
     if sys.argv[1:] == ["-"]:
         given = json.load(sys.stdin)
-        challenge = given.get("challenge", given)  # a whole 428 body, or the challenge alone
+        # A whole 428 body carries the challenge object under "challenge"; a challenge alone has a string there.
+        challenge = given["challenge"] if isinstance(given.get("challenge"), dict) else given
     else:
         challenge = fetch_challenge()
     print(solve(challenge))

@@ -75,3 +75,19 @@ def test_the_solution_record_is_named_by_its_challenge_and_held_past_its_expiry(
     once = proof().once(verified)
     assert challenge["challenge"] not in once.key  # a digest names it
     assert once.seconds >= settings().challenge_ttl_seconds
+
+
+@pytest.mark.parametrize("shape", ["the challenge alone", "a whole 428 body"])
+def test_the_curl_helper_solves_a_challenge_from_stdin_alone_or_in_a_428_body(
+        shape: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    from local import altcha
+
+    challenge = proof().challenge()
+    given = challenge if shape == "the challenge alone" else {
+        "error": {"code": "challenge_required", "message": "…"}, "challenge": challenge}
+    monkeypatch.setattr("sys.argv", ["local.altcha", "-"])
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(given)))
+    altcha.main()
+    assert proof().verify(capsys.readouterr().out.strip()) is not None

@@ -37,10 +37,11 @@ class Answer:
         return str(self.body["error"]["code"])
 
 
-def post_from(stack: Any, source: str, path: str, body: dict[str, Any]) -> Answer:
+def post_from(stack: Any, source: str, path: str, body: dict[str, Any],
+              headers: dict[str, str] | None = None) -> Answer:
     conn = http.client.HTTPConnection("127.0.0.1", stack.options.api_port, timeout=30, source_address=(source, 0))
     try:
-        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json", **(headers or {})})
         response = conn.getresponse()
         return Answer(response.status, dict(response.getheaders()), json.loads(response.read()))
     finally:
@@ -51,8 +52,16 @@ def ask_code(stack: Any, source: str, phone: str = PHONE, **extra: Any) -> Answe
     return post_from(stack, source, "/v1/verification-codes", {"phone": phone, **extra})
 
 
-def query(stack: Any, source: str, code: str) -> Answer:
-    return post_from(stack, source, "/v1/queries", {"phone": PHONE, "id_last6": ID6, "code": code})
+def ask_code_paying(stack: Any, source: str) -> Answer:
+    """A code request that solves the challenge a 428 asks for, as a determined stranger would."""
+    answer = ask_code(stack, source)
+    if answer.status == 428:
+        answer = ask_code(stack, source, altcha=solve(answer.body["challenge"]))
+    return answer
+
+
+def query(stack: Any, source: str, code: str, headers: dict[str, str] | None = None) -> Answer:
+    return post_from(stack, source, "/v1/queries", {"phone": PHONE, "id_last6": ID6, "code": code}, headers)
 
 
 def other(code: str, n: int = 1) -> str:
@@ -64,9 +73,9 @@ def owners_code(stack: Any) -> str:
     return latest_code(stack, PHONE)
 
 
-def guess_wrong(stack: Any, source: str, code: str, times: int) -> None:
+def guess_wrong(stack: Any, source: str, code: str, times: int, headers: dict[str, str] | None = None) -> None:
     for n in range(1, times + 1):
-        answer = query(stack, source, other(code, n))
+        answer = query(stack, source, other(code, n), headers)
         assert (answer.status, answer.error) == (403, "wrong_code")
 
 
@@ -111,11 +120,65 @@ def test_a_strangers_code_request_for_the_number_leaves_the_owners_earlier_code_
         assert query(stack, OWNER, code).status == 202
 
 
+def test_a_strangers_code_requests_until_three_are_live_leave_the_owners_code_valid(stack: LocalStack) -> None:
+    with time_machine.travel(START, tick=True) as traveller:
+        code = owners_code(stack)
+        answers = []
+        for _ in range(3):
+            traveller.shift(61)
+            answers.append(ask_code_paying(stack, STRANGER))
+        assert [a.status for a in answers] == [202, 202, 429]  # three live: refused, none pushed out
+        assert query(stack, OWNER, code).status == 202
+
+
+def test_a_strangers_own_codes_lift_only_its_own_refusal_and_never_cancel_the_owners_code(stack: LocalStack) -> None:
+    # GIVEN the owner's code and two strangers refused after five wrong tries each
+    with time_machine.travel(START, tick=True) as traveller:
+        code = owners_code(stack)
+        guess_wrong(stack, "127.0.0.2", code, 5)
+        guess_wrong(stack, "127.0.0.3", other(code, 10), 5)
+        # WHEN one of them asks for codes of its own (each lifts its refusal) and guesses five more each time
+        for round_ in (1, 2):
+            traveller.shift(61)
+            assert ask_code_paying(stack, "127.0.0.2").status == 202
+            guess_wrong(stack, "127.0.0.2", other(code, 20 * round_), 5)
+        # THEN the other stranger is still refused, and 20 wrong tries from two addresses cancelled nothing:
+        # a client counts towards the 20 at most five times a code window
+        assert query(stack, "127.0.0.3", code).error == "wrong_code"
+        assert query(stack, OWNER, code).status == 202
+
+
+def test_simultaneous_guesses_from_one_client_compare_at_most_five(stack: LocalStack) -> None:
+    import boto3
+
+    from chalicelib.config import settings
+
+    code = owners_code(stack)
+    with ThreadPoolExecutor(30) as pool:
+        answers = list(pool.map(lambda n: query(stack, STRANGER, other(code, n)), range(1, 31)))
+    assert {(a.status, a.error) for a in answers} == {(403, "wrong_code")}
+    # Each compared guess took one of the client's five tries first, atomically; the rest were refused unseen.
+    throttle = boto3.resource("dynamodb").Table(settings().throttle_table)
+    tries = [item for item in throttle.scan()["Items"] if str(item["key"]).startswith("code-wrong#")]
+    assert [int(item["hits"]) for item in tries] == [5]
+    codes = boto3.resource("dynamodb").Table(settings().codes_table).scan()["Items"]
+    assert [int(item["wrong"]) for item in codes] == [5]
+    assert query(stack, OWNER, code).status == 202
+
+
+def test_a_forwarded_for_header_does_not_make_one_client_many(stack: LocalStack) -> None:
+    code = owners_code(stack)
+    for n in range(5):  # each try claims another origin: the API reads the socket's address, not the header
+        guess_wrong(stack, STRANGER, other(code, n + 1), 1, {"X-Forwarded-For": f"10.0.0.{n}"})
+    assert query(stack, STRANGER, code, {"X-Forwarded-For": "10.0.0.99"}).error == "wrong_code"
+    assert query(stack, OWNER, code).status == 202
+
+
 # -- proof of work before an SMS -------------------------------------------------------------------
 def use_the_free_codes(stack: Any, traveller: Any) -> None:
     for _ in range(2):  # CODE_FREE_PER_NUMBER
         assert ask_code(stack, OWNER).status == 202
-        traveller.shift(61)
+        traveller.shift(301)  # expired: the codes these tests ask for next never meet three live ones
 
 
 def challenge_of(answer: Answer) -> dict[str, Any]:
@@ -157,6 +220,17 @@ def test_beyond_twenty_code_requests_from_one_client_in_an_hour_a_challenge_is_n
             assert ask_code(stack, "127.0.0.3", phone=f"1390000{n:04d}").status == 202
         challenge_of(ask_code(stack, "127.0.0.3", phone="13900009999"))
         assert ask_code(stack, "127.0.0.4", phone="13900009999").status == 202  # another client is free
+
+
+def test_a_burst_of_code_requests_read_as_free_cannot_pass_the_free_threshold(stack: LocalStack) -> None:
+    with time_machine.travel(START, tick=True):
+        for n in range(19):
+            assert ask_code(stack, "127.0.0.3", phone=f"1390000{n:04d}").status == 202
+        # one free code left to this client: twenty requests at once, each would read 19 of 20 before writing
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(lambda n: ask_code(stack, "127.0.0.3", phone=f"1391000{n:04d}"), range(20)))
+    assert sorted(a.status for a in answers) == [202] + [428] * 19
+    assert {a.error for a in answers if a.status == 428} == {"challenge_required"}
 
 
 def test_an_expired_solution_gets_a_fresh_challenge(stack: LocalStack) -> None:

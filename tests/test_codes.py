@@ -85,16 +85,21 @@ def test_a_new_code_leaves_the_earlier_one_valid(stack: LocalStack, api: Client)
         assert query(api, first).status_code == 202
 
 
-def test_a_fourth_code_drops_the_oldest_of_the_three_live_ones(stack: LocalStack, api: Client) -> None:
+def test_a_fourth_code_while_three_are_live_is_refused_until_the_oldest_expires(stack: LocalStack,
+                                                                               api: Client) -> None:
     codes = []
-    with time_machine.travel(START, tick=True) as traveller:
-        for _ in range(4):
+    with time_machine.travel(START, tick=False) as traveller:
+        for _ in range(3):
             assert request_code(api, PHONE).status_code == 202
             codes.append(latest_code(stack, PHONE))
             traveller.shift(61)
-        if codes[0] not in codes[1:]:
-            assert error_code(query(api, codes[0])) == "wrong_code"
-        assert query(api, codes[1]).status_code == 202
+        refused = request_code(api, PHONE)  # 183 s after the first: it lives 117 s more
+        assert (refused.status_code, error_code(refused)) == (429, "too_many_requests")
+        assert refused.headers["Retry-After"] == "117"
+        assert len(stack.read_outbox()) == 3
+        traveller.shift(117)
+        assert request_code(api, PHONE).status_code == 202
+        assert query(api, codes[1]).status_code == 202  # the newer ones were kept
 
 
 def test_second_code_within_60_seconds_is_refused_with_retry_after(stack: LocalStack, api: Client) -> None:
@@ -114,12 +119,12 @@ def test_eleventh_code_of_the_day_is_refused_until_beijing_midnight(stack: Local
     with time_machine.travel(START, tick=False) as traveller:
         for _ in range(10):
             assert request_code(api, PHONE).status_code == 202
-            traveller.shift(61)
+            traveller.shift(301)  # the earlier code expired: never three live at once
         response = request_code(api, PHONE)
         assert response.status_code == 429
         assert error_code(response) == "too_many_requests"
         midnight_beijing = dt.datetime(2026, 11, 28, 16, 0, tzinfo=dt.UTC)
-        now = START + dt.timedelta(seconds=61 * 10)
+        now = START + dt.timedelta(seconds=301 * 10)
         assert int(response.headers["Retry-After"]) == int((midnight_beijing - now).total_seconds())
         traveller.move_to(midnight_beijing + dt.timedelta(seconds=1))
         assert request_code(api, PHONE).status_code == 202
