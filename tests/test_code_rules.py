@@ -21,3 +21,17 @@ def test_the_channels_shards_add_up_to_its_rate_exactly(per_second: int, shards:
     assert sum(c.limit for c in counters) == per_second
     assert len({c.key for c in counters}) == len(counters)
     assert {c.window_end for c in counters} == {1_796_000_001}
+
+
+@pytest.mark.parametrize("source, client", [
+    ("203.0.113.7", "203.0.113.7"),
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),  # the same subscriber's /64: one client
+    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+    ("::ffff:203.0.113.7", "203.0.113.7"),
+    ("unknown", "unknown"),
+])
+def test_a_client_is_its_ipv4_address_or_its_ipv6_64(source: str, client: str) -> None:
+    from chalicelib.api.views import client_of
+
+    assert client_of(source) == client

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -31,8 +32,23 @@ def json_fields(request: Request, *names: str) -> tuple[dict[str, Any], list[Any
 
 
 def client_ip(request: Request) -> str:
+    """The client as SPEC §3 counts it: its source address as API Gateway gives it (X-Forwarded-For is the
+    client's to write, so never read). An IPv6 client is its /64: one subscriber's line or host gets a whole
+    /64 and could otherwise speak from 2^64 addresses, each a new client for the per-client limits."""
     identity = (request.context or {}).get("identity") or {}
-    return str(identity.get("sourceIp") or "unknown")
+    return client_of(str(identity.get("sourceIp") or "unknown"))
+
+
+def client_of(source_ip: str) -> str:
+    try:
+        address = ipaddress.ip_address(source_ip)
+    except ValueError:
+        return source_ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def json_api(view: Callable[..., Response | dict[str, Any]]) -> Callable[..., Response]:
