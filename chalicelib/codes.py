@@ -119,11 +119,22 @@ class CodeService:
             self._sender.send(phone, sms.code_text(code))
         except sms.SmsChannelBusy as exc:
             telemetry.count("SmsFailed")
+            self._withdraw(key, code_hash, once)
             raise errors.ServiceBusy(retry_after=cfg.code_resend_seconds) from exc
         except sms.SmsRejected as exc:  # opted out, or a number SNS will never reach: say so, not 500
             telemetry.count("SmsRejected")
+            self._withdraw(key, code_hash, once)
             raise errors.InvalidPhone("该号码无法接收短信，请使用可接收短信的手机号码。") from exc
         return IssuedCode(expires_in=cfg.code_ttl_seconds, resend_after=cfg.code_resend_seconds)
+
+    @staticmethod
+    def _withdraw(key: str, code_hash: str, once: Lock | None) -> None:
+        """A code SNS did not take was never sent: it leaves the live set (it would hold one of the three
+        places) and gives its solution back (spent only by a request that sends a code)."""
+        VerificationCode(key).update(actions=[VerificationCode.codes[code_hash].remove(),
+                                              VerificationCode.version.add(1)])
+        if once is not None:
+            Throttle(once.key).delete()
 
     def _solution_needed(self, per_number: Counter, per_client: Counter, altcha: Any) -> Lock | None:
         """None when this request is within the free codes; else the solution's accepted-once record,

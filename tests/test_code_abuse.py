@@ -214,6 +214,24 @@ def test_a_solution_is_spent_only_by_a_request_that_sends_a_code(stack: LocalSta
         assert ask_code(stack, OWNER, altcha=solution).status == 202
 
 
+def test_a_solution_whose_code_sms_fails_is_given_back(stack: LocalStack) -> None:
+    from botocore.exceptions import ClientError
+
+    from chalicelib import clients
+
+    def throttled_once(**_: Any) -> None:
+        clients.client("sns").meta.events.unregister("before-call.sns.Publish", throttled_once)
+        raise ClientError({"Error": {"Code": "Throttling", "Message": "Rate exceeded"}}, "Publish")
+
+    with time_machine.travel(START, tick=True) as traveller:
+        use_the_free_codes(stack, traveller)
+        solution = solve(challenge_of(ask_code(stack, OWNER)))
+        clients.client("sns").meta.events.register("before-call.sns.Publish", throttled_once)
+        assert (ask_code(stack, OWNER, altcha=solution).status) == 503  # no code sent: the solution is not spent
+        traveller.shift(61)
+        assert ask_code(stack, OWNER, altcha=solution).status == 202
+
+
 def test_beyond_twenty_code_requests_from_one_client_in_an_hour_a_challenge_is_needed(stack: LocalStack) -> None:
     with time_machine.travel(START, tick=True):
         for n in range(20):

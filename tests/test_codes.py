@@ -166,6 +166,9 @@ def test_saturated_sms_channel_is_503_service_busy(stack: LocalStack, api: Clien
     assert error_code(response) == "service_busy"
     assert response.headers["Retry-After"] == "60"
     assert stack.read_outbox() == []
+    # The code never sent holds none of the number's three live places.
+    items = boto3.client("dynamodb").scan(TableName=stack.env["CODES_TABLE"])["Items"]
+    assert [item["codes"]["M"] for item in items] == [{}]
 
 
 def test_a_number_sns_refuses_for_good_is_400_invalid_phone_not_500(stack: LocalStack, api: Client) -> None:
