@@ -5,19 +5,40 @@ Executions started before issue 14 wait on a task token nothing releases any mor
 put its record into the deadline index (so the deadline executions answer it at its deadline), claim its
 reply at once if every partner already answered, then stop the execution.
 
-    python -m infra.cutover --stage prod [--dry-run]
+Only executions started before `--before` (the time the stack update replaced the state machines) are
+drained: the script runs right after the update, while the new version already starts executions, and
+those must run to their end (stopping one mid fan-out would leave its partners unasked).
+
+    python -m infra.cutover --stage prod --before 2026-12-01T18:30:05Z [--dry-run]
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
 from typing import Any
 
 
+def instant(text: str) -> dt.datetime:
+    """An ISO 8601 time with its offset (`Z` or `+08:00`): a time without one would be read in whatever
+    zone the operator's shell is in, and an hour's error either way stops new executions or strands old ones."""
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from exc
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give the time zone (Z or +08:00): {text!r}")
+    return value
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", required=True)
+    # Required, no default: "now" would stop the executions the new version started since the update.
+    parser.add_argument("--before", required=True, type=instant,
+                        help="drain only executions started before this time: when the stack update replaced "
+                             "the state machines (README: Deploying)")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
     from infra.generate import stage_env
@@ -33,13 +54,14 @@ def main(argv: list[str]) -> int:
     machines = {kind: f"arn:aws:states:{region}:{account}:stateMachine:{os.environ[variable]}"
                 for kind, variable in ((ReplyType.QUERY, "STATE_MACHINE_NAME"),
                                        (ReplyType.DISPUTE, "DISPUTE_STATE_MACHINE_NAME"))}
-    drained = drain(sfn, machines, dry_run=args.dry_run)
+    drained = drain(sfn, machines, before=args.before, dry_run=args.dry_run)
     print(f"drained {drained} execution(s)")
     return 0
 
 
-def drain(sfn: Any, machines: dict[Any, str], dry_run: bool = False) -> int:
-    """Drain every RUNNING execution of these machines (kind -> ARN); how many were drained."""
+def drain(sfn: Any, machines: dict[Any, str], *, before: dt.datetime, dry_run: bool = False) -> int:
+    """Drain every RUNNING execution of these machines (kind -> ARN) started before `before`; how many were
+    drained. Later ones are the new version's: left running."""
     from chalicelib.contracts import ReplyType
     from chalicelib.engine.deadlines import Deadlines
     from chalicelib.partners.lookups import stored_results
@@ -50,6 +72,8 @@ def drain(sfn: Any, machines: dict[Any, str], dry_run: bool = False) -> int:
     for kind, machine in machines.items():
         for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=machine, statusFilter="RUNNING"):
             for execution in page["executions"]:
+                if execution["startDate"] >= before:
+                    continue  # started by the new version
                 model: Any = QueryRecord if kind is ReplyType.QUERY else Dispute
                 try:
                     record = model.get(execution["name"], consistent_read=True)

@@ -496,11 +496,36 @@ def throttled(index: int, table: str) -> dict[str, Any]:
         "Period": 300, "Stat": "Sum"}}
 
 
+DEADLINE_LATE_MS = 120000  # a slot swept over 2 minutes after it: the replies due then are late
+
+
+def deadline_late_alarm_id(kind: contracts.ReplyType) -> str:
+    """The query kind keeps the alarm's first logical id (renaming it would replace the deployed alarm and
+    break the name README and runbooks use); every other kind is named after itself."""
+    return "DeadlineLateAlarm" if kind is contracts.ReplyType.QUERY else f"DeadlineLate{logical(kind.value)}Alarm"
+
+
+def deadline_late_alarms(service_dim: list[dict[str, str]]) -> dict[str, Any]:
+    """SPEC §2: every reply and dispute outcome is due by its deadline. One alarm per kind the deadline
+    machinery sweeps (the starter starts one execution per ReplyType and slot), on DeadlineLag, which
+    Deadlines.step emits for its kind each time a slot's execution reaches its slot: every minute, whatever the
+    traffic. So no data for 5 minutes means no deadline execution of that kind ran (starter stopped, machine
+    failing before its step): missing data breaches."""
+    return {deadline_late_alarm_id(kind): alarm(
+        f"A {kind.value} deadline minute ran late (over 2 minutes after its slot), or none ran for 5 minutes: "
+        f"{kind.value} replies due then are late. Check the DeadlineStateMachine's deadline-{kind.value}-* "
+        "executions and StartDeadlines.", DEADLINE_LATE_MS, "GreaterThanThreshold", missing="breaching",
+        Namespace=NAMESPACE, MetricName="DeadlineLag", Statistic="Maximum", Period=300,
+        Dimensions=[*service_dim, {"Name": "kind", "Value": kind.value}]) for kind in contracts.ReplyType}
+
+
 def alarms(env: dict[str, str]) -> dict[str, Any]:
     machine_dim = [{"Name": "StateMachineArn", "Value": ref("QueryStateMachine")}]
     service_dim = [{"Name": "service", "Value": "yizhengtongcha"}]
     out = {
-        "FailedExecutionsAlarm": alarm("A query workflow failed: its reply may be missing (redrive it).", 1,
+        "FailedExecutionsAlarm": alarm("A query execution failed (FanOutFailed: its fan-out failed every retry, so "
+                                       "partners may be unasked; the query is still answered at its deadline, "
+                                       "暂未返回 for them). The cause is in the execution's history.", 1,
                                        "GreaterThanOrEqualToThreshold", Namespace="AWS/States",
                                        MetricName="ExecutionsFailed", Dimensions=machine_dim, Statistic="Sum",
                                        Period=300),
@@ -537,12 +562,7 @@ def alarms(env: dict[str, str]) -> dict[str, Any]:
                                                      {"Name": "FunctionName", "Value": ref("DeliverBacklog")}]},
                                                  "Period": 300, "Stat": "Sum"}}
                                                for key, name in (("runs", "Invocations"), ("errors", "Errors")))]),
-        # SPEC §2: every reply is due by its deadline; a deadline slot swept late means replies after it.
-        "DeadlineLateAlarm": alarm("A deadline minute ran late (over 2 minutes after its slot): replies due then "
-                                   "are late. Check the DeadlineStateMachine's executions and StartDeadlines.",
-                                   120000, "GreaterThanThreshold", Namespace=NAMESPACE, MetricName="DeadlineLag",
-                                   Statistic="Maximum", Period=300,
-                                   Dimensions=[*service_dim, {"Name": "kind", "Value": "query"}]),
+        **deadline_late_alarms(service_dim),
         "DeadlineExecutionsFailedAlarm": alarm("A deadline execution failed: the minute's replies were not all "
                                                "enqueued (the next minute catches up; find why).", 1,
                                                "GreaterThanOrEqualToThreshold", Namespace="AWS/States",

@@ -133,6 +133,30 @@ def test_a_deadline_slot_holding_more_than_a_page_loops_until_every_record_is_en
 
 
 @pytest.mark.parametrize("stack_options", [options(deadlines=False, replies=False)])
+def test_the_deadline_step_of_every_kind_reports_its_lag_each_slot_even_with_nothing_due(
+        stack: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """GIVEN nothing due, WHEN a slot's step of each kind the starter starts reaches its slot, THEN it emits
+    DeadlineLag for that kind (the deadline-late alarms treat a silent minute as breaching, so an idle service
+    must still report); before its slot it reports nothing and only asks to wait."""
+    from chalicelib.config import settings
+    from chalicelib.contracts import ReplyType
+    from chalicelib.engine.deadlines import Deadlines
+
+    slot = int(time.time()) // 60 * 60
+
+    def lags() -> list[tuple[str, list[float]]]:
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        return [(line["kind"], line["DeadlineLag"]) for line in lines if "DeadlineLag" in line]
+
+    for kind in ReplyType:
+        early = Deadlines(settings(), clock=lambda: slot - 3).step({"kind": kind.value, "slot": slot})
+        assert early["wait_seconds"] == 3 and lags() == []
+        due = Deadlines(settings(), clock=lambda: slot + 2.5).step({"kind": kind.value, "slot": slot})
+        assert due["wait_seconds"] == 0 and due["more"] is False
+        assert lags() == [(kind.value, [2500.0])]  # EMF: a list of values
+
+
+@pytest.mark.parametrize("stack_options", [options(deadlines=False, replies=False)])
 def test_a_missed_deadline_slot_is_caught_up_by_the_next(stack: Any) -> None:
     """GIVEN queries due in a slot whose execution never ran, WHEN a later slot's execution runs,
     THEN it replies to them too."""
@@ -219,9 +243,16 @@ def test_the_starter_starts_each_slot_once_and_only_the_missing_ones(stack: Any)
 @pytest.mark.parametrize("stack_options", [options(deadlines=False, replies=False)])
 def test_cut_over_drains_task_token_executions_into_the_deadline_index(stack: Any) -> None:
     """GIVEN executions of the previous version still waiting on a task token (one query with every answer
-    in, one still waiting for a partner), WHEN infra/cutover.py drains them, THEN both executions are
-    stopped, both records are in the deadline index, and the complete one's reply is enqueued now."""
+    in, one still waiting for a partner) and one the new version started after the update, WHEN
+    infra/cutover.py drains those started before the update, THEN both old executions are stopped, both
+    records are in the deadline index, the complete one's reply is enqueued now, and the new execution runs on
+    untouched (its reply not claimed, though every answer is in)."""
+    import datetime as dt
+
+    import time_machine
+
     from chalicelib.contracts import QueryStatus, ReplyType
+    from chalicelib.engine.deadlines import Deadlines
     from chalicelib.storage.models import QueryRecord, at
     from infra.cutover import drain
 
@@ -238,13 +269,41 @@ def test_cut_over_drains_task_token_executions_into_the_deadline_index(stack: An
         sfn.start_execution(stateMachineArn=old, name=query_id, input="{}")
     wait_for(lambda: len(sfn.list_executions(stateMachineArn=old, statusFilter="RUNNING")["executions"]) == 2,
              10, "the old executions running")
-    assert drain(sfn, {ReplyType.QUERY: old}) == 2
-    # moto stops an execution on its own thread: wait for both to report ABORTED.
-    wait_for(lambda: {e["status"] for e in sfn.list_executions(stateMachineArn=old)["executions"]} == {"ABORTED"},
-             10, "the old executions stopped")
-    for query_id in (complete, waiting):
-        assert QueryRecord.get(query_id).deadline_slot is not None
-    assert [m["id"] for m in reply_messages(stack)] == [complete]
+    # The update: a minute later (the clock moved, not slept), the same machine starts the new version's
+    # execution of a query already in the deadline index, every answer in (its reply is the new route's).
+    update = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
+    newer = "00000000-0000-4000-8000-00000000c003"
+    QueryRecord(newer, status=QueryStatus.LOOKING_UP, created_at=now, deadline_at=now + 3600, data_key="x",
+                phone_sealed="x", lock_key="x", asked={"tencent"}, results={"tencent": 1}, ttl=at(now + 86400),
+                **Deadlines().entry(ReplyType.QUERY, newer, now + 3600)).save()
+    with time_machine.travel(update + dt.timedelta(seconds=30), tick=True):
+        sfn.start_execution(stateMachineArn=old, name=newer, input="{}")
+    try:
+        wait_for(lambda: len(sfn.list_executions(stateMachineArn=old, statusFilter="RUNNING")["executions"]) == 3,
+                 10, "the new execution running")
+        assert drain(sfn, {ReplyType.QUERY: old}, before=update) == 2
+        # moto stops an execution on its own thread: wait for both to report ABORTED.
+        statuses = {complete: "ABORTED", waiting: "ABORTED", newer: "RUNNING"}
+        wait_for(lambda: {e["name"]: e["status"] for e in sfn.list_executions(stateMachineArn=old)["executions"]}
+                 == statuses, 10, "the old executions stopped")
+        for query_id in (complete, waiting):
+            assert QueryRecord.get(query_id).deadline_slot is not None
+        assert QueryRecord.get(newer).completion_claimed_at is None
+        assert [m["id"] for m in reply_messages(stack)] == [complete]
+    finally:
+        sfn.stop_execution(executionArn=old.replace(":stateMachine:", ":execution:") + ":" + newer)
+
+
+def test_the_cut_over_refuses_a_time_without_its_zone() -> None:
+    """A naive time would be read in the operator's shell's zone: hours off, stopping new executions."""
+    import argparse
+
+    from infra.cutover import instant
+
+    assert instant("2026-12-01T18:30:05Z") == instant("2026-12-02T02:30:05+08:00")
+    for text in ("2026-12-01T18:30:05", "yesterday"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            instant(text)
 
 
 @pytest.mark.parametrize("stack_options", [options(partner_modes="jd=immediate")])

@@ -232,6 +232,53 @@ def test_alarms_cover_what_operators_must_hear_about(packaged: dict[str, Any]) -
                                                         for c in companies}
 
 
+def test_deadlines_start_every_minute_and_late_or_missing_deadline_minutes_and_dead_replies_alarm(
+        packaged: dict[str, Any]) -> None:
+    """SPEC §2: the starter runs every minute; every kind the deadline machinery sweeps has an alarm that fires
+    when its minute runs late or when no minute of it ran at all (missing data breaches); a reply failing every
+    try lands in the reply dead-letter queue, which alarms."""
+    from chalicelib import contracts
+    from chalicelib.engine.deadlines import COMPLETABLE
+    from local.aws import REPLY_MAX_RECEIVES
+
+    env = generate.stage_env(STAGE)
+    starter = packaged["Resources"][contracts.START_DEADLINES.logical_id]["Properties"]
+    ((event,),) = [list(starter["Events"].values())]
+    assert event == {"Type": "Schedule", "Properties": {"Schedule": "rate(1 minute)"}}
+
+    reply_queue = packaged["Resources"]["ReplyQueue"]["Properties"]
+    dead_letters = packaged["Resources"]["ReplyDeadLetterQueue"]
+    assert reply_queue["QueueName"] == env["REPLY_QUEUE_NAME"]
+    assert dead_letters["Type"] == "AWS::SQS::Queue" and dead_letters["Properties"]["QueueName"] == env[
+        "REPLY_DLQ_NAME"]
+    assert reply_queue["RedrivePolicy"] == {"deadLetterTargetArn": {"Fn::GetAtt": ["ReplyDeadLetterQueue", "Arn"]},
+                                            "maxReceiveCount": REPLY_MAX_RECEIVES}
+    consumer = packaged["Resources"][contracts.REPLIES_FAILED.logical_id]["Properties"]
+    ((source,),) = [list(consumer["Events"].values())]
+    assert source["Type"] == "SQS" and source["Properties"]["Queue"]["Fn::Sub"].endswith(":" + env["REPLY_DLQ_NAME"])
+
+    alarms = resources(packaged, "AWS::CloudWatch::Alarm")
+    dead = alarms["ReplyDeadLetterAlarm"]["Properties"]
+    assert (dead["Namespace"], dead["MetricName"], dead["Statistic"]) == (
+        "AWS/SQS", "ApproximateNumberOfMessagesVisible", "Maximum")
+    assert dead["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["ReplyDeadLetterQueue",
+                                                                                 "QueueName"]}}]
+    assert dead["Threshold"] == 1 and dead["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+
+    late = {next(d["Value"] for d in a["Properties"]["Dimensions"] if d["Name"] == "kind"): a["Properties"]
+            for a in alarms.values() if a["Properties"].get("MetricName") == "DeadlineLag"}
+    assert set(late) == {kind.value for kind in contracts.ReplyType} == {kind.value for kind in COMPLETABLE}
+    assert alarms["DeadlineLateAlarm"]["Properties"] is late["query"]  # the name README and runbooks use
+    for kind, properties in late.items():
+        assert properties["Namespace"] == "YiZhengTongCha" and properties["Statistic"] == "Maximum", kind
+        assert properties["Dimensions"] == [{"Name": "service", "Value": "yizhengtongcha"},
+                                            {"Name": "kind", "Value": kind}]
+        assert properties["Threshold"] == 120000 and properties["ComparisonOperator"] == "GreaterThanThreshold"
+        # Deadlines.step emits DeadlineLag every minute per kind (tests/test_deadlines.py): silence is an outage.
+        assert properties["TreatMissingData"] == "breaching", kind
+        assert properties["Period"] * properties["EvaluationPeriods"] >= 5 * 60  # several minutes' metrics
+
+
 # -- least privilege, checked against what the code really calls --------------------------------
 @pytest.fixture
 def recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[CallRecorder]:

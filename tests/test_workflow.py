@@ -95,6 +95,51 @@ def test_silent_partner_is_reported_as_no_answer_at_the_deadline(stack: LocalSta
     assert status_of(api, query_id) == "replied"
 
 
+@pytest.mark.parametrize("stack_options", [options(deadline_seconds=20)])
+def test_a_fan_out_failing_every_retry_fails_its_execution_and_the_deadline_reports_every_company_unanswered(
+        stack: LocalStack, api: Client) -> None:
+    """GIVEN AskCompanies fails every try before recording whom it asks (its query-table write refused), WHEN the
+    query runs, THEN its execution ends FAILED (FanOutFailed: the ExecutionsFailed alarm sees it), and the one reply
+    comes at the deadline with every company 暂未返回 — not a reply listing no company."""
+    from botocore.exceptions import ClientError
+
+    from chalicelib import registry
+    from chalicelib.storage.models import QueryRecord
+    from local.lambdas import CURRENT
+    from tests.conftest import wait_for
+    from tests.helpers import execution_arn, wait_closed
+
+    def refuse(params: dict[str, Any], **_: Any) -> None:
+        if getattr(CURRENT, "function", None) == "AskCompanies" and params.get("TableName") == \
+                stack.env["QUERIES_TABLE"]:
+            raise ClientError({"Error": {"Code": "InternalServerError", "Message": "injected"}}, "UpdateItem")
+
+    events = QueryRecord._get_connection().connection.client.meta.events
+    events.register("provide-client-params.dynamodb.UpdateItem", refuse)
+    try:
+        response = submit(api, stack, "13812345678", "12345X")
+        query_id = response.json_body["query_id"]
+        assert stack.pump_once() == 1
+        sfn = boto3.client("stepfunctions")
+        ended = wait_for(lambda: (d := sfn.describe_execution(executionArn=execution_arn(stack, query_id)))[
+            "status"] != "RUNNING" and d, 30, "the execution to end")
+        assert ended["status"] == "FAILED" and ended["error"] == "FanOutFailed"
+        entered = [e["stateEnteredEventDetails"]["name"] for e in history(stack, query_id)
+                   if e["type"].endswith("StateEntered")]
+        assert entered == ["VerifyCarrier", "IsRegisteredToId", "AskCompanies", "FanOutFailed"]
+        assert all(p.requests == [] for p in stack.partners.values())  # nobody was asked
+        assert status_of(api, query_id) == "looking_up" and replies_to(stack, "13812345678") == []
+        record = wait_closed(stack, query_id, timeout=40)
+    finally:
+        events.unregister("provide-client-params.dynamodb.UpdateItem", refuse)
+    assert int(record["deadline_at"]) - 1 <= int(record["updated_at"]) <= int(record["deadline_at"]) + 5
+    pending = "，".join(f"{company.name}暂未返回" for company in registry.companies())
+    assert replies_to(stack, "13812345678") == [
+        f"【一证通查】您的手机号138****5678关联的互联网账号：{pending}。已返回企业共0个账号。"
+        "如有异议，请通过“解绑与明细查询”联系相关企业。"]
+    assert status_of(api, query_id) == "replied"
+
+
 @pytest.mark.parametrize("stack_options", [options(partner_modes="jd=reject")])
 def test_partner_answering_4xx_is_reported_as_no_answer_without_retry(stack: LocalStack, api: Client) -> None:
     run_query(api, stack, "18912345678", "071234")

@@ -74,6 +74,8 @@ class ReplySender:
             settle_lock(record, False, int(self._clock()), 0)
         if kind.unanswered_metric and outcome == CarrierOutcome.MATCH:  # who let theirs go unanswered
             answered = {r["company"] for r in results if r.get("answered")}
+            # The recorded fan-out only: a partner never asked (the fan-out failed) is not to blame, and the
+            # failed execution has its own alarm.
             for partner in sorted((record.asked or set()) - answered):
                 telemetry.count(kind.unanswered_metric, company=partner)
         telemetry.count("QueryReplied" if status == QueryStatus.REPLIED else "QueryFailed")
@@ -125,12 +127,21 @@ class ReplySender:
                     batch.delete(item)
 
     @staticmethod
+    def asked_of(kind: LookupKind, asked: set[str] | None) -> set[str]:
+        """Whom a matched query's reply reports. None or empty: the fan-out never recorded whom it asked (it
+        failed every retry before its first write), so nobody can be said to have answered: every partner of
+        the kind in the registry is reported, as not answered (暂未返回), rather than a reply listing no partner
+        at all ("共0个账号", or for cards the false "暂无在网移动电话卡")."""
+        return set(asked) if asked else {partner.id for partner in kind.partners()}
+
+    @staticmethod
     def compose(phone: str, kind: LookupKind, outcome: CarrierOutcome, asked: set[str],
                 results: list[LookupResult]) -> str:
         if outcome == CarrierOutcome.MISMATCH:
             return kind.mismatch_text(phone)
         if outcome != CarrierOutcome.MATCH:
             return sms.unavailable_text(phone)
+        asked = ReplySender.asked_of(kind, asked)
         by_partner = {r["company"]: r for r in results}
         lines = []
         for partner in kind.partners():  # partner names from the registry, in its order (SPEC §5, §9)
