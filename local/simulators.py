@@ -6,6 +6,7 @@ operators call back, signed, to the API's callback URL after their configured de
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import threading
@@ -22,7 +23,16 @@ from chalicelib import http, signing
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 # callback, immediate, flaky, silent: SPEC §7. reject: 400. error: answers {"error"} at once.
 # down: 503 to everything. slow: answers only after our HTTP read timeout (chalicelib/http.py).
-MODES = ("callback", "immediate", "flaky", "silent", "reject", "error", "down", "slow", "late")
+# partial: 503 to every request for a fixed fifth of the tasks (partial_fails), callback for the rest.
+MODES = ("callback", "immediate", "flaky", "silent", "reject", "error", "down", "slow", "late", "partial")
+PARTIAL_ONE_IN = 5  # partial mode fails one task in five
+
+
+def partial_fails(task_id: str) -> bool:
+    """Whether a partner in `partial` mode fails this task (lookup, dispute, release id): chosen by a hash of
+    the id, not at random, so the same tasks fail on every try (a shard of the partner down for good) while
+    it answers the others; tests ask it which of theirs those are."""
+    return int(hashlib.sha256(task_id.encode()).hexdigest()[:8], 16) % PARTIAL_ONE_IN == 0
 
 
 @dataclass(frozen=True)
@@ -133,10 +143,10 @@ def call_back(url: str, secret: str, answer: dict[str, Any], attempts: int = 6) 
 
 def answer_per_mode(mode: str, tries: int, failures_per_request: int, answer: dict[str, Any],
                     error_answer: dict[str, Any], call_back: Callable[..., Any], *args: Any,
-                    delay: float = 1.0) -> tuple[int, Any]:
-    """How a partner in `mode` answers a request (SPEC §7 modes, plus reject, error, down, slow);
+                    delay: float = 1.0, task_id: str = "") -> tuple[int, Any]:
+    """How a partner in `mode` answers a request (SPEC §7 modes, plus reject, error, down, slow, late, partial);
     in callback mode `call_back(*args)` runs after `delay` seconds and the request gets a 202."""
-    if mode == "down":
+    if mode == "down" or (mode == "partial" and partial_fails(task_id)):
         return 503, {"error": "down"}
     if mode == "slow":  # past the caller's overall time limit, then an answer nobody reads
         time.sleep(http.OVERALL_SECONDS + 1)
@@ -327,7 +337,8 @@ class PartnerSimulator(Simulator):
                   "account_count": self.accounts.get((request["phone"], self.company), 0)}
         return answer_per_mode(self.mode, tries, self.failures_per_lookup, answer,
                                {"lookup_id": lookup_id, "error": "lookup backend unavailable"},
-                               self._call_back, request["callback_url"], answer, delay=self.delay_seconds)
+                               self._call_back, request["callback_url"], answer, delay=self.delay_seconds,
+                               task_id=lookup_id)
 
     def _dispute(self, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
         """SPEC §8: in callback/immediate modes the accounts are unbound (`no_account` when there are none)."""
@@ -340,7 +351,8 @@ class PartnerSimulator(Simulator):
         answer = {"dispute_id": dispute_id, "outcome": "unbound" if count else "no_account", "accounts": count}
         return answer_per_mode(self.mode, tries, self.failures_per_lookup, answer,
                                {"dispute_id": dispute_id, "outcome": "rejected", "accounts": 0},
-                               self._call_back, request["callback_url"], answer, delay=self.delay_seconds)
+                               self._call_back, request["callback_url"], answer, delay=self.delay_seconds,
+                               task_id=dispute_id)
 
     def _release(self, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
         """SPEC §10.2: in the modes that answer with a count (callback, immediate, flaky once it answers) the
@@ -353,14 +365,15 @@ class PartnerSimulator(Simulator):
             tries = self._tries[f"release:{release_id}"] = self._tries.get(f"release:{release_id}", 0) + 1
             unbound = self._unbound.setdefault(release_id, 0)
         acts = self.mode in ("callback", "immediate", "late", "slow") or (
-            self.mode == "flaky" and tries > self.failures_per_lookup)
+            self.mode == "flaky" and tries > self.failures_per_lookup) or (
+            self.mode == "partial" and not partial_fails(release_id))
         if acts:
             with self._lock:
                 unbound = self._unbound[release_id] = unbound + self.accounts.release(phone, self.company, since)
         answer = {"release_id": release_id, "unbound": unbound}
         return answer_per_mode(self.mode, tries, self.failures_per_lookup, answer,
                                {"release_id": release_id, "error": "release backend unavailable"},
-                               self._call_back, callback_url, answer, delay=self.delay_seconds)
+                               self._call_back, callback_url, answer, delay=self.delay_seconds, task_id=release_id)
 
     def get(self, path: str) -> tuple[int, Any]:
         if path.rstrip("/") != "/stats":
@@ -430,7 +443,7 @@ class OperatorSimulator(Simulator):
         answer = {"lookup_id": lookup_id, "card_count": self.cards.get((id_number.upper(), operator), 0)}
         return answer_per_mode(mode, tries, self.failures_per_lookup, answer,
                                {"lookup_id": lookup_id, "error": "lookup backend unavailable"},
-                               self._call_back, operator, callback_url, answer, delay=delay)
+                               self._call_back, operator, callback_url, answer, delay=delay, task_id=lookup_id)
 
     def _signed_request(self, operator: str, headers: dict[str, str], body: bytes,
                         id_field: str) -> tuple[str, str, str]:
@@ -454,7 +467,7 @@ class OperatorSimulator(Simulator):
         answer = {"dispute_id": dispute_id, "outcome": "suspended" if cards else "no_card", "cards": cards}
         return answer_per_mode(mode, tries, self.failures_per_lookup, answer,
                                {"dispute_id": dispute_id, "outcome": "rejected", "cards": 0},
-                               self._call_back, operator, callback_url, answer, delay=delay)
+                               self._call_back, operator, callback_url, answer, delay=delay, task_id=dispute_id)
 
     def get(self, path: str) -> tuple[int, Any]:
         operator = self._operator(path, "stats")

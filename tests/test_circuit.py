@@ -111,7 +111,8 @@ def test_an_answer_from_a_healthy_partner_writes_nothing(circuits: Circuits) -> 
 @pytest.mark.parametrize("requests_per_second", [1, 10])
 def test_partner_failing_20_percent_of_requests_forever_stays_closed(circuits: Circuits,
                                                                      requests_per_second: int) -> None:
-    """Every 5th request fails, the others are answered: 1000 requests, never open."""
+    """Every 5th request fails, the others are answered: 1000 requests, never open (on the local stack, with a
+    partner in the simulators' `partial` mode: tests/test_partial_partner.py)."""
     opened = []
     for i in range(1000):
         now = 10_000 + i // requests_per_second
