@@ -167,6 +167,7 @@ class Economics:
     mean_execution_seconds: float  # measured lifetime of the query executions (Little's law)
     capacity: dict[str, float]  # quota -> sustainable queries/s
     fixed: dict[str, float]  # quota -> what the deadline machinery takes of it, deployed, whatever the traffic
+    tables: dict[str, Capacity] = field(default_factory=dict)  # table -> its units and requests per query
 
     @property
     def cost_per_million(self) -> dict[str, float]:
@@ -198,34 +199,78 @@ class Economics:
         return min(self.capacity[k] for k in STEP_FUNCTIONS_QUOTAS)
 
     def raise_for(self, quota: str, target_qps: float) -> float:
-        """The quota value needed to sustain `target_qps` (what the deadline machinery takes included)."""
-        value = QUOTA_VALUES[quota]
+        """The quota value needed to sustain `target_qps` (what the deadline machinery takes included); 0 for a
+        quota this pattern does not use (a table it never touches)."""
+        if quota not in self.capacity:
+            return 0.0
+        value = quota_value(quota)
         used_per_query = (value - self.fixed.get(quota, 0.0)) / self.capacity[quota]
-        return target_qps * used_per_query + self.fixed.get(quota, 0.0)
+        return needed_quota(target_qps, used_per_query, self.fixed.get(quota, 0.0))
+
+    @property
+    def sms_per_query(self) -> float:
+        """SNS Publish requests per query as measured (a code and the reply for a query; a code, the submitted
+        and the outcome SMS for a dispute); the assumption where none was measured."""
+        return self.per_query.requests.get("sns:Publish", 0.0) or float(ASSUMPTIONS["sms_per_query"])
+
+    @property
+    def kms_per_query(self) -> float:
+        return self.per_query.by_service().get("kms", 0.0)
 
 
-# quota name -> its default (bench/prices.py)
+# quota name -> its default (bench/prices.py). DynamoDB's are per table: one quota per table and kind of unit,
+# named by table_quota() and valued by quota_value().
 QUOTA_VALUES: dict[str, float] = {
     "StartExecution": QUOTAS["start_execution_refill_per_second"],
     "state transitions": QUOTAS["state_transitions_refill_per_second"],
     "open executions": QUOTAS["open_executions"],
     "API Gateway requests": QUOTAS["api_gateway_requests_per_second"],
     "Lambda concurrency": QUOTAS["lambda_concurrent_executions"],
-    "DynamoDB WRU, busiest table": QUOTAS["dynamodb_table_write_units_per_second"],
-    "DynamoDB RRU, busiest table": QUOTAS["dynamodb_table_read_units_per_second"],
+    "KMS requests": QUOTAS["kms_symmetric_requests_per_second"],
     "SNS SMS": QUOTAS["sns_sms_per_second"],
 }
+DYNAMODB_UNITS = {"WRU": QUOTAS["dynamodb_table_write_units_per_second"],
+                  "RRU": QUOTAS["dynamodb_table_read_units_per_second"]}
+TABLE_PREFIX = "yztc-"  # every table's name starts so (chalicelib/config.py): left out of the labels
 
 
-def _busiest_table(meter: Meter, n: float) -> tuple[float, float]:
-    """(WRU, RRU) per query of the table that takes the most of each (priced functions only)."""
-    wru: dict[str, float] = defaultdict(float)
-    rru: dict[str, float] = defaultdict(float)
+def table_quota(unit: str, table: str) -> str:
+    """The per-table quota's name: "DynamoDB WRU queries" for yztc-queries' write units."""
+    return f"DynamoDB {unit} {table.removeprefix(TABLE_PREFIX)}"
+
+
+def quota_value(quota: str) -> float:
+    """A quota's default, the per-table DynamoDB ones included."""
+    if quota in QUOTA_VALUES:
+        return QUOTA_VALUES[quota]
+    service, unit, _ = quota.split(" ", 2)
+    if service != "DynamoDB" or unit not in DYNAMODB_UNITS:
+        raise KeyError(quota)
+    return DYNAMODB_UNITS[unit]
+
+
+def capacity_under(quota_default: float, fixed: float, used_per_item: float) -> float:
+    """Items/s sustainable under a quota: what the fixed use (the deadline machinery) leaves, ÷ each item's use."""
+    return (quota_default - fixed) / max(used_per_item, 1e-9)
+
+
+def little_lifetime_capacity(open_quota: float, fixed: float, lifetime_seconds: float) -> float:
+    """Little's law: open executions = start rate × mean lifetime, so the start rate the quota allows."""
+    return capacity_under(open_quota, fixed, lifetime_seconds)
+
+
+def needed_quota(target_per_second: float, used_per_item: float, fixed: float = 0.0) -> float:
+    """The quota value that sustains `target_per_second` items (the fixed use included)."""
+    return target_per_second * used_per_item + fixed
+
+
+def table_units(meter: Meter, n: float) -> dict[str, Capacity]:
+    """Each table's units and requests per item (priced functions only), by table name."""
+    tables: dict[str, Capacity] = defaultdict(Capacity)
     for (function, table, _), units in meter.tables.items():
         if function not in NOT_PRICED:
-            wru[table] += units.wru / n
-            rru[table] += units.rru / n
-    return max(wru.values(), default=0.0), max(rru.values(), default=0.0)
+            tables[table].add(Capacity(units.rru / n, units.wru / n, units.reads / n, units.writes / n))
+    return dict(tables)
 
 
 def economics(measured: Measured, deadline: DeadlineFigures) -> Economics:
@@ -239,7 +284,9 @@ def economics(measured: Measured, deadline: DeadlineFigures) -> Economics:
     per_minute = usage(meter, {PER_MINUTE}, max(1, measured.delivery_runs))
     lifetime = statistics.mean(measured.execution_seconds) if measured.execution_seconds else 0.0
     # Per query, the query's own use; the deadline machinery's deployed rate is taken off each quota once.
-    own_starts = meter.requests.get((START_QUERIES.logical_id, "states:StartExecution"), 0) / n or 1.0
+    # Its own StartExecution requests: a query's from the start queue's consumer, a dispute's from the API
+    own_starts = sum(count for (function, request), count in meter.requests.items()
+                     if request == "states:StartExecution" and function not in DEADLINE_FUNCTIONS) / n or 1.0
     lead = production_lead_slots()
     fixed = {  # deployed: each minute the starter starts one slot per kind (the others run already), and per kind
         # one execution runs through its states (as measured); lead + 1 slots per kind are open at once
@@ -250,20 +297,27 @@ def economics(measured: Measured, deadline: DeadlineFigures) -> Economics:
     concurrency_seconds = sum(count * billed_ms(function, kind) / 1000
                               for function, count in per_query.invocations.items()
                               if function not in DEADLINE_FUNCTIONS)
-    wru, rru = _busiest_table(meter, n)
+    tables = table_units(meter, n)
+    sms = per_query.requests.get("sns:Publish", 0.0) or float(ASSUMPTIONS["sms_per_query"])
     capacity = {
-        "StartExecution": (QUOTA_VALUES["StartExecution"] - fixed["StartExecution"]) / own_starts,
-        "state transitions": (QUOTA_VALUES["state transitions"] - fixed["state transitions"]) / max(own, 1e-9),
+        "StartExecution": capacity_under(QUOTA_VALUES["StartExecution"], fixed["StartExecution"], own_starts),
+        "state transitions": capacity_under(QUOTA_VALUES["state transitions"], fixed["state transitions"], own),
         # Little's law on the measured lifetimes: open executions = start rate × lifetime
-        "open executions": (QUOTA_VALUES["open executions"] - fixed["open executions"]) / max(lifetime, 1e-9),
-        "API Gateway requests": QUOTA_VALUES["API Gateway requests"] / max(per_query.api_requests, 1e-9),
-        "Lambda concurrency": QUOTA_VALUES["Lambda concurrency"] / max(concurrency_seconds, 1e-9),
-        "DynamoDB WRU, busiest table": QUOTA_VALUES["DynamoDB WRU, busiest table"] / max(wru, 1e-9),
-        "DynamoDB RRU, busiest table": QUOTA_VALUES["DynamoDB RRU, busiest table"] / max(rru, 1e-9),
-        "SNS SMS": QUOTA_VALUES["SNS SMS"] / float(ASSUMPTIONS["sms_per_query"]),
+        "open executions": little_lifetime_capacity(QUOTA_VALUES["open executions"], fixed["open executions"],
+                                                    lifetime),
+        "API Gateway requests": capacity_under(QUOTA_VALUES["API Gateway requests"], 0.0, per_query.api_requests),
+        "Lambda concurrency": capacity_under(QUOTA_VALUES["Lambda concurrency"], 0.0, concurrency_seconds),
+        # One shared quota for Decrypt, Encrypt and GenerateDataKey: every KMS request a query makes
+        "KMS requests": capacity_under(QUOTA_VALUES["KMS requests"], 0.0, per_query.by_service().get("kms", 0.0)),
+        "SNS SMS": capacity_under(QUOTA_VALUES["SNS SMS"], 0.0, sms),
     }
+    for table, units in sorted(tables.items()):  # each table its own quota (on-demand, per table)
+        if units.wru:
+            capacity[table_quota("WRU", table)] = capacity_under(DYNAMODB_UNITS["WRU"], 0.0, units.wru)
+        if units.rru:
+            capacity[table_quota("RRU", table)] = capacity_under(DYNAMODB_UNITS["RRU"], 0.0, units.rru)
     return Economics(measured, per_query, per_minute, own, share, measured.deadline_transitions / n, deadline,
-                     lifetime, capacity, fixed)
+                     lifetime, capacity, fixed, tables)
 
 
 DISPUTE_ASL = os.path.join("stepfunctions", "dispute.asl.json")

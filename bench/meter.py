@@ -99,15 +99,16 @@ class Meter:
 
     # -- AWS requests ------------------------------------------------------------------------
     def record(self, function: str, host: str, operation: str, capacity: Capacity | None,
-               table: str | None = None, size: int = 0) -> None:
+               tables: dict[str, tuple[Capacity, int]] | None = None) -> None:
+        """One request; `tables`: its units split by the table they fall on, with the largest item size there
+        (a batch or a transaction may span tables; each table counts the request once)."""
         with self._lock:
             self.requests[(function, f"{host}:{operation}")] += 1
             if capacity is not None:
                 self.capacity[function].add(capacity)
-                if table is not None:
-                    self.tables[(function, table, operation)].add(capacity)
-                    self.largest[(function, table, operation)] = max(self.largest[(function, table, operation)],
-                                                                     size)
+            for table, (units, size) in (tables or {}).items():
+                self.tables[(function, table, operation)].add(units)
+                self.largest[(function, table, operation)] = max(self.largest[(function, table, operation)], size)
 
     def clear(self) -> None:
         """Forget everything counted so far (a warm-up is not measured)."""
@@ -229,43 +230,48 @@ def _write_targets(operation: str, params: dict[str, Any]) -> list[tuple[str, di
 
 
 def _write_capacity(targets: list[tuple[str, dict[str, Any], int]], before: list[dict[str, Any] | None],
-                    after: list[dict[str, Any] | None]) -> Capacity:
+                    after: list[dict[str, Any] | None]) -> tuple[Capacity, dict[str, tuple[Capacity, int]]]:
+    """(the request's units, the same split by table with the largest item written there)."""
     units = Capacity(writes=1)
+    tables: dict[str, tuple[Capacity, int]] = {}
     for (table, _, multiplier), old, new in zip(targets, before, after, strict=True):
         index_writes = _index_writes(table, old, new)
         size = max(item_size(old), item_size(new))
-        units.wru += multiplier * _write_units(size) + index_writes * _write_units(size + INDEX_ENTRY_OVERHEAD_BYTES)
-    return units
+        wru = multiplier * _write_units(size) + index_writes * _write_units(size + INDEX_ENTRY_OVERHEAD_BYTES)
+        units.wru += wru
+        on_table, largest = tables.get(table, (Capacity(writes=1), 0))
+        on_table.wru += wru
+        tables[table] = (on_table, max(largest, size))
+    return units, tables
 
 
 def _table_of(params: dict[str, Any]) -> str:
-    """The table a request names; a batch or a transaction: its first table."""
-    if "TableName" in params:
-        return str(params["TableName"])
-    for spec in params.get("RequestItems", {}):
-        return str(spec)
-    for entry in params.get("TransactItems", []):
-        ((_, spec),) = entry.items()
-        return str(spec["TableName"])
-    return "?"
+    """The table a single-table request names."""
+    return str(params.get("TableName", "?"))
 
 
-def _read_capacity(operation: str, params: dict[str, Any], reply: dict[str, Any]) -> Capacity:
-    units = Capacity(reads=1)
+def _read_capacity(operation: str, params: dict[str, Any],
+                   reply: dict[str, Any]) -> tuple[Capacity, dict[str, tuple[Capacity, int]]]:
+    """(the request's units, the same split by table)."""
+    by_table: dict[str, float] = {}
     if operation == "GetItem":
-        units.rru = _read_units(item_size(reply.get("Item")), bool(params.get("ConsistentRead")))
+        by_table[_table_of(params)] = _read_units(item_size(reply.get("Item")), bool(params.get("ConsistentRead")))
     elif operation == "BatchGetItem":
         for table, spec in params["RequestItems"].items():
             found = reply.get("Responses", {}).get(table, [])
             consistent = bool(spec.get("ConsistentRead"))
-            units.rru += sum(_read_units(item_size(i), consistent) for i in found)
-            units.rru += max(0, len(spec["Keys"]) - len(found)) * _read_units(0, consistent)
+            by_table[table] = (sum(_read_units(item_size(i), consistent) for i in found)
+                               + max(0, len(spec["Keys"]) - len(found)) * _read_units(0, consistent))
     elif operation in ("Query", "Scan"):
         consistent = bool(params.get("ConsistentRead")) and "IndexName" not in params
-        units.rru = _read_units(sum(item_size(i) for i in reply.get("Items", [])), consistent)
+        by_table[_table_of(params)] = _read_units(sum(item_size(i) for i in reply.get("Items", [])), consistent)
     elif operation == "TransactGetItems":
-        units.rru = sum(2 * _read_units(item_size(r.get("Item")), True) for r in reply.get("Responses", []))
-    return units
+        entries = [spec for entry in params.get("TransactItems", []) for spec in entry.values()]
+        for spec, response in zip(entries, reply.get("Responses", []), strict=False):
+            table = str(spec["TableName"])
+            by_table[table] = by_table.get(table, 0.0) + 2 * _read_units(item_size(response.get("Item")), True)
+    units = Capacity(reads=1, rru=sum(by_table.values()))
+    return units, {table: (Capacity(reads=1, rru=rru), 0) for table, rru in by_table.items()}
 
 
 @contextlib.contextmanager
@@ -297,15 +303,14 @@ def metering() -> Iterator[Meter]:
             response = original_request(self, request)
             raw = response[2] if response is not None else ""
             reply = json.loads(raw) if raw else {}
-            meter.record(function, host, operation, _read_capacity(operation, params, reply), _table_of(params))
+            meter.record(function, host, operation, *_read_capacity(operation, params, reply))
             return response
         with aws._SERIALIZED:  # the same lock moto's writes take: the images are this request's own
             targets = _write_targets(operation, params)
             before = [_current_item(table, key) for table, key, _ in targets]
             response = original_request(self, request)
             after = [_current_item(table, key) for table, key, _ in targets]
-        size = max((item_size(i) for i in before + after), default=0)
-        meter.record(function, host, operation, _write_capacity(targets, before, after), _table_of(params), size)
+        meter.record(function, host, operation, *_write_capacity(targets, before, after))
         return response
 
     def handle_request(self: Any, method: str, path: str, headers: Any, body: Any) -> Any:

@@ -35,8 +35,12 @@ from bench.meter import API_HANDLER, Meter, acting_as, metering
 ACCOUNTS = "accounts"  # internet accounts: POST /v1/queries, the companies (SPEC §3)
 CARDS = "cards"  # phone cards: POST /v1/card-queries, the operators (SPEC §9)
 RELEASES = "releases"  # recycled-number releases: POST /v1/number-releases, the companies (SPEC §10.2)
-SUBMIT_PATHS = {ACCOUNTS: "/v1/queries", CARDS: "/v1/card-queries", RELEASES: "/v1/number-releases"}
-ID_FIELDS = {ACCOUNTS: "query_id", CARDS: "query_id", RELEASES: "release_id"}  # the submission's 202 names it so
+DISPUTES = "disputes"  # disputes: POST /v1/disputes after an account query (SPEC §8), bench/disputes.py
+# What Run.submit posts (a dispute's: the account query before it, not measured)
+SUBMIT_PATHS = {ACCOUNTS: "/v1/queries", CARDS: "/v1/card-queries", RELEASES: "/v1/number-releases",
+                DISPUTES: "/v1/queries"}
+ID_FIELDS = {ACCOUNTS: "query_id", CARDS: "query_id", RELEASES: "release_id",
+             DISPUTES: "query_id"}  # the submission's 202 names it so
 STATUS_CHECK = "StatusCheck"  # the citizen may look at GET /v1/queries/{id}: measured, not priced
 CALLBACK_DELAY_SECONDS = 1.0
 DEADLINE_SLOT_SECONDS = 60  # as deployed
@@ -62,6 +66,7 @@ class Pattern:
     kind: str = ACCOUNTS
     max_queries: int = 0  # 0: every subscriber given
     warm_up: bool = False  # one query first, not measured: the secrets cached as in a warm container
+    company_mode: str = ""  # disputes: how the disputed company treats the dispute (immediate, silent)
 
     @property
     def submit_path(self) -> str:
@@ -177,7 +182,8 @@ class Run:
 
         options = StackOptions(workdir=self.workdir, api_port=free_port(),
                                deadline_seconds=self.pattern.deadline_seconds,
-                               release_deadline_seconds=self.pattern.deadline_seconds, pump=False, retries=False,
+                               release_deadline_seconds=self.pattern.deadline_seconds,
+                               dispute_deadline_seconds=self.pattern.deadline_seconds, pump=False, retries=False,
                                schedule_seconds=0, deadline_slot_seconds=self.pattern.slot_seconds,
                                deadline_lead_slots=DEADLINE_LEAD_SLOTS, deadlines=False)
         with mock_aws(config=MOTO_CONFIG):
@@ -230,7 +236,8 @@ class Run:
             dispatcher.handlers[name] = self.meter.timed(logical_id(name), handler)
 
     def _noting_replies(self, handler: Callable[..., Any]) -> Callable[..., Any]:
-        """send_replies, noting when each query's reply was committed (the end of the batch that sent it)."""
+        """send_replies, noting when each reply (a query's, a dispute's outcome) was committed (the end of the
+        batch that sent it)."""
 
         def run(event: dict[str, Any], *args: Any) -> Any:
             result = handler(event, *args)
@@ -240,7 +247,7 @@ class Run:
                     message = json.loads(record["body"])
                 except ValueError:
                     continue
-                if isinstance(message, dict) and message.get("type") == "query":
+                if isinstance(message, dict) and message.get("type") in ("query", "dispute"):
                     self.replied.setdefault(str(message.get("id")), done)
             return result
 

@@ -62,10 +62,18 @@ QUOTAS: dict[str, float] = {
     # https://docs.aws.amazon.com/general/latest/gr/sns.html (SMS: transactional messages per second, per
     # account; raised by a support case, and bounded in practice by the origination identity's throughput)
     "sns_sms_per_second": 20,
+    # https://docs.aws.amazon.com/kms/latest/developerguide/requests-per-second.html ("Cryptographic operations
+    # (symmetric) request rate", shared by Decrypt, Encrypt, GenerateDataKey, GenerateDataKeyWithoutPlaintext,
+    # GenerateMac, GenerateRandom, ReEncrypt, VerifyMac, per account and region; adjustable, as every KMS request
+    # quota but the CloudHSM key store's): 100,000/s in us-east-1, us-west-2 and eu-west-1 (the regions of the
+    # Step Functions quotas above); 20,000/s in us-east-2, ap-southeast-1, ap-southeast-2, ap-northeast-1,
+    # eu-central-1, eu-west-2; 10,000/s elsewhere
+    "kms_symmetric_requests_per_second": 100_000,
 }
 
 # The Step Functions quotas above (us-east-1, the region of the prices), cited in the report.
 STEP_FUNCTIONS_QUOTAS_URL = "https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html"
+KMS_QUOTAS_URL = "https://docs.aws.amazon.com/kms/latest/developerguide/requests-per-second.html"
 
 # Assumptions where the local stack cannot measure what AWS would do.
 ASSUMPTIONS: dict[str, Any] = {
@@ -91,6 +99,7 @@ ASSUMPTIONS: dict[str, Any] = {
         "DeliverBacklog": 150,  # the backlog index reads; a probe's round trip while a circuit is open
         "StartDeadlines": 40,   # one ListExecutions, then the slots not running: ~1 StartExecution per kind
         "DeadlineStep": 60,     # 16 range queries of the deadline index (empty, mostly) + the claims due
+        "ForwardDispute": 200,  # the company's round trip (a 200 or a 202) and 4-5 AWS requests
     },
     # The same for a phone-card query (SPEC §9) where it differs: AskCompanies asks 132 operators with 16
     # threads, 9 rounds of (a Lookup PutItem ~10 ms + the operator's round trip ~150-200 ms) + its own

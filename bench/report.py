@@ -13,12 +13,14 @@ from bench.economics import (
     PER_MINUTE,
     QUOTA_VALUES,
     STEP_FUNCTIONS_QUOTAS,
+    TABLE_PREFIX,
     AslEstimate,
     Economics,
     billed_ms,
     dispute_estimate,
     median_ms,
     production_lead_slots,
+    quota_value,
 )
 from bench.meter import API_HANDLER, Capacity
 from bench.patterns import (
@@ -34,6 +36,7 @@ from bench.patterns import (
 )
 from bench.prices import (
     ASSUMPTIONS,
+    KMS_QUOTAS_URL,
     PRICES,
     QUOTAS,
     STEP_FUNCTIONS_QUOTAS_URL,
@@ -65,11 +68,25 @@ QUOTA_LABELS = {
     "open executions": f"open executions ({QUOTAS['open_executions']:,.0f} ÷ lifetime)",
     "API Gateway requests": f"API Gateway ({QUOTAS['api_gateway_requests_per_second']:,.0f} req/s)",
     "Lambda concurrency": f"Lambda concurrency ({QUOTAS['lambda_concurrent_executions']:,.0f})",
-    "DynamoDB WRU, busiest table": f"DynamoDB WRU/table ({QUOTAS['dynamodb_table_write_units_per_second']:,.0f}/s)",
-    "DynamoDB RRU, busiest table": f"DynamoDB RRU/table ({QUOTAS['dynamodb_table_read_units_per_second']:,.0f}/s)",
-    "SNS SMS": f"SNS SMS ({QUOTAS['sns_sms_per_second']:,.0f}/s, {ASSUMPTIONS['sms_per_query']} per query)",
+    "KMS requests": f"KMS symmetric requests ({QUOTAS['kms_symmetric_requests_per_second']:,.0f}/s)",
+    "SNS SMS": f"SNS SMS ({QUOTAS['sns_sms_per_second']:,.0f}/s ÷ Publish measured)",
 }
 HARD = {"open executions": "adjustable (to millions)", "SNS SMS": "adjustable by support case"}
+# Issue 14, "Targets": disputes/s under the Step Functions quotas alone, whatever the company does (the same
+# StartExecution refill, shared with the deadline starter's 2 starts a minute), and their executions' lifetime.
+DISPUTE_QPS_TARGET = STEP_FUNCTIONS_QPS_TARGET
+
+
+def quota_label(quota: str) -> str:
+    """The capacity row's label: the fixed quotas' from QUOTA_LABELS, a table's with its default."""
+    return QUOTA_LABELS.get(quota) or f"{quota} ({quota_value(quota):,.0f}/s)"
+
+
+def quota_keys(results: list[Economics]) -> list[str]:
+    """Every quota some result was measured against: the fixed ones, then each table's (WRU, then RRU)."""
+    tables = sorted({k for r in results for k in r.capacity if k not in QUOTA_VALUES},
+                    key=lambda k: (k.split(" ")[2], k.split(" ")[1] != "WRU"))
+    return [*QUOTA_VALUES, *tables]
 
 
 def num(value: float, digits: int = 2) -> str:
@@ -81,9 +98,10 @@ def num(value: float, digits: int = 2) -> str:
 
 
 class Report:
-    def __init__(self, out: TextIO, results: list[Economics]) -> None:
+    def __init__(self, out: TextIO, results: list[Economics], disputes: list[Economics] | None = None) -> None:
         self.out = out
         self.results = results
+        self.disputes = disputes or []  # measured disputes (bench/disputes.py): tables of their own
         self.accounts = [r for r in results if r.measured.pattern.kind == ACCOUNTS]
         self.cards = [r for r in results if r.measured.pattern.kind == CARDS]
         self.releases = [r for r in results if r.measured.pattern.kind == RELEASES]
@@ -94,16 +112,18 @@ class Report:
     def line(self, text: str = "") -> None:
         print(text, file=self.out)
 
-    def row(self, label: str, value: Callable[[Economics], str]) -> None:
+    def row(self, label: str, value: Callable[[Economics], str], results: list[Economics] | None = None) -> None:
+        columns = self.results if results is None else results
         width = max(18, *(len(r.measured.pattern.title) + 2 for r in self.results))  # the column titles fit
-        self.line(f"  {label:<46}" + "".join(f"{value(r):>{width}}" for r in self.results))
+        self.line(f"  {label:<46}" + "".join(f"{value(r):>{width}}" for r in columns))
 
-    def keyed(self, label: str, value: Callable[[Economics, str], str], key: str) -> None:
-        self.row(label, lambda r: value(r, key))
+    def keyed(self, label: str, value: Callable[[Economics, str], str], key: str,
+              results: list[Economics] | None = None) -> None:
+        self.row(label, lambda r: value(r, key), results)
 
-    def header(self, title: str) -> None:
+    def header(self, title: str, results: list[Economics] | None = None) -> None:
         self.line()
-        self.row(title, lambda r: r.measured.pattern.title)
+        self.row(title, lambda r: r.measured.pattern.title, results)
 
     # -- sections ------------------------------------------------------------------------------
     def print(self, log_path: str) -> bool:
@@ -112,6 +132,7 @@ class Report:
         self.costs()
         self.delivery_job()
         self.capacity()
+        self.dispute_section()
         self.down_partner()
         for card in self.cards:
             self.card_cost(card)
@@ -120,7 +141,7 @@ class Report:
         self.line("prices (bench/prices.py): " + "; ".join(f"{k} {v}" for k, v in PRICES.items()))
         blocks = [("issue 8", issue8_targets(self.by_key)), ("issue 11", [
             check for card in self.cards for check in card_targets(self.accounts, card)]),
-            ("issue 14", issue14_targets(self.results, self.by_key)),
+            ("issue 14", issue14_targets(self.results, self.by_key) + dispute_targets(self.disputes)),
             ("issue 15", issue15_targets(self.happy, self.releases, self.dispute))]
         for title, checks in blocks:
             if checks:
@@ -208,6 +229,7 @@ class Report:
                  lambda r: f"{num(r.per_query.reads)} / {num(r.per_query.rru)}")
         self.row("DynamoDB writes: requests / WRU",
                  lambda r: f"{num(r.per_query.writes)} / {num(r.per_query.wru)}")
+        self.table_rows(self.results)
         self.row("failing partner (cards: flaky): requests, run",
                  lambda r: num(r.measured.failing_requests) if r.measured.failing or r.measured.flaky else "-")
         self.row("reply SMS / with it as 暂未返回",
@@ -266,6 +288,8 @@ class Report:
                  f"${r.total_per_million:,.2f} per million queries") for r in self.accounts if r is self.happy]
         rows += [(f"release ({r.measured.pattern.title}, measured)", r.own_transitions, r.deadline_share,
                   f"${r.total_per_million:,.2f} per million releases") for r in self.releases]
+        rows += [(f"dispute (§8, {r.measured.pattern.title}, measured)", r.own_transitions, r.deadline_share,
+                  f"${r.total_per_million:,.2f} per million disputes") for r in self.disputes]
         for what, unit in (("dispute (§8", "disputes"), ("card dispute (§10.1", "card disputes")):
             rows.append((f"{what}, from {d.path}, not measured)", d.own_transitions, d.deadline_share,
                          f"${d.step_functions_per_million:,.2f} per million {unit} (Step Functions only)"))
@@ -286,10 +310,21 @@ class Report:
                       f"{num(sum(u.by_service().values()))} AWS requests ({services}), {num(u.rru)} RRU, "
                       f"{num(u.wru)} WRU: ${sum(u.cost().values()) * 60 * 24 * 30:,.2f} a month")
 
+    def table_rows(self, results: list[Economics]) -> None:
+        """Each table's units per item (priced functions; a transaction's units on the table each item is in)."""
+        self.row("DynamoDB per table: RRU / WRU", lambda r: "", results)
+        for table in sorted({t for r in results for t in r.tables}):
+            self.keyed(f"  {table.removeprefix(TABLE_PREFIX)}",
+                       lambda r, t: (f"{num(r.tables[t].rru)} / {num(r.tables[t].wru)}" if t in r.tables else "-"),
+                       table, results)
+
+    def capacity_rows(self, results: list[Economics]) -> None:
+        for quota in quota_keys(results):
+            self.keyed(quota_label(quota), _capacity(2 if quota == "StartExecution" else 1), quota, results)
+
     def capacity(self) -> None:
         self.header("sustainable queries/s per account-region")
-        for quota, label in QUOTA_LABELS.items():
-            self.keyed(label, _capacity(2 if quota == "StartExecution" else 1), quota)
+        self.capacity_rows(self.results)
         self.row("  execution lifetime used (s, measured mean)", lambda r: num(r.mean_execution_seconds, 2))
         self.row("under the Step Functions quotas alone", lambda r: num(r.step_functions_qps, 2))
         self.row("sustainable (the smallest)", lambda r: num(r.sustainable_qps, 1))
@@ -307,11 +342,61 @@ class Report:
         self.line(f"  So the {QUOTAS['start_execution_refill_per_second']:,.0f}/s StartExecution refill is shared with "
                   f"those 2 starts a minute: StartExecution-bound at 300 queries/s within rounding "
                   f"(target ≥ {STEP_FUNCTIONS_QPS_TARGET:g}). Lambda concurrency: Σ invocations × billed")
-        self.line("  durations assumed (bench/prices.py) per query, the deadline functions left out; DynamoDB: the "
-                  "table taking most units per query; SMS: a code and a reply per query.")
+        self.line("  durations assumed (bench/prices.py) per query, the deadline functions left out; DynamoDB: each "
+                  "table its own quota (on-demand, per table), '-' where a pattern")
+        self.line("  uses no unit of that kind on that table; SMS: SNS Publish requests measured per query (a code and "
+                  "a reply); KMS: every Decrypt and GenerateDataKey")
+        self.line(f"  share one symmetric request quota ({KMS_QUOTAS_URL}: "
+                  f"{QUOTAS['kms_symmetric_requests_per_second']:,.0f}/s in us-east-1, us-west-2, eu-west-1; 20,000 or "
+                  f"10,000 elsewhere; adjustable).")
         self.line("  Little's law: open executions = start rate × lifetime; lifetimes are measured on moto "
                   "(in-process, two shared cores), seconds whatever the partners do.")
         self.raises()
+
+    def dispute_section(self) -> None:
+        """Disputes (SPEC §8) measured as the queries are: per dispute, then disputes/s under every quota."""
+        ds = self.disputes
+        if not ds:
+            return
+        self.header("per dispute (SPEC §8), measured (bench/disputes.py)", ds)
+        self.row("state transitions: own execution", lambda r: _span(r.measured.transitions), ds)
+        self.row("  + the deadline executions' share (a)", lambda r: num(r.deadline_share), ds)
+        self.row("  = per dispute", lambda r: num(r.transitions), ds)
+        self.row("execution lifetime mean / max (s, on moto)",
+                 lambda r: f"{num(r.mean_execution_seconds, 1)} / {num(max(r.measured.execution_seconds), 1)}", ds)
+        self.row("outcome SMS latency p50 / p95 (s, submit -> commit)",
+                 lambda r: f"{num(percentile(r.measured.reply_seconds, 0.5), 1)} / "
+                           f"{num(percentile(r.measured.reply_seconds, 0.95), 1)}", ds)
+        self.row("Lambda invocations × ms billed (moto median)", lambda r: num(sum(r.per_query.invocations.values())),
+                 ds)
+        for function in ("APIHandler", "ForwardDispute", "RetryLookups", "SendReplies", "DeadlineStep",
+                         "StartDeadlines"):
+            label = f"  {function}" + (" (code + dispute + callbacks)" if function == API_HANDLER else "")
+            self.keyed(label, _invocations, function, ds)
+        self.row("API Gateway requests", lambda r: num(r.per_query.api_requests), ds)
+        self.row("KMS requests", lambda r: num(r.kms_per_query), ds)
+        self.row("SMS sent (SNS Publish): code, submitted, outcome", lambda r: num(r.sms_per_query), ds)
+        self.row("DynamoDB reads: requests / RRU", lambda r: f"{num(r.per_query.reads)} / {num(r.per_query.rru)}", ds)
+        self.row("DynamoDB writes: requests / WRU", lambda r: f"{num(r.per_query.writes)} / {num(r.per_query.wru)}",
+                 ds)
+        self.table_rows(ds)
+        self.row("outcome SMS / of them expired", lambda r: f"{r.measured.replies} / {r.measured.unanswered_reported}",
+                 ds)
+        self.row("cost per million disputes, USD, excl. SMS", lambda r: f"{r.total_per_million:,.2f}", ds)
+        self.header("sustainable disputes/s per account-region", ds)
+        self.capacity_rows(ds)
+        self.row("  execution lifetime used (s, measured mean)", lambda r: num(r.mean_execution_seconds, 2), ds)
+        self.row("under the Step Functions quotas alone", lambda r: num(r.step_functions_qps, 2), ds)
+        self.row("sustainable (the smallest)", lambda r: num(r.sustainable_qps, 1), ds)
+        self.row("binding quota", lambda r: r.binding.replace("DynamoDB ", "DDB "), ds)
+        titles = ", ".join(f"{r.measured.pattern.title} {r.measured.queries}" for r in ds)
+        self.line(f"  Disputes measured ({titles}): each after an account query that listed the company's accounts "
+                  "(not measured); the company answers the dispute at once (its 200),")
+        self.line(f"  or never (202, silent: the expired SMS from the deadline executions at its "
+                  f"{ds[-1].measured.pattern.deadline_seconds} s deadline here, 15 days deployed). The execution "
+                  f"enters Forward and ends once the company is asked, whatever the company does.")
+        self.line("  Each column is disputes alone under each quota: queries and disputes share every quota, so "
+                  "their rates add up (StartExecution: queries/s + disputes/s ≤ 300).")
 
     def raises(self) -> None:
         goals = [(ACCOUNT_QPS_GOAL, "account", self.accounts), (CARD_QPS_GOAL, "card", self.cards)]
@@ -321,11 +406,11 @@ class Report:
             if not results:
                 continue
             needs = []
-            for quota in QUOTA_VALUES:
+            for quota in quota_keys(results):
                 worst = max(results, key=_raise_key(quota, goal))
                 needed = worst.raise_for(quota, goal)
-                if needed > QUOTA_VALUES[quota]:
-                    needs.append(f"{quota} {num(QUOTA_VALUES[quota])} -> {num(needed, 0)} "
+                if needed > quota_value(quota):
+                    needs.append(f"{quota} {num(quota_value(quota))} -> {num(needed, 0)} "
                                  f"({worst.measured.pattern.title}; {HARD.get(quota, 'adjustable')})")
             self.line(f"  {goal:,} {kind} queries/s: " + ("; ".join(needs) if needs else "none"))
 
@@ -410,7 +495,7 @@ class Report:
 
 
 def _capacity(digits: int) -> Callable[[Economics, str], str]:
-    return lambda r, k: num(r.capacity[k], digits)
+    return lambda r, k: num(r.capacity[k], digits) if k in r.capacity else "-"
 
 
 def _raise_key(quota: str, goal: float) -> Callable[[Economics], float]:
@@ -519,6 +604,31 @@ def issue14_targets(results: list[Economics], by_key: dict[str, Economics]) -> l
                        f"{r.measured.replies}/{r.measured.queries}" for r in accounts)
                    + "); the down and silent partners 暂未返回 in each, the flaky and late ones answered in each "
                    + f"(暂未返回: {', '.join(f'{k} {v}' for k, v in unanswered.items())})"))
+    return checks
+
+
+def dispute_targets(disputes: list[Economics]) -> list[tuple[bool, str]]:
+    """Issue 14: disputes ≥ 300/s under the Step Functions quotas whatever the company does, their executions
+    ending in seconds, one outcome SMS each (the silent company's: the expired SMS)."""
+    if not disputes:
+        return []
+    checks = [(all(r.step_functions_qps >= DISPUTE_QPS_TARGET for r in disputes),
+               f"disputes/s under the Step Functions quotas ≥ {DISPUTE_QPS_TARGET:g} (300, the StartExecution "
+               f"refill shared with the deadline starter), whatever the company does: " + ", ".join(
+                   f"{r.measured.pattern.title} {r.step_functions_qps:.2f} ({_sf_binding(r)})" for r in disputes)),
+              (all(max(r.measured.execution_seconds) <= LIFETIME_TARGET_SECONDS for r in disputes),
+               f"dispute execution lifetime ≤ {LIFETIME_TARGET_SECONDS:g} s (longest): " + ", ".join(
+                   f"{r.measured.pattern.title} {max(r.measured.execution_seconds):.1f} s" for r in disputes))]
+    silent = [r for r in disputes if r.measured.pattern.company_mode == "silent"]
+    answered = [r for r in disputes if r.measured.pattern.company_mode != "silent"]
+    one_each = all(r.measured.replies == r.measured.queries and not r.measured.notes for r in disputes)
+    expired = (all(r.measured.unanswered_reported == r.measured.queries for r in silent)
+               and all(r.measured.unanswered_reported == 0 for r in answered))
+    checks.append((one_each and expired, "one outcome SMS per dispute (" + ", ".join(
+        f"{r.measured.replies}/{r.measured.queries}" for r in disputes)
+        + "); the silent company's all expired, the other's none (" + ", ".join(
+            f"{r.measured.pattern.title} {r.measured.unanswered_reported} expired" for r in disputes)
+        + ")" + "".join(f"; {note}" for r in disputes for note in r.measured.notes)))
     return checks
 
 

@@ -11,14 +11,16 @@ CARD_QUERIES subscribers with distinct ID numbers ask the 132 operators of the o
 each answering as local/fixtures/operators.csv says (two of them flaky), after one warm-up card query
 that is not measured. Then recycled-number releases (SPEC §10.2) on a fresh stack: RELEASE_COUNT
 subscribers (their carrier states a `since`) each ask every company to unbind the accounts bound before
-it, on the query state machine, the companies answering as in 'all answering'. For each: state
+it, on the query state machine, the companies answering as in 'all answering'. Then disputes (SPEC §8,
+bench/disputes.py), two fresh stacks: DISPUTE_COUNT subscribers each dispute a company their reply listed,
+the company answering at once, or silent (the deadline executions send the expired SMS). For each: state
 transitions, Lambda invocations, AWS requests by service, DynamoDB request units, what the failing
 partner received, the cost per million queries excluding SMS (prices: bench/prices.py), reply
 latencies, execution lifetimes, and the queries/s one account-region sustains under each quota on the
-path (the binding one named); then a card dispute's transitions from stepfunctions/dispute.asl.json
-(not measured); then the targets of issues 8, 11, 14 and 15, PASS or FAIL. Then the SMS-channel
-counter (issue 17 item 4, bench/sms_channel.py) on a fresh moto of its own: code requests at 50 %,
-90 % and 110 % of its configured rate, the share refused at each, and its targets; last, the cold start
+path (the binding one named), disputes/s likewise; then the targets of issues 8, 11, 14 and 15, PASS or
+FAIL. Then the SMS-channel counter (issue 17 item 4, bench/sms_channel.py) on a fresh moto of its own:
+code requests at 50 %, 90 % and 110 % of its configured rate, the share refused at each, and its targets;
+last, the cold start
 (`import app` against `import boto3`, bench/cold_start.py) (exit status 1 if any target fails). The
 app's own log lines go to a file, not to the report.
 """
@@ -45,6 +47,9 @@ LATE_SECONDS = 3  # the late partner's callback delay (local/simulators.py reads
 CARD_QUERIES = 5  # 132 operators on moto in-process: ~10 s a card query on two shared cores
 CARD_DEADLINE_SECONDS = 180  # never the reason a card query ends: it ends when every operator answered
 RELEASE_COUNT = 4  # a release asks the same companies as a query: a few are enough for its per-release figures
+# Two codes per subscriber (its query's, its dispute's) from one client: at most 10 stay under the 20 code requests
+# an hour a client has before it must solve a challenge (CODE_FREE_PER_CLIENT).
+DISPUTE_COUNT = 8
 
 
 def active_subscribers() -> list[dict[str, str]]:
@@ -68,8 +73,9 @@ def main() -> int:
 
     from bench.cold_start import measure as measure_cold_start
     from bench.cold_start import print_section as print_cold_start
+    from bench.disputes import measure_disputes
     from bench.economics import deadline_execution_figures, economics
-    from bench.patterns import CARDS, RELEASES, Pattern, measure
+    from bench.patterns import CARDS, DISPUTES, RELEASES, Pattern, measure
     from bench.report import Report
     from bench.sms_channel import measure as measure_sms_channel
     from bench.sms_channel import print_section as print_sms_channel
@@ -92,6 +98,14 @@ def main() -> int:
         Pattern("releases", "releases, all answer", kind=RELEASES, in_flight=2,
                 max_queries=RELEASE_COUNT),
     ]
+    dispute_patterns = [
+        Pattern("dispute-answered", "dispute, at once", kind=DISPUTES, all_immediate=True,
+                company_mode="immediate", max_queries=DISPUTE_COUNT),
+        # The company never answers: the expired SMS at the deadline, sent by the deadline executions.
+        Pattern("dispute-silent", "dispute, silent", kind=DISPUTES, all_immediate=True, company_mode="silent",
+                deadline_seconds=SILENT_DEADLINE_SECONDS, slot_seconds=SHORT_SLOT_SECONDS,
+                max_queries=DISPUTE_COUNT),
+    ]
     subscribers = active_subscribers()
     measured = []
     for pattern in patterns:
@@ -100,14 +114,20 @@ def main() -> int:
         print(f"[bench] {pattern.title}: {measured[-1].queries} queries measured in "
               f"{time.monotonic() - started:.0f} s",
               file=report, flush=True)
+    disputes = []
+    for pattern in dispute_patterns:
+        started = time.monotonic()
+        disputes.append(measure_disputes(pattern, WORKDIR, subscribers, log))
+        print(f"[bench] {pattern.title}: {disputes[-1].queries} disputes measured in "
+              f"{time.monotonic() - started:.0f} s", file=report, flush=True)
     started = time.monotonic()
     channel = measure_sms_channel()  # its own mock_aws, after the patterns' stacks
     print(f"[bench] SMS channel: {sum(len(load.sent) for load in channel.loads)} code requests measured in "
           f"{time.monotonic() - started:.0f} s", file=report, flush=True)
     # The deadline executions are a fixed cost per kind and minute: measured once, from every pattern's.
-    deadline = deadline_execution_figures(measured)
+    deadline = deadline_execution_figures(measured + disputes)
     results = [economics(m, deadline) for m in measured]
-    passed = Report(report, results).print(log_path)
+    passed = Report(report, results, [economics(m, deadline) for m in disputes]).print(log_path)
     sms_passed = print_sms_channel(report, channel)
     cold_passed = print_cold_start(report, measure_cold_start())  # last: nothing else runs beside it
     return 0 if passed and sms_passed and cold_passed else 1
