@@ -17,29 +17,26 @@ its outcome SMS (engine/deadlines.py); with no answer, the deadline execution of
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from pynamodb.exceptions import UpdateError
 
-from chalicelib import clients, errors, telemetry
-from chalicelib.config import Settings, settings
+from chalicelib import errors, telemetry
+from chalicelib.config import Settings
 from chalicelib.contracts import DisputeOutcome, DisputeStatus, ReplyType, TaskState, TaskType
 from chalicelib.disputes.notify import DisputeNotifier
-from chalicelib.disputes.protocol import DISPUTE_ID, DisputeReply, dispute_id_of, parse_dispute_answer
+from chalicelib.disputes.protocol import DISPUTE_ID, DisputeReply, parse_dispute_answer
 from chalicelib.engine import tasks
 from chalicelib.engine.deadlines import Deadlines
 from chalicelib.engine.delivery import TaskKind
-from chalicelib.engine.tasks import Outcome, Sent, rejected
+from chalicelib.engine.tasks import Sent, TaskClient, TaskDesk
 from chalicelib.partners.circuit import Circuits, CircuitState
 from chalicelib.partners.kinds import KINDS, LookupKind, kind_of
-from chalicelib.partners.protocol import Refused
 from chalicelib.privacy import Vault, partner_secret
 from chalicelib.registry import Partner
-from chalicelib.storage.models import Dispute, condition_failed
+from chalicelib.storage.models import Dispute
 
 logger = Logger(child=True)
 
@@ -48,42 +45,35 @@ _OPEN = (TaskState.PENDING, TaskState.UNSENT)  # not answered, not closed at the
 _FORGET_IDENTITY = (Dispute.name_sealed.remove(), Dispute.id_sealed.remove())
 
 
-class DisputeClient:
+class DisputeClient(TaskClient[DisputeReply]):
     """One signed dispute request to a partner (SPEC §8, §10.1), its reply classified as for lookups."""
-
-    def __init__(self, config: Settings | None = None,
-                 secret_for: Callable[[str], str] = partner_secret) -> None:
-        self._config = config or settings()
-        self._secret_for = secret_for
 
     def send(self, kind: LookupKind, partner: Partner, dispute_id: str, personal: dict[str, str]) -> Sent[DisputeReply]:
         """`personal`: the kind's dispute fields (the phone; or the name and ID number)."""
-        callback = f"{self._config.public_api_url}/v1/{kind.callback_route}/{partner.id}/disputes"
-        payload = {"dispute_id": dispute_id, **personal, "callback_url": callback}
-        max_count = kind.dispute_max(self._config.partner_max_account_count)
-        return tasks.send(partner, f"{partner.base_url}{kind.dispute_path}", payload,
-                          self._secret_for(partner.secret_name), dispute_id,
-                          lambda body: parse_dispute_answer(body, kind, max_count),
-                          lambda answer: answer.dispute_id)
+        return self.post(kind, partner, dispute_id, personal, kind.dispute_path, "disputes", "dispute_id")
+
+    def parse(self, kind: LookupKind, partner: Partner, body: Any) -> DisputeReply:
+        return parse_dispute_answer(body, kind, kind.dispute_max(self._config.partner_max_account_count))
+
+    def task_of(self, answer: DisputeReply) -> str:
+        return answer.dispute_id
 
 
-class DisputeDesk:
+class DisputeDesk(TaskDesk[Dispute, DisputeReply, None]):
+    task_type = TaskType.DISPUTE
+    model = Dispute
+    deferred_metric = "DisputeDeferred"
+    unknown_task = "未知的核查申请编号。"
+    client: DisputeClient
+
     def __init__(self, vault: Vault, circuits: Circuits, client: DisputeClient, notifier: DisputeNotifier,
                  deadlines: Deadlines, sqs_client: Any | None = None, config: Settings | None = None,
                  clock: Callable[[], float] = time.time, secret_for: Callable[[str], str] = partner_secret) -> None:
+        super().__init__(circuits, client, sqs_client, config, clock)
         self._vault = vault
-        self.circuits = circuits
-        self.client = client
         self.notifier = notifier
         self._deadlines = deadlines
-        self._sqs = sqs_client
-        self._config = config or settings()
-        self._clock = clock
         self._secret_for = secret_for
-
-    @property
-    def sqs(self) -> Any:
-        return self._sqs or clients.client("sqs")
 
     def _personal(self, dispute: Dispute) -> dict[str, str] | None:
         """The sealed fields its partner request carries (the kind's), or None once closed or accepted."""
@@ -117,41 +107,31 @@ class DisputeDesk:
         if partner is None:  # left the registry since: nobody to forward to
             self.settle(dispute, DisputeReply(dispute_id, DisputeOutcome.REJECTED), "left_registry")
             return
-        state = self.circuits.states([partner.id])[partner.id]
-        if state.is_open:
-            self._park(dispute, now, tried=False, circuit_open=True)  # no request while the circuit is open
-            return
-        self.dispatch(dispute, kind, partner, personal, state, now)
+        self.send_unless_open(dispute, partner, personal, self.circuits.states([partner.id])[partner.id], now)
 
-    # -- sending (Forward, retry queue, delivery job) ------------------------------------------
-    def dispatch(self, dispute: Dispute, kind: LookupKind, partner: Partner, personal: dict[str, str],
-                 state: CircuitState, now: int) -> None:
-        sent = self.client.send(kind, partner, dispute.dispute_id, personal)
-        if sent.outcome is Outcome.TRANSIENT:
-            opened = self.circuits.failed(partner.id, now)
-            self._park(dispute, now, tried=True, circuit_open=opened)
-            return
-        self.circuits.succeeded(state, now)
+    # -- sending (Forward, retry queue, delivery job: TaskDesk.dispatch), its outcomes ----------------
+    def task_id(self, dispute: Dispute) -> str:
+        return dispute.dispute_id
+
+    def still_open(self) -> Any:
+        return Dispute.state.is_in(*_OPEN)
+
+    def request(self, dispute: Dispute, partner: Partner, personal: dict[str, str]) -> Sent[DisputeReply]:
+        return self.client.send(kind_of(dispute.kind), partner, dispute.dispute_id, personal)
+
+    def delivered(self, partner: Partner) -> None:
         telemetry.count("DisputeForwarded", company=partner.id)
-        if sent.outcome is Outcome.ANSWERED and sent.answer is not None:
-            self.settle(dispute, sent.answer, hashlib.sha256(sent.answer.canonical().encode()).hexdigest())
-            return
-        if sent.outcome is Outcome.REFUSED:  # a 4xx, or a 200 we cannot use: the company did not take it
-            self.settle(dispute, DisputeReply(dispute.dispute_id, DisputeOutcome.REJECTED), "refused")
-            return
-        try:  # 202: it calls back (and has what it needs: a card dispute's name and ID number go now)
-            dispute.update(actions=[Dispute.state.set(TaskState.PENDING), Dispute.status.set(DisputeStatus.FORWARDED),
-                                    Dispute.backlog_partner.remove(), Dispute.due_at.remove(),
-                                    Dispute.requested_at.set(now), *_FORGET_IDENTITY],
-                           condition=Dispute.state.is_in(*_OPEN))
-        except UpdateError as exc:
-            if not condition_failed(exc):
-                raise  # else: its callback came first
 
-    def _park(self, dispute: Dispute, now: int, tried: bool, circuit_open: bool) -> None:
-        """Into the partner's backlog (engine/tasks.py), as a lookup is."""
-        tasks.park(dispute, TaskType.DISPUTE, dispute.dispute_id, now, tried, circuit_open,
-                   Dispute.state.is_in(*_OPEN), self.sqs, self._config.retry_queue_url, "DisputeDeferred")
+    def answered(self, dispute: Dispute, partner: Partner, answer: DisputeReply) -> None:
+        self.settle(dispute, answer, tasks.digest(answer))
+
+    def refused(self, dispute: Dispute) -> None:  # the company did not take it
+        self.settle(dispute, DisputeReply(dispute.dispute_id, DisputeOutcome.REJECTED), "refused")
+
+    def waiting(self, dispute: Dispute, now: int) -> None:
+        # It calls back, and has what it needs: a card dispute's name and ID number go now.
+        tasks.mark_waiting(dispute, now, [Dispute.status.set(DisputeStatus.FORWARDED), *_FORGET_IDENTITY],
+                           self.still_open())
 
     def send_parked(self, dispute: Dispute, state: CircuitState, now: int) -> None:
         """A dispute from the backlog (the delivery loop's retry, replay or probe)."""
@@ -161,7 +141,7 @@ class DisputeDesk:
         if partner is None or personal is None:
             tasks.expire(dispute)  # left the registry, or closed: the deadline execution sends the expired SMS
             return
-        self.dispatch(dispute, kind, partner, personal, state, now)
+        self.dispatch(dispute, partner, personal, state, now)
 
     # -- settling -------------------------------------------------------------------------
     def settle(self, dispute: Dispute, reply: DisputeReply, digest: str) -> None:
@@ -170,7 +150,7 @@ class DisputeDesk:
         if tasks.settle(dispute, digest, int(self._clock()),
                         [Dispute.outcome.set(reply.outcome.value), Dispute.accounts.set(reply.accounts),
                          Dispute.status.set(DisputeStatus.FORWARDED), *_FORGET_IDENTITY],
-                        Dispute.state.is_in(*_OPEN)):
+                        self.still_open()):
             telemetry.count("DisputeAnswered", company=dispute.company)
         elif dispute.state == TaskState.EXPIRED:
             telemetry.count("LateAnswer", company=dispute.company)
@@ -186,21 +166,11 @@ class DisputeDesk:
 
     # -- callbacks (POST /v1/partners/{company}/disputes, /v1/operators/{operator}/disputes) ---------
     def record_callback(self, kind: LookupKind, partner: Partner, body: Any) -> None:
-        try:
-            dispute_id = dispute_id_of(body)
-            reply = parse_dispute_answer(body, kind, kind.dispute_max(self._config.partner_max_account_count))
-        except Refused as exc:
-            rejected(partner.id, exc.reason)
-            raise
-        if not DISPUTE_ID.fullmatch(dispute_id):
-            raise errors.NotFound("未知的核查申请编号。")
-        try:
-            dispute = Dispute.get(dispute_id, consistent_read=True)
-        except Dispute.DoesNotExist as exc:
-            raise errors.NotFound("未知的核查申请编号。") from exc
-        if dispute.company != partner.id or kind_of(dispute.kind) is not kind:
-            raise errors.NotFound("未知的核查申请编号。")
-        self.settle(dispute, reply, hashlib.sha256(reply.canonical().encode()).hexdigest())
+        dispute, reply = self.answered_task(kind, partner, body)
+        self.settle(dispute, reply, tasks.digest(reply))
+
+    def callback_key(self, kind: LookupKind, partner: Partner, task_id: str) -> str | None:
+        return task_id if DISPUTE_ID.fullmatch(task_id) else None
 
 
 class DisputeTasks(TaskKind):

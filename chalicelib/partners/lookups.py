@@ -15,7 +15,6 @@ attempt.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -25,15 +24,15 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from pynamodb.exceptions import PutError, UpdateError
 
-from chalicelib import clients, errors, signing, telemetry
-from chalicelib.config import Settings, settings
+from chalicelib import errors, signing, telemetry
+from chalicelib.config import Settings
 from chalicelib.contracts import QUERY_ID, LookupResult, ReplyType, TaskState, TaskType
 from chalicelib.engine import tasks
 from chalicelib.engine.deadlines import Deadlines
-from chalicelib.engine.tasks import Outcome, Sent, rejected
-from chalicelib.partners.circuit import Circuits, CircuitState
+from chalicelib.engine.tasks import Sent, TaskClient, TaskDesk, rejected
+from chalicelib.partners.circuit import Circuits
 from chalicelib.partners.kinds import ACCOUNTS, LookupKind, kind_of
-from chalicelib.partners.protocol import LOOKUP_ID, Answer, Refused, lookup_id_of, parse_answer
+from chalicelib.partners.protocol import LOOKUP_ID, Answer, parse_answer
 from chalicelib.privacy import Hasher, Vault, partner_secret
 from chalicelib.registry import Partner
 from chalicelib.storage.models import Lookup, QueryRecord, at, condition_failed
@@ -43,49 +42,43 @@ logger = Logger(child=True)
 FAN_OUT_THREADS = 16
 
 
-class PartnerClient:
+class PartnerClient(TaskClient[Answer]):
     """One signed lookup request to a partner (SPEC §4), its reply classified."""
-
-    def __init__(self, config: Settings | None = None,
-                 secret_for: Callable[[str], str] = partner_secret) -> None:
-        self._config = config or settings()
-        self._secret_for = secret_for
 
     def send(self, kind: LookupKind, partner: Partner, task_id: str, fields: dict[str, str]) -> Sent[Answer]:
         """`task_id`: what the partner calls it (the lookup id, or the release id); `fields`: the data this kind
         sends (the phone; ID number and name; the phone and `since`)."""
         telemetry.count("LookupRequested", company=partner.id)
-        callback = f"{self._config.public_api_url}/v1/{kind.callback_route}/{partner.id}/{kind.callback_suffix}"
-        payload = {kind.task_field: task_id, **fields, "callback_url": callback}
-        return tasks.send(partner, f"{partner.base_url}{kind.request_path}", payload,
-                          self._secret_for(partner.secret_name), task_id,
-                          lambda body: parse_answer(body, partner, self._config.partner_max_account_count,
-                                                    kind.count_field, kind.breakdowns, kind.task_field),
-                          lambda answer: answer.lookup_id)
+        return self.post(kind, partner, task_id, fields, kind.request_path, kind.callback_suffix, kind.task_field)
+
+    def parse(self, kind: LookupKind, partner: Partner, body: Any) -> Answer:
+        return parse_answer(body, partner, self._config.partner_max_account_count, kind.count_field,
+                            kind.breakdowns, kind.task_field)
+
+    def task_of(self, answer: Answer) -> str:
+        return answer.lookup_id
 
 
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
-class LookupDesk:
+class LookupDesk(TaskDesk[Lookup, Answer, LookupResult]):
+    task_type = TaskType.LOOKUP
+    model = Lookup
+    deferred_metric = "LookupDeferred"
+    unknown_task = "未知的查询编号。"
+    client: PartnerClient
+
     def __init__(self, hasher: Hasher, vault: Vault, circuits: Circuits, client: PartnerClient,
                  deadlines: Deadlines | None = None, sqs_client: Any | None = None, config: Settings | None = None,
                  clock: Callable[[], float] = time.time,
                  secret_for: Callable[[str], str] = partner_secret) -> None:
+        super().__init__(circuits, client, sqs_client, config, clock)
         self._hasher = hasher
         self._vault = vault
-        self.circuits = circuits
-        self.client = client
         self.deadlines = deadlines or Deadlines(config, sqs_client=sqs_client, clock=clock)
-        self._sqs = sqs_client
-        self._config = config or settings()
-        self._clock = clock
         self._secret_for = secret_for
-
-    @property
-    def sqs(self) -> Any:
-        return self._sqs or clients.client("sqs")
 
     def lookup_id(self, query_id: str, partner: str) -> str:
         return self._hasher.digest("lookup", query_id, partner)[:32]
@@ -118,10 +111,7 @@ class LookupDesk:
                 return self._stored_result(lookup)
             if lookup.state != TaskState.PENDING:
                 return None  # in the backlog (or expired): the delivery mechanism's
-            if states[partner.id].is_open:
-                self._park(lookup, now, tried=False, circuit_open=True)  # no request while the circuit is open
-                return None
-            return self.dispatch(lookup, partner, fields, states[partner.id], now)
+            return self.send_unless_open(lookup, partner, fields, states[partner.id], now)
 
         with ThreadPoolExecutor(max_workers=min(FAN_OUT_THREADS, max(1, len(partners)))) as pool:
             settled = [r for r in pool.map(ask, partners) if r is not None]
@@ -150,48 +140,39 @@ class LookupDesk:
             lookup = Lookup.get(lookup.lookup_id, consistent_read=True)  # a retried step: as it stands
         return lookup
 
-    # -- sending one lookup (fan-out, retry queue, delivery job) --------------------------
-    def dispatch(self, lookup: Lookup, partner: Partner, fields: dict[str, str], state: CircuitState,
-                 now: int) -> LookupResult | None:
-        """Send one lookup and act on the reply; the settled result, or None while it waits."""
-        kind = kind_of(lookup.kind)
-        sent = self.client.send(kind, partner, lookup.query_id if kind.task_per_query else lookup.lookup_id, fields)
-        if sent.outcome is Outcome.TRANSIENT:
-            opened = self.circuits.failed(partner.id, now)
-            self._park(lookup, now, tried=True, circuit_open=opened)
-            return None
-        self.circuits.succeeded(state, now)
-        if sent.outcome is Outcome.ANSWERED and sent.answer is not None:
-            try:
-                return self.settle(lookup, sent.answer)
-            except errors.Conflict:
-                # Its 200 differs from the callback it sent first: the first answer stands (SPEC §4).
-                rejected(partner.id, "conflicting_answer")
-                return self._stored_result(lookup)
-        if sent.outcome is Outcome.REFUSED:
-            return self._settle_unanswered(lookup, "refused")
-        if lookup.state == TaskState.UNSENT:  # sent at last: out of the backlog, waiting for its callback
-            try:
-                lookup.update(actions=[Lookup.state.set(TaskState.PENDING), Lookup.backlog_partner.remove(),
-                                       Lookup.due_at.remove(), Lookup.requested_at.set(now)],
-                              condition=Lookup.state == TaskState.UNSENT)
-            except UpdateError as exc:
-                if not condition_failed(exc):
-                    raise
-                # Its callback came before its 202: settled already, and recorded by that callback.
-        return None
+    # -- sending one lookup (fan-out, retry queue, delivery job: TaskDesk.dispatch), its outcomes -------
+    def task_id(self, lookup: Lookup) -> str:
+        return lookup.lookup_id
 
-    def _park(self, lookup: Lookup, now: int, tried: bool, circuit_open: bool) -> None:
-        """Into the partner's backlog (engine/tasks.py): nudged back while the circuit is closed; while open,
-        only the delivery job's probe and replay send it (no per-query work)."""
-        tasks.park(lookup, TaskType.LOOKUP, lookup.lookup_id, now, tried, circuit_open,
-                   Lookup.state != TaskState.SETTLED, self.sqs, self._config.retry_queue_url, "LookupDeferred")
+    def still_open(self) -> Any:
+        # An expired lookup still takes its answer: the query's reply may not have gone yet (SPEC §4).
+        return Lookup.state != TaskState.SETTLED
+
+    def request(self, lookup: Lookup, partner: Partner, fields: dict[str, str]) -> Sent[Answer]:
+        kind = kind_of(lookup.kind)
+        return self.client.send(kind, partner, lookup.query_id if kind.task_per_query else lookup.lookup_id, fields)
+
+    def answered(self, lookup: Lookup, partner: Partner, answer: Answer) -> LookupResult:
+        try:
+            return self.settle(lookup, answer)
+        except errors.Conflict:
+            # Its 200 differs from the callback it sent first: the first answer stands (SPEC §4).
+            rejected(partner.id, "conflicting_answer")
+            return self._stored_result(lookup)
+
+    def refused(self, lookup: Lookup) -> LookupResult:
+        return self._settle_unanswered(lookup, "refused")
+
+    def waiting(self, lookup: Lookup, now: int) -> None:
+        if lookup.state == TaskState.UNSENT:  # sent at last: out of the backlog, waiting for its callback
+            # (Its callback may have come before its 202: settled already, and recorded by that callback.)
+            tasks.mark_waiting(lookup, now, [], Lookup.state == TaskState.UNSENT)
 
     # -- settling --------------------------------------------------------------------------
     def settle(self, lookup: Lookup, answer: Answer) -> LookupResult:
         """Store the answer once. An exact duplicate changes nothing; a different one is a Conflict."""
         result = answer.result(lookup.company)
-        digest = hashlib.sha256(answer.canonical().encode()).hexdigest()
+        digest = tasks.digest(answer)
         first = self._settle(lookup, result, digest)
         if lookup.answer_digest != digest:
             raise errors.Conflict()
@@ -208,12 +189,10 @@ class LookupDesk:
         return self._stored_result(lookup)
 
     def _settle(self, lookup: Lookup, result: LookupResult, digest: str) -> bool:
-        """Settle once (engine/tasks.py); `lookup` is then as stored. True when this call settled it.
-        An expired lookup still takes its answer: the query's reply may not have gone yet (SPEC §4)."""
+        """Settle once (engine/tasks.py); `lookup` is then as stored. True when this call settled it."""
         if lookup.state == TaskState.SETTLED:
             return False
-        return tasks.settle(lookup, digest, int(self._clock()), [Lookup.result.set(_json(result))],
-                            Lookup.state != TaskState.SETTLED)
+        return tasks.settle(lookup, digest, int(self._clock()), [Lookup.result.set(_json(result))], self.still_open())
 
     @staticmethod
     def _stored_result(lookup: Lookup) -> LookupResult:
@@ -255,26 +234,15 @@ class LookupDesk:
         return partner
 
     def record_callback(self, kind: LookupKind, partner: Partner, body: Any) -> None:
-        """Store the answer once and, if it was the last, release the waiting task."""
-        try:
-            task_id = lookup_id_of(body, kind.task_field)
-            answer = parse_answer(body, partner, self._config.partner_max_account_count, kind.count_field,
-                                  kind.breakdowns, kind.task_field)
-        except Refused as exc:
-            rejected(partner.id, exc.reason)
-            raise
+        """Store the answer once and, if it was the last, claim the query's reply."""
+        lookup, answer = self.answered_task(kind, partner, body)
+        self.record_results(lookup.query_id, [self.settle(lookup, answer)])
+
+    def callback_key(self, kind: LookupKind, partner: Partner, task_id: str) -> str | None:
         if not (QUERY_ID if kind.task_per_query else LOOKUP_ID).fullmatch(task_id):
-            raise errors.NotFound("未知的查询编号。")
+            return None
         # A release id names every company's task: the partner, from the signed route, says which one.
-        lookup_id = self.lookup_id(task_id, partner.id) if kind.task_per_query else task_id
-        try:
-            lookup = Lookup.get(lookup_id, consistent_read=True)
-        except Lookup.DoesNotExist as exc:
-            raise errors.NotFound("未知的查询编号。") from exc
-        if lookup.company != partner.id or kind_of(lookup.kind) is not kind:
-            raise errors.NotFound("未知的查询编号。")
-        result = self.settle(lookup, answer)
-        self.record_results(lookup.query_id, [result])
+        return self.lookup_id(task_id, partner.id) if kind.task_per_query else task_id
 
     # -- reading what a lookup sent later carries ----------------------------------------
     def payloads(self, query_ids: Iterable[str]) -> dict[str, dict[str, str]]:
