@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import re
 from collections.abc import Iterator
@@ -142,3 +143,17 @@ class FakeTime:
 
     def sleep(self, seconds: float) -> None:
         self.now += max(seconds, 0.0)
+
+
+def post_from(stack: Any, source: str, path: str, body: dict[str, Any] | bytes,
+              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+    """Over real HTTP to the local API from the loopback address `source` (SPEC §7: its client IP), so a test
+    speaks as several clients (each with its own wrong-try and rate limits, SPEC §3)."""
+    conn = http.client.HTTPConnection("127.0.0.1", stack.options.api_port, timeout=60, source_address=(source, 0))
+    try:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        conn.request("POST", path, raw, {"Content-Type": "application/json", **(headers or {})})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), json.loads(response.read())
+    finally:
+        conn.close()

@@ -8,7 +8,6 @@ their mode. Fixtures: local/fixtures/subscribers.csv and cards.csv.
 from __future__ import annotations
 
 import datetime as dt
-import http.client
 import json
 import re
 import time
@@ -21,7 +20,7 @@ import pytest
 from chalicelib import signing
 from local.stack import LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS, post_json, wait_for
-from tests.helpers import COMPANIES, error_code, latest_code, replies_to, request_code, submit, wait_finished
+from tests.helpers import COMPANIES, error_code, latest_code, post_from, replies_to, request_code, submit, wait_finished
 from tests.privacy import assert_clean
 from tests.test_cards import OPERATORS, SPEC_EXAMPLE, SUBSCRIBERS, card_body, run_card_query, submit_card
 
@@ -145,19 +144,6 @@ def call_back(api: Client, stack: LocalStack, operator: str, body: Any, *, key: 
     signed = signing.signed_headers(key or stack.secrets[f"yztc/operators/{operator}"], raw, timestamp)
     return api.http.post(path or f"/v1/operators/{operator}/disputes", headers={**signed, **(headers or {})},
                          body=raw)
-
-
-def post_from(stack: LocalStack, source: str, path: str, body: dict[str, Any] | bytes,
-              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
-    """Over real HTTP to the local API from the loopback address `source` (SPEC §7: its client IP)."""
-    conn = http.client.HTTPConnection("127.0.0.1", stack.options.api_port, timeout=60, source_address=(source, 0))
-    try:
-        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        conn.request("POST", path, raw, headers or {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), json.loads(response.read())
-    finally:
-        conn.close()
 
 
 # -- the whole loop ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import time_machine
 
 from local.altcha import solve
 from local.stack import LocalStack, StackOptions
+from tests import helpers
 from tests.conftest import BASE_OPTIONS
 from tests.helpers import latest_code
 
@@ -39,13 +40,7 @@ class Answer:
 
 def post_from(stack: Any, source: str, path: str, body: dict[str, Any],
               headers: dict[str, str] | None = None) -> Answer:
-    conn = http.client.HTTPConnection("127.0.0.1", stack.options.api_port, timeout=30, source_address=(source, 0))
-    try:
-        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json", **(headers or {})})
-        response = conn.getresponse()
-        return Answer(response.status, dict(response.getheaders()), json.loads(response.read()))
-    finally:
-        conn.close()
+    return Answer(*helpers.post_from(stack, source, path, body, headers))
 
 
 def ask_code(stack: Any, source: str, phone: str = PHONE, **extra: Any) -> Answer:
