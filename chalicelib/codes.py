@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import random
 import secrets
 import time
@@ -23,12 +24,15 @@ from chalicelib.throttle import ConflictRetry, Counter, Lock, china_day_window, 
 # otherwise a stranger's requests would push the owner's code out. Every live code is on the owner's phone.
 LIVE_CODES = 3
 # Wrong tries, counted within a code window (from a code sent to a number with none live until its last live
-# code expires): this many from one client refuse that client until a code is sent at its own request; this many
-# in all cancel every live code. A client counts towards the total at most CLIENT_WRONG_TRIES times per window,
-# so the total takes four clients: from one address a stranger can neither cancel the owner's code nor replace
-# it, even by asking for codes of its own, and guessing stays below 20 × 3 / 10^6 ≈ 1 in 16,700 per window.
+# code expires): this many from one client refuse that client until a code is sent at its own request, which
+# lifts a client's refusal CLIENT_RESETS times a window; this many in all cancel every live code. So one address
+# compares at most 5 × (1 + 1) = 10 guesses a window and can neither cancel the owner's code (it takes 20) nor
+# replace it (a fourth live code is refused), and guessing stays below 20 × 3 / 10^6 ≈ 1 in 16,700 per window.
 CLIENT_WRONG_TRIES = 5
+CLIENT_RESETS = 1
 TOTAL_WRONG_TRIES = 20
+# The per-client tries items are named by their window (never reused): kept a day, past any window's end.
+TRIES_KEPT_SECONDS = 86400
 
 
 @dataclass(frozen=True)
@@ -89,10 +93,11 @@ class CodeService:
         lowered = [c for c, full in zip(counters, (per_number, per_client), strict=True) if c.limit < full.limit]
         code = f"{secrets.randbelow(1_000_000):06d}"
         code_hash = self._code_hash(key, code)
-        limits: list[Counter | Lock] = [
+        limits: list[Counter | Lock] = [  # in SPEC §3's order: the first refusal answers
             *([once] if once else []),
+            *lowered,
             Lock(f"code-gap#{key}", cfg.code_resend_seconds),
-            *counters,
+            *[c for c in counters if c not in lowered],
         ]
         # Over the SMS channel's rate a code would arrive late or never: refuse it now (503). The
         # per-second count is sharded so concurrent requests do not all write one item; a full shard
@@ -102,7 +107,7 @@ class CodeService:
         first = self._rng.randrange(len(channels))
         for attempt in range(len(channels)):
             channel = channels[(first + attempt) % len(channels)]
-            refused = self._store(key, client, code_hash, now, once, [*limits, channel])
+            refused, window = self._store(key, code_hash, now, once, [*limits, channel])
             if refused is None:
                 break
             if refused is once:
@@ -125,16 +130,29 @@ class CodeService:
             telemetry.count("SmsRejected")
             self._withdraw(key, code_hash, once)
             raise errors.InvalidPhone("该号码无法接收短信，请使用可接收短信的手机号码。") from exc
+        if window is not None:
+            self._lift_refusal(_client_tries(key, client, window))
         return IssuedCode(expires_in=cfg.code_ttl_seconds, resend_after=cfg.code_resend_seconds)
 
-    @staticmethod
-    def _withdraw(key: str, code_hash: str, once: Lock | None) -> None:
+    def _withdraw(self, key: str, code_hash: str, once: Lock | None) -> None:
         """A code SNS did not take was never sent: it leaves the live set (it would hold one of the three
         places) and gives its solution back (spent only by a request that sends a code)."""
-        VerificationCode(key).update(actions=[VerificationCode.codes[code_hash].remove(),
-                                              VerificationCode.version.add(1)])
+        self._retry.run(lambda: VerificationCode(key).update(actions=[VerificationCode.codes[code_hash].remove(),
+                                                                      VerificationCode.version.add(1)]))
         if once is not None:
-            Throttle(once.key).delete()
+            self._retry.run(lambda: Throttle(once.key).delete())
+
+    def _lift_refusal(self, tries_key: str) -> None:
+        """A code sent at this client's request lifts its refusal (SPEC §3), nobody else's, and only
+        CLIENT_RESETS times a window: otherwise each code it asks for would buy it five more guesses."""
+        try:
+            self._retry.run(lambda: Throttle(tries_key).update(
+                actions=[Throttle.hits.set(0), Throttle.resets.add(1)],
+                condition=(Throttle.hits > 0) & (Throttle.resets.does_not_exist()
+                                                 | (Throttle.resets < CLIENT_RESETS))))
+        except UpdateError as exc:
+            if not condition_failed(exc):
+                raise  # else: no tries to lift (or none of its own), or its lifts used up
 
     def _solution_needed(self, per_number: Counter, per_client: Counter, altcha: Any) -> Lock | None:
         """None when this request is within the free codes; else the solution's accepted-once record,
@@ -151,12 +169,14 @@ class CodeService:
             raise errors.ChallengeRequired(self._proof.challenge())
         return self._proof.once(solution)
 
-    def _store(self, key: str, client: str, code_hash: str, now: int, once: Lock | None,
-               guards: list[Counter | Lock]) -> Counter | Lock | None:
-        """Write the code with every guard in one transaction: the guard that refused it, or None.
-        TooManyRequests while LIVE_CODES are live (ChallengeRequired first, for a replayed solution)."""
+    def _store(self, key: str, code_hash: str, now: int, once: Lock | None,
+               guards: list[Counter | Lock]) -> tuple[Counter | Lock | None, str | None]:
+        """Write the code with every guard in one transaction: the guard that refused it, or None; and the
+        code window it joined when it joined live codes (None: it opened a new one). TooManyRequests while
+        LIVE_CODES are live (ChallengeRequired first, for a replayed solution)."""
         cfg = self._config
         result: list[Counter | Lock | None] = [None]
+        joined: list[str | None] = [None]
 
         def write() -> None:
             try:
@@ -167,8 +187,10 @@ class CodeService:
             if len(live) >= LIVE_CODES:
                 if once is not None and _held(once, now):
                     raise errors.ChallengeRequired(self._proof.challenge())  # SPEC §3: 428 before 429
+                # Whole minutes: to the second, the wait would date the owner's code for whoever filled the rest.
                 raise errors.TooManyRequests(
-                    "该号码已有3个有效验证码，请使用已收到的验证码，或稍后再试。", retry_after=min(live.values()) - now)
+                    "该号码已有多个有效验证码，请使用已收到的验证码，或稍后再试。",
+                    retry_after=60 * -(-(min(live.values()) - now) // 60))
             codes = {**live, code_hash: now + cfg.code_ttl_seconds}
             ttl = at(now + 2 * cfg.code_ttl_seconds)
             try:
@@ -189,9 +211,6 @@ class CodeService:
                             VerificationCode.codes.set(codes), VerificationCode.version.add(1),
                             VerificationCode.ttl.set(ttl)],
                             condition=_unchanged(stored))
-                        # A code sent at this client's request lifts its refusal (SPEC §3), nobody else's.
-                        tx.update(Throttle(_client_tries(key, client, str(stored.issue_id))),
-                                  actions=[Throttle.hits.set(0), Throttle.ttl.set(ttl)])
                     for guard in guards:
                         guard.add_to(tx, now)
             except TransactWriteError as exc:
@@ -202,11 +221,12 @@ class CodeService:
                 if _code_write_refused(exc):
                     raise _Changed() from exc  # a code used, cancelled or issued meanwhile
                 raise  # a conflict (tried again) or not ours at all
+            joined[0] = str(stored.issue_id) if stored is not None and live else None
 
         for _ in range(cfg.conflict_retries + 1):
             try:
                 self._retry.run(write)
-                return result[0]
+                return result[0], joined[0]
             except _Changed:
                 telemetry.count("TransactionConflict")
         raise errors.ServiceBusy("系统繁忙，请稍后再试。", retry_after=1)
@@ -226,35 +246,34 @@ class CodeService:
         live = _live(stored, now)
         if not live:
             raise errors.WrongCode()
-        client = self._hasher.digest("ip", client_ip)
-        window = str(stored.issue_id)
-        window_end = now + 2 * self._config.code_ttl_seconds
-        tries = Throttle(_client_tries(key, client, window))
+        client = self._hasher.digest("ip", wrong_try_client(client_ip))
+        tries = Throttle(_client_tries(key, client, str(stored.issue_id)))
+        kept = at(now + TRIES_KEPT_SECONDS)
         try:
-            tries.update(actions=[Throttle.hits.add(1), Throttle.ttl.set(at(window_end))],
-                         condition=Throttle.hits.does_not_exist() | (Throttle.hits < CLIENT_WRONG_TRIES))
+            self._retry.run(lambda: tries.update(
+                actions=[Throttle.hits.add(1), Throttle.ttl.set(kept)],
+                condition=Throttle.hits.does_not_exist() | (Throttle.hits < CLIENT_WRONG_TRIES)))
         except UpdateError as exc:
             if not condition_failed(exc):
                 raise
             raise errors.WrongCode() from exc  # refused until a code is sent at its request; not counted again
         offered = self._code_hash(key, code)
         if any(hmac.compare_digest(offered, known) for known in live):
-            tries.update(actions=[Throttle.hits.add(-1)])
+            try:  # a right code was no wrong try (and a lift in between may already have cleared it)
+                self._retry.run(lambda: tries.update(actions=[Throttle.hits.add(-1), Throttle.ttl.set(kept)],
+                                                     condition=Throttle.hits > 0))
+            except UpdateError as exc:
+                if not condition_failed(exc):
+                    raise
             return CodeCheck(key, offered, now)
-        self._count_wrong(stored, Counter(f"code-wrong-all#{key}#{client}#{window}", CLIENT_WRONG_TRIES, window_end))
+        self._count_wrong(stored)
         raise errors.WrongCode()
 
-    def _count_wrong(self, stored: VerificationCode, share: Counter) -> None:
-        """Add a wrong try to the number's total, if this client has not yet given its share of the window."""
-        try:
-            Throttle(share.key).update(actions=[Throttle.hits.add(1), Throttle.ttl.set(at(share.window_end))],
-                                       condition=Throttle.hits.does_not_exist() | (Throttle.hits < share.limit))
-        except UpdateError as exc:
-            if not condition_failed(exc):
-                raise
-            return
+    def _count_wrong(self, stored: VerificationCode) -> None:
+        """One more wrong try against the number's live codes; the twentieth cancels them."""
         try:  # the new total comes back in `stored`
-            stored.update(actions=[VerificationCode.wrong.add(1)], condition=VerificationCode.phone_key.exists())
+            self._retry.run(lambda: stored.update(actions=[VerificationCode.wrong.add(1)],
+                                                  condition=VerificationCode.phone_key.exists()))
         except UpdateError as exc:
             if not condition_failed(exc):
                 raise
@@ -263,9 +282,10 @@ class CodeService:
             return
         telemetry.count("CodesCancelled")
         try:
-            stored.update(actions=[VerificationCode.codes.set({}), VerificationCode.wrong.set(0),
-                                   VerificationCode.version.add(1)],
-                          condition=VerificationCode.wrong >= TOTAL_WRONG_TRIES)
+            cancel: list[Any] = [VerificationCode.codes.set({}), VerificationCode.wrong.set(0),
+                                 VerificationCode.version.add(1)]
+            still_due = VerificationCode.wrong >= TOTAL_WRONG_TRIES
+            self._retry.run(lambda: stored.update(actions=cancel, condition=still_due))
         except UpdateError as exc:
             if not condition_failed(exc):
                 raise  # else: another wrong try cancelled them first
@@ -281,6 +301,20 @@ def channel_counters(now: int, per_second: int, shards: int) -> list[Counter]:
 
 def _client_tries(key: str, client: str, window: str) -> str:
     return f"code-wrong#{key}#{client}#{window}"
+
+
+def wrong_try_client(client: str) -> str:
+    """Who a wrong try is counted against: the client (an IPv4 address), but an IPv6 client by its /48, not the
+    /64 other per-client limits use. One home line (a /56 or /60), a VPC (/56) or a free tunnel broker (/48)
+    holds many /64s, and four clients cancel a number's codes; the keys are per number, so honest users
+    sharing a /48 never meet."""
+    try:
+        network = ipaddress.ip_network(client, strict=False)
+    except ValueError:
+        return client
+    if network.version == 6 and network.prefixlen > 48:
+        return str(network.supernet(new_prefix=48))
+    return client
 
 
 def _held(lock: Lock, now: int) -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pynamodb.exceptions import TransactWriteError
+from pynamodb.exceptions import PynamoDBException, TransactWriteError
 from pynamodb.transactions import TransactWrite
 
 from chalicelib import errors, telemetry
@@ -111,8 +111,9 @@ class ConflictRetry:
     """Runs a transaction again when DynamoDB cancels it for a conflict, after a random pause
     (full jitter, so contenders spread out); after `retries` more tries, 503 service_busy.
 
-    `write` handles its own refusals (a guard's failed condition becomes its 4xx); only
-    TransactWriteErrors that are conflicts come back here, anything else is raised as is.
+    `write` handles its own refusals (a guard's failed condition becomes its 4xx); only conflicts come
+    back here (a cancelled transaction, or a single-item write meeting a transaction on its item), anything
+    else is raised as is.
     """
 
     retries: int
@@ -124,8 +125,11 @@ class ConflictRetry:
         for attempt in range(self.retries + 1):
             try:
                 return write()
-            except TransactWriteError as exc:
-                if not conflicted(exc):
+            except PynamoDBException as exc:
+                # A transaction cancelled for a conflict, or a single-item write refused because a transaction
+                # holds the item (TransactionConflictException, which botocore does not retry).
+                if not (isinstance(exc, TransactWriteError) and conflicted(exc)
+                        or exc.cause_response_code == "TransactionConflictException"):
                     raise
                 telemetry.count("TransactionConflict")
                 if attempt == self.retries:

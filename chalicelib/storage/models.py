@@ -53,6 +53,7 @@ class Throttle(Model):
 
     key = UnicodeAttribute(hash_key=True)
     hits = NumberAttribute(null=True)  # not `count`: that name is Model.count()
+    resets = NumberAttribute(null=True)  # a client's wrong tries: how often a code at its request lifted them
     until = NumberAttribute(null=True)
     holder = UnicodeAttribute(null=True)
     ttl = TTLAttribute()
