@@ -131,8 +131,13 @@ class CodeService:
             self._withdraw(key, code_hash, once)
             raise errors.InvalidPhone("该号码无法接收短信，请使用可接收短信的手机号码。") from exc
         if window is not None:
-            self._lift_refusal(_client_tries(key, client, window))
+            self._lift_refusal(self._tries_key(key, client_ip, window))
         return IssuedCode(expires_in=cfg.code_ttl_seconds, resend_after=cfg.code_resend_seconds)
+
+    def _tries_key(self, key: str, client_ip: str, window: str) -> str:
+        """One client's wrong tries against a number's code window: what a wrong try takes and a code at that
+        client's request lifts (the same client for both: an IPv6 client by its /48)."""
+        return f"code-wrong#{key}#{self._hasher.digest('ip', wrong_try_client(client_ip))}#{window}"
 
     def _withdraw(self, key: str, code_hash: str, once: Lock | None) -> None:
         """A code SNS did not take was never sent: it leaves the live set (it would hold one of the three
@@ -246,8 +251,7 @@ class CodeService:
         live = _live(stored, now)
         if not live:
             raise errors.WrongCode()
-        client = self._hasher.digest("ip", wrong_try_client(client_ip))
-        tries = Throttle(_client_tries(key, client, str(stored.issue_id)))
+        tries = Throttle(self._tries_key(key, client_ip, str(stored.issue_id)))
         kept = at(now + TRIES_KEPT_SECONDS)
         try:
             self._retry.run(lambda: tries.update(
@@ -299,8 +303,6 @@ def channel_counters(now: int, per_second: int, shards: int) -> list[Counter]:
     return [Counter(f"sms-rate#{now}#{i}", base + (i < extra), now + 1) for i in range(shards)]
 
 
-def _client_tries(key: str, client: str, window: str) -> str:
-    return f"code-wrong#{key}#{client}#{window}"
 
 
 def wrong_try_client(client: str) -> str:

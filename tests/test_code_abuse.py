@@ -321,3 +321,22 @@ def test_sixteen_concurrent_code_requests_at_80_percent_of_the_channel_rate_get_
         answers = list(pool.map(lambda phone: ask_code(stack, OWNER, phone=phone), phones))
     assert [a.status for a in answers] == [202] * 16
     assert {m["phone"] for m in stack.read_outbox()} == set(phones)
+
+
+def test_an_ipv6_clients_wrong_tries_and_their_lift_are_counted_by_its_48(stack: LocalStack) -> None:
+    # The API hands the code service an IPv6 client as its /64 (chalicelib/api/views.client_of); the local API
+    # listens on IPv4 loopback only, so this test speaks to the service as the API would.
+    from chalicelib import errors
+
+    codes = stack.app_module.code_service()
+    line_a, line_b = "2001:db8:1:2::/64", "2001:db8:1:3::/64"  # two /64s of one /48
+    with time_machine.travel(START, tick=True) as traveller:
+        code = owners_code(stack)
+        for n in range(5):
+            with pytest.raises(errors.WrongCode):
+                codes.check(PHONE, other(code, n + 1), line_a if n % 2 else line_b)
+        with pytest.raises(errors.WrongCode):  # refused: the /48 has had its five
+            codes.check(PHONE, code, line_a)
+        traveller.shift(61)
+        codes.issue(PHONE, line_b, altcha=solve(codes.challenge()))  # a code at the /48's own request lifts it
+        assert codes.check(PHONE, code, line_a).phone_key
