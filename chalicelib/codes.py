@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import random
 import secrets
 import time
@@ -15,6 +14,7 @@ from pynamodb.exceptions import TransactWriteError, UpdateError
 from chalicelib import errors, sms, telemetry
 from chalicelib.challenges import ProofOfWork
 from chalicelib.config import Settings, settings
+from chalicelib.network import client_network
 from chalicelib.privacy import Hasher
 from chalicelib.storage.models import Throttle, VerificationCode, at, condition_failed, transaction
 from chalicelib.throttle import ConflictRetry, Counter, Lock, china_day_window, first_refused, hour_window
@@ -190,7 +190,7 @@ class CodeService:
                 stored = None
             live = _live(stored, now)
             if len(live) >= LIVE_CODES:
-                if once is not None and _held(once, now):
+                if once is not None and once.held(now):
                     raise errors.ChallengeRequired(self._proof.challenge())  # SPEC §3: 428 before 429
                 # Whole minutes: to the second, the wait would date the owner's code for whoever filled the rest.
                 raise errors.TooManyRequests(
@@ -310,20 +310,7 @@ def wrong_try_client(client: str) -> str:
     /64 other per-client limits use. One home line (a /56 or /60), a VPC (/56) or a free tunnel broker (/48)
     holds many /64s, and four clients cancel a number's codes; the keys are per number, so honest users
     sharing a /48 never meet."""
-    try:
-        network = ipaddress.ip_network(client, strict=False)
-    except ValueError:
-        return client
-    if network.version == 6 and network.prefixlen > 48:
-        return str(network.supernet(new_prefix=48))
-    return client
-
-
-def _held(lock: Lock, now: int) -> bool:
-    try:
-        return int(Throttle.get(lock.key, consistent_read=True).until or 0) > now
-    except Throttle.DoesNotExist:
-        return False
+    return client_network(client, 48)
 
 
 def _unchanged(stored: VerificationCode) -> Any:

@@ -58,6 +58,13 @@ class Lock:
             condition=Throttle.until.does_not_exist() | (Throttle.until <= now),
         )
 
+    def held(self, now: int) -> bool:
+        """Someone holds it now (a solution's accepted-once record: already spent)."""
+        try:
+            return int(Throttle.get(self.key, consistent_read=True).until or 0) > now
+        except Throttle.DoesNotExist:
+            return False
+
     def retry_after(self, now: int) -> int:
         try:
             held = Throttle.get(self.key, consistent_read=True)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +11,7 @@ from chalice.app import Request
 from chalicelib import errors
 from chalicelib.api.requests import parse_json_object, require_fields
 from chalicelib.api.responses import error_response, json_response
+from chalicelib.network import client_network
 from chalicelib.wiring import logger
 
 # The content types a body-reading route takes (any other is 415); the body is read as JSON whatever the type says.
@@ -40,15 +40,7 @@ def client_ip(request: Request) -> str:
 
 
 def client_of(source_ip: str) -> str:
-    try:
-        address = ipaddress.ip_address(source_ip)
-    except ValueError:
-        return source_ip
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
+    return client_network(source_ip, 64)
 
 
 def json_api(view: Callable[..., Response | dict[str, Any]]) -> Callable[..., Response]:
