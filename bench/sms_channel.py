@@ -225,6 +225,7 @@ def measure(rate: int = RATE, shards: int = SHARDS) -> Channel:
     try:
         with mock_aws(config=MOTO_CONFIG):
             aws.make_dynamodb_serializable()
+            aws.make_dynamodb_responses_fast()
             reset_caches()
             from chalicelib.codes import CodeService
             from chalicelib.privacy import Hasher

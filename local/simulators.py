@@ -15,6 +15,7 @@ import urllib.request
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.client import HTTPException
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -136,7 +137,7 @@ def call_back(url: str, secret: str, answer: dict[str, Any], attempts: int = 6) 
             status = exc.code
             if status < 500:
                 return status
-        except OSError:
+        except (OSError, HTTPException):  # refused, timed out, reset, or a broken reply
             status = 0
     return status
 
@@ -207,6 +208,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # http.server's listen backlog is 5: a fan-out's concurrent requests would find connections refused,
+    # which a partner's load balancer does not do.
+    request_queue_size = 256
 
     def __init__(self, simulator: Simulator, port: int) -> None:
         self.simulator = simulator

@@ -139,6 +139,7 @@ class LocalStack:
         open(self.outbox, "a").close()
         install_sms_outbox(self.outbox, opts.print_sms)
         aws.make_dynamodb_serializable()
+        aws.make_dynamodb_responses_fast()
         import app as app_module
 
         self.app_module = app_module
