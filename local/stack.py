@@ -52,6 +52,9 @@ class StackOptions:
     operator_port: int = 0
     operator_modes: str = ""  # OPERATOR_MODES override, e.g. "cmcc-gd=down,mvno-jd=silent"
     operator_changes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The bundled registry's operators this stack registers, in the registry's order (empty: all 132). Their AWS
+    # resources are those of the whole registry, so stacks that differ only in this share a moto world.
+    operators: tuple[str, ...] = ()
     extra_operators: list[dict[str, Any]] = field(default_factory=list)  # joining by data alone
     # SPEC §3 proof-of-work thresholds (CODE_FREE_PER_NUMBER, CODE_FREE_PER_CLIENT); None: the deployed 2 and 20.
     code_free_per_number: int | None = None
@@ -157,6 +160,12 @@ class LocalStack:
         created = self.provisioned or provision(self.env, [*aws.registry_secret_names(bundled_carriers),
                                        *(entry["secret_name"] for entry in companies),
                                        *(entry["secret_name"] for entry in operators)])
+        if opts.operators:
+            kept = {*opts.operators, *(entry["id"] for entry in opts.extra_operators)}
+            unknown = kept - {entry["id"] for entry in operators}
+            if unknown:
+                raise ValueError(f"not in the operator registry: {sorted(unknown)}")
+            operators = [entry for entry in operators if entry["id"] in kept]
         os.environ.update(created.env)
         self.env.update(created.env)
         self.provisioned = created

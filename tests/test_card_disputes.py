@@ -20,9 +20,19 @@ import pytest
 from chalicelib import signing
 from local.stack import LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS, post_json, wait_for
-from tests.helpers import COMPANIES, error_code, latest_code, post_from, replies_to, request_code, submit, wait_finished
+from tests.helpers import (
+    COMPANIES,
+    FIXTURE_OPERATORS,
+    error_code,
+    latest_code,
+    post_from,
+    replies_to,
+    request_code,
+    submit,
+    wait_finished,
+)
 from tests.privacy import assert_clean
-from tests.test_cards import OPERATORS, SPEC_EXAMPLE, SUBSCRIBERS, card_body, run_card_query, submit_card
+from tests.test_cards import SPEC_EXAMPLE, SUBSCRIBERS, card_body, run_card_query, submit_card
 
 if TYPE_CHECKING:
     from chalice.test import Client, HTTPResponse
@@ -41,10 +51,11 @@ HOTLINES = {"cmcc-gd": "10086", "cucc-bj": "10010", "cmcc-sh": "10086", "ctcc-sh
 
 
 def options(modes: dict[str, str] | None = None, **changes: Any) -> StackOptions:
-    """Every operator answers card lookups and card disputes in its 200 unless told otherwise (companies too):
-    a card query replies as soon as the 132 operators answered. The deadline is never the reason a test passes."""
-    chosen = {op: "immediate" for op in OPERATORS} | (modes or {})
-    return StackOptions(**{**BASE_OPTIONS.__dict__, "deadline_seconds": 120,
+    """The operators the fixtures speak of (tests/test_cards.py) answer card lookups and card disputes in their
+    200 unless told otherwise (companies too): a card query replies as soon as they answered. The deadline is
+    never the reason a test passes."""
+    chosen = {op: "immediate" for op in FIXTURE_OPERATORS} | (modes or {})
+    return StackOptions(**{**BASE_OPTIONS.__dict__, "deadline_seconds": 120, "operators": FIXTURE_OPERATORS,
                            "operator_modes": ",".join(f"{op}={mode}" for op, mode in chosen.items()),
                            "partner_modes": ",".join(f"{c}=immediate" for c in COMPANIES), **changes})
 

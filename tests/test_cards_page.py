@@ -21,6 +21,7 @@ import pytest
 from chalicelib.cards.validation import check_character
 from local.stack import LocalStack, StackOptions
 from tests.conftest import API_PORT, BASE_OPTIONS, wait_for
+from tests.test_cards import options as card_options
 from tests.test_page import keep_screenshot_at_360
 
 if TYPE_CHECKING:
@@ -269,9 +270,9 @@ def test_screenshot_of_the_card_tab_at_360px(stack: LocalStack, page: Page) -> N
     keep_screenshot_at_360(page, "card-query-page-360.png")
 
 
-@pytest.mark.parametrize("stack_options", [StackOptions(**{**BASE_OPTIONS.__dict__, "deadline_seconds": 120})])
+@pytest.mark.parametrize("stack_options", [card_options()])
 def test_full_card_flow_against_the_real_service_ends_with_the_reply_sms(stack: LocalStack, page: Page) -> None:
-    """No interception: the real route, the real workflow over 132 operators, the reply in the outbox."""
+    """No interception: the real route, the real workflow over the fixtures' operators, the reply in the outbox."""
     cards_tab(page)
     page.get_by_label("手机号码").fill("13812345678")
     page.get_by_role("button", name="获取验证码").click()

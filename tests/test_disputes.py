@@ -17,7 +17,16 @@ import pytest
 from chalicelib import signing
 from local.stack import LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS, post_json, wait_for
-from tests.helpers import COMPANIES, error_code, latest_code, make_run, request_code, submit, wait_finished
+from tests.helpers import (
+    COMPANIES,
+    FIXTURE_OPERATORS,
+    error_code,
+    latest_code,
+    make_run,
+    request_code,
+    submit,
+    wait_finished,
+)
 from tests.privacy import assert_clean
 
 if TYPE_CHECKING:
@@ -1018,6 +1027,7 @@ def _drive_card_disputes(stack: LocalStack, api: Client) -> dict[str, str]:
     return ids
 
 
+@pytest.mark.parametrize("stack_options", [options(operators=FIXTURE_OPERATORS)])
 def test_every_aws_action_the_dispute_code_calls_is_granted_by_infra(stack: LocalStack, api: Client) -> None:
     """Drive every dispute path once (immediate, callback, SNS failures, transient failure and retry queue, open
     circuit and the minute job's probe, outcome SMS from the reply queue, status), and a card dispute (SPEC §10.1)

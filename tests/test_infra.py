@@ -19,7 +19,7 @@ from infra import generate
 from local.lambdas import acting_as
 from local.stack import LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS, post_json, wait_for
-from tests.helpers import latest_code, request_code, submit, wait_finished
+from tests.helpers import FIXTURE_OPERATORS, latest_code, request_code, submit, wait_finished
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -299,7 +299,7 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[CallRecorder]:
         yield recorder
 
 
-MIXED = StackOptions(**{**BASE_OPTIONS.__dict__, "deadline_seconds": 120,
+MIXED = StackOptions(**{**BASE_OPTIONS.__dict__, "deadline_seconds": 120, "operators": FIXTURE_OPERATORS,
                         "partner_modes": "tencent=immediate,alibaba=error,jd=callback,meituan=silent"})
 
 
