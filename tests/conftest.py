@@ -188,9 +188,9 @@ def _quiesce(local: LocalStack) -> None:
 
 def _stop_executions() -> bool:
     """False when one could not be stopped (its worker thread had not begun on a loaded machine)."""
-    import boto3
+    from chalicelib import clients
 
-    sfn = boto3.client("stepfunctions")
+    sfn = clients.client("stepfunctions")
     stopped = True
     for machine in sfn.list_state_machines()["stateMachines"]:
         for execution in sfn.list_executions(stateMachineArn=machine["stateMachineArn"],

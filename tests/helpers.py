@@ -8,8 +8,6 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
-
 from tests.conftest import NEWCOMER_ENV, _free_port, post_json, wait_for
 
 SUBSCRIBER = ("13812345678", "12345X")  # local/fixtures/subscribers.csv, active, cmcc
@@ -74,10 +72,18 @@ def execution_arn(stack: Any, query_id: str) -> str:
     return stack.env["STATE_MACHINE_ARN"].replace(":stateMachine:", ":execution:") + ":" + query_id
 
 
+def aws(service: str) -> Any:
+    """The test's client of `service`: the app's cached one (tests/conftest.py resets them per test), not a new
+    client per call, which costs 60 ms of CPU each and the helpers below are called many times a test."""
+    from chalicelib import clients
+
+    return clients.client(service)
+
+
 def wait_finished(stack: Any, query_id: str, timeout: float = 60) -> dict[str, Any]:
     """The query's execution has ended and its one reply is committed (it ends before partners answer:
     the reply comes from the reply queue, sent by the last answer or the deadline)."""
-    sfn = boto3.client("stepfunctions")
+    sfn = aws("stepfunctions")
     arn = execution_arn(stack, query_id)
 
     def finished() -> dict[str, Any] | None:
@@ -94,12 +100,16 @@ def wait_finished(stack: Any, query_id: str, timeout: float = 60) -> dict[str, A
 
 def wait_closed(stack: Any, query_id: str, timeout: float = 60) -> dict[str, Any]:
     """The query's reply is committed: a terminal status, out of the deadline index."""
-    table = boto3.resource("dynamodb").Table(stack.env["QUERIES_TABLE"])
+    from boto3.dynamodb.types import TypeDeserializer
+
+    deserialize = TypeDeserializer().deserialize
 
     def closed() -> dict[str, Any] | None:
-        item = table.get_item(Key={"query_id": query_id}, ConsistentRead=True).get("Item")
-        if item is None:
+        found = aws("dynamodb").get_item(TableName=stack.env["QUERIES_TABLE"], Key={"query_id": {"S": query_id}},
+                                         ConsistentRead=True).get("Item")
+        if found is None:
             return {"query_id": None}  # not a query (a dispute id): nothing to wait for
+        item = {name: deserialize(value) for name, value in found.items()}
         done = item.get("status") in ("replied", "failed") and "deadline_slot" not in item
         return item if done else None
 
@@ -107,8 +117,8 @@ def wait_closed(stack: Any, query_id: str, timeout: float = 60) -> dict[str, Any
 
 
 def history(stack: Any, query_id: str) -> list[dict[str, Any]]:
-    sfn = boto3.client("stepfunctions")
-    return sfn.get_execution_history(executionArn=execution_arn(stack, query_id), maxResults=1000)["events"]
+    arn = execution_arn(stack, query_id)
+    return aws("stepfunctions").get_execution_history(executionArn=arn, maxResults=1000)["events"]  # type: ignore[no-any-return]
 
 
 def replies_to(stack: Any, phone: str) -> list[str]:
