@@ -303,13 +303,11 @@ def channel_counters(now: int, per_second: int, shards: int) -> list[Counter]:
     return [Counter(f"sms-rate#{now}#{i}", base + (i < extra), now + 1) for i in range(shards)]
 
 
-
-
 def wrong_try_client(client: str) -> str:
     """Who a wrong try is counted against: the client (an IPv4 address), but an IPv6 client by its /48, not the
     /64 other per-client limits use. One home line (a /56 or /60), a VPC (/56) or a free tunnel broker (/48)
-    holds many /64s, and four clients cancel a number's codes; the keys are per number, so honest users
-    sharing a /48 never meet."""
+    holds many /64s, and two clients' tries (ten each a window) cancel a number's codes; the keys are per
+    number, so honest users sharing a /48 never meet."""
     return client_network(client, 48)
 
 

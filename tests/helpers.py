@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import http.client
 import json
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -13,37 +15,31 @@ from tests.conftest import NEWCOMER_ENV, _free_port, post_json, wait_for
 SUBSCRIBER = ("13812345678", "12345X")  # local/fixtures/subscribers.csv, active, cmcc
 
 
-def _registry_ids() -> list[str]:
-    import os
-
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "chalicelib", "data",
-                        "companies.json")
-    with open(path, encoding="utf-8") as fh:
-        return [entry["id"] for entry in json.load(fh)["companies"]]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-COMPANIES = _registry_ids()  # the bundled registry, in its order: tests never list companies themselves
+def bundled(kind: str) -> list[dict[str, Any]]:
+    """The registry chalicelib/data ships ("companies" or "operators"), its entries in its order."""
+    with open(os.path.join(ROOT, "chalicelib", "data", f"{kind}.json"), encoding="utf-8") as fh:
+        return list(json.load(fh)[kind])
 
 
-def _operator_ids() -> tuple[list[str], tuple[str, ...]]:
-    import csv
-    import os
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(os.path.join(root, "chalicelib", "data", "operators.json"), encoding="utf-8") as fh:
-        every = [entry["id"] for entry in json.load(fh)["operators"]]
+def _fixture_operators() -> set[str]:
+    """The operators local/fixtures gives cards (cards.csv) or a mode (operators.csv)."""
     spoken_of: set[str] = set()
     for fixture in ("cards.csv", "operators.csv"):
-        with open(os.path.join(root, "local", "fixtures", fixture), encoding="utf-8") as fh:
+        with open(os.path.join(ROOT, "local", "fixtures", fixture), encoding="utf-8") as fh:
             spoken_of |= {row["operator"] for row in csv.DictReader(fh)}
-    return every, tuple(op for op in every if op in spoken_of)
+    return spoken_of
 
 
-# The bundled operator registry (132), and the operators local/fixtures gives cards or a mode (26 of them, every
-# group), in the registry's order: what a card test's SMS and modes speak of. A stack registering only those
-# (StackOptions.operators) asks a fifth as many operators per card query; tests about the registry's size
-# (every operator asked, a 133rd joining by data alone) register it whole.
-OPERATORS, FIXTURE_OPERATORS = _operator_ids()
+COMPANIES = [entry["id"] for entry in bundled("companies")]  # tests never list companies themselves
+# The bundled operator registry (132), and the operators the fixtures speak of (26 of them, every group), in the
+# registry's order: what a card test's SMS and modes name. A stack registering only those (StackOptions.operators)
+# asks a fifth as many operators per card query; tests about the registry's size (every operator asked, a 133rd
+# joining by data alone) register it whole.
+OPERATORS = [entry["id"] for entry in bundled("operators")]
+FIXTURE_OPERATORS = tuple(op for op in OPERATORS if op in _fixture_operators())
 
 
 def latest_code(stack: Any, phone: str) -> str:
@@ -129,18 +125,16 @@ def replies_to(stack: Any, phone: str) -> list[str]:
 def make_run(workdir: Any, **env: str) -> Iterator[dict[str, Any]]:
     """`python -m local.run` as `make run` starts it, on free ports, with the shell's environment plus `env`;
     yields once the API serves, and stops it (SIGTERM, then kill) afterwards."""
-    import os
     import subprocess
     import sys
 
     import requests
 
     api_port, moto_port = _free_port(), _free_port()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     full_env = {**NEWCOMER_ENV, "API_PORT": str(api_port), "MOTO_PORT": str(moto_port), "SIMULATOR_PORTS": "any",
                 "LOCAL_WORKDIR": str(workdir), **env}
     with open(os.path.join(str(workdir), "run.log"), "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "local.run"], cwd=root, env=full_env, stdout=log,
+        process = subprocess.Popen([sys.executable, "-m", "local.run"], cwd=ROOT, env=full_env, stdout=log,
                                    stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{api_port}"
 

@@ -6,8 +6,6 @@ circuit stays closed, the 80 % are answered and only the failing lookups' partne
 """
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 from typing import Any
@@ -18,7 +16,7 @@ from chalicelib import telemetry
 from local import simulators
 from local.stack import LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS
-from tests.helpers import COMPANIES, replies_to, submit, wait_closed
+from tests.helpers import COMPANIES, bundled, replies_to, submit, wait_closed
 
 # Every company partial: a run without a failing lookup is all but impossible (0.8^144), and most queries
 # carry one, so failures keep coming all through the traffic.
@@ -45,10 +43,7 @@ def options(**changes: Any) -> StackOptions:
 
 
 def company_names() -> dict[str, str]:
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "chalicelib", "data",
-                        "companies.json")
-    with open(path, encoding="utf-8") as fh:
-        return {entry["id"]: entry["name"] for entry in json.load(fh)["companies"]}
+    return {entry["id"]: entry["name"] for entry in bundled("companies")}
 
 
 def active_subscribers(count: int) -> list[tuple[str, str]]:
