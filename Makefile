@@ -53,12 +53,14 @@ widget: $(WIDGET)
 run: $(STAMP) widget
 	$(PY) -m local.run
 
-test: $(STAMP) browser widget lint
+# checkov's venv too: tests/test_infra.py packages the template, and installing checkov inside that test
+# cost it 45 s of a fresh machine's pytest run.
+test: $(STAMP) $(CHECKOV_STAMP) browser widget lint
 	$(PY) -m pytest -n 2 --dist worksteal -q
 
 # The same tests under branch coverage of chalicelib/, failing below pyproject.toml's floor. Not in `make test`:
 # the tracer costs 1.7x its wall time on two cores (29 min against 17) and 2.2x its CPU.
-coverage: $(STAMP) browser widget
+coverage: $(STAMP) $(CHECKOV_STAMP) browser widget
 	$(PY) -m pytest -n 2 --dist worksteal -q --cov --cov-report=term:skip-covered
 
 # One CloudFormation/SAM template per stage: Chalice's API and functions plus infra/generate.py's

@@ -42,6 +42,8 @@ class StackOptions:
     # on moto each range query reads the whole table, so a few keep an idle stack idle.
     deadline_shards: int = 2
     deadlines: bool = True
+    # A partner task's first backoff (TASK_FIRST_BACKOFF_SECONDS: 2 deployed, doubling per failure).
+    first_backoff_seconds: int = 2
     print_sms: bool = False
     aws_endpoint: str | None = None  # None: moto in-process (mock_aws is active)
     provision: str = "direct"  # or "cloudformation": deploy infra/'s template into moto
@@ -70,6 +72,7 @@ def configure_environment(options: StackOptions) -> dict[str, str]:
         "DEADLINE_SLOT_SECONDS": str(options.deadline_slot_seconds),
         "DEADLINE_LEAD_SLOTS": str(options.deadline_lead_slots),
         "DEADLINE_SHARDS": str(options.deadline_shards),
+        "TASK_FIRST_BACKOFF_SECONDS": str(options.first_backoff_seconds),
         # A claimed reply not committed within this long is claimed again (300 s deployed).
         "REPLY_RECLAIM_SECONDS": str(max(5, 6 * options.deadline_slot_seconds)),
         "PUBLIC_API_URL": f"http://127.0.0.1:{options.api_port}",

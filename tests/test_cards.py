@@ -90,7 +90,7 @@ def test_a_card_query_asks_every_operator_and_replies_as_spec_says(stack: LocalS
     assert set(sent) >= {"lookup_id"} and "phone" not in json.dumps(sent)
 
 
-# The silent operator holds the reply to the deadline: long enough for the flaky one's two retries (2 s, 4 s) and
+# The silent operator holds the reply to the deadline: long enough for the flaky one's two retries (1 s, 2 s) and
 # callback on a loaded machine, and no longer (it was 45 s while a card query asked all 132 operators).
 @pytest.mark.parametrize("stack_options", [options(
     operator_modes="cmcc-gd=silent,cucc-bj=down,ctcc-sh=flaky,mvno-xiaomi=reject", deadline_seconds=25)])

@@ -71,7 +71,7 @@ class MemoryKind(TaskKind):
             self._partners.clock.now += self._partners.round_trip
             if {task.company, task.id} & self._partners.down:  # parked again after its backoff (engine/tasks.py)
                 task.attempts += 1
-                task.due_at = now + backoff(task.attempts)
+                task.due_at = now + backoff(task.attempts, first=2)  # the deployed 2, 4, 8 s…
                 self._partners.circuits.failed(task.company, now)
             else:
                 task.state = TaskState.SETTLED
@@ -215,3 +215,12 @@ def test_the_dispute_backlog_is_read_for_companies_and_operators_never_for_an_un
     finally:
         for cached in caches:  # the next test reads its own environment's registries
             cached.cache_clear()
+
+
+@pytest.mark.parametrize(("first", "expected"), [
+    (2, [2, 4, 8, 16, 32, 64, 128, 256, 512, 900, 900]),  # deployed: doubling, capped at SQS's 15-min delay
+    (1, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 900]),    # the test stack's shorter first step
+])
+def test_backoff_doubles_from_its_first_step_up_to_fifteen_minutes(first: int, expected: list[int]) -> None:
+    assert [backoff(attempts, first) for attempts in range(1, 12)] == expected
+    assert backoff(0, first) == first  # a task parked before any try waits one first step, not half of it

@@ -525,7 +525,7 @@ def test_every_aws_action_the_code_calls_is_granted_to_its_function_and_nothing_
     failing = _accepted(api, stack, "18912345678", "071234")
     wait_for(lambda: _unsent(stack, failing, "alipay"), 20, "alipay's lookup in its backlog")
     requests_before = len(stack.partners["alipay"].requests)
-    assert stack.deliver_once(now=time.time() + 3)["alipay"] == 1  # its 2 s backoff is due by then
+    assert stack.deliver_once(now=time.time() + 3)["alipay"] == 1  # its 1 s backoff is due by then
     assert len(stack.partners["alipay"].requests) >= requests_before + 1 and not _circuit_open("alipay")
 
     # SPEC §10.2: a release whose carrier matches (the 30-day lock kept, every company asked, one answering

@@ -40,7 +40,6 @@ from chalicelib.storage.models import condition_failed
 
 logger = Logger(child=True)
 
-FIRST_BACKOFF_SECONDS = 2
 MAX_BACKOFF_SECONDS = 900  # also SQS's longest message delay
 
 T = TypeVar("T")  # a task table's item (Lookup, Dispute)
@@ -48,9 +47,10 @@ A = TypeVar("A")  # a partner's answer to it, parsed (Answer, DisputeReply)
 R = TypeVar("R")  # what sending it gives its caller (a lookup's settled result; nothing for a dispute)
 
 
-def backoff(attempts: int) -> int:
-    """Seconds before the next try after `attempts` transient failures: 2, 4, 8, … capped at 15 min."""
-    return int(min(FIRST_BACKOFF_SECONDS * 2 ** max(0, attempts - 1), MAX_BACKOFF_SECONDS))
+def backoff(attempts: int, first: int) -> int:
+    """Seconds before the next try after `attempts` transient failures: first, twice that, … capped at 15 min
+    (2, 4, 8, … deployed: Settings.task_first_backoff_seconds)."""
+    return int(min(first * 2 ** max(0, attempts - 1), MAX_BACKOFF_SECONDS))
 
 
 class Outcome(Enum):
@@ -210,7 +210,8 @@ class TaskDesk(ABC, Generic[T, A, R]):
         parked: Any = task
         model: Any = type(task)
         attempts = int(parked.attempts or 0) + (1 if tried else 0)
-        due = now + backoff(attempts) if tried else now
+        delay = backoff(attempts, self._config.task_first_backoff_seconds)
+        due = now + delay if tried else now
         try:
             parked.update(actions=[model.state.set(TaskState.UNSENT), model.attempts.set(attempts),
                                    model.backlog_partner.set(parked.company), model.due_at.set(due)],
@@ -223,7 +224,7 @@ class TaskDesk(ABC, Generic[T, A, R]):
         if not circuit_open and due < int(parked.deadline_at):
             message = QueueMessage(type=self.task_type.value, id=self.task_id(task))
             self.sqs.send_message(QueueUrl=self._config.retry_queue_url, MessageBody=json.dumps(message),
-                                  DelaySeconds=min(backoff(attempts), MAX_BACKOFF_SECONDS))
+                                  DelaySeconds=delay)
 
     # -- callbacks --------------------------------------------------------------------------------
     def answered_task(self, kind: LookupKind, partner: Partner, body: Any) -> tuple[T, A]:
