@@ -146,6 +146,7 @@ class LocalStack:
         install_sms_outbox(self.outbox, opts.print_sms)
         aws.make_dynamodb_serializable()
         aws.make_dynamodb_responses_fast()
+        aws.make_state_machines_parse_once()
         import app as app_module
 
         self.app_module = app_module

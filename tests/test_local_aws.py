@@ -1,7 +1,9 @@
 """moto as the local stack patches it (local/aws.py) still answers as DynamoDB does: items of every attribute type
-read back as written, through every item operation, and errors keep their codes."""
+read back as written, through every item operation, and errors keep their codes; and state machines parsed once
+still run each execution on its own input."""
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +14,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from local import aws
+from tests.conftest import wait_for
 
 ITEM: dict[str, Any] = {
     "k": {"S": "a"}, "n": {"N": "1.5"}, "b": {"B": b"\x00\x01\xff"}, "ss": {"SS": ["x", "y"]},
@@ -61,3 +64,63 @@ def test_a_failed_condition_is_still_conditional_check_failed(dynamodb: Any) -> 
     with pytest.raises(ClientError) as refused:
         dynamodb.put_item(TableName="t", Item=ITEM, ConditionExpression="attribute_not_exists(k)")
     assert refused.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
+
+
+# -- state machine definitions parsed once (local/aws.py make_state_machines_parse_once) -------------------
+PASS_THEN_CHOOSE = json.dumps({"StartAt": "Keep", "States": {
+    "Keep": {"Type": "Pass", "Parameters": {"n.$": "$.n"}, "Next": "Pause"},
+    "Pause": {"Type": "Wait", "Seconds": 0, "Next": "Big?"},
+    "Big?": {"Type": "Choice", "Choices": [{"Variable": "$.n", "NumericGreaterThan": 5, "Next": "Big"}],
+             "Default": "Small"},
+    "Big": {"Type": "Succeed"}, "Small": {"Type": "Fail", "Error": "Small"}}})
+MAPPED = json.dumps({"StartAt": "Each", "States": {"Each": {
+    "Type": "Map", "ItemsPath": "$.items", "End": True,
+    "ItemProcessor": {"StartAt": "One", "States": {"One": {"Type": "Pass", "End": True}}}}}})
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The definitions moto really parsed, with the patch installed afresh over a counting parser."""
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+
+    parsed: list[str] = []
+    original = AmazonStateLanguageParser.parse
+
+    def counting(definition: str) -> Any:
+        parsed.append(definition)
+        return original(definition)
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setattr(AmazonStateLanguageParser, "parse", staticmethod(counting))
+    monkeypatch.delattr(AmazonStateLanguageParser, "_yztc_once", raising=False)
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        aws.make_state_machines_parse_once()
+        yield parsed
+
+
+def _run_all(definition: str, inputs: list[dict[str, Any]]) -> list[str]:
+    sfn = boto3.client("stepfunctions")
+    arn = sfn.create_state_machine(name="m", definition=definition,
+                                   roleArn="arn:aws:iam::123456789012:role/r")["stateMachineArn"]
+    started = [sfn.start_execution(stateMachineArn=arn, name=f"e{n}", input=json.dumps(i))["executionArn"]
+               for n, i in enumerate(inputs)]
+
+    def ended() -> list[str] | None:
+        statuses = [sfn.describe_execution(executionArn=e)["status"] for e in started]
+        return None if "RUNNING" in statuses else statuses
+
+    return wait_for(ended, 30, "the executions to end")  # type: ignore[no-any-return]
+
+
+def test_executions_share_one_parse_of_their_definition_and_keep_their_own_state(parses: list[str]) -> None:
+    statuses = _run_all(PASS_THEN_CHOOSE, [{"n": n} for n in range(10)])
+    assert statuses == ["FAILED"] * 6 + ["SUCCEEDED"] * 4  # each execution chose on its own input
+    assert parses.count(PASS_THEN_CHOOSE) == 1  # its creation's check and ten executions: one parse
+
+
+def test_a_definition_with_a_map_state_is_parsed_for_every_execution(parses: list[str]) -> None:
+    assert _run_all(MAPPED, [{"items": [1, 2]}, {"items": [3]}]) == ["SUCCEEDED"] * 2
+    assert parses.count(MAPPED) >= 3  # its creation's check and each execution: Map keeps its workers' state
