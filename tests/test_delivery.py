@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
+import time_machine
 
 from chalicelib.partners.kinds import ACCOUNTS
 from chalicelib.registry import Partner
@@ -339,16 +340,19 @@ def test_a_backlog_headed_by_expired_lookups_still_gets_its_probe(stack: LocalSt
     from chalicelib.storage.models import Lookup
 
     queries = [start_query(api, stack, phone, id6) for phone, id6 in ACTIVE[:6]]
-    # It opens once jd has answered nothing for 30 s (with at least five failures), then nudges drain.
-    wait_for(lambda: circuit("jd")["is_open"], 90, "jd's circuit to open")
-    wait_for(lambda: retry_queue_empty(stack), 90, "the retry nudges in flight to be consumed")
-    for query_id in queries[:5]:  # the oldest five: their queries' deadlines have passed
-        lookup = next(Lookup.scan((Lookup.query_id == query_id) & (Lookup.company == "jd")))
-        lookup.update(actions=[Lookup.deadline_at.set(int(time.time()) - 1), Lookup.due_at.set(0)])
-    jd = stack.partners["jd"]
-    jd.mode = "immediate"
-    before = len(jd.requests)
-    assert stack.deliver_once(now=circuit("jd")["next_probe_at"])["jd"] == 1
-    assert len(jd.requests) == before + 1
-    assert not circuit("jd")["is_open"]
-    assert [lookup_states(q)["jd"] for q in queries] == ["expired"] * 5 + ["settled"]
+    wait_for(lambda: circuit("jd")["failures"] >= 5, 30, "five transient failures")
+    # It opens once jd has answered nothing for 30 s (with at least five failures): the clock stands 31 s
+    # later rather than the test waiting them out, and the next nudge's failure opens it; then nudges drain.
+    with time_machine.travel(time.time() + 31, tick=True):
+        wait_for(lambda: circuit("jd")["is_open"], 30, "jd's circuit to open")
+        wait_for(lambda: retry_queue_empty(stack), 90, "the retry nudges in flight to be consumed")
+        for query_id in queries[:5]:  # the oldest five: their queries' deadlines have passed
+            lookup = next(Lookup.scan((Lookup.query_id == query_id) & (Lookup.company == "jd")))
+            lookup.update(actions=[Lookup.deadline_at.set(int(time.time()) - 1), Lookup.due_at.set(0)])
+        jd = stack.partners["jd"]
+        jd.mode = "immediate"
+        before = len(jd.requests)
+        assert stack.deliver_once(now=circuit("jd")["next_probe_at"])["jd"] == 1
+        assert len(jd.requests) == before + 1
+        assert not circuit("jd")["is_open"]
+        assert [lookup_states(q)["jd"] for q in queries] == ["expired"] * 5 + ["settled"]
