@@ -56,7 +56,8 @@ run: $(STAMP) widget
 # checkov's venv too: tests/test_infra.py packages the template, and installing checkov inside that test
 # cost it 45 s of a fresh machine's pytest run.
 # Three workers on two cores: with two the cores sat idle half the time (tests waiting for deadlines, backoffs,
-# callbacks), which a third worker fills; a fourth gained 10 % more and left less room for the deadline-sensitive tests (README).
+# callbacks), which a third worker fills; a fourth gained 10 % more and left less room for the deadline-sensitive
+# tests (README).
 test: $(STAMP) $(CHECKOV_STAMP) browser widget lint
 	$(PY) -m pytest -n 3 --dist worksteal -q
 
