@@ -139,7 +139,7 @@ def settings() -> Settings:
         delivery_budget_seconds=_int("DELIVERY_BUDGET_SECONDS", 40),
         partner_max_account_count=_int("PARTNER_MAX_ACCOUNT_COUNT", 100_000),
         # A partner task's first backoff after a transient failure, doubling per failure up to 15 min (2 s
-        # deployed). Only the local stack sets it, to 1 s: whole-query tests wait out fewer seconds of real backoff.
+        # deployed and in `make run`). The tests' stack sets 1 s: whole-query tests wait out less real backoff.
         task_first_backoff_seconds=max(1, _int("TASK_FIRST_BACKOFF_SECONDS", 2)),
         # SPEC §8: disputes, their 15-day answer deadline, at most 3 per number a day.
         disputes_table=table_name("DISPUTES_TABLE"),
