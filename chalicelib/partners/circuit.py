@@ -87,8 +87,11 @@ class Circuits:
         except UpdateError as exc:
             if not condition_failed(exc):
                 raise
-            # Another writer opened it, or the partner answered in between: the table says which.
-            return bool(PartnerCircuit.get(partner, consistent_read=True).is_open)
+            # Another writer opened it, or the partner answered in between: the table says which, read back
+            # through an UpdateItem (PynamoDB asks for ALL_NEW), which every sender's role has, not a GetItem,
+            # which none has (the IAM drive met this race when its failures came close together).
+            circuit.update(actions=[PartnerCircuit.updated_at.set(now)])
+            return bool(circuit.is_open)
         telemetry.count("CircuitOpened", partner=partner)
         logger.warning("circuit opened", extra={"partner": partner, "failures": int(circuit.failures),
                                                 "silent_seconds": now - int(circuit.failing_since)})
