@@ -62,7 +62,7 @@ test: $(STAMP) $(CHECKOV_STAMP) browser widget lint
 	$(PY) -m pytest -n 3 --dist worksteal -q
 
 # The same tests under branch coverage of chalicelib/, failing below pyproject.toml's floor. Not in `make test`:
-# the tracer costs 1.7x its wall time on two cores (29 min against 17) and 2.2x its CPU.
+# the tracer cost 1.7x the wall time on two cores with two workers (29 min against 17) and 2.2x the CPU.
 coverage: $(STAMP) $(CHECKOV_STAMP) browser widget
 	$(PY) -m pytest -n 2 --dist worksteal -q --cov --cov-report=term:skip-covered
 

@@ -76,6 +76,18 @@ def aws(service: str) -> Any:
     return clients.client(service)
 
 
+def circuit(partner: str) -> dict[str, Any]:
+    """A partner's circuit as the table holds it (closed, no failures, when it has no item)."""
+    from chalicelib.storage.models import PartnerCircuit
+
+    try:
+        item = PartnerCircuit.get(partner, consistent_read=True)
+    except PartnerCircuit.DoesNotExist:
+        return {"is_open": False, "failures": 0, "next_probe_at": 0}
+    return {"is_open": bool(item.is_open), "failures": int(item.failures or 0),
+            "next_probe_at": int(item.next_probe_at or 0)}
+
+
 def wait_finished(stack: Any, query_id: str, timeout: float = 60) -> dict[str, Any]:
     """The query's execution has ended and its one reply is committed (it ends before partners answer:
     the reply comes from the reply queue, sent by the last answer or the deadline)."""

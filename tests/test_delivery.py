@@ -20,7 +20,7 @@ from local.lambdas import acting_as
 from local.recording import recording
 from local.stack import ROOT, LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS, wait_for
-from tests.helpers import COMPANIES, FakeTime, history, replies_to, submit, wait_finished
+from tests.helpers import COMPANIES, FakeTime, circuit, history, replies_to, submit, wait_finished
 
 if TYPE_CHECKING:
     from chalice.test import Client
@@ -38,17 +38,6 @@ def start_query(api: Any, stack: Any, phone: str, id_last6: str) -> str:
     assert response.status_code == 202, response.body
     assert stack.pump_once() == 1
     return str(response.json_body["query_id"])
-
-
-def circuit(partner: str) -> dict[str, Any]:
-    from chalicelib.storage.models import PartnerCircuit
-
-    try:
-        item = PartnerCircuit.get(partner, consistent_read=True)
-    except PartnerCircuit.DoesNotExist:
-        return {"is_open": False, "failures": 0, "next_probe_at": 0}
-    return {"is_open": bool(item.is_open), "failures": int(item.failures or 0),
-            "next_probe_at": int(item.next_probe_at or 0)}
 
 
 def retry_queue_empty(stack: Any) -> bool:

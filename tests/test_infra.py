@@ -19,7 +19,7 @@ from infra import generate
 from local.lambdas import acting_as
 from local.stack import LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS, post_json, wait_for
-from tests.helpers import FIXTURE_OPERATORS, latest_code, request_code, submit, wait_finished
+from tests.helpers import FIXTURE_OPERATORS, circuit, latest_code, request_code, submit, wait_finished
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -351,30 +351,6 @@ def _retry_queue_empty(stack: LocalStack) -> bool:
     return not any(int(count) for count in counts.values())
 
 
-def _circuit_open(partner: str) -> bool:
-    from chalicelib.storage.models import PartnerCircuit
-
-    try:
-        return bool(PartnerCircuit.get(partner, consistent_read=True).is_open)
-    except PartnerCircuit.DoesNotExist:
-        return False
-
-
-def _circuit_failures(partner: str) -> int:
-    from chalicelib.storage.models import PartnerCircuit
-
-    try:
-        return int(PartnerCircuit.get(partner, consistent_read=True).failures or 0)
-    except PartnerCircuit.DoesNotExist:
-        return 0
-
-
-def _next_probe_at(partner: str) -> int:
-    from chalicelib.storage.models import PartnerCircuit
-
-    return int(PartnerCircuit.get(partner, consistent_read=True).next_probe_at or 0)
-
-
 def _answers_by_callback_first(partner: PartnerSimulator, times: int = 1) -> None:
     """The partner posts its answer as a signed callback before answering the same in its 200: whoever
     sent the request then finds the lookup settled already and reads it back."""
@@ -516,14 +492,14 @@ def test_every_aws_action_the_code_calls_is_granted_to_its_function_and_nothing_
     for candidate, id_last6 in [("15012345678", "281234"), ("18812345678", "31002X"), ("19212345678", "090909")]:
         pending.append(_accepted(api, stack, candidate, id_last6))
         wait_for(lambda: _unsent(stack, pending[-1], "kuaishou"), 20, "kuaishou's lookup in its backlog")
-    wait_for(lambda: _circuit_failures("kuaishou") >= 5, 20, "five transient failures (fan-outs and nudges)")
-    assert not _circuit_open("kuaishou")
+    wait_for(lambda: circuit("kuaishou")["failures"] >= 5, 20, "five transient failures (fan-outs and nudges)")
+    assert not circuit("kuaishou")["is_open"]
     # SPEC §4: it opens once the partner has answered nothing for 30 s; the clock stands 31 s later
     # rather than the test waiting them out.
     with time_machine.travel(time.time() + 31, tick=True):
         pending.append(_accepted(api, stack, "16612345678", "190827"))
         wait_for(lambda: _unsent(stack, pending[-1], "kuaishou"), 20, "kuaishou's lookup in its backlog")
-        assert _circuit_open("kuaishou"), "30 s of failures open the circuit"
+        assert circuit("kuaishou")["is_open"], "30 s of failures open the circuit"
         # Nudges sent before it opened come back and find it open: they leave their lookups in the backlog.
         wait_for(lambda: _retry_queue_empty(stack), 40, "the retry queue drained")
     # It recovers: a minute later the delivery job probes it (the probe's answer arrives by callback
@@ -532,10 +508,10 @@ def test_every_aws_action_the_code_calls_is_granted_to_its_function_and_nothing_
     kuaishou.mode = "immediate"
     _answers_by_callback_first(kuaishou)
     kuaishou_callbacks = len(kuaishou.callbacks)
-    probe_at = _next_probe_at("kuaishou")  # a minute after it opened, on the clock that stood 31 s later
+    probe_at = circuit("kuaishou")["next_probe_at"]  # a minute after it opened, on the clock that stood 31 s later
     assert stack.deliver_once(now=probe_at - 1)["kuaishou"] == 0
     assert stack.deliver_once(now=probe_at)["kuaishou"] == len(pending)
-    assert not _circuit_open("kuaishou") and kuaishou.callbacks[kuaishou_callbacks:] == [200]
+    assert not circuit("kuaishou")["is_open"] and kuaishou.callbacks[kuaishou_callbacks:] == [200]
     for waiting in pending:
         assert wait_finished(stack, waiting)["status"] == "SUCCEEDED"
 
@@ -545,7 +521,7 @@ def test_every_aws_action_the_code_calls_is_granted_to_its_function_and_nothing_
     wait_for(lambda: _unsent(stack, failing, "alipay"), 20, "alipay's lookup in its backlog")
     requests_before = len(stack.partners["alipay"].requests)
     assert stack.deliver_once(now=time.time() + 3)["alipay"] == 1  # its 1 s backoff is due by then
-    assert len(stack.partners["alipay"].requests) >= requests_before + 1 and not _circuit_open("alipay")
+    assert len(stack.partners["alipay"].requests) >= requests_before + 1 and not circuit("alipay")["is_open"]
 
     # SPEC §10.2: a release whose carrier matches (the 30-day lock kept, every company asked, one answering
     # by callback with a duplicate) and one that mismatches (the lock given back), then its status.

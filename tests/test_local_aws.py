@@ -26,12 +26,17 @@ KEY = {"k": {"S": "a"}}
 
 
 @pytest.fixture
-def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def fake_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials, and no endpoint a stack test may have left: clients go to this test's moto."""
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(name, "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     assert "AWS_ENDPOINT_URL" not in os.environ
+
+
+@pytest.fixture
+def dynamodb(fake_aws: None) -> Iterator[Any]:
     with mock_aws():
         aws.make_dynamodb_serializable()
         aws.make_dynamodb_responses_fast()
@@ -79,7 +84,7 @@ MAPPED = json.dumps({"StartAt": "Each", "States": {"Each": {
 
 
 @pytest.fixture
-def parses(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+def parses(fake_aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The definitions moto really parsed, with the patch installed afresh over a counting parser."""
     from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
 
@@ -90,10 +95,6 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         parsed.append(definition)
         return original(definition)
 
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.setattr(AmazonStateLanguageParser, "parse", staticmethod(counting))
     monkeypatch.delattr(AmazonStateLanguageParser, "_yztc_once", raising=False)
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
