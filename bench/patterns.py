@@ -120,13 +120,10 @@ def free_port() -> int:
 
 def reset_caches() -> None:
     """What a fresh Lambda container has: no cached settings, registry, clients, secrets or services."""
-    from aws_lambda_powertools.utilities import parameters
-
     import app as app_module
     from chalicelib import clients, registry
     from chalicelib.config import settings
 
-    parameters.clear_caches()
     for cached in (settings, registry.companies, registry.carriers):
         cached.cache_clear()
     for name in dir(app_module):

@@ -36,8 +36,26 @@ def client(service: str) -> Any:
     return found
 
 
+_secrets: list[Any] = []  # the one Secrets Manager provider, once made
+
+
+def secrets() -> Any:
+    """Powertools' Secrets Manager provider (and its cache) on this process's client. Its default provider,
+    behind `parameters.get_secret`, builds a boto3 Session of its own, which reads botocore's endpoint rules
+    and the service model from disk again: tens of milliseconds of a cold start, for a second copy."""
+    if not _secrets:
+        from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+        provider = SecretsProvider(boto3_client=client("secretsmanager"))
+        with _creating:
+            if not _secrets:
+                _secrets.append(provider)
+    return _secrets[0]
+
+
 def reset() -> None:
-    """Forget cached clients (tests hook events on the clients: each test starts with fresh ones);
-    the session and the models it has read stay."""
+    """Forget cached clients and the secrets read through them (tests hook events on the clients: each test
+    starts with fresh ones); the session and the models it has read stay."""
     with _creating:
         _clients.clear()
+        _secrets.clear()

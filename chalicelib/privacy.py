@@ -22,10 +22,7 @@ from chalicelib.config import settings
 
 
 def _secret(name: str) -> str:
-    from aws_lambda_powertools.utilities import parameters
-
-    value = parameters.get_secret(name, max_age=settings().secret_max_age_seconds)
-    return str(value)
+    return str(clients.secrets().get(name, max_age=settings().secret_max_age_seconds))
 
 
 class Hasher:

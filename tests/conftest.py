@@ -72,12 +72,9 @@ MOTO_CONFIG: Any = {"stepfunctions": {"execute_state_machine": True}, "lambda": 
 
 
 def reset_caches() -> None:
-    from aws_lambda_powertools.utilities import parameters
-
     from chalicelib import clients, registry, wiring
     from chalicelib.config import settings
 
-    parameters.clear_caches()
     for cached in (settings, registry.companies, registry.carriers, *wiring.GETTERS):  # app.py re-exports these
         cached.cache_clear()
     registry.operators.cache_clear()

@@ -39,3 +39,12 @@ def test_reset_gives_a_new_client() -> None:
     first = clients.client("sqs")
     clients.reset()
     assert clients.client("sqs") is not first
+
+
+def test_secrets_are_read_through_the_process_client_until_a_reset() -> None:
+    """Powertools' default provider would build a second boto3 Session (botocore's endpoint rules read again)."""
+    provider = clients.secrets()
+    assert provider.client is clients.client("secretsmanager")
+    assert clients.secrets() is provider
+    clients.reset()
+    assert clients.secrets() is not provider and clients.secrets().client is clients.client("secretsmanager")

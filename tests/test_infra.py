@@ -282,19 +282,20 @@ def test_deadlines_start_every_minute_and_late_or_missing_deadline_minutes_and_d
 # -- least privilege, checked against what the code really calls --------------------------------
 @pytest.fixture
 def recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[CallRecorder]:
-    from aws_lambda_powertools.utilities import parameters
+    from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
+    from chalicelib import clients
     from local.lambdas import CURRENT
     from local.recording import recording
 
     # Each function has its own containers: a secret one function fetched is not in another's cache.
     providers: dict[Any, Any] = {}
 
-    def get_secret(name: str, **options: Any) -> Any:
+    def secrets() -> Any:
         function = getattr(CURRENT, "function", None)
-        return providers.setdefault(function, parameters.SecretsProvider()).get(name, **options)
+        return providers.setdefault(function, SecretsProvider(boto3_client=clients.client("secretsmanager")))
 
-    monkeypatch.setattr(parameters, "get_secret", get_secret)
+    monkeypatch.setattr(clients, "secrets", secrets)
     with recording() as recorder:
         yield recorder
 
