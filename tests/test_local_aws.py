@@ -125,3 +125,17 @@ def test_executions_share_one_parse_of_their_definition_and_keep_their_own_state
 def test_a_definition_with_a_map_state_is_parsed_for_every_execution(parses: list[str]) -> None:
     assert _run_all(MAPPED, [{"items": [1, 2]}, {"items": [3]}]) == ["SUCCEEDED"] * 2
     assert parses.count(MAPPED) >= 3  # its creation's check and each execution: Map keeps its workers' state
+
+
+def test_moto_lists_a_responder_class_s_actions_once_and_still_answers_them(fake_aws: None) -> None:
+    from moto.core import responses
+
+    aws.make_moto_dispatch_list_actions_once()
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        before = responses.method_names_from_class.cache_info()  # type: ignore[attr-defined]
+        url = sqs.create_queue(QueueName="q")["QueueUrl"]
+        sqs.send_message(QueueUrl=url, MessageBody="m")
+        assert [m["Body"] for m in sqs.receive_message(QueueUrl=url)["Messages"]] == ["m"]
+        after = responses.method_names_from_class.cache_info()  # type: ignore[attr-defined]
+    assert after.hits - before.hits >= 2 and after.misses - before.misses <= 1
