@@ -28,6 +28,9 @@ class StackOptions:
     dispute_deadline_seconds: int = 120  # DISPUTE_DEADLINE_SECONDS (deployed: 15 days)
     release_deadline_seconds: int = 120  # RELEASE_DEADLINE_SECONDS (deployed: 15 days)
     partner_modes: str = ""  # PARTNER_MODES override
+    # The fixtures' callback delays (partners.csv, operators.csv, and an unlisted operator's 1 s) times this:
+    # `make run` keeps them as a partner's seconds; the tests' stack answers sooner, in the same order.
+    callback_delay_scale: float = 1.0
     carrier_port: int = 0
     partner_ports: dict[str, int] = field(default_factory=dict)
     pump: bool = True  # poll the start queue, as Lambda's SQS event source does
@@ -190,12 +193,13 @@ class LocalStack:
             entry["base_url"] = f"{carrier_url}/{entry['id']}"
         self._write(self.env["CARRIER_REGISTRY_FILE"], {"carriers": carriers})
 
+        scale = opts.callback_delay_scale
         modes = simulators.load_partner_modes(override=opts.partner_modes or os.environ.get("PARTNER_MODES"))
         accounts = simulators.load_accounts()
         for entry in companies:
             mode, delay = modes.get(entry["id"], ("callback", 1.0))
             partner = simulators.PartnerSimulator(entry["id"], created.secrets[entry["secret_name"]],
-                                                  accounts, mode, delay)
+                                                  accounts, mode, delay * scale)
             entry["base_url"] = partner.start(opts.partner_ports.get(entry["id"], 0))
             self.partners[entry["id"]] = partner
         self._write(self.env["COMPANY_REGISTRY_FILE"], {"companies": companies})
@@ -203,8 +207,9 @@ class LocalStack:
         self.operators = simulators.OperatorSimulator(
             secrets={entry["id"]: created.secrets[entry["secret_name"]] for entry in operators},
             cards=simulators.load_cards(),
-            modes=simulators.load_operator_modes(
-                override=opts.operator_modes or os.environ.get("OPERATOR_MODES")))
+            modes={operator: (mode, delay * scale) for operator, (mode, delay) in simulators.load_operator_modes(
+                override=opts.operator_modes or os.environ.get("OPERATOR_MODES")).items()},
+            default=(simulators.DEFAULT_OPERATOR_MODE[0], simulators.DEFAULT_OPERATOR_MODE[1] * scale))
         operator_url = self.operators.start(opts.operator_port)
         for entry in operators:
             entry["base_url"] = f"{operator_url}/{entry['id']}"

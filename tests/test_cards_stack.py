@@ -13,6 +13,7 @@ import pytest
 from chalicelib import signing
 from local.stack import LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS
+from tests.helpers import aws
 
 NEWCOMER = {"id": "mvno-newco", "name": "新来移动", "group": "转售企业", "details": "", "unbind": "", "hotline": "",
             "base_url": "https://yztc-operator.mvno-newco.example/api", "secret_name": "yztc/operators/mvno-newco",
@@ -26,9 +27,8 @@ def stack_options() -> StackOptions:
 
 
 def secret(name: str) -> str:
-    import boto3
 
-    return str(boto3.client("secretsmanager").get_secret_value(SecretId=name)["SecretString"])
+    return str(aws("secretsmanager").get_secret_value(SecretId=name)["SecretString"])
 
 
 def post(url: str, body: dict[str, Any], key: str) -> tuple[int, Any]:
@@ -95,7 +95,8 @@ def test_the_bundled_registry_alone_without_options(monkeypatch: pytest.MonkeyPa
     with mock_aws(config=MOTO_CONFIG):
         reset_caches()
         started = time.monotonic()
-        local = LocalStack(StackOptions(**{**BASE_OPTIONS.__dict__, "retries": False})).start()
+        defaults = {"retries": False, "callback_delay_scale": 1.0}  # the fixtures' delays, as make run has them
+        local = LocalStack(StackOptions(**{**BASE_OPTIONS.__dict__, **defaults})).start()
         elapsed = time.monotonic() - started
         try:
             from chalicelib import registry
@@ -103,7 +104,8 @@ def test_the_bundled_registry_alone_without_options(monkeypatch: pytest.MonkeyPa
             assert len(registry.operators()) == 132
             assert local.operators.mode_of("mvno-jd")[0] == "silent"
             assert local.operators.mode_of("cucc-bj") == ("immediate", 0.0)
-            assert local.operators.mode_of("ctcc-xj") == ("callback", 1.0)
+            assert local.operators.mode_of("ctcc-xj") == ("callback", 1.0)  # not in operators.csv
+            assert local.operators.mode_of("ctcc-sh") == ("callback", 2.0) and local.partners["jd"].delay_seconds == 3
             assert elapsed < 30
         finally:
             local.stop()
