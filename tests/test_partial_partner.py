@@ -63,6 +63,15 @@ def result_sms(phone: str, answers: dict[str, int | None]) -> str:
             f"已返回企业共{total}个账号。如有异议，请通过“解绑与明细查询”联系相关企业。")
 
 
+def lookups_of(query_id: str) -> dict[str, tuple[Any, ...]]:
+    """What a failed assertion shows of a query's lookups: company -> (state, attempts, requested, answered,
+    deadline), so a late request or answer can be told from a lost one."""
+    from chalicelib.storage.models import Lookup
+
+    return {lookup.company: (lookup.state, lookup.attempts, lookup.requested_at, lookup.answered_at,
+                             lookup.deadline_at) for lookup in Lookup.scan(Lookup.query_id == query_id)}
+
+
 def test_partial_mode_fails_the_same_fifth_of_tasks_on_every_try() -> None:
     ids = [f"{n:032x}" for n in range(2000)]
     failing = {task_id for task_id in ids if simulators.partial_fails(task_id)}
@@ -129,7 +138,7 @@ def test_partner_failing_the_same_20_percent_of_lookups_keeps_its_circuit_closed
     accounts = simulators.load_accounts()
     for phone, query_id in query_ids.items():
         answers = {c: None if (phone, c) in failing else accounts.get((phone, c)) for c in COMPANIES}
-        assert replies_to(stack, phone) == [result_sms(phone, answers)], query_id
+        assert replies_to(stack, phone) == [result_sms(phone, answers)], (query_id, lookups_of(query_id))
         assert records[phone]["status"] == "replied"
         if None in answers.values():  # a failing lookup holds its query until the deadline, not after it
             assert int(records[phone]["deadline_at"]) - 1 <= int(records[phone]["updated_at"])
