@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
 
 from tests.conftest import post_json
-from tests.helpers import COMPANIES, SUBSCRIBER, error_code, latest_code, request_code
+from tests.helpers import COMPANIES, SUBSCRIBER, aws, error_code, latest_code, request_code
 
 if TYPE_CHECKING:
     from chalice.test import Client
@@ -20,7 +19,7 @@ GOOD_QUERY = {"phone": SUBSCRIBER[0], "id_last6": SUBSCRIBER[1], "code": "123456
 
 
 def _items(table: str) -> list[dict]:
-    return boto3.client("dynamodb").scan(TableName=table)["Items"]
+    return aws("dynamodb").scan(TableName=table)["Items"]
 
 
 @pytest.mark.parametrize("body, expected", [

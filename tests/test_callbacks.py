@@ -10,7 +10,7 @@ import pytest
 from chalicelib import signing
 from local.stack import LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS, wait_for
-from tests.helpers import COMPANIES, error_code, replies_to, submit, wait_finished
+from tests.helpers import COMPANIES, aws, error_code, replies_to, submit, wait_finished
 from tests.privacy import assert_clean
 
 if TYPE_CHECKING:
@@ -197,9 +197,8 @@ def test_a_callback_after_the_query_record_expired_is_acknowledged(stack: LocalS
                                                                    waiting: tuple[str, dict[str, str]]) -> None:
     """GIVEN a query record gone by its TTL while a lookup item lives on, WHEN its partner calls back
     (late, signed, valid), THEN 200 recorded and nothing else (SPEC §4), never a 500."""
-    import boto3
 
     query_id, lookups = waiting
-    boto3.client("dynamodb").delete_item(TableName=stack.env["QUERIES_TABLE"], Key={"query_id": {"S": query_id}})
+    aws("dynamodb").delete_item(TableName=stack.env["QUERIES_TABLE"], Key={"query_id": {"S": query_id}})
     response = call_back(api, stack, "tencent", {"lookup_id": lookups["tencent"], "account_count": 2})
     assert response.status_code == 200 and response.json_body == {"status": "recorded"}

@@ -14,7 +14,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
 
 from chalicelib import signing
@@ -23,6 +22,7 @@ from tests.conftest import BASE_OPTIONS, post_json, wait_for
 from tests.helpers import (
     COMPANIES,
     FIXTURE_OPERATORS,
+    aws,
     error_code,
     latest_code,
     post_from,
@@ -694,9 +694,9 @@ def test_no_name_id_number_or_phone_in_clear_in_tables_executions_queues_or_logs
     assert stack.env["RETRY_QUEUE_URL"].rsplit("/", 1)[-1] in queues  # cucc-bj's went through the retry queue
     assert stack.env["REPLY_QUEUE_URL"].rsplit("/", 1)[-1] in queues
     codes = [m["message"].split("验证码为")[1][:6] for m in stack.read_outbox() if "验证码" in m["message"]]
-    ddb = boto3.client("dynamodb")
+    ddb = aws("dynamodb")
     items = json.dumps([ddb.scan(TableName=stack.env[t])["Items"] for t in TABLE_VARS.values()], ensure_ascii=False)
-    sfn = boto3.client("stepfunctions")
+    sfn = aws("stepfunctions")
     executions = []
     for machine in sfn.list_state_machines()["stateMachines"]:
         for execution in sfn.list_executions(stateMachineArn=machine["stateMachineArn"])["executions"]:

@@ -17,6 +17,7 @@ from tests.conftest import BASE_OPTIONS, post_json
 from tests.helpers import (
     FIXTURE_OPERATORS,
     OPERATORS,
+    aws,
     error_code,
     history,
     latest_code,
@@ -214,7 +215,7 @@ def test_card_query_reply_redelivered_after_the_sms_went_out_sends_one_sms(stack
                       UpdateExpression="SET #s = :s, deadline_slot = :d, deadline_shard = :h",
                       ExpressionAttributeNames={"#s": "status"},
                       ExpressionAttributeValues={":s": "looking_up", ":d": 0, ":h": "query#0"})
-    sqs = boto3.client("sqs")
+    sqs = aws("sqs")
     for _ in range(2):
         sqs.send_message(QueueUrl=stack.env["REPLY_QUEUE_URL"],
                          MessageBody=json.dumps({"type": "query", "id": query_id}))
@@ -251,7 +252,7 @@ def test_name_and_id_number_are_never_in_clear_and_are_deleted_after_the_last_an
 
     caplog.set_level("INFO")
     query_id = run_card_query(api, stack, card_body(ZHANG))
-    ddb = boto3.client("dynamodb")
+    ddb = aws("dynamodb")
     record = ddb.get_item(TableName=stack.env["QUERIES_TABLE"], Key={"query_id": {"S": query_id}})["Item"]
     assert "id_sealed" not in record and "name_sealed" not in record and "phone_sealed" in record
     items = json.dumps([ddb.scan(TableName=stack.env[t])["Items"] for t in TABLE_VARS.values()], ensure_ascii=False)

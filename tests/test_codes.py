@@ -4,12 +4,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
 import time_machine
 
 from tests.conftest import post_json
-from tests.helpers import error_code, latest_code, request_code
+from tests.helpers import aws, error_code, latest_code, request_code
 
 if TYPE_CHECKING:
     from chalice.test import Client, HTTPResponse
@@ -167,7 +166,7 @@ def test_saturated_sms_channel_is_503_service_busy(stack: LocalStack, api: Clien
     assert response.headers["Retry-After"] == "60"
     assert stack.read_outbox() == []
     # The code never sent holds none of the number's three live places.
-    items = boto3.client("dynamodb").scan(TableName=stack.env["CODES_TABLE"])["Items"]
+    items = aws("dynamodb").scan(TableName=stack.env["CODES_TABLE"])["Items"]
     assert [item["codes"]["M"] for item in items] == [{}]
 
 
@@ -196,7 +195,7 @@ def test_refused_code_does_not_create_a_query(stack: LocalStack, api: Client, at
         else:
             response = query(api, other(code))
     assert response.status_code == 403
-    assert boto3.client("dynamodb").scan(TableName=stack.env["QUERIES_TABLE"])["Items"] == []
+    assert aws("dynamodb").scan(TableName=stack.env["QUERIES_TABLE"])["Items"] == []
 
 
 def test_codes_over_the_sms_channel_rate_are_refused_busy_and_change_nothing(stack: LocalStack, api: Client,

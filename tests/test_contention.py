@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
 import requests
 import time_machine
@@ -25,7 +24,7 @@ from pynamodb.exceptions import CancellationReason, TransactWriteError, VerboseC
 from chalicelib import errors
 from chalicelib.throttle import ConflictRetry
 from tests.conftest import API_PORT, post_json
-from tests.helpers import error_code, latest_code, request_code, submit, wait_finished
+from tests.helpers import aws, error_code, latest_code, request_code, submit, wait_finished
 
 if TYPE_CHECKING:
     from chalice.test import Client
@@ -61,7 +60,7 @@ def conflicts() -> Iterator[Callable[[Callable[[int, int], bool]], None]]:
 
 
 def throttle_keys(stack: Any) -> dict[str, int]:
-    items = boto3.client("dynamodb").scan(TableName=stack.env["THROTTLE_TABLE"])["Items"]
+    items = aws("dynamodb").scan(TableName=stack.env["THROTTLE_TABLE"])["Items"]
     return {item["key"]["S"]: int(item.get("hits", {"N": "0"})["N"]) for item in items}
 
 
@@ -131,7 +130,7 @@ def test_a_query_cancelled_by_conflicts_is_retried_then_busy_never_a_500(
     assert response.status_code == status, response.body
     if status == 503:
         assert error_code(response) == "service_busy"
-        assert boto3.client("dynamodb").scan(TableName=stack.env["QUERIES_TABLE"])["Items"] == []
+        assert aws("dynamodb").scan(TableName=stack.env["QUERIES_TABLE"])["Items"] == []
 
 
 @pytest.mark.parametrize("conflicting_tries, status", [(3, 202), (4, 503)])
@@ -158,7 +157,7 @@ def test_a_dispute_cancelled_by_conflicts_is_retried_then_busy_never_a_500(
     response = post_json(api, "/v1/disputes", {"phone": phone, "code": latest_code(stack, phone), "company": "tencent"})
     # THEN it is retried CONFLICT_RETRIES (3) times, then 503: never a 500, nothing half-written
     assert response.status_code == status, response.body
-    disputes = boto3.client("dynamodb").scan(TableName=stack.env["DISPUTES_TABLE"])["Items"]
+    disputes = aws("dynamodb").scan(TableName=stack.env["DISPUTES_TABLE"])["Items"]
     if status == 503:
         assert error_code(response) == "service_busy" and disputes == []
     else:

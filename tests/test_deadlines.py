@@ -6,12 +6,11 @@ import json
 import time
 from typing import Any
 
-import boto3
 import pytest
 
 from local.stack import StackOptions
 from tests.conftest import BASE_OPTIONS, wait_for
-from tests.helpers import execution_arn, replies_to, submit, wait_closed
+from tests.helpers import aws, execution_arn, replies_to, submit, wait_closed
 
 ACTIVE = [("13812345678", "12345X"), ("13900001111", "010203"), ("13700002222", "150617"),
           ("15012345678", "281234"), ("18812345678", "31002X"), ("19212345678", "090909"),
@@ -30,7 +29,7 @@ def accepted(api: Any, stack: Any, phone: str, id_last6: str) -> str:
 
 
 def execution_ended(stack: Any, query_id: str) -> dict[str, Any]:
-    sfn = boto3.client("stepfunctions")
+    sfn = aws("stepfunctions")
 
     def ended() -> dict[str, Any] | None:
         try:
@@ -60,7 +59,7 @@ def open_records(stack: Any, count: int, deadline_at: int) -> list[str]:
 
 
 def reply_messages(stack: Any) -> list[dict[str, Any]]:
-    sqs = boto3.client("sqs")
+    sqs = aws("sqs")
     found = []
     while batch := sqs.receive_message(QueueUrl=stack.env["REPLY_QUEUE_URL"], MaxNumberOfMessages=10,
                                        VisibilityTimeout=600).get("Messages", []):
@@ -233,7 +232,7 @@ def test_the_starter_starts_each_slot_once_and_only_the_missing_ones(stack: Any)
     first = Deadlines().start_ahead(now)
     assert len(first) == 2 * 4 and len(set(first)) == 8
     assert Deadlines().start_ahead(now + 1) == []
-    sfn = boto3.client("stepfunctions")
+    sfn = aws("stepfunctions")
     (execution,) = [e for e in sfn.list_executions(stateMachineArn=stack.env["DEADLINE_STATE_MACHINE_ARN"])[
         "executions"] if e["name"] == sorted(first)[-1]]
     started = json.loads(sfn.describe_execution(executionArn=execution["executionArn"])["input"])
@@ -256,7 +255,7 @@ def test_cut_over_drains_task_token_executions_into_the_deadline_index(stack: An
     from chalicelib.storage.models import QueryRecord, at
     from infra.cutover import drain
 
-    sfn = boto3.client("stepfunctions")
+    sfn = aws("stepfunctions")
     old = sfn.create_state_machine(name="yztc-query-previous", roleArn="arn:aws:iam::123456789012:role/x",
                                    definition=json.dumps({"StartAt": "Token", "States": {
                                        "Token": {"Type": "Wait", "Seconds": 600, "End": True}}}))["stateMachineArn"]
@@ -328,7 +327,7 @@ def test_a_reply_the_sms_channel_throttles_is_sent_later_not_dead_lettered(stack
     record = wait_closed(stack, query_id, timeout=90)
     assert refusals["left"] == 0 and record["status"] == "replied"
     assert len(replies_to(stack, "13812345678")) == 1
-    sqs = boto3.client("sqs")
+    sqs = aws("sqs")
     attributes = sqs.get_queue_attributes(QueueUrl=stack.env["REPLY_DLQ_URL"],
                                           AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
     assert attributes["ApproximateNumberOfMessages"] == "0"

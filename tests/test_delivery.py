@@ -10,7 +10,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
 import time_machine
 
@@ -20,7 +19,7 @@ from local.lambdas import acting_as
 from local.recording import recording
 from local.stack import ROOT, LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS, wait_for
-from tests.helpers import COMPANIES, FakeTime, circuit, history, replies_to, submit, wait_finished
+from tests.helpers import COMPANIES, FakeTime, aws, circuit, history, replies_to, submit, wait_finished
 
 if TYPE_CHECKING:
     from chalice.test import Client
@@ -41,7 +40,7 @@ def start_query(api: Any, stack: Any, phone: str, id_last6: str) -> str:
 
 
 def retry_queue_empty(stack: Any) -> bool:
-    counts = boto3.client("sqs").get_queue_attributes(QueueUrl=stack.env["RETRY_QUEUE_URL"], AttributeNames=[
+    counts = aws("sqs").get_queue_attributes(QueueUrl=stack.env["RETRY_QUEUE_URL"], AttributeNames=[
         "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
         "ApproximateNumberOfMessagesDelayed"])["Attributes"]
     return all(int(n) == 0 for n in counts.values())
@@ -314,7 +313,7 @@ def test_the_execution_history_of_a_query_holds_only_ids_counts_and_company_ids(
                     collect(json.loads(details[field]))
     assert any(e["type"] == "LambdaFunctionSucceeded" for e in events)  # we did look at a real run
     assert keys <= {"query_id", "kind", "deadline_at", "outcome"}, keys
-    ddb = boto3.client("dynamodb")
+    ddb = aws("dynamodb")
     record = ddb.get_item(TableName=stack.env["QUERIES_TABLE"], Key={"query_id": {"S": query_id}})["Item"]
     assert set(record["results"]["M"]) == set(COMPANIES)
     assert all(set(count) == {"N"} for count in record["results"]["M"].values())  # a count (-1: no answer)

@@ -20,6 +20,7 @@ from tests.conftest import BASE_OPTIONS, post_json, wait_for
 from tests.helpers import (
     COMPANIES,
     FIXTURE_OPERATORS,
+    aws,
     error_code,
     latest_code,
     make_run,
@@ -98,7 +99,7 @@ def dispute_arn(stack: LocalStack, dispute_id: str) -> str:
 
 def wait_execution_ended(stack: LocalStack, dispute_id: str, timeout: float = 60) -> dict[str, Any]:
     """The dispute's execution ended (Forward only: it does not wait for the partner's answer)."""
-    sfn = boto3.client("stepfunctions")
+    sfn = aws("stepfunctions")
 
     def finished() -> dict[str, Any] | None:
         try:
@@ -134,7 +135,7 @@ def entered_states(stack: LocalStack, dispute_id: str) -> list[str]:
 
 
 def dispute_history(stack: LocalStack, dispute_id: str) -> list[dict[str, Any]]:
-    sfn = boto3.client("stepfunctions")
+    sfn = aws("stepfunctions")
     return sfn.get_execution_history(executionArn=dispute_arn(stack, dispute_id), maxResults=1000)["events"]
 
 
@@ -478,7 +479,7 @@ def test_notify_step_retried_after_sns_succeeded_sends_no_second_sms(stack: Loca
     assert crashes == {"left": 0, "commits": 2}  # the message came back and was handled again
     assert len(sms_about(stack, dispute_id)) == 2  # submitted + one outcome
     assert status(api, dispute_id)["status"] == "resolved"
-    sqs = boto3.client("sqs")
+    sqs = aws("sqs")
     sqs.send_message(QueueUrl=stack.env["REPLY_QUEUE_URL"], MessageBody=json.dumps({"type": "dispute",
                                                                                     "id": dispute_id}))
 
@@ -516,7 +517,7 @@ def test_no_phone_number_in_clear_in_tables_executions_logs(
     wait_dispute_finished(stack, dispute_id)
     codes = [m["message"].split("验证码为")[1][:6] for m in stack.read_outbox() if "验证码" in m["message"]]
     events = json.dumps(dispute_history(stack, dispute_id), default=str, ensure_ascii=False)
-    ddb = boto3.client("dynamodb")
+    ddb = aws("dynamodb")
     items = json.dumps([ddb.scan(TableName=stack.env[t])["Items"] for t in TABLE_VARS.values()], ensure_ascii=False)
     captured = capfd.readouterr()
     formatter = LambdaPowertoolsFormatter()

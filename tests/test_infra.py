@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
 import time_machine
 
@@ -19,7 +18,7 @@ from infra import generate
 from local.lambdas import acting_as
 from local.stack import LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS, post_json, wait_for
-from tests.helpers import FIXTURE_OPERATORS, circuit, latest_code, request_code, submit, wait_finished
+from tests.helpers import FIXTURE_OPERATORS, aws, circuit, latest_code, request_code, submit, wait_finished
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -346,7 +345,7 @@ def _settled(stack: LocalStack, query_id: str) -> set[str]:
 
 
 def _retry_queue_empty(stack: LocalStack) -> bool:
-    counts = boto3.client("sqs").get_queue_attributes(QueueUrl=stack.env["RETRY_QUEUE_URL"], AttributeNames=[
+    counts = aws("sqs").get_queue_attributes(QueueUrl=stack.env["RETRY_QUEUE_URL"], AttributeNames=[
         "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
         "ApproximateNumberOfMessagesDelayed"])["Attributes"]
     return not any(int(count) for count in counts.values())
@@ -657,7 +656,7 @@ def _assert_called_is_granted(packaged: dict[str, Any], stack: LocalStack, recor
 @pytest.mark.parametrize("stack_options", [StackOptions(**{**BASE_OPTIONS.__dict__, "provision": "cloudformation"})])
 def test_the_template_deployed_into_moto_answers_a_query_end_to_end(stack: LocalStack, api: Client) -> None:
     """Tables, key, queue and state machine come from the generated template via moto's CloudFormation."""
-    cfn = boto3.client("cloudformation")
+    cfn = aws("cloudformation")
     created = {r["ResourceType"] for r in cfn.list_stack_resources(StackName="yztc")["StackResourceSummaries"]}
     assert {"AWS::DynamoDB::Table", "AWS::StepFunctions::StateMachine", "AWS::KMS::Key"} <= created
     response = submit(api, stack, "13812345678", "12345X")

@@ -6,13 +6,12 @@ import json
 import threading
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
 import time_machine
 
 from chalicelib.queries import StartDeferred
 from tests.conftest import CLIENT_PROJECT, post_json
-from tests.helpers import error_code, execution_arn, latest_code, request_code, submit
+from tests.helpers import aws, error_code, execution_arn, latest_code, request_code, submit
 
 if TYPE_CHECKING:
     from chalice.test import Client
@@ -24,7 +23,7 @@ START = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.UTC)
 
 
 def executions(stack: LocalStack) -> list[dict[str, Any]]:
-    sfn = boto3.client("stepfunctions")
+    sfn = aws("stepfunctions")
     return sfn.list_executions(stateMachineArn=stack.env["STATE_MACHINE_ARN"])["executions"]
 
 
@@ -98,7 +97,7 @@ def test_accepted_query_starts_one_execution_named_by_its_id_without_personal_da
     assert stack.pump_once() == 1
     started = executions(stack)
     assert [e["name"] for e in started] == [query_id]
-    described = boto3.client("stepfunctions").describe_execution(executionArn=execution_arn(stack, query_id))
+    described = aws("stepfunctions").describe_execution(executionArn=execution_arn(stack, query_id))
     assert set(json.loads(described["input"])) == {"query_id", "deadline_at"}
     assert PHONE not in described["input"] and ID6 not in described["input"]
 
@@ -127,7 +126,7 @@ def test_two_concurrent_submissions_with_one_code_start_at_most_one_execution(st
     while stack.pump_once():
         pass
     assert len(executions(stack)) == 1
-    assert len(boto3.client("dynamodb").scan(TableName=stack.env["QUERIES_TABLE"])["Items"]) == 1
+    assert len(aws("dynamodb").scan(TableName=stack.env["QUERIES_TABLE"])["Items"]) == 1
 
 
 @pytest.mark.parametrize("refusal", ["ThrottlingException", "ExecutionLimitExceeded"])
@@ -163,7 +162,7 @@ def test_redelivered_start_message_is_harmless(stack: LocalStack, api: Client) -
     import app as app_module
 
     query_id = submit(api, stack, PHONE, ID6).json_body["query_id"]
-    sqs = boto3.client("sqs")
+    sqs = aws("sqs")
     message = sqs.receive_message(QueueUrl=stack.env["START_QUEUE_URL"])["Messages"][0]
     from local.lambdas import FakeContext, sqs_event
 

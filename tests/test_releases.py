@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
 
 from chalicelib import signing
@@ -23,6 +22,7 @@ from local.stack import LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS, post_json, wait_for
 from tests.helpers import (
     COMPANIES,
+    aws,
     error_code,
     execution_arn,
     history,
@@ -143,7 +143,7 @@ def limited(response: HTTPResponse) -> int:
 
 def execution_ended(stack: LocalStack, release_id: str, timeout: float = 20) -> dict[str, Any]:
     """The execution ended (AskCompanies asked everyone and recorded their 202s); partners may still owe answers."""
-    sfn = boto3.client("stepfunctions")
+    sfn = aws("stepfunctions")
 
     def ended() -> dict[str, Any] | None:
         try:
@@ -277,7 +277,7 @@ def test_invalid_release_requests_are_400_and_change_nothing(stack: LocalStack, 
     assert response.status_code == 400, response.body
     assert error_code(response) == expected
     assert response.json_body["error"]["message"]
-    assert boto3.client("dynamodb").scan(TableName=stack.env["QUERIES_TABLE"])["Items"] == []
+    assert aws("dynamodb").scan(TableName=stack.env["QUERIES_TABLE"])["Items"] == []
     assert stack.read_outbox() == []
 
 
@@ -443,7 +443,7 @@ def test_twenty_concurrent_releases_each_with_its_own_valid_code_accept_exactly_
     assert all(s == 429 for s in statuses if s != 202), answers
     assert all(body["error"]["code"] == "release_limit" and retry_after and int(retry_after) > 0
                for body, retry_after in refused), refused
-    records = boto3.client("dynamodb").scan(TableName=stack.env["QUERIES_TABLE"])["Items"]
+    records = aws("dynamodb").scan(TableName=stack.env["QUERIES_TABLE"])["Items"]
     assert len(records) == 1 and records[0]["kind"]["S"] == "releases"
     (body,) = [b for s, b, _ in answers if s == 202]
     assert records[0]["query_id"]["S"] == body["release_id"]
@@ -669,7 +669,7 @@ def test_no_phone_id_digits_code_or_since_in_clear_in_tables_executions_queues_o
     assert len(codes) == 3
     events = json.dumps([history(stack, i) for i in (mismatch, release_id, query_id)], default=str,
                         ensure_ascii=False)
-    ddb = boto3.client("dynamodb")
+    ddb = aws("dynamodb")
     tables = {t: ddb.scan(TableName=stack.env[t])["Items"] for t in TABLE_VARS.values()}
     records = {item["query_id"]["S"]: item for item in tables["QUERIES_TABLE"]}
     assert records[release_id]["since"] == {"S": since}

@@ -10,7 +10,7 @@ import pytest
 
 from local.stack import LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS
-from tests.helpers import COMPANIES, history, replies_to, submit, wait_finished
+from tests.helpers import COMPANIES, aws, history, replies_to, submit, wait_finished
 
 if TYPE_CHECKING:
     from chalice.test import Client
@@ -76,7 +76,7 @@ def test_silent_partner_is_reported_as_no_answer_at_the_deadline(stack: LocalSta
     response = submit(api, stack, "13900001111", "010203")
     query_id = response.json_body["query_id"]
     assert stack.pump_once() == 1
-    sfn = boto3.client("stepfunctions")
+    sfn = aws("stepfunctions")
     from tests.conftest import wait_for
     from tests.helpers import execution_arn, wait_closed
 
@@ -120,7 +120,7 @@ def test_a_fan_out_failing_every_retry_fails_its_execution_and_the_deadline_repo
         response = submit(api, stack, "13812345678", "12345X")
         query_id = response.json_body["query_id"]
         assert stack.pump_once() == 1
-        sfn = boto3.client("stepfunctions")
+        sfn = aws("stepfunctions")
         ended = wait_for(lambda: (d := sfn.describe_execution(executionArn=execution_arn(stack, query_id)))[
             "status"] != "RUNNING" and d, 30, "the execution to end")
         assert ended["status"] == "FAILED" and ended["error"] == "FanOutFailed"
@@ -195,7 +195,7 @@ def test_reply_redelivered_after_the_sms_went_out_sends_no_second_sms(stack: Loc
                       UpdateExpression="SET #s = :s, deadline_slot = :d, deadline_shard = :h",
                       ExpressionAttributeNames={"#s": "status"},
                       ExpressionAttributeValues={":s": "looking_up", ":d": 0, ":h": "query#0"})
-    sqs = boto3.client("sqs")
+    sqs = aws("sqs")
     for _ in range(2):
         sqs.send_message(QueueUrl=stack.env["REPLY_QUEUE_URL"],
                          MessageBody=json.dumps({"type": "query", "id": query_id}))
@@ -216,7 +216,7 @@ def test_execution_history_and_tables_hold_no_personal_data(
     code_messages = [m["message"] for m in stack.read_outbox() if "验证码" in m["message"]]
     code = code_messages[0].split("验证码为")[1][:6]
     events = json.dumps(history(stack, query_id), default=str, ensure_ascii=False)
-    ddb = boto3.client("dynamodb")
+    ddb = aws("dynamodb")
     from chalicelib.storage.models import TABLE_VARS
 
     items = json.dumps([ddb.scan(TableName=stack.env[t])["Items"] for t in TABLE_VARS.values()], ensure_ascii=False)
