@@ -2,9 +2,11 @@
 and deployable into moto's CloudFormation where the state machine it creates answers a query."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -34,13 +36,24 @@ STAGE = "prod"
 OUT = os.path.join(ROOT, "build", "test-" + STAGE)
 
 
-@pytest.fixture(scope="module")
-def packaged() -> dict[str, Any]:
-    result = subprocess.run(["make", "--no-print-directory", "package", f"STAGE={STAGE}"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    with open(os.path.join(ROOT, "build", STAGE, "package", "sam.json"), encoding="utf-8") as fh:
-        return json.load(fh)
+@pytest.fixture(scope="session")
+def packaged(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> dict[str, Any]:
+    """`make package`'s template, built once for the whole run: its 26 CPU-s (chalice package, cfn-lint, checkov)
+    were spent again by each xdist worker that ran one of these tests, and two workers building into the same
+    build/ directory at once could read each other's half-written files. The first worker builds under a lock
+    in the run's shared temporary directory; the others wait for it and read what it built."""
+    # The same directory for every xdist worker of this run (without xdist, the run's own: its parent is every run's).
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    with open(shared / "package.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = shared / "package-sam.json"
+        if not built.exists():
+            result = subprocess.run(["make", "--no-print-directory", "package", f"STAGE={STAGE}"], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=600)
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+            shutil.copyfile(os.path.join(ROOT, "build", STAGE, "package", "sam.json"), built)
+    with open(built, encoding="utf-8") as fh:
+        return dict(json.load(fh))
 
 
 def resources(template: dict[str, Any], kind: str) -> dict[str, Any]:
