@@ -15,10 +15,29 @@ _creating = threading.Lock()
 
 
 @functools.cache
+def _loader() -> Any:
+    """botocore's reader of its JSON files (service models, endpoint rules), one per process: each botocore
+    session otherwise has its own and parses them again, 50-100 ms of CPU a session."""
+    import botocore.loaders
+
+    return botocore.loaders.create_loader()
+
+
+def botocore_session() -> Any:
+    """A new botocore session that reads botocore's files through the process's one loader. PynamoDB makes one
+    per model (and per thread): chalicelib/storage/models.py has it make them here."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    session.register_component("data_loader", _loader())
+    return session
+
+
+@functools.cache
 def _session() -> Any:
     import boto3  # heavy: imported on first use only
 
-    return boto3.session.Session()
+    return boto3.session.Session(botocore_session=botocore_session())
 
 
 _clients: dict[str, Any] = {}

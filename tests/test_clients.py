@@ -48,3 +48,15 @@ def test_secrets_are_read_through_the_process_client_until_a_reset() -> None:
     assert clients.secrets() is provider
     clients.reset()
     assert clients.secrets() is not provider and clients.secrets().client is clients.client("secretsmanager")
+
+
+def test_the_app_s_and_every_model_s_botocore_sessions_read_botocore_s_files_through_one_loader() -> None:
+    """Each botocore session parses botocore's endpoint rules and service models again unless they share a loader:
+    PynamoDB makes a session per model, so a cold container paid that once per table it touched."""
+    from chalicelib.storage.models import Lookup, QueryRecord
+
+    sessions = [model._get_connection().connection.session for model in (QueryRecord, Lookup)]
+    sessions.append(clients._session()._session)  # the botocore session under the app's boto3 clients
+    loader = sessions[0].get_component("data_loader")
+    assert all(session.get_component("data_loader") is loader for session in sessions)
+    assert sessions[0] is not sessions[1]  # PynamoDB still makes its own sessions: only their loader is shared

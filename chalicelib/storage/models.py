@@ -19,12 +19,19 @@ from pynamodb.attributes import (
     UnicodeAttribute,
     UnicodeSetAttribute,
 )
-from pynamodb.connection import Connection
+from pynamodb.connection import Connection, base
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.models import Model
 from pynamodb.transactions import TransactWrite
 
+from chalicelib import clients
 from chalicelib.config import settings
+
+# PynamoDB gives each model's connection, in each thread, a botocore session of its own, which parsed botocore's
+# endpoint rules and the DynamoDB model again: 60-100 ms of CPU at each model's first request, in every cold
+# container (PynamoDB offers no way to share one: pynamodb/PynamoDB#876, #1245). Its sessions read them through
+# the process's one loader instead: 10 ms each.
+base.get_session = clients.botocore_session
 
 
 class _Meta:
