@@ -211,20 +211,6 @@ def make_state_machines_parse_once() -> None:
     AmazonStateLanguageParser._yztc_once = True  # type: ignore[attr-defined]
 
 
-def make_json_paths_parse_once() -> None:
-    """Parse each JSONPath of the state machines once. moto's interpreter calls jsonpath_ng's `parse` at every
-    evaluation of a path (each Parameters value, Wait's SecondsPath, each ResultPath), and each call builds a
-    fresh yacc parser from its tables: 40 % of what an idle stack's deadline executions cost. A parsed path is
-    not changed by evaluating it, so the same path string shares one."""
-    from moto.stepfunctions.parser.asl.component.common.path import result_path
-    from moto.stepfunctions.parser.asl.utils import json_path
-
-    for module in (json_path, result_path):
-        if not getattr(module, "_yztc_parse_once", False):
-            module.parse = functools.lru_cache(maxsize=1024)(module.parse)  # type: ignore[attr-defined]
-            module._yztc_parse_once = True  # type: ignore[attr-defined]
-
-
 def make_moto_dispatch_list_actions_once() -> None:
     """moto finds the method of every request's action by listing its responder class's functions with
     inspect.getmembers, each time: 2 % of a stack test's CPU. A class's functions do not change: listed once."""

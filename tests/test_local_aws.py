@@ -139,25 +139,3 @@ def test_moto_lists_a_responder_class_s_actions_once_and_still_answers_them(fake
         assert [m["Body"] for m in sqs.receive_message(QueueUrl=url)["Messages"]] == ["m"]
         after = responses.method_names_from_class.cache_info()  # type: ignore[attr-defined]
     assert after.hits - before.hits >= 2 and after.misses - before.misses <= 1
-
-
-KEEP_AND_NEST = json.dumps({"StartAt": "Keep", "States": {
-    "Keep": {"Type": "Pass", "Parameters": {"n.$": "$.n", "twice.$": "States.MathAdd($.n, $.n)"},
-             "ResultPath": "$.kept", "End": True}}})
-
-
-def test_executions_share_parsed_json_paths_and_each_reads_and_writes_its_own_data(fake_aws: None) -> None:
-    from moto.stepfunctions.parser.asl.utils import json_path
-
-    aws.make_json_paths_parse_once()
-    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
-        before = json_path.parse.cache_info()  # type: ignore[attr-defined]
-        assert _run_all(KEEP_AND_NEST, [{"n": n} for n in range(6)]) == ["SUCCEEDED"] * 6
-        sfn = boto3.client("stepfunctions")
-        outputs = [json.loads(sfn.describe_execution(executionArn=e["executionArn"])["output"])
-                   for e in sfn.list_executions(stateMachineArn=sfn.list_state_machines()["stateMachines"][0]
-                                                ["stateMachineArn"])["executions"]]
-        after = json_path.parse.cache_info()  # type: ignore[attr-defined]
-    assert sorted(o["n"] for o in outputs) == list(range(6))
-    assert all(o["kept"] == {"n": o["n"], "twice": 2 * o["n"]} for o in outputs)
-    assert after.hits - before.hits >= 5  # "$.n" parsed once, read by each execution
