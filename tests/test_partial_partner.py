@@ -34,7 +34,10 @@ SPACING_SECONDS = 4.0
 # retries (2 s, then 4 s of backoff, as deployed: chalicelib/engine/tasks.py), with room for a loaded machine:
 # the burst's lookups are sent 5-7 s after their queries were accepted on an idle one (ten submissions, then ten
 # fan-outs at once), over 10 s on CI's busy cores, and each must still be retried before its deadline: at 20 s a
-# burst lookup was sent too late for its retry under three workers, four, and branch coverage.
+# burst lookup was sent too late for its retry under three workers, four, and branch coverage. Not longer either:
+# the failing lookups' retries would then outlast the answered traffic by 30 s, and the circuit rightly opens (at
+# 45 s it did). Twice in a day's runs on a loaded machine a reply sent at its deadline missed a partner asked
+# once (not one of the failing fifth): the assertion prints that query's lookups.
 DEADLINE_SECONDS = 30
 
 
@@ -138,7 +141,7 @@ def test_partner_failing_the_same_20_percent_of_lookups_keeps_its_circuit_closed
     accounts = simulators.load_accounts()
     for phone, query_id in query_ids.items():
         answers = {c: None if (phone, c) in failing else accounts.get((phone, c)) for c in COMPANIES}
-        assert replies_to(stack, phone) == [result_sms(phone, answers)], (query_id, lookups_of(query_id))
+        assert replies_to(stack, phone) == [result_sms(phone, answers)], f"{query_id}: {lookups_of(query_id)}"
         assert records[phone]["status"] == "replied"
         if None in answers.values():  # a failing lookup holds its query until the deadline, not after it
             assert int(records[phone]["deadline_at"]) - 1 <= int(records[phone]["updated_at"])
