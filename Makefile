@@ -55,16 +55,15 @@ run: $(STAMP) widget
 
 # checkov's venv too: tests/test_infra.py packages the template, and installing checkov inside that test
 # cost it 45 s of a fresh machine's pytest run.
-# Three workers on two cores: with two the cores sat idle half the time (tests waiting for deadlines, backoffs,
-# callbacks), which a third worker fills; a fourth gained 10 % more and left less room for the deadline-sensitive
-# tests (README).
+# Four workers on two cores: the tests wait for deadlines, backoffs and callbacks much of the time, and with
+# fewer workers the cores sat idle; six took longer (more CPU, and a long browser module at the end). README.
 test: $(STAMP) $(CHECKOV_STAMP) browser widget lint
-	$(PY) -m pytest -n 3 --dist worksteal -q
+	$(PY) -m pytest -n 4 --dist worksteal -q
 
 # The same tests under branch coverage of chalicelib/, failing below pyproject.toml's floor. Not in `make test`:
 # the tracer cost 1.7x the wall time on two cores with two workers (29 min against 17) and 2.2x the CPU.
 coverage: $(STAMP) $(CHECKOV_STAMP) browser widget
-	$(PY) -m pytest -n 2 --dist worksteal -q --cov --cov-report=term:skip-covered
+	$(PY) -m pytest -n 4 --dist worksteal -q --cov --cov-report=term:skip-covered
 
 # One CloudFormation/SAM template per stage: Chalice's API and functions plus infra/generate.py's
 # merge template (tables, key, secrets, workflow, roles, alarms, dashboard, WAF), linted by cfn-lint
