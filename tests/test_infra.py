@@ -37,13 +37,14 @@ OUT = os.path.join(ROOT, "build", "test-" + STAGE)
 
 
 @pytest.fixture(scope="session")
-def packaged(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> dict[str, Any]:
+def packaged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """`make package`'s template, built once for the whole run: its 26 CPU-s (chalice package, cfn-lint, checkov)
     were spent again by each xdist worker that ran one of these tests, and two workers building into the same
     build/ directory at once could read each other's half-written files. The first worker builds under a lock
     in the run's shared temporary directory; the others wait for it and read what it built."""
     # The same directory for every xdist worker of this run (without xdist, the run's own: its parent is every run's).
-    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    shared = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()
     with open(shared / "package.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         built = shared / "package-sam.json"
