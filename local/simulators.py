@@ -177,6 +177,12 @@ _PENDING: weakref.WeakSet[threading.Timer] = weakref.WeakSet()
 _PENDING_LOCK = threading.Lock()
 
 
+def pending_callbacks() -> int:
+    """Callbacks scheduled and neither made nor cancelled yet (a failed test's report shows it)."""
+    with _PENDING_LOCK:
+        return sum(1 for timer in _PENDING if not timer.finished.is_set())
+
+
 def cancel_pending_callbacks() -> None:
     with _PENDING_LOCK:
         for timer in list(_PENDING):

@@ -145,6 +145,30 @@ def pytest_sessionfinish() -> None:
     WORLD.close()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed stack test says what each simulator was asked and how each of its callbacks ended (the HTTP
+    status, 0: never got through): a missing answer then shows whether it was never sent, refused, or lost."""
+    report = yield
+    stack = getattr(item, "funcargs", {}).get("stack")
+    if report.when == "call" and report.failed and stack is not None:
+        report.sections.append(("simulators", simulator_report(stack)))
+    return report
+
+
+def simulator_report(stack: LocalStack) -> str:
+    from local.simulators import pending_callbacks
+
+    lines = [f"{company}: {len(sim.requests)} requests, callbacks {sim.callbacks}"
+             for company, sim in sorted(stack.partners.items())]
+    sim = stack.operators
+    if sim is not None:
+        operators = sorted({r["operator"] for r in sim.requests} | set(sim.callbacks))
+        lines += [f"{op}: {len(sim.requests_to(op))} requests, callbacks {sim.callbacks.get(op)}" for op in operators]
+    lines.append(f"callbacks scheduled and not finished: {pending_callbacks()}")
+    return "\n".join(lines)
+
+
 @pytest.fixture
 def stack(stack_options: StackOptions, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalStack]:
     from local.stack import LocalStack
