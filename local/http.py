@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import threading
 from http import HTTPStatus
 from typing import Any
 
@@ -32,6 +33,35 @@ class _Refused(Exception):
     def __init__(self, error: errors.ServiceError) -> None:
         super().__init__(error.code)
         self.error = error
+
+
+class _PerThread:
+    """An attribute of the app kept per thread."""
+
+    def __init__(self) -> None:
+        self._values = threading.local()
+
+    def __get__(self, app: Any, owner: Any = None) -> Any:
+        return self if app is None else getattr(self._values, "value", None)
+
+    def __set__(self, app: Any, value: Any) -> None:
+        self._values.value = value
+
+
+def serve_requests_concurrently(app: Chalice) -> None:
+    """Give each thread its own `app.current_request` (and `lambda_context`).
+
+    Chalice keeps the request being handled on the app object, which Lambda calls one request at a time; its
+    local server handles requests in threads, so two at once overwrite each other's (aws/chalice#759, never fixed
+    upstream). Here 26 operators call back at once, and a callback that read another's body would fail its
+    signature with a 401 its operator does not retry: the answer lost, the reply missing a partner that had
+    answered, as a few loaded test runs saw. A lock around each request would make 132 callbacks wait in line."""
+    if getattr(type(app), "_per_thread", False):
+        return
+    for name in ("current_request", "lambda_context"):
+        app.__dict__.pop(name, None)
+    app.__class__ = type(f"PerThread{type(app).__name__}", (type(app),),
+                         {"current_request": _PerThread(), "lambda_context": _PerThread(), "_per_thread": True})
 
 
 class LocalRequestHandler(ChaliceRequestHandler):

@@ -245,8 +245,9 @@ class LocalStack:
         # connections refused, which API Gateway never does.
         ThreadedHTTPServer.request_queue_size = 256
 
-        from local.http import LocalRequestHandler
+        from local.http import LocalRequestHandler, serve_requests_concurrently
 
+        serve_requests_concurrently(self.app_module.app)
         config = Config.create(chalice_stage="local", app_name="yizhengtongcha")
         LocalRequestHandler.outbox = self.outbox
         self.api_server = LocalDevServer(self.app_module.app, config, "127.0.0.1", self.options.api_port,
