@@ -27,14 +27,16 @@ def _two_requests_at_once(app: Chalice) -> dict[str, Any]:
 
     def call(caller: str) -> None:
         with Client(app, project_dir=CLIENT_PROJECT) as client:
-            answers[caller] = client.http.get("/whoami", headers={"X-Caller": caller}).json_body["caller"]
+            response = client.http.get("/whoami", headers={"X-Caller": caller})
+            answers[caller] = (response.status_code, response.json_body)
 
     threads = [threading.Thread(target=call, args=(caller,)) for caller in ("cmcc-gd", "cucc-bj")]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=20)
-    return answers
+    assert all(status == 200 for status, _ in answers.values()) and len(answers) == 2, answers
+    return {caller: body["caller"] for caller, (_, body) in answers.items()}
 
 
 def test_two_requests_at_once_each_read_their_own_request() -> None:
