@@ -151,6 +151,7 @@ class LocalStack:
         aws.make_dynamodb_responses_fast()
         aws.make_state_machines_parse_once()
         aws.make_moto_dispatch_list_actions_once()
+        aws.make_json_paths_parse_once()
         import app as app_module
 
         self.app_module = app_module
