@@ -297,14 +297,16 @@ def codes_without_resend_gap(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Debian's Chromium, headless, driven by Playwright (make test installs it; no browser download)."""
+    """Debian's Chromium headless shell (Blink and V8 without the desktop browser around them, as Playwright runs
+    headless Chromium), driven by Playwright (make test installs it; no browser download)."""
     import shutil
 
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=shutil.which("chromium") or "/usr/bin/chromium", headless=True,
+            executable_path=shutil.which("chromium-headless-shell") or "/usr/bin/chromium-headless-shell",
+            headless=True,
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         yield browser
