@@ -55,32 +55,60 @@ def test_the_api_serves_the_bundled_description(stack: LocalStack, api: Client) 
         assert response.json_body == json.load(fh)
 
 
-def _documented_errors(description: dict[str, Any]) -> Iterator[tuple[str, str, int, str]]:
+def _documented_errors(description: dict[str, Any]) -> Iterator[tuple[str, str, int, str, str]]:
+    """(path, method, status, error code, JSON pointer to the body's schema) for every documented error."""
     shared = description["components"]["responses"]
     for path, item in description["paths"].items():
         for method, operation in item.items():
             for status, response in operation["responses"].items():
+                pointer = f"/paths/{path.replace('/', '~1')}/{method}/responses/{status}"
                 if "$ref" in response:
+                    pointer = response["$ref"].removeprefix("#")
                     response = shared[response["$ref"].rsplit("/", 1)[1]]
                 schema = response.get("content", {}).get("application/json", {}).get("schema", {})
                 for part in schema.get("allOf", []):
                     for code in part.get("properties", {}).get("error", {}).get("properties", {}).get(
                             "code", {}).get("enum", []):
-                        yield path, method, int(status), code
+                        yield path, method, int(status), code, f"{pointer}/content/application~1json/schema"
 
 
 def test_each_documented_error_code_has_the_status_the_code_gives_it(description: dict[str, Any]) -> None:
     status_of = {cls.code: status for cls, status in STATUS_BY_ERROR.items()}
     documented = list(_documented_errors(description))
     assert documented
-    for path, method, status, code in documented:
+    for path, method, status, code, _ in documented:
         assert status_of[code] == status, (path, method, code)
 
 
 def test_every_error_the_api_can_answer_is_documented_somewhere(description: dict[str, Any]) -> None:
-    documented = {code for *_, code in _documented_errors(description)}
+    documented = {code for *_, code, _ in _documented_errors(description)}
     assert {cls.code for cls in STATUS_BY_ERROR} - documented == set()
     assert errors.ServiceError.code not in documented  # a 500 is a defect, never a documented answer
+
+
+def test_every_error_body_the_code_answers_is_valid_against_its_documented_schema(
+        description: dict[str, Any]) -> None:
+    """The body `error_response` builds for each documented error, 428's fresh challenge included, is one the
+    description admits: a client generated from it accepts what the API sends."""
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    from chalicelib.api.responses import error_response
+    from chalicelib.challenges import ProofOfWork
+
+    registry = Registry().with_resource("urn:openapi", Resource.from_contents(description, DRAFT202012))
+    classes = {cls.code: cls for cls in STATUS_BY_ERROR}
+    problems = []
+    for path, method, status, code, pointer in _documented_errors(description):
+        cls = classes[code]
+        exc = (errors.ChallengeRequired(ProofOfWork(key=lambda: "k" * 32).challenge())
+               if cls is errors.ChallengeRequired else cls(retry_after=60))
+        response = error_response(exc)
+        validator = Draft202012Validator({"$ref": f"urn:openapi#{pointer}"}, registry=registry)
+        body = json.loads(response.body)
+        problems += [(path, method, status, error.message) for error in validator.iter_errors(body)]
+    assert problems == []
 
 
 def test_every_error_response_documents_the_spec_shape(description: dict[str, Any]) -> None:
