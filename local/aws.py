@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import functools
 import json
 import os
@@ -249,6 +250,59 @@ def make_update_expressions_parse_once() -> None:
 
     if not hasattr(UpdateExpressionParser.make, "cache_info"):
         UpdateExpressionParser.make = functools.lru_cache(maxsize=1024)(UpdateExpressionParser.make)
+
+
+def make_dynamodb_transactions_copy_items_not_tables() -> None:
+    """Roll a failed transaction back from copies of the items it names, not of whole tables.
+
+    moto deep-copies every table a transaction touches before applying it, to restore on failure: the whole
+    table, for each of its items in the transaction. A table's cost grows with what a test wrote (the code route's
+    2500 fuzzed requests each copied every code stored before). DynamoDB's outcome is the same either way: a
+    transaction changes only the items it names, so copies of those, taken first, restore everything it could
+    have changed. Runs under the lock above, as every DynamoDB request does."""
+    from moto.dynamodb import models
+    from moto.dynamodb.models.table import Table
+
+    if getattr(models.DynamoDBBackend, "_yztc_item_rollback", False):
+        return
+    original = models.DynamoDBBackend.transact_write_items
+    real_deepcopy = copy.deepcopy
+
+    class _TablesUncopied:
+        """moto.dynamodb.models' `copy`: a table is "copied" as itself (so moto's own rollback is a no-op)."""
+
+        @staticmethod
+        def deepcopy(value: Any, memo: Any = None) -> Any:
+            return value if isinstance(value, Table) else real_deepcopy(value, memo)
+
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+        before: dict[tuple[str, Any, Any], Any] = {}
+        for entry in transact_items:
+            _, op = next(iter(entry.items()))
+            table = self.tables.get(op.get("TableName"))
+            keys = op.get("Key") or op.get("Item")
+            if table is None or not isinstance(keys, dict) or table.hash_key_attr not in keys or (
+                    table.range_key_attr and table.range_key_attr not in keys):
+                continue  # moto refuses it before writing anything
+            hash_key, range_key = self.get_keys_value(table, keys)
+            before.setdefault((op["TableName"], hash_key, range_key),
+                              real_deepcopy(table.get_item(hash_key, range_key)))
+        try:
+            original(self, transact_items)
+        except BaseException:
+            for (name, hash_key, range_key), item in before.items():
+                # Table.items: {hash: item}, or {hash: {range: item}} with a range key.
+                items = self.tables[name].items if range_key is None else self.tables[name].items[hash_key]
+                at = hash_key if range_key is None else range_key
+                if item is None:
+                    items.pop(at, None)
+                else:
+                    items[at] = item
+            raise
+
+    models.copy = _TablesUncopied  # type: ignore[assignment]
+    models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+    models.DynamoDBBackend._yztc_item_rollback = True  # type: ignore[attr-defined]
 
 
 def create(env: dict[str, str], secret_names: list[str]) -> Resources:

@@ -153,6 +153,7 @@ class LocalStack:
         aws.make_moto_dispatch_list_actions_once()
         aws.make_json_paths_parse_once()
         aws.make_update_expressions_parse_once()
+        aws.make_dynamodb_transactions_copy_items_not_tables()
         import app as app_module
 
         self.app_module = app_module

@@ -71,6 +71,69 @@ def test_a_failed_condition_is_still_conditional_check_failed(dynamodb: Any) -> 
     assert refused.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
 
 
+# -- a failed transaction rolled back from copies of its items (make_dynamodb_transactions_copy_items_not_tables) --
+@pytest.fixture
+def two_tables(dynamodb: Any) -> Any:
+    """Table t (hash key) holding ITEM and {k: b}; table r (hash and range key) holding {h: x, r: 1}."""
+    aws.make_dynamodb_transactions_copy_items_not_tables()
+    dynamodb.put_item(TableName="t", Item={"k": {"S": "b"}, "n": {"N": "1"}})
+    dynamodb.create_table(TableName="r", KeySchema=[{"AttributeName": "h", "KeyType": "HASH"},
+                                                    {"AttributeName": "r", "KeyType": "RANGE"}],
+                          AttributeDefinitions=[{"AttributeName": "h", "AttributeType": "S"},
+                                                {"AttributeName": "r", "AttributeType": "N"}],
+                          BillingMode="PAY_PER_REQUEST")
+    dynamodb.put_item(TableName="r", Item={"h": {"S": "x"}, "r": {"N": "1"}, "v": {"S": "old"}})
+    return dynamodb
+
+
+def _everything(client: Any) -> dict[str, list[Any]]:
+    def order(item: dict[str, Any]) -> str:
+        return json.dumps(item, sort_keys=True, default=repr)
+
+    return {name: sorted(client.scan(TableName=name)["Items"], key=order) for name in ("t", "r")}
+
+
+def _transaction(last_condition: str) -> list[dict[str, Any]]:
+    """Updates ITEM, deletes b, puts c, updates and puts in r; then a condition check on b that may fail."""
+    return [
+        {"Update": {"TableName": "t", "Key": KEY, "UpdateExpression": "SET results.#o = :v, n = :n",
+                    "ExpressionAttributeNames": {"#o": "operator-1"},
+                    "ExpressionAttributeValues": {":v": {"N": "9"}, ":n": {"N": "2"}}}},
+        {"Delete": {"TableName": "t", "Key": {"k": {"S": "b"}}}},
+        {"Put": {"TableName": "t", "Item": {"k": {"S": "c"}}}},
+        {"Update": {"TableName": "r", "Key": {"h": {"S": "x"}, "r": {"N": "1"}}, "UpdateExpression": "SET v = :v",
+                    "ExpressionAttributeValues": {":v": {"S": "new"}}}},
+        {"Put": {"TableName": "r", "Item": {"h": {"S": "x"}, "r": {"N": "2"}}}},
+        {"ConditionCheck": {"TableName": "t", "Key": {"k": {"S": "d"}}, "ConditionExpression": last_condition}},
+    ]
+
+
+def test_a_transaction_whose_last_condition_fails_leaves_every_item_as_it_was(two_tables: Any) -> None:
+    before = _everything(two_tables)
+    with pytest.raises(ClientError) as refused:
+        two_tables.transact_write_items(TransactItems=_transaction("attribute_exists(k)"))
+    assert refused.value.response["Error"]["Code"] == "TransactionCanceledException"
+    assert _everything(two_tables) == before
+
+
+def test_a_transaction_naming_one_item_twice_leaves_every_item_as_it_was(two_tables: Any) -> None:
+    before = _everything(two_tables)
+    twice = [*_transaction("attribute_not_exists(k)")[:3],
+             {"ConditionCheck": {"TableName": "t", "Key": KEY, "ConditionExpression": "attribute_exists(k)"}}]
+    with pytest.raises(ClientError) as refused:
+        two_tables.transact_write_items(TransactItems=twice)
+    assert refused.value.response["Error"]["Code"] == "ValidationException"
+    assert _everything(two_tables) == before
+
+
+def test_a_transaction_whose_conditions_hold_writes_every_item(two_tables: Any) -> None:
+    two_tables.transact_write_items(TransactItems=_transaction("attribute_not_exists(k)"))
+    after = _everything(two_tables)
+    assert [item["k"]["S"] for item in after["t"]] == ["a", "c"]
+    assert after["t"][0]["results"]["M"]["operator-1"] == {"N": "9"} and after["t"][0]["n"] == {"N": "2"}
+    assert after["r"] == [{"h": {"S": "x"}, "r": {"N": "1"}, "v": {"S": "new"}}, {"h": {"S": "x"}, "r": {"N": "2"}}]
+
+
 # -- state machine definitions parsed once (local/aws.py make_state_machines_parse_once) -------------------
 PASS_THEN_CHOOSE = json.dumps({"StartAt": "Keep", "States": {
     "Keep": {"Type": "Pass", "Parameters": {"n.$": "$.n"}, "Next": "Pause"},
