@@ -6,12 +6,18 @@ assembled by the same local/stack.py that `make run` uses.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import shutil
 import socket
+import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -49,6 +55,7 @@ def unshared_port() -> int:
 # (Partner and operator modes are each test's choice, never the shell's.)
 NEWCOMER_ENV = {k: v for k, v in os.environ.items()
                 if not k.startswith(("AWS_", "MOTO")) and k not in ("PARTNER_MODES", "OPERATOR_MODES")}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKDIR = tempfile.mkdtemp(prefix="yztc-tests-")
 API_PORT = unshared_port()
 
@@ -89,11 +96,61 @@ LAYERS = (("browser", "e2e"), ("local_run", "e2e"), ("local_stack", "e2e"), ("st
           ("packaged", "template"))
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         layer = next((layer for fixture, layer in LAYERS if fixture in fixtures), "unit")
         item.add_marker(getattr(pytest.mark, layer))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any(item.get_closest_marker("template") for item in session.items):
+        build_package_in_background(package_dir(session.config))
+
+
+# -- the packaged template (tests/test_infra.py, `packaged`): built once per run, beside the tests ---------------
+PACKAGE_STAGE = "prod"
+_BUILDS: list[subprocess.Popen[str]] = []
+
+
+def package_dir(config: pytest.Config) -> Path:
+    """The same directory for every xdist worker of this run (without xdist, the run's own)."""
+    basetemp = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]  # the tmp_path_factory fixture
+    return basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
+
+
+def package_template(shared: Path) -> Path:
+    """`make package`'s SAM template, built by whichever process of the run asks first, under a lock in `shared`;
+    the others wait for it and read what it built (two builds into build/ at once would read each other's
+    half-written files). A failed build leaves nothing, so the next caller builds again and fails with its output."""
+    built = shared / "package-sam.json"
+    with open(shared / "package.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not built.exists():
+            with subprocess.Popen(["make", "--no-print-directory", "package", f"STAGE={PACKAGE_STAGE}"], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as build:
+                _BUILDS.append(build)
+                output, _ = build.communicate(timeout=600)
+            assert build.returncode == 0, output[-6000:]
+            shutil.copyfile(os.path.join(ROOT, "build", PACKAGE_STAGE, "package", "sam.json"), built)
+    return built
+
+
+def build_package_in_background(shared: Path) -> None:
+    """Start the build as the tests start, so that no worker spends the 30-75 s of chalice package, cfn-lint and
+    checkov waiting in a template test: it runs beside them, and the first template test waits for what is left."""
+    def build() -> None:
+        with contextlib.suppress(AssertionError, OSError, subprocess.SubprocessError):  # the test builds and says
+            package_template(shared)
+
+    threading.Thread(target=build, daemon=True, name="package-template").start()
+
+
+def pytest_sessionfinish() -> None:
+    WORLD.close()
+    for build in _BUILDS:  # a run stopped early (-x) leaves no build running on
+        if build.poll() is None:
+            build.kill()
 
 
 @pytest.fixture
@@ -139,10 +196,6 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     # A test without the stack may start its own moto: it gets a fresh one, not this worker's world.
     if "stack" not in getattr(item, "fixturenames", ()):
         WORLD.close()
-
-
-def pytest_sessionfinish() -> None:
-    WORLD.close()
 
 
 @pytest.hookimpl(wrapper=True)

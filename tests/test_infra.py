@@ -2,12 +2,9 @@
 and deployable into moto's CloudFormation where the state machine it creates answers a query."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -19,7 +16,7 @@ from chalicelib import signing
 from infra import generate
 from local.lambdas import acting_as
 from local.stack import LocalStack, StackOptions
-from tests.conftest import BASE_OPTIONS, post_json, wait_for
+from tests.conftest import BASE_OPTIONS, PACKAGE_STAGE, package_dir, package_template, post_json, wait_for
 from tests.helpers import FIXTURE_OPERATORS, aws, circuit, latest_code, request_code, submit, wait_finished
 
 if TYPE_CHECKING:
@@ -32,28 +29,15 @@ if TYPE_CHECKING:
     from local.simulators import PartnerSimulator
 
 ROOT = generate.ROOT
-STAGE = "prod"
+STAGE = PACKAGE_STAGE
 OUT = os.path.join(ROOT, "build", "test-" + STAGE)
 
 
 @pytest.fixture(scope="session")
-def packaged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """`make package`'s template, built once for the whole run: its 26 CPU-s (chalice package, cfn-lint, checkov)
-    were spent again by each xdist worker that ran one of these tests, and two workers building into the same
-    build/ directory at once could read each other's half-written files. The first worker builds under a lock
-    in the run's shared temporary directory; the others wait for it and read what it built."""
-    # The same directory for every xdist worker of this run (without xdist, the run's own: its parent is every run's).
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    shared = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()
-    with open(shared / "package.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        built = shared / "package-sam.json"
-        if not built.exists():
-            result = subprocess.run(["make", "--no-print-directory", "package", f"STAGE={STAGE}"], cwd=ROOT,
-                                    capture_output=True, text=True, timeout=600)
-            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-            shutil.copyfile(os.path.join(ROOT, "build", STAGE, "package", "sam.json"), built)
-    with open(built, encoding="utf-8") as fh:
+def packaged(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """`make package`'s template, built once for the whole run (tests/conftest.py, `package_template`: its CPU was
+    spent again by each xdist worker that ran one of these tests), started as the run starts."""
+    with open(package_template(package_dir(request.config)), encoding="utf-8") as fh:
         return dict(json.load(fh))
 
 
