@@ -10,7 +10,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -92,7 +91,7 @@ def reset_caches() -> None:
 
 # The test pyramid, read from the fixtures a test asks for (first match wins), so a new test is placed by
 # what it uses: `pytest -m unit` runs the pure rules in seconds, `-m "not e2e"` everything in-process.
-LAYERS = (("browser", "e2e"), ("local_run", "e2e"), ("local_stack", "e2e"), ("stack", "stack"),
+LAYERS = (("browser", "e2e"), ("local_run", "e2e"), ("schemathesis_run", "e2e"), ("stack", "stack"),
           ("packaged", "template"))
 
 
@@ -103,54 +102,62 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(getattr(pytest.mark, layer))
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    if any(item.get_closest_marker("template") for item in session.items):
-        build_package_in_background(package_dir(session.config))
+# -- checks produced once per run, beside the tests ---------------------------------------------------------------
+# Two checks spend a minute in subprocesses: the packaged template (chalice package, cfn-lint, checkov) and
+# Schemathesis against `make run`. The worker that ran one sat waiting for them (75 s and 85 s in a loaded make test).
+# Each is produced once per run, by whichever process of the run asks first, under a lock in the run's shared
+# directory; and it starts as soon as the tests are collected, in a thread beside them, so the test that reads it
+# waits only for what is left. A producer that fails leaves nothing: the test's own call produces it again and fails
+# with the error.
+PRODUCERS: dict[str, Callable[[Path], None]] = {}  # fixture name -> writes that fixture's product to the path
+SUBPROCESSES: list[subprocess.Popen[Any]] = []  # what producers started: killed if the run is stopped (-x, Ctrl-C)
+_PRODUCING: list[threading.Thread] = []
 
 
-# -- the packaged template (tests/test_infra.py, `packaged`): built once per run, beside the tests ---------------
-PACKAGE_STAGE = "prod"
-_BUILDS: list[subprocess.Popen[str]] = []
-
-
-def package_dir(config: pytest.Config) -> Path:
-    """The same directory for every xdist worker of this run (without xdist, the run's own)."""
+def produced_once(config: pytest.Config, fixture: str) -> Path:
+    """The product of PRODUCERS[fixture] for this run: made now, or by another process of the run."""
     basetemp = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]  # the tmp_path_factory fixture
-    return basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
-
-
-def package_template(shared: Path) -> Path:
-    """`make package`'s SAM template, built by whichever process of the run asks first, under a lock in `shared`;
-    the others wait for it and read what it built (two builds into build/ at once would read each other's
-    half-written files). A failed build leaves nothing, so the next caller builds again and fails with its output."""
-    built = shared / "package-sam.json"
-    with open(shared / "package.lock", "w") as lock:
+    # The same directory for every xdist worker of this run (without xdist, the run's own).
+    shared = basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
+    product = shared / f"{fixture}.product"
+    with open(shared / f"{fixture}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not built.exists():
-            with subprocess.Popen(["make", "--no-print-directory", "package", f"STAGE={PACKAGE_STAGE}"], cwd=ROOT,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as build:
-                _BUILDS.append(build)
-                output, _ = build.communicate(timeout=600)
-            assert build.returncode == 0, output[-6000:]
-            shutil.copyfile(os.path.join(ROOT, "build", PACKAGE_STAGE, "package", "sam.json"), built)
-    return built
+        if not product.exists():
+            PRODUCERS[fixture](product)
+    return product
 
 
-def build_package_in_background(shared: Path) -> None:
-    """Start the build as the tests start, so that no worker spends the 30-75 s of chalice package, cfn-lint and
-    checkov waiting in a template test: it runs beside them, and the first template test waits for what is left."""
-    def build() -> None:
-        with contextlib.suppress(AssertionError, OSError, subprocess.SubprocessError):  # the test builds and says
-            package_template(shared)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    wanted = {name for item in session.items for name in getattr(item, "fixturenames", ()) if name in PRODUCERS}
+    for fixture in sorted(wanted):
+        def produce(fixture: str = fixture) -> None:
+            with contextlib.suppress(Exception):  # the test produces it again and fails with the error
+                produced_once(session.config, fixture)
 
-    threading.Thread(target=build, daemon=True, name="package-template").start()
+        thread = threading.Thread(target=produce, daemon=True, name=f"produce-{fixture}")
+        thread.start()
+        _PRODUCING.append(thread)
 
 
-def pytest_sessionfinish() -> None:
+def run_to_the_end(command: list[str], cwd: str | Path, timeout: float) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of a producer's subprocess, which the run kills if it ends first."""
+    with subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        SUBPROCESSES.append(process)
+        stdout, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stdout, stderr
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     WORLD.close()
-    for build in _BUILDS:  # a run stopped early (-x) leaves no build running on
-        if build.poll() is None:
-            build.kill()
+    # A worker out of tests may be producing for another one, which waits for it: it finishes first. A stopped run
+    # (-x, Ctrl-C) leaves nothing running on.
+    if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and not (session.shouldstop
+                                                                                  or session.shouldfail):
+        for thread in _PRODUCING:
+            thread.join()
+    for process in SUBPROCESSES:
+        if process.poll() is None:
+            process.kill()
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -16,10 +17,11 @@ from chalicelib import signing
 from infra import generate
 from local.lambdas import acting_as
 from local.stack import LocalStack, StackOptions
-from tests.conftest import BASE_OPTIONS, PACKAGE_STAGE, package_dir, package_template, post_json, wait_for
+from tests.conftest import BASE_OPTIONS, PRODUCERS, post_json, produced_once, run_to_the_end, wait_for
 from tests.helpers import FIXTURE_OPERATORS, aws, circuit, latest_code, request_code, submit, wait_finished
 
 if TYPE_CHECKING:
+    from pathlib import Path
     from types import ModuleType
 
     from chalice.test import Client
@@ -29,15 +31,26 @@ if TYPE_CHECKING:
     from local.simulators import PartnerSimulator
 
 ROOT = generate.ROOT
-STAGE = PACKAGE_STAGE
+STAGE = "prod"
 OUT = os.path.join(ROOT, "build", "test-" + STAGE)
+
+
+def _build_the_package(product: Path) -> None:
+    command = ["make", "--no-print-directory", "package", f"STAGE={STAGE}"]
+    status, stdout, stderr = run_to_the_end(command, ROOT, 600)
+    assert status == 0, stdout[-3000:] + stderr[-3000:]
+    shutil.copyfile(os.path.join(ROOT, "build", STAGE, "package", "sam.json"), product)
+
+
+# Built once per run, beside the tests (tests/conftest.py, PRODUCERS): its 26 CPU-s were spent again by each xdist
+# worker that ran one of these tests, and two builds into build/ at once read each other's half-written files.
+PRODUCERS["packaged"] = _build_the_package
 
 
 @pytest.fixture(scope="session")
 def packaged(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """`make package`'s template, built once for the whole run (tests/conftest.py, `package_template`: its CPU was
-    spent again by each xdist worker that ran one of these tests), started as the run starts."""
-    with open(package_template(package_dir(request.config)), encoding="utf-8") as fh:
+    """`make package`'s template."""
+    with open(produced_once(request.config, "packaged"), encoding="utf-8") as fh:
         return dict(json.load(fh))
 
 

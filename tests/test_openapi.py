@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from openapi_spec_validator import validate
 import app as app_module
 from chalicelib import errors
 from chalicelib.api.responses import STATUS_BY_ERROR
+from tests.conftest import PRODUCERS, SUBPROCESSES, produced_once, run_to_the_end
 from tests.helpers import make_run
 
 if TYPE_CHECKING:
@@ -122,23 +122,35 @@ def test_every_error_response_documents_the_spec_shape(description: dict[str, An
 
 
 # -- Schemathesis against the local stack (`python -m local.run`, as `make run` starts it) ----------
-@pytest.fixture(scope="module")
-def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with make_run(tmp_path_factory.mktemp("schemathesis"), QUERY_DEADLINE_SECONDS="8") as running:
-        yield running["base"]
+def _run_schemathesis(product: Path) -> None:
+    """Run once per run, beside the tests (tests/conftest.py, PRODUCERS): its worker used to wait 85 s for it."""
+    workdir = product.parent / "schemathesis"
+    workdir.mkdir(exist_ok=True)
+    with make_run(workdir, QUERY_DEADLINE_SECONDS="8") as running:
+        SUBPROCESSES.append(running["process"])
+        command = [os.path.join(os.path.dirname(sys.executable), "schemathesis"), "run",
+                   f"{running['base']}/v1/openapi.json",
+                   "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+                               "response_schema_conformance",
+                   "--max-examples", "50", "--seed", "9", "--generation-database", "none", "--no-color",
+                   "--request-timeout", "10",
+                   # Operations side by side: the run mostly waits on the stack's answers (30 CPU-s in 97 s alone);
+                   # four workers took it to 61 s, with about the same CPU.
+                   "--workers", "4"]
+        status, stdout, stderr = run_to_the_end(command, workdir, 300)
+    product.write_text(json.dumps({"status": status, "stdout": stdout, "stderr": stderr}), encoding="utf-8")
 
 
-def test_schemathesis_finds_no_server_error_and_no_departure_from_the_description(local_stack: str,
-                                                                                  tmp_path: Path) -> None:
-    command = [os.path.join(os.path.dirname(sys.executable), "schemathesis"), "run",
-               f"{local_stack}/v1/openapi.json",
-               "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
-                           "response_schema_conformance",
-               "--max-examples", "50", "--seed", "9", "--generation-database", "none", "--no-color",
-               "--request-timeout", "10",
-               # Operations side by side: the run mostly waits on the stack's answers (30 CPU-s in 97 s alone);
-               # four workers took it to 61 s, with about the same CPU.
-               "--workers", "4"]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout
+PRODUCERS["schemathesis_run"] = _run_schemathesis
+
+
+@pytest.fixture
+def schemathesis_run(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Schemathesis's exit status and output."""
+    return dict(json.loads(produced_once(request.config, "schemathesis_run").read_text(encoding="utf-8")))
+
+
+def test_schemathesis_finds_no_server_error_and_no_departure_from_the_description(
+        schemathesis_run: dict[str, Any]) -> None:
+    assert schemathesis_run["status"] == 0, schemathesis_run["stdout"][-6000:] + schemathesis_run["stderr"][-2000:]
+    assert " passed" in schemathesis_run["stdout"]
