@@ -256,10 +256,10 @@ def make_dynamodb_transactions_copy_items_not_tables() -> None:
     """Roll a failed transaction back from copies of the items it names, not of whole tables.
 
     moto deep-copies every table a transaction touches before applying it, to restore on failure: the whole
-    table, for each of its items in the transaction. A table's cost grows with what a test wrote (the code route's
-    2500 fuzzed requests each copied every code stored before). DynamoDB's outcome is the same either way: a
-    transaction changes only the items it names, so copies of those, taken first, restore everything it could
-    have changed. Runs under the lock above, as every DynamoDB request does."""
+    table, once for each of its items in the transaction. So a transaction's cost grew with what the test had
+    written (each of the code route's 2500 fuzzed requests copied every code stored before it). DynamoDB's
+    outcome is the same either way: a transaction changes only the items it names, so copies of those, taken
+    first, restore everything it could have changed. Runs under the lock above, as every DynamoDB request does."""
     from moto.dynamodb import models
     from moto.dynamodb.models.table import Table
 

@@ -54,7 +54,6 @@ def unshared_port() -> int:
 # (Partner and operator modes are each test's choice, never the shell's.)
 NEWCOMER_ENV = {k: v for k, v in os.environ.items()
                 if not k.startswith(("AWS_", "MOTO")) and k not in ("PARTNER_MODES", "OPERATOR_MODES")}
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKDIR = tempfile.mkdtemp(prefix="yztc-tests-")
 API_PORT = unshared_port()
 
@@ -95,7 +94,7 @@ LAYERS = (("browser", "e2e"), ("local_run", "e2e"), ("schemathesis_run", "e2e"),
           ("packaged", "template"))
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         layer = next((layer for fixture, layer in LAYERS if fixture in fixtures), "unit")
@@ -143,7 +142,11 @@ def run_to_the_end(command: list[str], cwd: str | Path, timeout: float) -> tuple
     """(exit status, stdout, stderr) of a producer's subprocess, which the run kills if it ends first."""
     with subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
         SUBPROCESSES.append(process)
-        stdout, stderr = process.communicate(timeout=timeout)
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()  # not left running on, nor waited for without end
+            raise
     return process.returncode, stdout, stderr
 
 
