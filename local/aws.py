@@ -305,6 +305,14 @@ def make_dynamodb_transactions_copy_items_not_tables() -> None:
     models.DynamoDBBackend._yztc_item_rollback = True  # type: ignore[attr-defined]
 
 
+def tune_moto() -> None:
+    """Every adjustment above, as the local stack (tests and `make run`) runs moto; each is idempotent."""
+    for adjust in (make_dynamodb_serializable, make_dynamodb_responses_fast, make_state_machines_parse_once,
+                   make_moto_dispatch_list_actions_once, make_json_paths_parse_once,
+                   make_update_expressions_parse_once, make_dynamodb_transactions_copy_items_not_tables):
+        adjust()
+
+
 def create(env: dict[str, str], secret_names: list[str]) -> Resources:
     """Tables, KMS key, pepper and partner secrets, start queue, state machine.
 

@@ -147,13 +147,7 @@ class LocalStack:
         opts = self.options
         open(self.outbox, "a").close()
         install_sms_outbox(self.outbox, opts.print_sms)
-        aws.make_dynamodb_serializable()
-        aws.make_dynamodb_responses_fast()
-        aws.make_state_machines_parse_once()
-        aws.make_moto_dispatch_list_actions_once()
-        aws.make_json_paths_parse_once()
-        aws.make_update_expressions_parse_once()
-        aws.make_dynamodb_transactions_copy_items_not_tables()
+        aws.tune_moto()
         import app as app_module
 
         self.app_module = app_module

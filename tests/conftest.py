@@ -28,24 +28,28 @@ if TYPE_CHECKING:
     from local.stack import LocalStack
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+_HANDED_OUT: set[int] = set()
+_HANDING_OUT = threading.Lock()  # a producer's `make run` and a test's may start at once
 
 
 def unshared_port() -> int:
-    """A free port below the kernel's ephemeral range (32768-60999), for a port a session binds again
-    and again: between two stacks it is free, and a port from _free_port() could then be handed to
-    any bind(0) — this session's simulators, the other xdist worker's, another process's."""
-    first = 20000 + os.getpid() % 10000
-    for offset in range(10000):
-        port = 20000 + (first - 20000 + offset) % 10000
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
+    """A free port below the kernel's ephemeral range (32768-60999), for a port bound later or again and again:
+    the session's API between two stacks, a `make run` subprocess's API and moto while it starts. A port from
+    bind(0) could meanwhile be handed to any other bind(0): this session's simulators, another xdist worker's,
+    another process's. Each call in a process gives another port, and processes start far apart (pid × 97), so
+    two workers' ports do not meet while neither has bound its own."""
+    first = os.getpid() * 97 % 10000
+    with _HANDING_OUT:
+        for offset in range(10000):
+            port = 20000 + (first + offset) % 10000
+            if port in _HANDED_OUT:
                 continue
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
             return port
     raise RuntimeError("no free port in 20000-29999")
 

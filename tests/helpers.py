@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from tests.conftest import NEWCOMER_ENV, _free_port, post_json, wait_for
+from tests.conftest import NEWCOMER_ENV, post_json, unshared_port, wait_for
 
 SUBSCRIBER = ("13812345678", "12345X")  # local/fixtures/subscribers.csv, active, cmcc
 
@@ -142,7 +142,7 @@ def make_run(workdir: Any, **env: str) -> Iterator[dict[str, Any]]:
 
     import requests
 
-    api_port, moto_port = _free_port(), _free_port()
+    api_port, moto_port = unshared_port(), unshared_port()  # not from bind(0): bound seconds later
     full_env = {**NEWCOMER_ENV, "API_PORT": str(api_port), "MOTO_PORT": str(moto_port), "SIMULATOR_PORTS": "any",
                 "LOCAL_WORKDIR": str(workdir), **env}
     with open(os.path.join(str(workdir), "run.log"), "w") as log:
