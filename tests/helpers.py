@@ -7,8 +7,11 @@ import http.client
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
+
+import time_machine
 
 from tests.conftest import NEWCOMER_ENV, post_json, unshared_port, wait_for
 
@@ -86,6 +89,31 @@ def circuit(partner: str) -> dict[str, Any]:
         return {"is_open": False, "failures": 0, "next_probe_at": 0}
     return {"is_open": bool(item.is_open), "failures": int(item.failures or 0),
             "next_probe_at": int(item.next_probe_at or 0)}
+
+
+def lookup_states(query_id: str) -> dict[str, str]:
+    """partner -> the state of its lookup for a query (a company's, or an operator's for a card query)."""
+    from chalicelib.storage.models import Lookup
+
+    return {item.company: item.state for item in Lookup.scan(Lookup.query_id == query_id)}
+
+
+def deadline_of(stack: Any, query_id: str) -> int:
+    """The query's deadline (epoch seconds), as its record holds it."""
+    item = aws("dynamodb").get_item(TableName=stack.env["QUERIES_TABLE"], Key={"query_id": {"S": query_id}},
+                                    ConsistentRead=True)["Item"]
+    return int(item["deadline_at"]["N"])
+
+
+@contextlib.contextmanager
+def clock_past(epoch: float) -> Iterator[None]:
+    """Every clock of the process (the stack's, moto's, the simulators') a second past `epoch` and ticking on, so
+    a deadline or a circuit's window passes without the test sleeping it out. The stack runs as it would then:
+    the next deadline execution sweeps every slot it missed, SQS delays are due, the circuit reads the new time.
+    Timers and Wait states still count real seconds. Stay inside until what the test waits for has happened:
+    back on the real clock, what was stamped meanwhile lies in the future."""
+    with time_machine.travel(max(epoch, time.time()) + 1, tick=True):
+        yield
 
 
 def wait_finished(stack: Any, query_id: str, timeout: float = 60) -> dict[str, Any]:

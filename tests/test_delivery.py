@@ -19,7 +19,18 @@ from local.lambdas import acting_as
 from local.recording import recording
 from local.stack import ROOT, LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS, wait_for
-from tests.helpers import COMPANIES, FakeTime, aws, circuit, history, replies_to, submit, wait_finished
+from tests.helpers import (
+    COMPANIES,
+    FakeTime,
+    aws,
+    circuit,
+    clock_past,
+    history,
+    lookup_states,
+    replies_to,
+    submit,
+    wait_finished,
+)
 
 if TYPE_CHECKING:
     from chalice.test import Client
@@ -44,12 +55,6 @@ def retry_queue_empty(stack: Any) -> bool:
         "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
         "ApproximateNumberOfMessagesDelayed"])["Attributes"]
     return all(int(n) == 0 for n in counts.values())
-
-
-def lookup_states(query_id: str) -> dict[str, str]:
-    from chalicelib.storage.models import Lookup
-
-    return {item.company: item.state for item in Lookup.scan(Lookup.query_id == query_id)}
 
 
 # -- the one reply claim ------------------------------------------------------------------------------
@@ -177,46 +182,50 @@ def test_circuit_opens_probes_once_a_minute_closes_and_replays_the_backlog_at_th
     jd = stack.partners["jd"]
     t0 = time.time()
     first = [(start_query(api, stack, phone, id6), phone) for phone, id6 in ACTIVE[:5]]
-    # Backoff 2, 4, 8, 16 s: each lookup is tried at 0, 2, 6, 14 and 30 s; the circuit opens 30 s after
-    # the first failure (at least five came in), so it takes about 30 s, plus a nudge delayed 32 s.
-    wait_for(lambda: circuit("jd")["is_open"], 90, "jd's circuit to open")
-    wait_for(lambda: retry_queue_empty(stack), 90, "the retry nudges in flight to be consumed")
-    before = len(jd.requests)
-    # Not after five failures: after 30 s of them (every lookup retried), at most five tries per lookup.
-    assert len(first) < before <= 5 * len(first)
-
-    later = [(start_query(api, stack, phone, id6), phone) for phone, id6 in ACTIVE[5:8]]
-    wait_for(lambda: all(lookup_states(q).get("jd") == "unsent" for q, _ in later), 20, "later lookups parked")
-    assert len(jd.requests) == before  # open: no per-query traffic
-
-    probe_at = circuit("jd")["next_probe_at"]
-    assert probe_at >= int(t0) + 30 + 60                    # opened 30 s after the first failure, probe a minute later
-    assert stack.deliver_once(now=probe_at - 1)["jd"] == 0
-    assert stack.deliver_once(now=probe_at)["jd"] == 1      # one probe: still down
-    assert stack.deliver_once(now=probe_at + 59)["jd"] == 0  # at most one a minute
-    assert circuit("jd")["is_open"] and len(jd.requests) == before + 1
-
-    jd.mode = "immediate"
-    app = stack.app_module
-    fake = FakeTime(probe_at + 60)
-    client = RecordingClient(app.lookups().client, fake.time)
-    desk = LookupDesk(app.hasher(), app.vault(), app.lookups().circuits, client, clock=fake.time)  # type: ignore[arg-type]
-    with acting_as("DeliverBacklog"):
-        sent = Delivery([LookupTasks(desk)], desk.circuits, partner_groups, clock=fake.time,
-                        sleep=fake.sleep).deliver(now=fake.time())
+    # Not after five failures: only once jd has answered nothing for 30 s. The clock then stands 30 s after the
+    # first failure rather than the test waiting them out: the retries due by then (backoff 2, 4, 8, 16 s) fail
+    # at once, and the first of them opens it.
+    wait_for(lambda: circuit("jd")["failures"] >= 5, 30, "five transient failures")
     assert not circuit("jd")["is_open"]
-    assert sent["jd"] == len(first) + len(later)  # the probe, then the whole backlog
-    # The fake clock moves only when the job waits: requests sent at one instant are one slot.
-    slots: dict[float, int] = {}
-    for _, at in client.sent:
-        slots[at] = slots.get(at, 0) + 1
-    starts = sorted(slots)
-    assert max(slots.values()) <= 2, slots  # jd's max_requests_per_second
-    assert all(later - earlier >= 1 for earlier, later in zip(starts, starts[1:], strict=False)), starts
-    for query_id, phone in first + later:
-        assert wait_finished(stack, query_id)["status"] == "SUCCEEDED"
-        (reply,) = replies_to(stack, phone)
-        assert "暂未返回" not in reply
+    with clock_past(t0 + 30):
+        wait_for(lambda: circuit("jd")["is_open"], 30, "jd's circuit to open")
+        wait_for(lambda: retry_queue_empty(stack), 90, "the retry nudges in flight to be consumed")
+        before = len(jd.requests)
+        # Every lookup tried, then retried, at most five times in those 30 s (0, 2, 6, 14 and 30 s).
+        assert len(first) < before <= 5 * len(first)
+
+        later = [(start_query(api, stack, phone, id6), phone) for phone, id6 in ACTIVE[5:8]]
+        wait_for(lambda: all(lookup_states(q).get("jd") == "unsent" for q, _ in later), 20, "later lookups parked")
+        assert len(jd.requests) == before  # open: no per-query traffic
+
+        probe_at = circuit("jd")["next_probe_at"]
+        assert probe_at >= int(t0) + 30 + 60  # opened 30 s after the first failure, probe a minute later
+        assert stack.deliver_once(now=probe_at - 1)["jd"] == 0
+        assert stack.deliver_once(now=probe_at)["jd"] == 1      # one probe: still down
+        assert stack.deliver_once(now=probe_at + 59)["jd"] == 0  # at most one a minute
+        assert circuit("jd")["is_open"] and len(jd.requests) == before + 1
+
+        jd.mode = "immediate"
+        app = stack.app_module
+        fake = FakeTime(probe_at + 60)
+        client = RecordingClient(app.lookups().client, fake.time)
+        desk = LookupDesk(app.hasher(), app.vault(), app.lookups().circuits, client, clock=fake.time)  # type: ignore[arg-type]
+        with acting_as("DeliverBacklog"):
+            sent = Delivery([LookupTasks(desk)], desk.circuits, partner_groups, clock=fake.time,
+                            sleep=fake.sleep).deliver(now=fake.time())
+        assert not circuit("jd")["is_open"]
+        assert sent["jd"] == len(first) + len(later)  # the probe, then the whole backlog
+        # The fake clock moves only when the job waits: requests sent at one instant are one slot.
+        slots: dict[float, int] = {}
+        for _, at in client.sent:
+            slots[at] = slots.get(at, 0) + 1
+        starts = sorted(slots)
+        assert max(slots.values()) <= 2, slots  # jd's max_requests_per_second
+        assert all(later - earlier >= 1 for earlier, later in zip(starts, starts[1:], strict=False)), starts
+        for query_id, phone in first + later:
+            assert wait_finished(stack, query_id)["status"] == "SUCCEEDED"
+            (reply,) = replies_to(stack, phone)
+            assert "暂未返回" not in reply
 
 
 @pytest.mark.parametrize("stack_options", [options(partner_modes="jd=callback", deadline_seconds=4)])

@@ -10,7 +10,7 @@ import pytest
 
 from local.stack import LocalStack, StackOptions
 from tests.conftest import BASE_OPTIONS
-from tests.helpers import COMPANIES, aws, history, replies_to, submit, wait_finished
+from tests.helpers import COMPANIES, aws, clock_past, deadline_of, history, replies_to, submit, wait_finished
 
 if TYPE_CHECKING:
     from chalice.test import Client
@@ -95,7 +95,8 @@ def test_silent_partner_is_reported_as_no_answer_at_the_deadline(stack: LocalSta
     assert status_of(api, query_id) == "replied"
 
 
-@pytest.mark.parametrize("stack_options", [options(deadline_seconds=20)])
+# The deadline leaves a loaded machine all the time the fan-out's retries need; once it has failed, the clock passes it.
+@pytest.mark.parametrize("stack_options", [options(deadline_seconds=600)])
 def test_a_fan_out_failing_every_retry_fails_its_execution_and_the_deadline_reports_every_company_unanswered(
         stack: LocalStack, api: Client) -> None:
     """GIVEN AskCompanies fails every try before recording whom it asks (its query-table write refused), WHEN the
@@ -129,10 +130,12 @@ def test_a_fan_out_failing_every_retry_fails_its_execution_and_the_deadline_repo
         assert entered == ["VerifyCarrier", "IsRegisteredToId", "AskCompanies", "FanOutFailed"]
         assert all(p.requests == [] for p in stack.partners.values())  # nobody was asked
         assert status_of(api, query_id) == "looking_up" and replies_to(stack, "13812345678") == []
-        record = wait_closed(stack, query_id, timeout=40)
+        deadline_at = deadline_of(stack, query_id)
+        with clock_past(deadline_at):  # the execution ended long before: the deadline machinery replies
+            record = wait_closed(stack, query_id, timeout=40)
     finally:
         events.unregister("provide-client-params.dynamodb.UpdateItem", refuse)
-    assert int(record["deadline_at"]) - 1 <= int(record["updated_at"]) <= int(record["deadline_at"]) + 5
+    assert deadline_at < int(record["updated_at"]) <= deadline_at + 30
     pending = "，".join(f"{company.name}暂未返回" for company in registry.companies())
     assert replies_to(stack, "13812345678") == [
         f"【一证通查】您的手机号138****5678关联的互联网账号：{pending}。已返回企业共0个账号。"
