@@ -47,6 +47,9 @@ class StackOptions:
     deadlines: bool = True
     # A partner task's first backoff (TASK_FIRST_BACKOFF_SECONDS: 2 deployed, doubling per failure).
     first_backoff_seconds: int = 2
+    # A claimed reply not committed within this long is claimed again (REPLY_RECLAIM_SECONDS: 300 deployed);
+    # None: six slots, room for a reply in flight on a loaded machine.
+    reply_reclaim_seconds: int | None = None
     print_sms: bool = False
     aws_endpoint: str | None = None  # None: moto in-process (mock_aws is active)
     provision: str = "direct"  # or "cloudformation": deploy infra/'s template into moto
@@ -76,8 +79,7 @@ def configure_environment(options: StackOptions) -> dict[str, str]:
         "DEADLINE_LEAD_SLOTS": str(options.deadline_lead_slots),
         "DEADLINE_SHARDS": str(options.deadline_shards),
         "TASK_FIRST_BACKOFF_SECONDS": str(options.first_backoff_seconds),
-        # A claimed reply not committed within this long is claimed again (300 s deployed).
-        "REPLY_RECLAIM_SECONDS": str(max(5, 6 * options.deadline_slot_seconds)),
+        "REPLY_RECLAIM_SECONDS": str(options.reply_reclaim_seconds or max(5, 6 * options.deadline_slot_seconds)),
         "PUBLIC_API_URL": f"http://127.0.0.1:{options.api_port}",
         "COMPANY_REGISTRY_FILE": os.path.join(options.workdir, "companies.json"),
         "CARRIER_REGISTRY_FILE": os.path.join(options.workdir, "carriers.json"),
