@@ -347,18 +347,22 @@ class LocalStack:
         with open(self.outbox, encoding="utf-8") as fh:
             return [json.loads(line) for line in fh if line.strip()]
 
+    def _stop_api_server(self) -> None:
+        self.api_server.server.shutdown()
+        self.api_server.server.server_close()
+
     def stop(self) -> None:
         from local.simulators import cancel_pending_callbacks
 
         self._stop.set()
         cancel_pending_callbacks()
         self._wake_pumps()
-        if self.api_server is not None:
-            self.api_server.server.shutdown()
-            self.api_server.server.server_close()
-        # Side by side: each shutdown waits for its server's poll (50 ms), ten of them in a row added up.
+        # Side by side, the API's server too: each shutdown waits for its server's poll (50 ms), and in a row
+        # they added up to a tenth of a second per stack test.
         stoppers = [threading.Thread(target=sim.stop) for sim in [self.carrier, self.operators,
                                                                   *self.partners.values()] if sim is not None]
+        if self.api_server is not None:
+            stoppers.append(threading.Thread(target=self._stop_api_server))
         for stopper in stoppers:
             stopper.start()
         for stopper in stoppers:
