@@ -27,7 +27,6 @@ from tests.helpers import (
     deadline_of,
     error_code,
     latest_code,
-    lookup_states,
     post_from,
     replies_to,
     request_code,
@@ -35,7 +34,15 @@ from tests.helpers import (
     wait_finished,
 )
 from tests.privacy import assert_clean
-from tests.test_cards import SPEC_EXAMPLE, SUBSCRIBERS, card_body, run_card_query, submit_card
+from tests.test_cards import (
+    SPEC_EXAMPLE,
+    SUBSCRIBERS,
+    card_body,
+    run_card_query,
+    start_card_query,
+    submit_card,
+    wait_settled_but,
+)
 
 if TYPE_CHECKING:
     from chalice.test import Client, HTTPResponse
@@ -331,11 +338,8 @@ def test_an_operator_that_had_not_answered_the_card_query_by_its_deadline_cannot
         stack: LocalStack, api: Client) -> None:
     """GIVEN cmcc-gd (where 张伟 has 2 cards) never answered his card query, so the reply at the deadline
     named only 中国联通北京分公司 and one operator 暂未返回, THEN cmcc-gd is nothing to dispute; cucc-bj is."""
-    response = submit_card(api, stack, card_body(ZHANG))
-    assert response.status_code == 202 and stack.pump_once() == 1
-    query_id = str(response.json_body["query_id"])
-    wait_for(lambda: [op for op, state in lookup_states(query_id).items() if state != "settled"] == ["cmcc-gd"], 120,
-             "every operator but cmcc-gd settled")
+    query_id = start_card_query(api, stack, card_body(ZHANG))
+    wait_settled_but(query_id, {"cmcc-gd"})
     with clock_past(deadline_of(stack, query_id)):  # then the clock passes the deadline rather than the test
         wait_finished(stack, query_id)
     assert replies_to(stack, ZHANG["phone"]) == [

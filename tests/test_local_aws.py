@@ -94,7 +94,8 @@ def _everything(client: Any) -> dict[str, list[Any]]:
 
 
 def _transaction(last_condition: str) -> list[dict[str, Any]]:
-    """Updates ITEM, deletes b, puts c, updates and puts in r; then a condition check on b that may fail."""
+    """Updates ITEM, deletes b, puts c, updates and puts in r (under x and a new hash y); then a condition check
+    on d that may fail."""
     return [
         {"Update": {"TableName": "t", "Key": KEY, "UpdateExpression": "SET results.#o = :v, n = :n",
                     "ExpressionAttributeNames": {"#o": "operator-1"},
@@ -104,6 +105,7 @@ def _transaction(last_condition: str) -> list[dict[str, Any]]:
         {"Update": {"TableName": "r", "Key": {"h": {"S": "x"}, "r": {"N": "1"}}, "UpdateExpression": "SET v = :v",
                     "ExpressionAttributeValues": {":v": {"S": "new"}}}},
         {"Put": {"TableName": "r", "Item": {"h": {"S": "x"}, "r": {"N": "2"}}}},
+        {"Put": {"TableName": "r", "Item": {"h": {"S": "y"}, "r": {"N": "1"}}}},
         {"ConditionCheck": {"TableName": "t", "Key": {"k": {"S": "d"}}, "ConditionExpression": last_condition}},
     ]
 
@@ -131,7 +133,8 @@ def test_a_transaction_whose_conditions_hold_writes_every_item(two_tables: Any) 
     after = _everything(two_tables)
     assert [item["k"]["S"] for item in after["t"]] == ["a", "c"]
     assert after["t"][0]["results"]["M"]["operator-1"] == {"N": "9"} and after["t"][0]["n"] == {"N": "2"}
-    assert after["r"] == [{"h": {"S": "x"}, "r": {"N": "1"}, "v": {"S": "new"}}, {"h": {"S": "x"}, "r": {"N": "2"}}]
+    assert after["r"] == [{"h": {"S": "x"}, "r": {"N": "1"}, "v": {"S": "new"}}, {"h": {"S": "x"}, "r": {"N": "2"}},
+                          {"h": {"S": "y"}, "r": {"N": "1"}}]
 
 
 # -- state machine definitions parsed once (local/aws.py make_state_machines_parse_once) -------------------
