@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -305,11 +306,38 @@ def make_dynamodb_transactions_copy_items_not_tables() -> None:
     models.DynamoDBBackend._yztc_item_rollback = True  # type: ignore[attr-defined]
 
 
+class _RetryClock:
+    """The `time` module as moto's Step Functions retrier sees it: its sleep is `scale` times the Retry interval."""
+
+    scale = 1.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds * self.scale)
+
+
+RETRY_CLOCK = _RetryClock()
+
+
+def make_state_machine_retries_scalable() -> None:
+    """Let a stack shorten the ASL's Retry intervals (RETRY_CLOCK.scale; 1: as written).
+
+    moto's interpreter sleeps each interval for real: a fan-out failing its three tries spends 14 s asleep
+    (2 s, 4 s, 8 s), a carrier down for two checks 6 s. The definition, its retriers, their counts and their
+    order stay as deployed; only the sleeps between the tries are shorter. Wait states keep real seconds."""
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+    retrier_decl.time = RETRY_CLOCK  # type: ignore[assignment]
+
+
 def tune_moto() -> None:
     """Every adjustment above, as the local stack (tests and `make run`) runs moto; each is idempotent."""
     for adjust in (make_dynamodb_serializable, make_dynamodb_responses_fast, make_state_machines_parse_once,
                    make_moto_dispatch_list_actions_once, make_json_paths_parse_once,
-                   make_update_expressions_parse_once, make_dynamodb_transactions_copy_items_not_tables):
+                   make_update_expressions_parse_once, make_dynamodb_transactions_copy_items_not_tables,
+                   make_state_machine_retries_scalable):
         adjust()
 
 

@@ -38,6 +38,9 @@ class StackOptions:
     # The fixtures' callback delays (partners.csv, operators.csv, and an unlisted operator's 1 s) times this:
     # `make run` keeps them as a partner's seconds; the tests' stack answers sooner, in the same order.
     callback_delay_scale: float = 1.0
+    # The state machines' Retry intervals times this (moto sleeps them for real; local/aws.py RETRY_CLOCK):
+    # `make run` keeps the ASL's seconds; the tests' stack retries sooner, as often and in the same order.
+    retry_interval_scale: float = 1.0
     carrier_port: int = 0
     partner_ports: dict[str, int] = field(default_factory=dict)
     pump: bool = True  # poll the start queue, as Lambda's SQS event source does
@@ -157,6 +160,7 @@ class LocalStack:
         open(self.outbox, "a").close()
         install_sms_outbox(self.outbox, opts.print_sms)
         aws.tune_moto()
+        aws.RETRY_CLOCK.scale = opts.retry_interval_scale
         import app as app_module
 
         self.app_module = app_module

@@ -72,7 +72,8 @@ from local.stack import StackOptions, configure_environment  # noqa: E402
 # asks for the deployed thresholds (SPEC §3: 2 codes per number a day, 20 per client an hour).
 NO_CHALLENGES: dict[str, Any] = {"code_free_per_number": 1000, "code_free_per_client": 100_000}
 BASE_OPTIONS = StackOptions(workdir=WORKDIR, api_port=API_PORT, deadline_seconds=30, pump=False, schedule_seconds=0,
-                            first_backoff_seconds=1, callback_delay_scale=0.2, **NO_CHALLENGES)
+                            first_backoff_seconds=1, callback_delay_scale=0.2, retry_interval_scale=0.25,
+                            **NO_CHALLENGES)
 configure_environment(BASE_OPTIONS)
 os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.pop("PARTNER_MODES", None)
