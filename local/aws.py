@@ -324,8 +324,8 @@ RETRY_CLOCK = _RetryClock()
 def make_state_machine_retries_scalable() -> None:
     """Let a stack shorten the ASL's Retry intervals (RETRY_CLOCK.scale; 1: as written).
 
-    moto's interpreter sleeps each interval for real: a fan-out failing its three tries spends 14 s asleep
-    (2 s, 4 s, 8 s), a carrier down for two checks 6 s. The definition, its retriers, their counts and their
+    moto's interpreter sleeps each interval for real: a fan-out failing all three of its retries spends 14 s
+    asleep (2 s, 4 s, 8 s), a carrier down for two checks 6 s. The definition, its retriers, their counts and their
     order stay as deployed; only the sleeps between the tries are shorter. Wait states keep real seconds."""
     from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
 

@@ -99,7 +99,7 @@ def lookup_states(query_id: str) -> dict[str, str]:
 
 
 def deadline_of(stack: Any, query_id: str) -> int:
-    """The query's deadline (epoch seconds), as its record holds it."""
+    """The deadline (epoch seconds) of a record in the queries table (a query of either kind, or a release)."""
     item = aws("dynamodb").get_item(TableName=stack.env["QUERIES_TABLE"], Key={"query_id": {"S": query_id}},
                                     ConsistentRead=True)["Item"]
     return int(item["deadline_at"]["N"])
