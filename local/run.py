@@ -67,7 +67,11 @@ def main() -> int:
     print(f"Operators ({len(stack.operators.secrets)}, GET {stack.operators.url}/<operator>/stats): callback unless "
           + ", ".join(f"{o}={m}" for o, m in unusual.items()), flush=True)
 
-    stopped.wait()
+    # Not a bare wait(): the kernel may hand SIGTERM to any of moto's or the pumps' threads, and then Python runs the
+    # handler only when the main thread next runs bytecode; blocked in wait() it never would (a test saw SIGTERM
+    # ignored for 20 s). Waking twice a second lets the handler run.
+    while not stopped.wait(timeout=0.5):
+        pass
     print("stopping…", flush=True)
     stack.stop()
     moto.stop()
