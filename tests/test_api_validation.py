@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 
     from local.stack import LocalStack
 
+# Bad input is refused by the routes themselves: no pollers and no deadline timer (tests/conftest.py, ROUTES_ONLY).
+pytestmark = pytest.mark.routes_only
+
 CODE_ROUTE = "/v1/verification-codes"
 QUERY_ROUTE = "/v1/queries"
 GOOD_QUERY = {"phone": SUBSCRIBER[0], "id_last6": SUBSCRIBER[1], "code": "123456"}

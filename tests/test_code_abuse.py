@@ -3,6 +3,7 @@ HTTP to the local API, which gives each request its socket address as the source
 stranger speaks from 127.0.0.2 and the owner from 127.0.0.1."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import http.client
 import json
@@ -15,7 +16,7 @@ import time_machine
 from local.altcha import solve
 from local.stack import LocalStack, StackOptions
 from tests import helpers
-from tests.conftest import BASE_OPTIONS
+from tests.conftest import ROUTES_ONLY
 from tests.helpers import latest_code
 
 OWNER, STRANGER = "127.0.0.1", "127.0.0.2"
@@ -25,8 +26,9 @@ START = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.UTC)  # 10:00 in Beijing
 
 @pytest.fixture
 def stack_options() -> StackOptions:
-    # The deployed proof-of-work thresholds (2 codes per number a day, 20 per client an hour).
-    return StackOptions(**{**BASE_OPTIONS.__dict__, "code_free_per_number": 2, "code_free_per_client": 20})
+    # The deployed proof-of-work thresholds (2 codes per number a day, 20 per client an hour), on the routes alone:
+    # no pollers, no deadline timer (tests/conftest.py, ROUTES_ONLY).
+    return dataclasses.replace(ROUTES_ONLY, code_free_per_number=2, code_free_per_client=20)
 
 
 class Answer:
@@ -306,7 +308,7 @@ def test_get_challenges_answers_a_challenge_a_code_request_accepts(stack: LocalS
 
 
 # -- the SMS channel refuses only above its rate -----------------------------------------------------
-@pytest.mark.parametrize("stack_options", [StackOptions(**{**BASE_OPTIONS.__dict__})])
+@pytest.mark.parametrize("stack_options", [dataclasses.replace(ROUTES_ONLY)])
 def test_sixteen_concurrent_code_requests_at_80_percent_of_the_channel_rate_get_no_503(
         stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
     from chalicelib.config import settings

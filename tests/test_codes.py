@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
     from local.stack import LocalStack
 
+# Codes are sent, checked and spent by the routes: no pollers, no deadline timer (tests/conftest.py, ROUTES_ONLY).
+pytestmark = pytest.mark.routes_only
+
 PHONE, ID6 = "13900001111", "010203"
 START = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.UTC)  # 10:00 in Beijing
 

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
     from local.stack import LocalStack
 
+# Hostile bodies and headers meet the routes alone: no pollers, no deadline timer (tests/conftest.py, ROUTES_ONLY).
+pytestmark = pytest.mark.routes_only
+
 CITIZEN_POSTS = ["/v1/verification-codes", "/v1/queries"]
 CALLBACK = "/v1/partners/tencent/results"
 BASE = f"http://127.0.0.1:{API_PORT}"

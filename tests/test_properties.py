@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
     from local.stack import LocalStack
 
+# Every answer here is the routes' own: no pollers and no deadline timer (tests/conftest.py, ROUTES_ONLY).
+pytestmark = pytest.mark.routes_only
+
 SNAKE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 EXAMPLES = {"in_process": 2500, "http": 1500}
 
