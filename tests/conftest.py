@@ -75,13 +75,6 @@ NO_CHALLENGES: dict[str, Any] = {"code_free_per_number": 1000, "code_free_per_cl
 BASE_OPTIONS = StackOptions(workdir=WORKDIR, api_port=API_PORT, deadline_seconds=30, pump=False, schedule_seconds=0,
                             first_backoff_seconds=1, callback_delay_scale=0.2, retry_interval_scale=0.25,
                             **NO_CHALLENGES)
-# The routes' own answers (input rules, codes, limits, hostile bodies): the API, in-process and over HTTP, on moto
-# and the simulators, without the pollers of the retry and reply queues and without the deadline timer. Those
-# start deadline executions every second and long-poll three queues, and on a test that only asks the API they cost
-# more than its body: a validation test took 224 ms of CPU with them and 102 ms without (setup, call and teardown).
-# A query on it is never answered (no deadline sweeps it, no poller sends its reply): nothing that waits for a
-# reply, or asserts that none came, belongs here.
-ROUTES_ONLY = StackOptions(**{**BASE_OPTIONS.__dict__, "retries": False, "replies": False, "deadlines": False})
 configure_environment(BASE_OPTIONS)
 os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.pop("PARTNER_MODES", None)
@@ -177,10 +170,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 @pytest.fixture
-def stack_options(request: pytest.FixtureRequest) -> StackOptions:
-    """Override in a test module (or parametrize) to change partner modes or the deadline; a module marked
-    `routes_only` (pytestmark) gets ROUTES_ONLY."""
-    return dataclasses.replace(ROUTES_ONLY if request.node.get_closest_marker("routes_only") else BASE_OPTIONS)
+def stack_options() -> StackOptions:
+    """Override in a test module (or parametrize) to change partner modes or the deadline."""
+    return dataclasses.replace(BASE_OPTIONS)
+
+
+def routes_only(options: StackOptions) -> StackOptions:
+    """`options` for tests of the routes' own answers (input rules, codes, limits, hostile bodies, callbacks): the
+    API, in-process and over HTTP, on moto and the simulators, without the pollers of the retry and reply queues and
+    without the deadline timer. Those start deadline executions every second and long-poll three queues, and on a
+    test that only asks the API they cost more than its body: a validation test took 224 ms of CPU with them and
+    102 ms without (setup, call and teardown). A query on it is never answered (no deadline sweeps it, no poller
+    sends its reply): nothing that waits for a reply, or asserts that none came, belongs here.
+
+    A test or module marked `routes_only` gets its stack_options so."""
+    return dataclasses.replace(options, retries=False, replies=False, deadlines=False)
 
 
 class _World:
@@ -247,9 +251,12 @@ def simulator_report(stack: LocalStack) -> str:
 
 
 @pytest.fixture
-def stack(stack_options: StackOptions, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalStack]:
+def stack(stack_options: StackOptions, monkeypatch: pytest.MonkeyPatch,
+          request: pytest.FixtureRequest) -> Iterator[LocalStack]:
     from local.stack import LocalStack
 
+    if request.node.get_closest_marker("routes_only"):
+        stack_options = routes_only(stack_options)
     monkeypatch.setenv("QUERY_DEADLINE_SECONDS", str(stack_options.deadline_seconds))
     provisioned = WORLD.enter(stack_options)
     reset_caches()

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
     from local.stack import LocalStack
 
-# Bad input is refused by the routes themselves: no pollers and no deadline timer (tests/conftest.py, ROUTES_ONLY).
+# Bad input is refused by the routes themselves: no pollers and no deadline timer (tests/conftest.py, routes_only).
 pytestmark = pytest.mark.routes_only
 
 CODE_ROUTE = "/v1/verification-codes"

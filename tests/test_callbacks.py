@@ -10,22 +10,22 @@ import pytest
 
 from chalicelib import signing
 from local.stack import LocalStack, StackOptions
-from tests.conftest import ROUTES_ONLY, wait_for
+from tests.conftest import BASE_OPTIONS, routes_only, wait_for
 from tests.helpers import COMPANIES, aws, error_code, replies_to, submit, wait_finished
 from tests.privacy import assert_clean
 
 if TYPE_CHECKING:
     from chalice.test import Client, HTTPResponse
 
-# Every partner waits for its callback. The callbacks meet the API and the workflow's fan-out alone: no pollers, no
-# deadline timer (tests/conftest.py, ROUTES_ONLY), but for the test that needs its reply sent.
-ALL_SILENT = dataclasses.replace(ROUTES_ONLY, partner_modes=",".join(f"{c}=silent" for c in COMPANIES))
+ALL_SILENT = dataclasses.replace(BASE_OPTIONS, partner_modes=",".join(f"{c}=silent" for c in COMPANIES))
 PHONE, ID6 = "13812345678", "12345X"
 
 
 @pytest.fixture
 def stack_options() -> StackOptions:
-    return dataclasses.replace(ALL_SILENT)
+    """Every partner waits for its callback, and the callbacks meet the API and the workflow's fan-out alone (no
+    pollers, no deadline timer: tests/conftest.py, routes_only), but in the one test that needs its reply sent."""
+    return routes_only(ALL_SILENT)
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ def test_duplicate_callback_is_200_and_changes_nothing_conflicting_one_is_409(
     assert error_code(conflicting) == "conflict"
 
 
-@pytest.mark.parametrize("stack_options", [dataclasses.replace(ALL_SILENT, replies=True)])
+@pytest.mark.parametrize("stack_options", [ALL_SILENT])
 def test_every_company_answering_ends_the_execution_at_once_with_breakdowns(
         stack: LocalStack, api: Client, waiting: tuple[str, dict[str, str]]) -> None:
     """GIVEN all lookups wait, WHEN every partner calls back, THEN the reply goes out (no waiting

@@ -229,6 +229,7 @@ def _case(value: Any) -> str:
     return ",".join(f"{k}={value[k]}" if k in value else f"no-{k}" for k in VALID if value.get(k) != VALID[k])
 
 
+@pytest.mark.routes_only
 @pytest.mark.parametrize(("body", "code"), [
     ("not json", "invalid_request"),
     ([VALID], "invalid_request"),
@@ -739,6 +740,7 @@ def test_no_name_id_number_or_phone_in_clear_in_tables_executions_queues_or_logs
 
 
 # -- the HTTP envelope and its description ---------------------------------------------------------------
+@pytest.mark.routes_only
 def test_card_dispute_route_answers_405_413_and_415_in_the_error_shape(stack: LocalStack, api: Client) -> None:
     for response, code in (
             (api.http.get("/v1/card-disputes"), "method_not_allowed"),

@@ -123,6 +123,7 @@ def test_silent_down_flaky_and_refusing_operators_are_counted_as_spec_says(stack
     assert len(stack.operators.requests_to("ctcc-sh")) == 3  # flaky: two 503s, then answered
 
 
+@pytest.mark.routes_only
 @pytest.mark.parametrize("field, value, code", [
     ("id_number", "44010619850212345Y", "invalid_id_number"),
     ("id_number", "440106198502123450", "invalid_id_number"),  # wrong check character

@@ -16,19 +16,20 @@ import time_machine
 from local.altcha import solve
 from local.stack import LocalStack, StackOptions
 from tests import helpers
-from tests.conftest import ROUTES_ONLY
+from tests.conftest import BASE_OPTIONS
 from tests.helpers import latest_code
 
 OWNER, STRANGER = "127.0.0.1", "127.0.0.2"
 PHONE, ID6 = "13900001111", "010203"
 START = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.UTC)  # 10:00 in Beijing
+# Codes are asked, tried and spent on the routes alone: no pollers, no deadline timer (tests/conftest.py, routes_only).
+pytestmark = pytest.mark.routes_only
 
 
 @pytest.fixture
 def stack_options() -> StackOptions:
-    # The deployed proof-of-work thresholds (2 codes per number a day, 20 per client an hour), on the routes alone:
-    # no pollers, no deadline timer (tests/conftest.py, ROUTES_ONLY).
-    return dataclasses.replace(ROUTES_ONLY, code_free_per_number=2, code_free_per_client=20)
+    # The deployed proof-of-work thresholds (2 codes per number a day, 20 per client an hour).
+    return dataclasses.replace(BASE_OPTIONS, code_free_per_number=2, code_free_per_client=20)
 
 
 class Answer:
@@ -308,7 +309,7 @@ def test_get_challenges_answers_a_challenge_a_code_request_accepts(stack: LocalS
 
 
 # -- the SMS channel refuses only above its rate -----------------------------------------------------
-@pytest.mark.parametrize("stack_options", [dataclasses.replace(ROUTES_ONLY)])
+@pytest.mark.parametrize("stack_options", [dataclasses.replace(BASE_OPTIONS)])
 def test_sixteen_concurrent_code_requests_at_80_percent_of_the_channel_rate_get_no_503(
         stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
     from chalicelib.config import settings

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from local.stack import LocalStack
 
-# Codes are sent, checked and spent by the routes: no pollers, no deadline timer (tests/conftest.py, ROUTES_ONLY).
+# Codes are sent, checked and spent by the routes: no pollers, no deadline timer (tests/conftest.py, routes_only).
 pytestmark = pytest.mark.routes_only
 
 PHONE, ID6 = "13900001111", "010203"

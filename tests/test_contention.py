@@ -103,6 +103,7 @@ def test_each_shard_takes_its_share_of_the_channel_rate(stack: LocalStack, api: 
 
 
 # -- conflicts ----------------------------------------------------------------------------------
+@pytest.mark.routes_only
 @pytest.mark.parametrize("conflicting_tries, status", [(1, 202), (3, 202), (4, 503), (50, 503)])
 def test_a_code_request_cancelled_by_conflicts_is_retried_then_busy_never_a_500(
         stack: LocalStack, api: Client, conflicts: Callable[[Callable[[int, int], bool]], None], conflicting_tries: int,
@@ -117,6 +118,7 @@ def test_a_code_request_cancelled_by_conflicts_is_retried_then_busy_never_a_500(
         assert len(stack.read_outbox()) == 1
 
 
+@pytest.mark.routes_only
 @pytest.mark.parametrize("conflicting_tries, status", [(3, 202), (4, 503)])
 def test_a_query_cancelled_by_conflicts_is_retried_then_busy_never_a_500(
         stack: LocalStack, api: Client, conflicts: Callable[[Callable[[int, int], bool]], None], conflicting_tries: int,

@@ -205,6 +205,7 @@ def test_accepted_answer_and_status_before_the_outcome(stack: LocalStack, api: C
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", shown["created_at"])
 
 
+@pytest.mark.routes_only
 @pytest.mark.parametrize("path", ["/v1/disputes/AAAAAAAAAAAAAAAA", "/v1/disputes/nope",
                                   "/v1/disputes/" + "A" * 200])
 def test_unknown_dispute_is_404(stack: LocalStack, api: Client, path: str) -> None:
@@ -437,6 +438,7 @@ def test_the_query_code_cannot_be_reused_for_a_dispute(stack: LocalStack, api: C
     assert response.status_code == 403 and error_code(response) == "wrong_code"
 
 
+@pytest.mark.routes_only
 @pytest.mark.parametrize(("body", "code"), [
     ({"phone": PHONE, "code": "123456"}, "invalid_request"),
     ({"phone": PHONE, "company": "tencent"}, "invalid_request"),

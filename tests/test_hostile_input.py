@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from local.stack import LocalStack
 
-# Hostile bodies and headers meet the routes alone: no pollers, no deadline timer (tests/conftest.py, ROUTES_ONLY).
+# Hostile bodies and headers meet the routes alone: no pollers, no deadline timer (tests/conftest.py, routes_only).
 pytestmark = pytest.mark.routes_only
 
 CITIZEN_POSTS = ["/v1/verification-codes", "/v1/queries"]

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from local.stack import LocalStack
 
-# Every answer here is the routes' own: no pollers and no deadline timer (tests/conftest.py, ROUTES_ONLY).
+# Every answer here is the routes' own: no pollers and no deadline timer (tests/conftest.py, routes_only).
 pytestmark = pytest.mark.routes_only
 
 SNAKE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")

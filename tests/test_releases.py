@@ -243,6 +243,7 @@ def test_a_release_unbinds_the_earlier_accounts_and_a_later_query_counts_only_th
 
 
 # Fixed ids: each xdist worker must collect the same test names.
+@pytest.mark.routes_only
 @pytest.mark.parametrize("path", [f"{ROUTE}/00000000-0000-4000-8000-000000000000", f"{ROUTE}/nope",
                                   f"{ROUTE}/" + "a" * 200])
 def test_unknown_release_is_404(stack: LocalStack, api: Client, path: str) -> None:
@@ -255,6 +256,7 @@ def test_unknown_release_is_404(stack: LocalStack, api: Client, path: str) -> No
 GOOD = {"phone": PHONE, "id_last6": ID6, "code": "123456"}
 
 
+@pytest.mark.routes_only
 @pytest.mark.parametrize(("body", "expected"), [
     ("not json", "invalid_request"),
     ("[]", "invalid_request"),
