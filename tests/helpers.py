@@ -158,6 +158,9 @@ def history(stack: Any, query_id: str) -> list[dict[str, Any]]:
 
 
 def replies_to(stack: Any, phone: str) -> list[str]:
+    # A stack without the reply poller (tests/conftest.py, routes_only) sends none: "no reply" would be true of it
+    # whatever the service did.
+    assert stack.options.replies, "a routes_only stack sends no reply: this test needs the pollers"
     return [m["message"] for m in stack.read_outbox() if m["phone"] == phone and "验证码" not in m["message"]]
 
 

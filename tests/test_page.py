@@ -25,6 +25,8 @@ ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 BASE = f"http://127.0.0.1:{API_PORT}"
 # SPEC §3 proof of work from the first code on (the deployed threshold is 2 codes per number a day).
 CHALLENGE_FIRST = StackOptions(**{**BASE_OPTIONS.__dict__, "code_free_per_number": 0})
+# The page goes as far as an accepted query's status: no reply or deadline (tests/conftest.py, routes_only).
+pytestmark = pytest.mark.routes_only
 
 
 def test_full_flow_code_from_outbox_then_confirmation_and_status(stack: LocalStack, page: Page) -> None:

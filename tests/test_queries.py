@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 PHONE, ID6 = "13900001111", "010203"
 START = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.UTC)
+# Intake and the start of the execution: no reply or deadline is waited for (tests/conftest.py, routes_only). No
+# deadline execution is started beside the ones these tests count, nor refused by the StartExecution fault injected.
+pytestmark = pytest.mark.routes_only
 
 
 def executions(stack: LocalStack) -> list[dict[str, Any]]:
