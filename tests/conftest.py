@@ -133,6 +133,8 @@ def produced_once(config: pytest.Config, fixture: str) -> Path:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:  # `--collect-only` runs no test: nothing to produce, nor to wait for
+        return
     wanted = {name for item in session.items for name in getattr(item, "fixturenames", ()) if name in PRODUCERS}
     for fixture in sorted(wanted):
         def produce(fixture: str = fixture) -> None:
