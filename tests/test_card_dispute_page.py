@@ -110,6 +110,7 @@ def submit_for(stack: LocalStack, page: Page, operator: str, values: dict[str, s
 
 
 # -- before submitting -----------------------------------------------------------------------------
+@pytest.mark.routes_only
 @pytest.mark.parametrize("stack_options", [options(operators=())])  # the whole registry in the select
 def test_the_form_at_360px_before_submitting(stack: LocalStack, page: Page) -> None:
     panel = open_form(page)
@@ -148,6 +149,7 @@ def test_the_form_at_360px_before_submitting(stack: LocalStack, page: Page) -> N
     assert disputes_sent(page) == []
 
 
+@pytest.mark.routes_only
 def test_opening_prefills_from_the_card_query_and_cancel_closes_keeping_what_was_typed(stack: LocalStack,
                                                                                        page: Page) -> None:
     cards_tab(page)
@@ -175,6 +177,7 @@ def test_opening_prefills_from_the_card_query_and_cancel_closes_keeping_what_was
     expect(page.locator(".dispute")).to_have_count(0)
 
 
+@pytest.mark.routes_only
 @pytest.mark.parametrize("field, value, message", [
     ("operator", "", "请选择办理号码的企业"),
     ("name", "张", "请输入正确的姓名"),
@@ -208,6 +211,7 @@ def test_a_wrong_field_is_shown_next_to_it_as_the_card_query_form_shows_it(stack
         expect(page.locator(f"#card-{field}-error")).to_have_text(error.inner_text())
 
 
+@pytest.mark.routes_only
 def test_every_field_wrong_at_once_shows_five_messages_and_focuses_the_first(stack: LocalStack, page: Page) -> None:
     panel = open_form(page)
     fill_form(panel, {"name": "1", "id_number": "123", "phone": "123", "code": "x"})
@@ -218,6 +222,7 @@ def test_every_field_wrong_at_once_shows_five_messages_and_focuses_the_first(sta
     assert disputes_sent(page) == []
 
 
+@pytest.mark.routes_only
 def test_get_code_with_a_wrong_phone_is_caught_before_any_request(stack: LocalStack, page: Page) -> None:
     panel = open_form(page)
     fill_form(panel, {"phone": "1861234567"})
@@ -274,11 +279,13 @@ def test_nothing_to_dispute_is_explained_with_the_operator_named(stack: LocalSta
     keep_screenshot_at_360(page, "card-dispute-nothing-to-dispute-360.png")
 
 
+@pytest.mark.routes_only
 def test_nothing_to_dispute_without_a_recent_card_query(stack: LocalStack, page: Page) -> None:
     submit_for(stack, page, "cmcc-gd")
     expect(page.locator("#card-dispute-form-error")).to_contain_text("中国移动广东公司没有登记在您名下的号码，无需申请核查")
 
 
+@pytest.mark.routes_only
 def test_wrong_code_is_explained_next_to_the_code(stack: LocalStack, page: Page) -> None:
     panel = open_form(page)
     fill_form(panel, {"operator": "cmcc-gd", **ZHANG})

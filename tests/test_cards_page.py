@@ -63,6 +63,7 @@ def card_queries_sent(page: Page) -> list[str]:
     return [u for u in page.requests_seen if urlparse(u).path.endswith("/v1/card-queries")]  # type: ignore[attr-defined]  # set by page()
 
 
+@pytest.mark.routes_only
 def test_tabs_switch_between_the_two_forms_keeping_what_was_typed(stack: LocalStack, page: Page) -> None:
     accounts, cards = page.get_by_role("tab", name="互联网账号"), page.get_by_role("tab", name="移动电话卡")
     assert accounts.get_attribute("aria-selected") == "true" and cards.get_attribute("aria-selected") == "false"
@@ -91,6 +92,7 @@ def test_tabs_switch_between_the_two_forms_keeping_what_was_typed(stack: LocalSt
     assert page.get_by_role("tab", name="移动电话卡").get_attribute("aria-selected") == "true"
 
 
+@pytest.mark.routes_only
 def test_each_form_has_its_fields_labels_keyboards_and_notes(stack: LocalStack, page: Page) -> None:
     cards_tab(page)
     form = page.locator("#card-form")
@@ -123,6 +125,7 @@ def _with_check(first17: str) -> str:
 SOON = dt.date.today() + dt.timedelta(days=3)
 
 
+@pytest.mark.routes_only
 @pytest.mark.parametrize("label, value, message", [
     ("姓名", "张", "请输入正确的姓名"),
     ("姓名", "张三3", "请输入正确的姓名"),
@@ -154,6 +157,7 @@ def test_client_side_errors_show_next_to_their_field_and_nothing_is_sent(stack: 
     assert card_queries_sent(page) == []
 
 
+@pytest.mark.routes_only
 def test_every_field_wrong_at_once_shows_four_messages(stack: LocalStack, page: Page) -> None:
     cards_tab(page)
     fill(page, {"姓名": "1", "身份证号码": "123", "手机号码": "123", "验证码": "x"})
@@ -163,6 +167,7 @@ def test_every_field_wrong_at_once_shows_four_messages(stack: LocalStack, page: 
     assert card_queries_sent(page) == []
 
 
+@pytest.mark.routes_only
 def test_the_check_character_in_the_page_agrees_with_the_server_rule(stack: LocalStack, page: Page) -> None:
     """MOD 11-2 in JavaScript against chalicelib.cards.validation on random numbers, right and wrong."""
     cards_tab(page)
@@ -187,6 +192,7 @@ def test_the_check_character_in_the_page_agrees_with_the_server_rule(stack: Loca
     assert len(sent) == 12
 
 
+@pytest.mark.routes_only
 def test_accepted_query_shows_the_sms_message_and_sends_normalised_fields(stack: LocalStack, page: Page) -> None:
     cards_tab(page)
     sent = intercept(page, 202, ACCEPTED)
@@ -214,6 +220,7 @@ def test_accepted_query_shows_the_sms_message_and_sends_normalised_fields(stack:
     assert page.locator("#query-form").is_visible()
 
 
+@pytest.mark.routes_only
 @pytest.mark.parametrize("status, body, headers, where, message", [
     (400, {"error": {"code": "invalid_id_number", "message": "请输入正确的18位身份证号码（最后一位为数字或X）。"}}, {},
      "#card-id_number-error", "请输入正确的18位身份证号码"),
@@ -239,6 +246,7 @@ def test_server_errors_show_where_they_belong(stack: LocalStack, page: Page, sta
     assert page.locator("#card-submit").is_enabled()
 
 
+@pytest.mark.routes_only
 def test_get_code_counts_down_in_the_card_form_with_the_real_server(stack: LocalStack, page: Page) -> None:
     cards_tab(page)
     page.get_by_label("手机号码").fill("18612345678")
@@ -254,6 +262,7 @@ def test_get_code_counts_down_in_the_card_form_with_the_real_server(stack: Local
     assert page.locator("altcha-widget").count() == 0 and page.locator("#card-pow").is_hidden()
 
 
+@pytest.mark.routes_only
 def test_get_code_with_a_wrong_phone_is_caught_before_any_request(stack: LocalStack, page: Page) -> None:
     cards_tab(page)
     page.get_by_label("手机号码").fill("1861234567")
@@ -263,6 +272,7 @@ def test_get_code_with_a_wrong_phone_is_caught_before_any_request(stack: LocalSt
     assert stack.read_outbox() == []
 
 
+@pytest.mark.routes_only
 def test_screenshot_of_the_card_tab_at_360px(stack: LocalStack, page: Page) -> None:
     cards_tab(page)
     fill(page, {"姓名": "阿依古丽·买买提", "身份证号码": _wrong_check("650102199203110358"),
@@ -291,6 +301,7 @@ def test_full_card_flow_against_the_real_service_ends_with_the_reply_sms(stack: 
                      "如有异议，请联系相关企业核实、关停或销户。"]
 
 
+@pytest.mark.routes_only
 @pytest.mark.parametrize("stack_options", [StackOptions(**{**BASE_OPTIONS.__dict__, "code_free_per_number": 0})])
 def test_a_428_on_the_card_tab_shows_the_widget_which_solves_and_the_code_arrives(stack: LocalStack,
                                                                                   page: Page) -> None:

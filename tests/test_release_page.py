@@ -98,6 +98,7 @@ def run_release(stack: LocalStack) -> str:
 
 
 # -- before submitting -----------------------------------------------------------------------------
+@pytest.mark.routes_only
 def test_the_form_at_360px_before_submitting(stack: LocalStack, page: Page) -> None:
     # closed, it is not in the document: each label names one field (the account query form's)
     for label in LABELS.values():
@@ -127,6 +128,7 @@ def test_the_form_at_360px_before_submitting(stack: LocalStack, page: Page) -> N
     assert releases_sent(page) == [] and stack.read_outbox() == []
 
 
+@pytest.mark.routes_only
 def test_opening_prefills_from_the_query_form_and_cancel_closes_keeping_what_was_typed(stack: LocalStack,
                                                                                       page: Page) -> None:
     query_form = page.locator("#query-form")
@@ -156,6 +158,7 @@ def test_opening_prefills_from_the_query_form_and_cancel_closes_keeping_what_was
     expect(page.locator(".release")).to_have_count(1)
 
 
+@pytest.mark.routes_only
 @pytest.mark.parametrize("field, value, message", [
     ("phone", "1390000111", "请输入正确的11位手机号码"),
     ("phone", "02012345678", "请输入正确的11位手机号码"),
@@ -188,6 +191,7 @@ def test_a_wrong_field_is_shown_next_to_it_as_the_query_form_shows_it(stack: Loc
     assert stack.read_outbox() == []
 
 
+@pytest.mark.routes_only
 def test_every_field_wrong_at_once_shows_three_messages_and_focuses_the_first(stack: LocalStack,
                                                                               page: Page) -> None:
     panel = open_form(page)
@@ -199,6 +203,7 @@ def test_every_field_wrong_at_once_shows_three_messages_and_focuses_the_first(st
     assert releases_sent(page) == []
 
 
+@pytest.mark.routes_only
 def test_get_code_with_a_wrong_phone_is_caught_before_any_request(stack: LocalStack, page: Page) -> None:
     panel = open_form(page)
     fill_form(panel, {"phone": "1390000111"})
